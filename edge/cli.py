@@ -1,0 +1,70 @@
+"""The ``edge`` command line: ``serve``, ``check`` (and the internal ``worker``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge import __version__
+from edge.accesslog import setup_logging
+from edge.settings import Settings, SettingsError, environment, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description="HTTP edge server")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the edge (supervisor and workers)")
+    serve.add_argument("--env-file", help="read settings from this .env file first")
+    serve.add_argument("--workers", type=int, help="worker processes (EDGE_WORKERS)")
+    serve.add_argument("--seed", help="JSON file of config keys to create if absent")
+    check = sub.add_parser("check", help="validate settings and the config keys in Redis")
+    check.add_argument("--env-file", help="read settings from this .env file first")
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--id", type=int, default=0)
+    worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
+    return parser
+
+
+def _settings(env: dict[str, str], **overrides: object) -> Settings:
+    try:
+        return load_settings(env, **overrides)
+    except SettingsError as exc:
+        print(f"edge: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        env = environment(getattr(args, "env_file", None))
+    except SettingsError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        settings = _settings(env)
+        setup_logging(settings.log_level, worker=args.id)
+        from edge.worker import run_worker
+
+        run_worker(settings, args.id, use_uvloop=not args.asyncio)
+        return 0
+    if args.command == "check":
+        from edge.config.check import run_check
+
+        settings = _settings(env)
+        return run_check(settings)
+    if args.workers is not None and args.workers < 1:
+        print("edge: invalid setting: --workers must be >= 1", file=sys.stderr)
+        return 2
+    settings = _settings(env, workers=args.workers, seed_file=args.seed)
+    setup_logging(settings.log_level)
+    from edge.embedded_redis import EmbeddedRedisError
+    from edge.supervisor import Supervisor
+
+    if args.workers is not None:
+        env["EDGE_WORKERS"] = str(args.workers)
+    try:
+        return Supervisor(settings, env).run()
+    except EmbeddedRedisError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,769 @@
+"""Strict schemas for the configuration documents stored in Redis.
+
+Every configuration item lives under its own Redis key:
+
+* ``proxy:{hostname}``          -> JSON object decoded into :class:`ProxyConfig`
+* ``route:{route_id}``          -> JSON object decoded into :class:`RouteConfig`
+* ``service:url:{name}``        -> plain URL string decoded into :class:`ServiceURL`
+* ``service:external:{name}``   -> JSON object decoded into :class:`ExternalService`
+
+:func:`decode_item` is the single entry point: it decodes the raw Redis value with a
+module-level msgspec decoder (unknown fields and wrong types are rejected), then applies
+semantic validation and normalisation.  Any problem is reported as a :class:`ConfigError`
+naming the key, the offending field and a human readable message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal, TypeAlias, TypeVar, get_args
+
+import msgspec
+
+__all__ = [
+    "CONFIG_KEY_PATTERNS",
+    "HOP_BY_HOP_HEADERS",
+    "ConfigError",
+    "ConfigItem",
+    "ExternalService",
+    "ProxyConfig",
+    "RouteConfig",
+    "ServiceURL",
+    "classify_key",
+    "decode_item",
+    "normalize_hostname",
+    "validate_header_map",
+    "validate_header_name",
+    "validate_header_value",
+    "validate_url",
+]
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A configuration document stored under ``key`` is invalid."""
+
+    key: str
+    field: str | None
+    message: str
+
+    def __init__(self, key: str, field: str | None, message: str) -> None:
+        super().__init__(key, field, message)
+        self.key = key
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.field is None:
+            return f"{self.key}: {self.message}"
+        return f"{self.key}: field '{self.field}': {self.message}"
+
+
+# ---------------------------------------------------------------------------
+# Structs
+# ---------------------------------------------------------------------------
+
+RouteMode: TypeAlias = Literal["all", "selective", "none"]
+AuthMode: TypeAlias = Literal["forward", "redirect", "passthrough"]
+TargetType: TypeAlias = Literal["port", "service", "hostname", "url"]
+RouteScope: TypeAlias = Literal["global", "proxy"]
+Timestamp: TypeAlias = str | float | None
+
+
+class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Value of ``proxy:{hostname}``."""
+
+    hostname: str
+    target_url: str
+    enabled: bool = True
+    enable_http: bool = True
+    enable_https: bool = True
+    preserve_host_header: bool = True
+    custom_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    custom_response_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    route_mode: RouteMode = "all"
+    enabled_routes: tuple[str, ...] = ()
+    disabled_routes: tuple[str, ...] = ()
+    cert_name: str | None = None
+    created_by: str | None = None
+    created_at: Timestamp = None
+    owner_token_hash: str | None = None
+    # Authentication (validated and stored; acted on by ForwardAuth support).
+    auth_enabled: bool = False
+    auth_proxy: str | None = None
+    auth_mode: AuthMode = "forward"
+    auth_required_users: tuple[str, ...] | None = None
+    auth_required_emails: tuple[str, ...] | None = None
+    auth_required_groups: tuple[str, ...] | None = None
+    auth_allowed_scopes: tuple[str, ...] | None = None
+    auth_allowed_audiences: tuple[str, ...] | None = None
+    auth_pass_headers: bool = True
+    auth_cookie_name: str = "edge_auth"
+    auth_header_prefix: str = "X-Auth-"
+    auth_excluded_paths: tuple[str, ...] | None = None
+    # Protected resource metadata (validated and stored; acted on by MCP metadata support).
+    resource_endpoint: str | None = None
+    resource_scopes: tuple[str, ...] = ()
+    resource_stateful: bool = False
+    resource_versions: tuple[str, ...] = ()
+    resource_server_info: dict[str, Any] = msgspec.field(default_factory=dict)
+    resource_override_backend: bool = False
+    resource_bearer_methods: tuple[str, ...] = ("header",)
+    resource_documentation_suffix: str = "/docs"
+    resource_custom_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Value of ``route:{route_id}``."""
+
+    route_id: str
+    path_pattern: str
+    target_type: TargetType
+    target_value: str
+    priority: int = 50
+    methods: tuple[str, ...] | None = None
+    is_regex: bool = False
+    enabled: bool = True
+    scope: RouteScope = "global"
+    proxy_hostnames: tuple[str, ...] = ()
+    description: str = ""
+    owner_token_hash: str | None = None
+    created_at: Timestamp = None
+    created_by: str | None = None
+
+
+class ExternalService(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Value of ``service:external:{name}``."""
+
+    service_name: str
+    target_url: str
+    description: str = ""
+    service_type: str = "external"
+    routing_enabled: bool = True
+    created_by: str | None = None
+    created_at: Timestamp = None
+    owner_token_hash: str | None = None
+
+
+class ServiceURL(msgspec.Struct, frozen=True):
+    """Value of ``service:url:{name}`` (a plain URL string, not JSON)."""
+
+    name: str
+    url: str
+
+
+ConfigItem: TypeAlias = ProxyConfig | RouteConfig | ExternalService | ServiceURL
+
+CONFIG_KEY_PATTERNS: tuple[str, ...] = (
+    "proxy:*",
+    "route:*",
+    "service:url:*",
+    "service:external:*",
+)
+
+_PROXY_DECODER = msgspec.json.Decoder(ProxyConfig)
+_ROUTE_DECODER = msgspec.json.Decoder(RouteConfig)
+_EXTERNAL_DECODER = msgspec.json.Decoder(ExternalService)
+
+# Allowed values of Literal fields, used to make "invalid enum value" errors helpful.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "route_mode": get_args(RouteMode),
+    "auth_mode": get_args(AuthMode),
+    "target_type": get_args(TargetType),
+    "scope": get_args(RouteScope),
+}
+
+
+# ---------------------------------------------------------------------------
+# Key classification
+# ---------------------------------------------------------------------------
+
+_PROXY_PREFIX = "proxy:"
+_ROUTE_PREFIX = "route:"
+_SERVICE_URL_PREFIX = "service:url:"
+_SERVICE_EXTERNAL_PREFIX = "service:external:"
+# Index keys kept next to route documents; they are not route documents themselves.
+_ROUTE_INDEX_PREFIXES = ("route:unique:", "route:priority:")
+
+
+def classify_key(key: str) -> str | None:
+    """Return the kind of configuration stored under ``key``.
+
+    One of ``"proxy"``, ``"route"``, ``"service_url"``, ``"service_external"``, or
+    ``None`` for keys the configuration does not own (including route index keys and
+    prefixes with an empty suffix).
+    """
+    if key.startswith(_SERVICE_URL_PREFIX):
+        return "service_url" if len(key) > len(_SERVICE_URL_PREFIX) else None
+    if key.startswith(_SERVICE_EXTERNAL_PREFIX):
+        return "service_external" if len(key) > len(_SERVICE_EXTERNAL_PREFIX) else None
+    if key.startswith(_ROUTE_PREFIX):
+        if key.startswith(_ROUTE_INDEX_PREFIXES):
+            return None
+        return "route" if len(key) > len(_ROUTE_PREFIX) else None
+    if key.startswith(_PROXY_PREFIX):
+        return "proxy" if len(key) > len(_PROXY_PREFIX) else None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Value validators (raise ValueError with a message; the caller adds key/field)
+# ---------------------------------------------------------------------------
+
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_CONTROL_OR_SPACE_RE = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
+_HEADER_VALUE_BAD_RE = re.compile(r"[^\t\x20-\x7e]")
+
+HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+
+_BEARER_METHODS = frozenset({"header", "body", "query"})
+_PRIORITY_MIN = -100_000
+_PRIORITY_MAX = 100_000
+
+
+def normalize_hostname(value: str, *, allow_wildcard: bool = True) -> str:
+    """Validate a DNS host name and return it lowercased.
+
+    Labels are 1-63 characters of ``a-z0-9-`` that neither start nor end with ``-``;
+    the whole name is at most 253 characters.  With ``allow_wildcard`` a single leading
+    ``*.`` label is accepted (``*.example.com``).
+    """
+    name = value.lower()
+    if not name:
+        raise ValueError("must be a host name, got an empty string")
+    if not name.isascii():
+        raise ValueError(f"invalid host name {value!r}: use the ASCII (punycode) form")
+    rest = name
+    if name.startswith("*."):
+        if not allow_wildcard:
+            raise ValueError(f"invalid host name {value!r}: wildcards are not allowed here")
+        rest = name[2:]
+    if len(rest) > 253:
+        raise ValueError(f"invalid host name {value!r}: longer than 253 characters")
+    for label in rest.split("."):
+        if "*" in label:
+            raise ValueError(
+                f"invalid host name {value!r}: '*' is only allowed as a whole leading label "
+                "('*.example.com')"
+            )
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(
+                f"invalid host name {value!r}: each label must be 1-63 characters of "
+                "a-z, 0-9 and '-', not starting or ending with '-'"
+            )
+    return name
+
+
+def _validate_port(text: str, what: str) -> int:
+    if not _PORT_RE.fullmatch(text):
+        raise ValueError(f"invalid port {text!r} in {what}: must be an integer 1-65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"invalid port {text!r} in {what}: must be an integer 1-65535")
+    return port
+
+
+def _validate_host_port(value: str) -> str:
+    """``hostname`` or ``hostname:port`` (no wildcard); returned lowercased."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    else:
+        _validate_port(port, repr(value))
+    return normalize_hostname(host, allow_wildcard=False) + (f":{port}" if sep else "")
+
+
+def _validate_url_port(port: str, url: str, message: str) -> None:
+    try:
+        _validate_port(port, "URL")
+    except ValueError as exc:
+        raise ValueError(f"{message}, got {url!r}: {exc}") from None
+
+
+def validate_url(value: str) -> str:
+    """Validate an upstream URL: ``http(s)://host[:port][/path]``.
+
+    The host is a DNS name, an IPv4 address or a bracketed IPv6 address.  Query strings,
+    fragments, user information, whitespace and control characters are rejected.
+    """
+    message = "must be an http:// or https:// URL"
+    if _CONTROL_OR_SPACE_RE.search(value):
+        raise ValueError(f"{message} without whitespace or control characters, got {value!r}")
+    if value.startswith("http://"):
+        rest = value[len("http://") :]
+    elif value.startswith("https://"):
+        rest = value[len("https://") :]
+    else:
+        raise ValueError(f"{message}, got {value!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"{message} without a query string or fragment, got {value!r}")
+    authority = rest.partition("/")[0]
+    if "@" in authority:
+        raise ValueError(f"{message} without user information, got {value!r}")
+    if not authority:
+        raise ValueError(f"{message} with a host, got {value!r}")
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise ValueError(f"{message}, got {value!r}: unterminated IPv6 address")
+        literal = authority[1:end]
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ValueError(f"{message}, got {value!r}: invalid IPv6 address") from None
+        after = authority[end + 1 :]
+        if after:
+            if not after.startswith(":"):
+                raise ValueError(f"{message}, got {value!r}: unexpected text after host")
+            _validate_url_port(after[1:], value, message)
+        return value
+    host, colon, port = authority.partition(":")
+    if colon:
+        _validate_url_port(port, value, message)
+    try:
+        normalize_hostname(host, allow_wildcard=False)
+    except ValueError as exc:
+        raise ValueError(f"{message} with a valid host, got {value!r}: {exc}") from None
+    return value
+
+
+def validate_header_name(name: str) -> str:
+    """Validate an HTTP field name (an RFC 9110 token)."""
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}: must be an HTTP token")
+    return name
+
+
+def validate_header_value(value: str) -> str:
+    """Validate an HTTP field value: printable ASCII (and tab), no surrounding whitespace."""
+    for char, label in (("\r", "CR"), ("\n", "LF"), ("\x00", "NUL")):
+        if char in value:
+            raise ValueError(f"invalid header value {value!r}: contains {label}")
+    if _HEADER_VALUE_BAD_RE.search(value):
+        raise ValueError(
+            f"invalid header value {value!r}: only printable ASCII characters and tab are allowed"
+        )
+    if value != value.strip(" \t"):
+        raise ValueError(f"invalid header value {value!r}: leading or trailing whitespace")
+    return value
+
+
+def validate_header_map(headers: Mapping[str, str]) -> dict[str, str]:
+    """Validate a map of headers added by the proxy (hop-by-hop names are refused)."""
+    seen: set[str] = set()
+    for name, value in headers.items():
+        validate_header_name(name)
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP_HEADERS:
+            raise ValueError(
+                f"header {name!r} cannot be set: it is a hop-by-hop or framing header "
+                "managed by the proxy"
+            )
+        if lowered in seen:
+            raise ValueError(
+                f"header {name!r} is listed more than once (names are case-insensitive)"
+            )
+        seen.add(lowered)
+        try:
+            validate_header_value(value)
+        except ValueError as exc:
+            raise ValueError(f"header {name!r}: {exc}") from None
+    return dict(headers)
+
+
+def _validate_timestamp(value: str | float) -> str | float:
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"must be an ISO 8601 timestamp or a Unix epoch number, got {value!r}"
+            ) from None
+        return value
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be an ISO 8601 timestamp or a Unix epoch number, got {value!r}")
+    return value
+
+
+def _validate_words(values: Iterable[str], what: str) -> None:
+    """Each item is non-empty and free of whitespace and control characters."""
+    for item in values:
+        if not item or _CONTROL_OR_SPACE_RE.search(item):
+            raise ValueError(
+                f"invalid {what} {item!r}: must be non-empty without whitespace or "
+                "control characters"
+            )
+
+
+def _validate_texts(values: Iterable[str], what: str) -> None:
+    """Each item is non-empty, not only whitespace and free of control characters."""
+    for item in values:
+        if not item.strip() or re.search(r"[\x00-\x1f\x7f]", item):
+            raise ValueError(f"invalid {what} {item!r}: must be non-empty text")
+
+
+def _validate_path(value: str, what: str) -> None:
+    if not value.startswith("/") or _CONTROL_OR_SPACE_RE.search(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: must start with '/' and contain no whitespace or "
+            "control characters"
+        )
+
+
+def _validate_service_name(value: str) -> str:
+    if not _SERVICE_NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid service name {value!r}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}"
+        )
+    return value
+
+
+def _validate_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    result = tuple(m.upper() for m in methods)
+    for method in result:
+        if not _TOKEN_RE.fullmatch(method):
+            raise ValueError(f"invalid method {method!r}: must be an HTTP token such as 'GET'")
+    return result
+
+
+def _validate_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _validate_route_target(target_type: str, value: str) -> str:
+    if target_type == "port":
+        return str(_validate_port(value, "target_value"))
+    if target_type == "hostname":
+        return _validate_host_port(value)
+    if target_type == "service":
+        return _validate_service_name(value)
+    return validate_url(value)
+
+
+def _validate_auth_proxy(value: str) -> str:
+    if "://" in value:
+        return validate_url(value)
+    return _validate_host_port(value)
+
+
+def _validate_resource_endpoint(value: str) -> str:
+    if "://" in value:
+        return validate_url(value)
+    _validate_path(value, "resource endpoint")
+    return value
+
+
+def _validate_bearer_methods(values: tuple[str, ...]) -> None:
+    for method in values:
+        if method not in _BEARER_METHODS:
+            raise ValueError(
+                f"invalid bearer method {method!r}: must be one of 'header', 'body', 'query'"
+            )
+
+
+def _validate_cert_name(value: str) -> str:
+    if (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or "\\" in value
+        or _CONTROL_OR_SPACE_RE.search(value)
+    ):
+        raise ValueError(
+            f"invalid certificate name {value!r}: must be non-empty without '/', whitespace "
+            "or control characters"
+        )
+    return value
+
+
+def _validate_route_id(value: str) -> str:
+    if not value or _CONTROL_OR_SPACE_RE.search(value):
+        raise ValueError(
+            f"invalid route id {value!r}: must be non-empty without whitespace or control "
+            "characters"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Per-document validation
+# ---------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _check(key: str, field: str, func: Callable[[_T], _R], value: _T) -> _R:
+    """Run a value validator, turning ValueError into a ConfigError for ``field``."""
+    try:
+        return func(value)
+    except ValueError as exc:
+        raise ConfigError(key, field, str(exc)) from None
+
+
+def _check_optional_timestamp(key: str, value: str | float | None) -> None:
+    if value is not None:
+        _check(key, "created_at", _validate_timestamp, value)
+
+
+def _validate_proxy(key: str, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
+    hostname = _check(key, "hostname", normalize_hostname, cfg.hostname)
+    if hostname != suffix.lower():
+        raise ConfigError(
+            key,
+            "hostname",
+            f"hostname {cfg.hostname!r} does not match the key (expected {suffix!r})",
+        )
+    _check(key, "target_url", validate_url, cfg.target_url)
+    _check(key, "custom_headers", validate_header_map, cfg.custom_headers)
+    _check(key, "custom_response_headers", validate_header_map, cfg.custom_response_headers)
+    _check(key, "enabled_routes", lambda v: _validate_words(v, "route id"), cfg.enabled_routes)
+    _check(key, "disabled_routes", lambda v: _validate_words(v, "route id"), cfg.disabled_routes)
+    if cfg.cert_name is not None:
+        _check(key, "cert_name", _validate_cert_name, cfg.cert_name)
+    _check_optional_timestamp(key, cfg.created_at)
+    _validate_proxy_auth(key, cfg)
+    _validate_proxy_resource(key, cfg)
+    if hostname != cfg.hostname:
+        return msgspec.structs.replace(cfg, hostname=hostname)
+    return cfg
+
+
+def _validate_proxy_auth(key: str, cfg: ProxyConfig) -> None:
+    if cfg.auth_proxy is not None:
+        _check(key, "auth_proxy", _validate_auth_proxy, cfg.auth_proxy)
+    word_lists: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
+        ("auth_required_users", cfg.auth_required_users, "user"),
+        ("auth_required_emails", cfg.auth_required_emails, "email"),
+        ("auth_required_groups", cfg.auth_required_groups, "group"),
+        ("auth_allowed_scopes", cfg.auth_allowed_scopes, "scope"),
+        ("auth_allowed_audiences", cfg.auth_allowed_audiences, "audience"),
+    )
+    for field, values, what in word_lists:
+        if values is not None:
+            try:
+                _validate_words(values, what)
+            except ValueError as exc:
+                raise ConfigError(key, field, str(exc)) from None
+    if cfg.auth_required_emails is not None:
+        for email in cfg.auth_required_emails:
+            local, at, domain = email.rpartition("@")
+            if not at or not local or not domain:
+                raise ConfigError(
+                    key, "auth_required_emails", f"invalid email {email!r}: expected user@domain"
+                )
+    _check(key, "auth_cookie_name", _validate_cookie_name, cfg.auth_cookie_name)
+    _check(key, "auth_header_prefix", validate_header_name, cfg.auth_header_prefix)
+    if cfg.auth_excluded_paths is not None:
+        for path in cfg.auth_excluded_paths:
+            _check(key, "auth_excluded_paths", lambda p: _validate_path(p, "path"), path)
+
+
+def _validate_cookie_name(value: str) -> str:
+    if not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"invalid cookie name {value!r}: must be an HTTP token")
+    return value
+
+
+def _validate_proxy_resource(key: str, cfg: ProxyConfig) -> None:
+    if cfg.resource_endpoint is not None:
+        _check(key, "resource_endpoint", _validate_resource_endpoint, cfg.resource_endpoint)
+    _check(key, "resource_scopes", lambda v: _validate_words(v, "scope"), cfg.resource_scopes)
+    _check(key, "resource_versions", lambda v: _validate_texts(v, "version"), cfg.resource_versions)
+    _check(key, "resource_bearer_methods", _validate_bearer_methods, cfg.resource_bearer_methods)
+    _check(
+        key,
+        "resource_documentation_suffix",
+        lambda v: _validate_path(v, "documentation suffix"),
+        cfg.resource_documentation_suffix,
+    )
+
+
+def _validate_route(key: str, suffix: str, cfg: RouteConfig) -> RouteConfig:
+    _check(key, "route_id", _validate_route_id, cfg.route_id)
+    if cfg.route_id != suffix:
+        raise ConfigError(
+            key,
+            "route_id",
+            f"route_id {cfg.route_id!r} does not match the key (expected {suffix!r})",
+        )
+    if cfg.is_regex:
+        _check(key, "path_pattern", _validate_regex, cfg.path_pattern)
+    else:
+        _check(key, "path_pattern", lambda p: _validate_path(p, "path pattern"), cfg.path_pattern)
+    if not _PRIORITY_MIN <= cfg.priority <= _PRIORITY_MAX:
+        raise ConfigError(
+            key,
+            "priority",
+            f"must be between {_PRIORITY_MIN} and {_PRIORITY_MAX}, got {cfg.priority}",
+        )
+    methods = cfg.methods
+    if methods is not None:
+        methods = _check(key, "methods", _validate_methods, methods)
+    target_value = _check(
+        key,
+        "target_value",
+        lambda v: _validate_route_target(cfg.target_type, v),
+        cfg.target_value,
+    )
+    hostnames = tuple(
+        _check(key, "proxy_hostnames", normalize_hostname, h) for h in cfg.proxy_hostnames
+    )
+    if cfg.scope == "proxy" and not hostnames:
+        raise ConfigError(
+            key, "proxy_hostnames", "must list at least one hostname when scope is 'proxy'"
+        )
+    if cfg.scope == "global" and hostnames:
+        raise ConfigError(
+            key, "proxy_hostnames", "is only allowed when scope is 'proxy' (scope is 'global')"
+        )
+    _check_optional_timestamp(key, cfg.created_at)
+    if (
+        methods != cfg.methods
+        or target_value != cfg.target_value
+        or hostnames != cfg.proxy_hostnames
+    ):
+        return msgspec.structs.replace(
+            cfg, methods=methods, target_value=target_value, proxy_hostnames=hostnames
+        )
+    return cfg
+
+
+def _validate_external(key: str, suffix: str, cfg: ExternalService) -> ExternalService:
+    _check(key, "service_name", _validate_service_name, cfg.service_name)
+    if cfg.service_name != suffix:
+        raise ConfigError(
+            key,
+            "service_name",
+            f"service_name {cfg.service_name!r} does not match the key (expected {suffix!r})",
+        )
+    _check(key, "target_url", validate_url, cfg.target_url)
+    _check_optional_timestamp(key, cfg.created_at)
+    return cfg
+
+
+def _decode_service_url(key: str, suffix: str, raw: bytes | str) -> ServiceURL:
+    _check(key, "name", _validate_service_name, suffix)
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(key, "url", f"value is not valid UTF-8: {exc}") from None
+    url = text.strip()
+    if not url:
+        raise ConfigError(key, "url", "value is empty; expected a plain http(s) URL")
+    _check(key, "url", validate_url, url)
+    return ServiceURL(name=suffix, url=url)
+
+
+# ---------------------------------------------------------------------------
+# msgspec error translation
+# ---------------------------------------------------------------------------
+
+_AT_PATH_RE = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_FIELD_IN_MSG_RE = re.compile(
+    r"^Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]*)`$"
+)
+_ENUM_RE = re.compile(r"^Invalid enum value (?P<value>.*)$")
+_PATH_HEAD_RE = re.compile(r"^\.(?P<name>[^.\[]+)")
+
+
+def _translate_validation_error(key: str, exc: msgspec.ValidationError) -> ConfigError:
+    text = str(exc)
+    path = ""
+    match = _AT_PATH_RE.match(text)
+    if match:
+        text, path = match.group("msg"), match.group("path")
+    field: str | None = None
+    head = _PATH_HEAD_RE.match(path)
+    if head:
+        field = head.group("name")
+    location = f" (at {path[1:]})" if head and path[1:] != field else ""
+
+    named = _FIELD_IN_MSG_RE.match(text)
+    if named:
+        name = named.group("name")
+        unknown = named.group("kind") == "contains unknown"
+        if field is None:
+            message = f"unknown field {name!r}" if unknown else "required field is missing"
+            return ConfigError(key, name, message)
+        message = f"unknown field {name!r}" if unknown else f"missing required field {name!r}"
+        return ConfigError(key, field, f"{message} (at {path[1:]})")
+
+    enum = _ENUM_RE.match(text)
+    if enum:
+        message = f"invalid value {enum.group('value')}"
+        choices = _CHOICES.get(field or "")
+        if choices and not location:
+            message += " (allowed: " + ", ".join(repr(c) for c in choices) + ")"
+        return ConfigError(key, field, message + location)
+
+    message = text.replace("`", "")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    if field is None and message.startswith("expected object"):
+        message = message.replace("expected object", "expected a JSON object", 1)
+    return ConfigError(key, field, message + location)
+
+
+def _decode_json(key: str, decoder: msgspec.json.Decoder[_T], raw: bytes | str) -> _T:
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _translate_validation_error(key, exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, None, f"invalid JSON: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def decode_item(key: str, raw: bytes | str) -> ConfigItem:
+    """Decode and validate the Redis value ``raw`` stored under ``key``.
+
+    Raises :class:`ConfigError` if the key is not a configuration key or the value is
+    invalid.  Returned items are normalised (host names lowercased, methods uppercased).
+    """
+    kind = classify_key(key)
+    if kind == "proxy":
+        suffix = key[len(_PROXY_PREFIX) :]
+        return _validate_proxy(key, suffix, _decode_json(key, _PROXY_DECODER, raw))
+    if kind == "route":
+        suffix = key[len(_ROUTE_PREFIX) :]
+        return _validate_route(key, suffix, _decode_json(key, _ROUTE_DECODER, raw))
+    if kind == "service_external":
+        suffix = key[len(_SERVICE_EXTERNAL_PREFIX) :]
+        return _validate_external(key, suffix, _decode_json(key, _EXTERNAL_DECODER, raw))
+    if kind == "service_url":
+        return _decode_service_url(key, key[len(_SERVICE_URL_PREFIX) :], raw)
+    raise ConfigError(key, None, "not a configuration key")

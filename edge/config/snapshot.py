@@ -1,0 +1,136 @@
+"""Immutable configuration snapshots, updated key by key.
+
+A snapshot holds every config key's raw value (to tell what changed at resync), the decoded
+items, the keys rejected with their error, and a ``Router`` built for it. ``apply()`` makes
+a new snapshot from a batch of changed keys: only the changed keys are decoded and only the
+maps they belong to are copied; nothing is re-read from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from edge.config.redis_source import WrongType
+from edge.config.schema import (
+    ConfigError,
+    ExternalService,
+    ProxyConfig,
+    RouteConfig,
+    ServiceURL,
+    classify_key,
+    decode_item,
+)
+from edge.routing.router import CompiledRoute, Router, compile_route
+
+log = logging.getLogger("edge.config")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int = 0
+    raw: Mapping[str, bytes] = field(default_factory=dict)
+    exact: Mapping[str, ProxyConfig] = field(default_factory=dict)
+    wildcards: Mapping[str, ProxyConfig] = field(default_factory=dict)
+    routes: Mapping[str, CompiledRoute] = field(default_factory=dict)
+    services: Mapping[str, ExternalService] = field(default_factory=dict)
+    urls: Mapping[str, str] = field(default_factory=dict)
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    router: Router = field(default_factory=lambda: Router({}, {}, {}, {}, {}))
+
+    @property
+    def proxy_count(self) -> int:
+        return len(self.exact) + len(self.wildcards)
+
+    @property
+    def item_count(self) -> int:
+        return len(self.raw)
+
+
+def _proxy_slot(key: str) -> tuple[bool, str]:
+    """(is_wildcard, map key) for a ``proxy:{hostname}`` key."""
+    host = key[len("proxy:") :].lower()
+    if host.startswith("*."):
+        return True, host[1:]
+    return False, host
+
+
+def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
+    """A new snapshot with ``updates`` (key -> raw value, None = deleted) applied."""
+    changes = {k: v for k, v in updates.items() if snapshot.raw.get(k) != v}
+    if not changes:
+        return snapshot
+    raw = dict(snapshot.raw)
+    rejected = dict(snapshot.rejected)
+    maps: dict[str, dict[str, object]] = {}
+
+    def edit(name: str) -> dict[str, object]:
+        if name not in maps:
+            maps[name] = dict(getattr(snapshot, name))
+        return maps[name]
+
+    for key, value in changes.items():
+        kind = classify_key(key)
+        if kind is None:
+            continue
+        # drop whatever the key held before
+        rejected.pop(key, None)
+        if kind == "proxy":
+            wildcard, slot = _proxy_slot(key)
+            edit("wildcards" if wildcard else "exact").pop(slot, None)
+        elif kind == "route":
+            edit("routes").pop(key[len("route:") :], None)
+        elif kind == "service_url":
+            edit("urls").pop(key[len("service:url:") :], None)
+        else:
+            edit("services").pop(key[len("service:external:") :], None)
+        if value is None:
+            raw.pop(key, None)
+            continue
+        raw[key] = value
+        try:
+            if isinstance(value, WrongType):
+                raise ConfigError(key, None, f"holds a {value.decode()}, expected a string")
+            item = decode_item(key, value)
+        except ConfigError as exc:
+            rejected[key] = str(exc)
+            log.warning("config key rejected", extra={"fields": {"key": key, "error": str(exc)}})
+            continue
+        if isinstance(item, ProxyConfig):
+            wildcard, slot = _proxy_slot(key)
+            edit("wildcards" if wildcard else "exact")[slot] = item
+        elif isinstance(item, RouteConfig):
+            edit("routes")[item.route_id] = compile_route(item)
+        elif isinstance(item, ServiceURL):
+            edit("urls")[item.name] = item.url
+        elif isinstance(item, ExternalService):
+            edit("services")[key[len("service:external:") :]] = item
+    exact = maps.get("exact", snapshot.exact)
+    wildcards = maps.get("wildcards", snapshot.wildcards)
+    routes = maps.get("routes", snapshot.routes)
+    services = maps.get("services", snapshot.services)
+    urls = maps.get("urls", snapshot.urls)
+    router = Router(exact, wildcards, routes, services, urls)  # type: ignore[arg-type]
+    return Snapshot(
+        generation=snapshot.generation + 1,
+        raw=raw,
+        exact=exact,  # type: ignore[arg-type]
+        wildcards=wildcards,  # type: ignore[arg-type]
+        routes=routes,  # type: ignore[arg-type]
+        services=services,  # type: ignore[arg-type]
+        urls=urls,  # type: ignore[arg-type]
+        rejected=rejected,
+        router=router,
+    )
+
+
+def resync_updates(snapshot: Snapshot, current: Mapping[str, bytes]) -> dict[str, bytes | None]:
+    """The changes that turn ``snapshot`` into the full state ``current`` read from Redis."""
+    updates: dict[str, bytes | None] = {
+        k: v for k, v in current.items() if snapshot.raw.get(k) != v
+    }
+    for key in snapshot.raw:
+        if key not in current:
+            updates[key] = None
+    return updates

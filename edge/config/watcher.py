@@ -1,0 +1,209 @@
+"""Keeps a worker's config snapshot in step with Redis.
+
+Keyspace notifications are hints: each names a key that changed (SET, DEL, EXPIRE,
+RENAME, expiry), and only that key is fetched and applied. Notifications are lost while
+disconnected and may be disabled on managed servers, so the watcher also resyncs the
+whole key space on (re)connect and every ``CONFIG_RESYNC_INTERVAL`` seconds, applying only
+the differences. While Redis is unreachable the last good snapshot keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from edge.config.redis_source import fetch, scan_all
+from edge.config.snapshot import Snapshot, apply, resync_updates
+
+log = logging.getLogger("edge.config")
+
+BACKOFF_START = 0.1
+BACKOFF_CAP = 5.0
+BATCH_WINDOW = 0.01  # gather notifications for this long before fetching
+REQUIRED_FLAGS = "Kg$x"  # keyspace channel; generic (DEL, EXPIRE, RENAME), string, expired
+WATCHED_PREFIXES = ("proxy:", "route:", "service:")
+
+
+def merge_flags(current: str) -> str | None:
+    """The notify-keyspace-events value that adds ours to ``current``; None if already there."""
+    have = set(current)
+    if "A" in have:
+        have |= set("g$lshzxetd")
+    missing = [f for f in REQUIRED_FLAGS if f not in have]
+    if not missing:
+        return None
+    return current + "".join(missing)
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_keepalive=True,
+        health_check_interval=0,
+        retry_on_timeout=False,
+    )
+
+
+class ConfigWatcher:
+    def __init__(
+        self,
+        url: str,
+        resync_interval: float,
+        on_change: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.resync_interval = resync_interval
+        self.snapshot = Snapshot()
+        self.on_change = on_change
+        self.connected = False
+        self.notifications = False
+        self.last_error = ""
+        self.last_sync = 0.0
+        self.synced = asyncio.Event()
+        self._client: aioredis.Redis | None = None
+
+    # ------------------------------------------------------------------ applying
+    def _install(self, snapshot: Snapshot) -> None:
+        if snapshot is self.snapshot:
+            return
+        self.snapshot = snapshot
+        log.info(
+            "config applied",
+            extra={
+                "fields": {
+                    "generation": snapshot.generation,
+                    "proxies": snapshot.proxy_count,
+                    "routes": len(snapshot.routes),
+                    "rejected": len(snapshot.rejected),
+                }
+            },
+        )
+        if self.on_change is not None:
+            self.on_change(snapshot)
+
+    async def resync(self, client: aioredis.Redis) -> None:
+        current = await scan_all(client)
+        if not current and self.snapshot.raw:
+            # An empty answer (a Redis restarted without its data, a failover to an empty
+            # replica) must never wipe a working routing table. Explicit DELs still apply.
+            log.warning(
+                "resync found no configuration keys; keeping the last good configuration",
+                extra={"fields": {"keys_served": len(self.snapshot.raw)}},
+            )
+        else:
+            self._install(apply(self.snapshot, resync_updates(self.snapshot, current)))
+        self.last_sync = time.time()
+        self.synced.set()
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        backoff = BACKOFF_START
+        while True:
+            client = redis_client(self.url)
+            self._client = client
+            try:
+                await self._session(client)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.connected or self.last_error != str(exc):
+                    log.warning(
+                        "redis unavailable; serving the last good configuration",
+                        extra={"fields": {"error": str(exc), "retry_in": backoff}},
+                    )
+                self.last_error = str(exc)
+            finally:
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+            if self.connected:
+                backoff = BACKOFF_START
+
+    async def _session(self, client: aioredis.Redis) -> None:
+        await client.ping()
+        db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.notifications = await self._enable_notifications(client)
+        pubsub = client.pubsub()
+        try:
+            if self.notifications:
+                await pubsub.psubscribe(
+                    *(f"__keyspace@{db}__:{prefix}*" for prefix in WATCHED_PREFIXES)
+                )
+            await self.resync(client)
+            if not self.connected:
+                log.info("redis connected", extra={"fields": {"notifications": self.notifications}})
+            self.connected = True
+            self.last_error = ""
+            await self._listen(client, pubsub, db)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _enable_notifications(self, client: aioredis.Redis) -> bool:
+        try:
+            current = (await client.config_get("notify-keyspace-events")).get(
+                b"notify-keyspace-events", b""
+            )
+            text = current.decode() if isinstance(current, bytes) else str(current)
+            wanted = merge_flags(text)
+            if wanted is not None:
+                await client.config_set("notify-keyspace-events", wanted)
+            return True
+        except ResponseError as exc:
+            log.warning(
+                "keyspace notifications could not be enabled; changes apply at the next resync",
+                extra={"fields": {"error": str(exc), "resync_interval": self.resync_interval}},
+            )
+            return False
+
+    async def _listen(
+        self, client: aioredis.Redis, pubsub: aioredis.client.PubSub, db: int
+    ) -> None:
+        prefix = f"__keyspace@{db}__:".encode()
+        next_resync = time.monotonic() + self.resync_interval
+        while True:
+            timeout = max(0.0, next_resync - time.monotonic())
+            dirty: set[str] = set()
+            if self.notifications:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if message is not None:
+                    self._note(message, prefix, dirty)
+                    # batch what arrives together (a MULTI, a script, a burst of edits)
+                    deadline = time.monotonic() + BATCH_WINDOW
+                    while (left := deadline - time.monotonic()) > 0:
+                        more = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=left
+                        )
+                        if more is None:
+                            break
+                        self._note(more, prefix, dirty)
+            else:
+                await asyncio.sleep(timeout)
+            if dirty:
+                values = await fetch(client, dirty)
+                self._install(apply(self.snapshot, values))
+            if time.monotonic() >= next_resync:
+                if not self.notifications:
+                    self.notifications = await self._enable_notifications(client)
+                    if self.notifications:
+                        return  # reconnect to subscribe
+                else:
+                    # someone may have reset notify-keyspace-events: put ours back
+                    await self._enable_notifications(client)
+                await self.resync(client)
+                next_resync = time.monotonic() + self.resync_interval
+
+    @staticmethod
+    def _note(message: dict[str, object], prefix: bytes, dirty: set[str]) -> None:
+        channel = message.get("channel")
+        if isinstance(channel, bytes) and channel.startswith(prefix):
+            dirty.add(channel[len(prefix) :].decode("utf-8", "replace"))

@@ -1,0 +1,352 @@
+"""Forwarding: the reverse proxy handler.
+
+A ``ProxyCall`` carries one exchange to an upstream connection and back. It is driven by
+callbacks only (no task per request) unless a new upstream connection must be opened.
+Backpressure is coupled across the two hops: a full upstream write buffer pauses reading
+the client, a full client write buffer pauses reading the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+
+from edge.errors import (
+    EdgeError,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResponseTimeout,
+)
+from edge.http1.exchange import Exchange, Headers
+from edge.routing.router import Resolution
+from edge.routing.target import Target
+from edge.upstream.connection import UpstreamConnection
+from edge.upstream.pool import UpstreamPool
+
+log = logging.getLogger("edge.forward")
+
+# RFC 9110 §7.6.1; Proxy-Connection is a de facto one
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# set by us, never trusted from the client
+REPLACED = frozenset(
+    {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"host"}
+)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+VIA = b"1.1 edge"
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_request_headers(
+    ex: Exchange, target: Target, preserve_host: bool, custom: tuple[tuple[bytes, bytes], ...]
+) -> tuple[Headers, bool]:
+    """Request headers for the upstream, and whether this is a protocol upgrade."""
+    tokens = (
+        _connection_tokens(ex.headers)
+        if any(n == b"connection" for n, _ in ex.headers)
+        else frozenset()
+    )
+    upgrade = b"upgrade" in tokens
+    out: Headers = []
+    xff = b""
+    host = b""
+    upgrade_value = b""
+    chunked = False
+    custom_names = {n for n, _ in custom}
+    for name, value in ex.headers:
+        if name in HOP_BY_HOP or name in tokens:
+            if name == b"upgrade":
+                upgrade_value = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            continue
+        if name in REPLACED:
+            if name == b"host":
+                host = value
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if not xff else xff + b", " + value
+            continue
+        if name in custom_names:
+            continue
+        out.append((name, value))
+    client = ex.client_ip.encode("latin-1")
+    out.append((b"host", host if preserve_host and host else target.authority))
+    out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
+    out.append((b"x-forwarded-proto", ex.scheme.encode("ascii")))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-port", str(ex.server_port).encode("ascii")))
+    out.append((b"x-real-ip", client))
+    out.append((b"via", VIA))
+    out.extend(custom)
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    if upgrade and upgrade_value:
+        out.append((b"connection", b"upgrade"))
+        out.append((b"upgrade", upgrade_value))
+    else:
+        upgrade = False
+    return out, upgrade
+
+
+def downstream_response_headers(
+    headers: Headers, custom: tuple[tuple[bytes, bytes], ...], switching: bool
+) -> Headers:
+    tokens = _connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else None
+    custom_names = {n for n, _ in custom}
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or (tokens and name in tokens):
+            if switching and name in (b"upgrade", b"connection"):
+                out.append((name, value))
+            continue
+        if name in custom_names:
+            continue
+        out.append((name, value))
+    out.append((b"via", VIA))
+    out.extend(custom)
+    return out
+
+
+class ProxyCall:
+    """One request forwarded to one upstream (with at most one retry on a stale connection)."""
+
+    __slots__ = (
+        "_body_started",
+        "_deadline_at",
+        "_response_custom",
+        "_timer",
+        "conn",
+        "ex",
+        "forwarder",
+        "head",
+        "retried",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(self, forwarder: Forwarder, ex: Exchange, target: Target, res: Resolution) -> None:
+        self.forwarder = forwarder
+        self.ex = ex
+        self.target = target
+        proxy = res.proxy
+        headers, self.upgrade = upstream_request_headers(
+            ex, target, proxy.preserve_host_header, res.request_headers
+        )
+        path = ex.target
+        if not path.startswith(b"/"):
+            path = _origin_form(path)
+        if target.base_path:
+            path = target.base_path.encode() + path
+        self.head = h11.Request(method=ex.method, target=path, headers=headers, _parsed=True)
+        self._response_custom = res.response_headers
+        self.conn: UpstreamConnection | None = None
+        self.retried = False
+        self._body_started = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        ex.upstream = f"{target.host}:{target.port}"
+        ex.route = res.route.route_id if res.route is not None else ""
+
+    def start(self) -> None:
+        conn = self.forwarder.pool.checkout(self.target.origin)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.forwarder.spawn(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.forwarder.pool.connect(self.target)
+        except EdgeError as exc:
+            self._fail(exc)
+            return
+        if self.ex.finished:
+            self.forwarder.pool.checkin(conn)  # the client went away meanwhile
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.bind(self)
+        try:
+            conn.send(self.head)
+        except h11.LocalProtocolError as exc:
+            conn.abort()
+            self._fail(UpstreamError(str(exc)))
+            return
+        self._arm()
+        self.ex.producer = conn
+        self._body_started = True
+        self.ex.read_body(self)
+
+    # ------------------------------------------------------------------ BodySink
+    def body_data(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None and conn.user is self:
+            conn.send(h11.Data(data=data))
+
+    def body_end(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.user is self:
+            try:
+                conn.send(h11.EndOfMessage())
+            except h11.LocalProtocolError as exc:
+                # e.g. fewer bytes than the Content-Length the client announced
+                conn.abort()
+                self._fail(UpstreamError(str(exc)))
+
+    def downstream_lost(self) -> None:
+        self._disarm()
+        conn, self.conn = self.conn, None
+        if conn is not None and conn.user is self:
+            conn.abort()
+
+    # ------------------------------------------------------------------ UpstreamUser
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.ex.conn.resume_body()
+        else:
+            self.ex.conn.pause_body()
+
+    def on_informational(self, response: h11.InformationalResponse) -> None:
+        if response.status_code != 101 or not self.upgrade:
+            return  # 100 Continue and friends: the edge answered Expect itself
+        conn = self.conn
+        assert conn is not None
+        self._disarm()
+        ex = self.ex
+        headers = downstream_response_headers(list(response.headers), self._response_custom, True)
+        leftover_up = conn.switch_to_pipe(ex.conn)
+        leftover_down = ex.switch_protocols(headers, conn)
+        if leftover_down:
+            conn.pipe_write(leftover_down)
+        if leftover_up:
+            ex.conn.tunnel_write(leftover_up)
+
+    def on_response(self, response: h11.Response) -> None:
+        self._touch()
+        headers = downstream_response_headers(list(response.headers), self._response_custom, False)
+        self.ex.start_response(response.status_code, headers, response.reason)
+
+    def on_data(self, data: bytes) -> None:
+        self._touch()
+        self.ex.send_data(data)
+
+    def on_end(self) -> None:
+        self._disarm()
+        self.ex.producer = None
+        self.ex.end_response()
+
+    def on_failure(self, exc: Exception | None, protocol_error: bool) -> None:
+        self._disarm()
+        conn = self.conn
+        self.conn = None
+        ex = self.ex
+        if ex.finished:
+            return
+        if (
+            not protocol_error
+            and conn is not None
+            and conn.requests > 1
+            and not conn.received_any
+            and not self.retried
+            and not ex.has_body
+            and ex.method in IDEMPOTENT
+        ):
+            # a pooled connection the server had already closed: once more, fresh
+            self.retried = True
+            self.forwarder.spawn(self._connect())
+            return
+        if protocol_error:
+            self._fail(UpstreamProtocolError(str(exc)))
+        elif exc is not None:
+            self._fail(UpstreamConnectError(str(exc)))
+        else:
+            self._fail(UpstreamClosed("upstream closed the connection"))
+
+    # ------------------------------------------------------------------ deadline
+    def _arm(self) -> None:
+        loop = self.forwarder.loop
+        timeout = self.forwarder.response_timeout
+        self._deadline_at = loop.time() + timeout
+        self._timer = loop.call_later(timeout, self._expired)
+
+    def _touch(self) -> None:
+        self._deadline_at = self.forwarder.loop.time() + self.forwarder.response_timeout
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        loop = self.forwarder.loop
+        remaining = self._deadline_at - loop.time()
+        if remaining > 0.001:
+            self._timer = loop.call_later(remaining, self._expired)
+            return
+        self._timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self._fail(UpstreamResponseTimeout("upstream response timed out"))
+
+    def _fail(self, error: EdgeError) -> None:
+        self._disarm()
+        if not self.ex.finished:
+            self.ex.fail(error)
+
+
+def _origin_form(target: bytes) -> bytes:
+    """absolute-form (RFC 9112 §3.2.2) -> origin-form for the upstream."""
+    if target == b"*":
+        return target
+    scheme_end = target.find(b"://")
+    if scheme_end < 0:
+        return b"/" + target
+    slash = target.find(b"/", scheme_end + 3)
+    return target[slash:] if slash >= 0 else b"/"
+
+
+class Forwarder:
+    """The forwarding handler of one worker: owns the pool and the tasks it starts."""
+
+    def __init__(self, pool: UpstreamPool, response_timeout: float) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.response_timeout = response_timeout
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def forward(self, ex: Exchange, res: Resolution) -> None:
+        target = res.target
+        if target is None:
+            ex.fail(UpstreamConnectError(public_message="bad gateway: route target not registered"))
+            return
+        ProxyCall(self, ex, target, res).start()
+
+    def spawn(self, coro: object) -> None:
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,557 @@
+"""The downstream HTTP/1.1 connection: one ``asyncio.Protocol`` per client socket.
+
+h11 is the HTTP engine; this shell moves bytes between the transport and h11, enforces
+the hard limits (``HeadGuard``) and deadlines, and hands each request to the dispatcher
+as an ``Exchange``. Pipelined requests are answered in order: while a response is in
+progress the next request stays unparsed in h11's buffer and reading is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import h11
+
+from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
+from edge.http1.exchange import Exchange, Headers, TunnelPeer
+from edge.http1.guard import HeadGuard
+from edge.http1.hub import Hub
+from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
+
+log = logging.getLogger("edge.http")
+
+Dispatch = Callable[[Exchange], None]
+
+# reasons reading is paused; reading resumes when none is left
+_PAUSE_PIPELINE = 1  # a whole request is in, its response is not out yet
+_PAUSE_BODY = 2  # the body sink is not ready (upstream connecting, or its buffer is full)
+_PAUSE_TUNNEL = 4  # the tunnel peer cannot take more
+
+
+class _Deadline(enum.Enum):
+    NONE = enum.auto()
+    FIRST_BYTE = enum.auto()  # new connection, nothing received yet: close silently
+    HEAD = enum.auto()  # part of a head received: 408
+    BODY = enum.auto()  # waiting for request body bytes (idle timer): 408
+    KEEPALIVE = enum.auto()  # between requests: close silently
+
+
+_STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
+
+
+def normalize_host(raw: bytes) -> str:
+    """Lowercase, strip port and trailing dot (RFC 9110 §7.2; IPv6 literals keep brackets)."""
+    host = raw.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[: end + 1] if end > 0 else host
+    else:
+        colon = host.rfind(":")
+        if colon >= 0:
+            host = host[:colon]
+    return host.rstrip(".")
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_activity",
+        "_deadline",
+        "_paused",
+        "_timer",
+        "_tunnel",
+        "_write_paused",
+        "client_ip",
+        "client_port",
+        "current",
+        "dispatch",
+        "guard",
+        "h11",
+        "hub",
+        "scheme",
+        "server_port",
+        "transport",
+    )
+
+    def __init__(self, hub: Hub, dispatch: Dispatch, scheme: str = "http") -> None:
+        self.hub = hub
+        self.dispatch = dispatch
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.current: Exchange | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self.server_port = 0
+        s = hub.settings
+        self.guard = HeadGuard(s.max_request_line, s.max_header_bytes, s.max_header_count)
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=hub.max_incomplete)
+        self._paused = 0
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = _Deadline.NONE
+        self._activity = 0.0
+        self._tunnel: TunnelPeer | None = None
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip, self.client_port = peer[0], peer[1]
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.server_port = sock[1]
+        self.hub.connections.add(self)
+        if self.hub.draining:
+            transport.close()
+            return
+        self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.tunnel_data(data)
+            return
+        ex = self.current
+        if ex is None:
+            if self._deadline is not _Deadline.HEAD:
+                self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
+            try:
+                self.guard.feed(data)
+            except ClientError as exc:
+                self._reject(exc)
+                return
+        elif self.h11.their_state is h11.SEND_BODY:
+            self._activity = self.hub.loop.time()
+        else:
+            # the client is pipelining: keep the bytes in h11 and stop reading for now
+            self._pause(_PAUSE_PIPELINE)
+        self.h11.receive_data(data)
+        self._drive()
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            self._tunnel.tunnel_eof()
+            return True
+        if self.h11.their_state is not h11.CLOSED:
+            self.h11.receive_data(b"")
+            self._drive()
+        # keep the write side open so an in-flight response can still be sent
+        return self.current is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.hub.connections.discard(self)
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.tunnel_lost()
+        ex = self.current
+        if ex is not None:
+            self.current = None
+            if ex.status == 0:
+                ex.status = 499  # client closed before the response started (nginx's code)
+            self._log(ex, aborted=True)
+            if ex.sink is not None:
+                ex.sink.downstream_lost()
+            elif ex.producer is not None and hasattr(ex.producer, "downstream_lost"):
+                ex.producer.downstream_lost()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        target = self._tunnel or (self.current.producer if self.current else None)
+        if target is not None:
+            target.pause_producing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        target = self._tunnel or (self.current.producer if self.current else None)
+        if target is not None:
+            target.resume_producing()
+
+    # ------------------------------------------------------------------ event loop of h11
+    def _drive(self) -> None:
+        conn = self.h11
+        while self.transport is not None:
+            ex = self.current
+            if (
+                ex is not None
+                and conn.their_state is h11.SEND_BODY
+                and (ex.sink is None or self._paused & _PAUSE_BODY)
+            ):
+                self._pause(_PAUSE_BODY)  # the body waits until the handler pulls it
+                return
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                hint = exc.error_status_hint
+                err: ClientError = (
+                    NotImplementedByEdge(str(exc)) if hint == 501 else ClientError(str(exc))
+                )
+                if hint in (414, 431):
+                    err.status = hint
+                self._reject(err)
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                assert ex is not None and ex.sink is not None
+                ex.bytes_in += len(event.data)
+                ex.sink.body_data(event.data)
+            elif kind is h11.EndOfMessage:
+                assert ex is not None
+                if self._deadline is _Deadline.BODY:
+                    self._disarm()
+                if ex.sink is not None:
+                    ex.sink.body_end()
+            elif kind is h11.Request:
+                self._on_request(event)
+            elif event is h11.NEED_DATA:
+                if ex is not None and conn.their_state is h11.SEND_BODY:
+                    if self._deadline is not _Deadline.BODY:
+                        self._activity = self.hub.loop.time()
+                        self._arm(_Deadline.BODY, self.hub.settings.client_body_timeout)
+                return
+            elif event is h11.PAUSED:
+                return
+            elif kind is h11.ConnectionClosed:
+                if ex is None and self.transport is not None:
+                    self.transport.close()
+                return
+            else:  # pragma: no cover - h11 emits nothing else to a server
+                return
+
+    def _on_request(self, request: h11.Request) -> None:
+        self._disarm()
+        host = b""
+        has_te = has_cl = False
+        for name, value in request.headers:
+            if name == b"host":
+                host = value
+            elif name == b"transfer-encoding":
+                has_te = True
+            elif name == b"content-length":
+                has_cl = True
+        rid = self.hub.next_request_id()
+        ex = Exchange(self, request, rid, normalize_host(host))
+        ex.has_body = has_te or (has_cl and _content_length(request) != 0)
+        self.current = ex
+        self.hub.requests += 1
+        # RFC 9112 §6.1 / §11.2: refuse what could be read two ways by the next hop
+        if has_te and has_cl:
+            self.fail(ex, ClientError(public_message="both Content-Length and Transfer-Encoding"))
+            return
+        if has_te and request.http_version == b"1.0":
+            self.fail(ex, ClientError(public_message="Transfer-Encoding in an HTTP/1.0 request"))
+            return
+        try:
+            self.dispatch(ex)
+        except Exception:
+            log.exception("handler failed", extra={"fields": {"request_id": rid}})
+            if self.current is ex:
+                self.fail(ex, EdgeError())
+
+    # ------------------------------------------------------------------ request body
+    def pull_body(self, ex: Exchange) -> None:
+        if ex is not self.current or self.transport is None:
+            return
+        if self.h11.they_are_waiting_for_100_continue:
+            self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        self._resume(_PAUSE_BODY)
+        self._drive()
+
+    def pause_body(self) -> None:
+        """The body sink is full (upstream write buffer): stop reading the client."""
+        self._pause(_PAUSE_BODY)
+
+    def resume_body(self) -> None:
+        if self._paused & _PAUSE_BODY:
+            self._resume(_PAUSE_BODY)
+            self._drive()
+
+    # ------------------------------------------------------------------ response
+    def send_head(self, ex: Exchange, status: int, headers: Headers, reason: bytes = b"") -> None:
+        if ex is not self.current or self.transport is None:
+            return
+        if self.hub.draining or (
+            self.h11.their_state is h11.SEND_BODY and ex.sink is None and ex.has_body
+        ):
+            # draining, or the body will never be read: this is the connection's last response
+            headers.append((b"connection", b"close"))
+        ex.status = status
+        ex.response_started = True
+        try:
+            data = self.h11.send(
+                h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
+            )
+        except h11.LocalProtocolError:
+            log.warning("invalid response head", extra={"fields": {"request_id": ex.request_id}})
+            self.abort()
+            return
+        self._write(data)
+
+    def send_data(self, ex: Exchange, data: bytes) -> None:
+        if ex is not self.current or self.transport is None:
+            return
+        ex.bytes_out += len(data)
+        out = self.h11.send(h11.Data(data=data))
+        if out:
+            self.transport.write(out)
+
+    def end_response(self, ex: Exchange) -> None:
+        if ex is not self.current or self.transport is None:
+            return
+        self._write(self.h11.send(h11.EndOfMessage()))
+        self._finish(ex)
+
+    def respond_whole(
+        self, ex: Exchange, status: int, body: bytes, content_type: bytes, extra: Headers
+    ) -> None:
+        headers = simple_headers(content_type, len(body), ex.request_id)
+        headers.extend(extra)
+        self.send_head(ex, status, headers, REASONS.get(status, b""))
+        if ex.method != b"HEAD" and body:
+            self.send_data(ex, body)
+        self.end_response(ex)
+
+    def fail(self, ex: Exchange, error: EdgeError) -> None:
+        if ex is not self.current:
+            return
+        level = logging.WARNING if error.status >= 500 else logging.INFO
+        log.log(
+            level,
+            "request failed",
+            extra={
+                "fields": {
+                    "request_id": ex.request_id,
+                    "status": error.status,
+                    "error": type(error).__name__,
+                    "detail": str(error),
+                }
+            },
+        )
+        if ex.response_started or self.h11.our_state is not h11.SEND_RESPONSE:
+            self.abort()
+            return
+        extra: Headers = [(b"connection", b"close")] if error.close_connection else []
+        body = error_body(error, ex.request_id)
+        self.respond_whole(ex, error.status, body, b"application/json", extra)
+        if error.close_connection and self.transport is not None:
+            self.transport.close()
+
+    def switch_protocols(self, ex: Exchange, headers: Headers, tunnel: TunnelPeer) -> bytes:
+        """Answer 101, then the socket carries raw bytes between the client and ``tunnel``."""
+        assert ex is self.current and self.transport is not None
+        ex.status = 101
+        ex.response_started = True
+        self._write(
+            self.h11.send(h11.InformationalResponse(status_code=101, headers=headers, _parsed=True))
+        )
+        self._disarm()
+        self._tunnel = tunnel
+        leftover, _closed = self.h11.trailing_data
+        self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
+        if self._write_paused:
+            tunnel.pause_producing()
+        return leftover
+
+    def tunnel_write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def tunnel_close(self) -> None:
+        """The tunnel peer is done: log the exchange and close the client socket."""
+        ex = self.current
+        if ex is not None:
+            self.current = None
+            self._log(ex)
+        if self.transport is not None:
+            self.transport.close()
+
+    def tunnel_write_eof(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def pause_tunnel(self) -> None:
+        self._pause(_PAUSE_TUNNEL)
+
+    def resume_tunnel(self) -> None:
+        self._resume(_PAUSE_TUNNEL)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _finish(self, ex: Exchange) -> None:
+        self.current = None
+        self._log(ex)
+        conn = self.h11
+        transport = self.transport
+        if transport is None:
+            return
+        if conn.their_state is h11.SEND_BODY and ex.sink is None and not ex.has_body:
+            # answered before the (empty) body's end was parsed: consume it now
+            try:
+                conn.next_event()
+            except h11.RemoteProtocolError:
+                transport.close()
+                return
+        if conn.our_state in _STATUS_CLOSE or conn.their_state is not h11.DONE:
+            # MUST_CLOSE, or the request body was never read: no keep-alive
+            transport.close()
+            return
+        if self.hub.draining:
+            transport.close()
+            return
+        conn.start_next_cycle()
+        self.guard.reset()
+        leftover, closed = conn.trailing_data
+        if leftover:
+            self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
+            try:
+                self.guard.feed(leftover)
+            except ClientError as exc:
+                self._reject(exc)
+                return
+        elif closed:
+            transport.close()
+            return
+        else:
+            self._arm(_Deadline.KEEPALIVE, self.hub.settings.keepalive_timeout)
+        self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
+        if leftover:
+            self._drive()
+
+    def drain(self) -> None:
+        """Called when the worker starts draining: idle connections close now."""
+        if self.current is None and self._tunnel is None and self.transport is not None:
+            if self._deadline is not _Deadline.HEAD:
+                self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _reject(self, error: ClientError) -> None:
+        """A malformed or oversized request: answer if we still can, then close."""
+        ex = self.current
+        if ex is None:
+            rid = self.hub.next_request_id()
+            req = h11.Request(method=b"-", target=b"/", headers=[(b"host", b"-")], _parsed=True)
+            ex = Exchange(self, req, rid, "")
+            ex.path = ""
+            self.current = ex
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not ex.response_started:
+            self.fail(ex, error)
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self.current = None
+            self._log(ex)
+            self.abort()
+
+    # ------------------------------------------------------------------ deadlines
+    def _arm(self, kind: _Deadline, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._deadline = kind
+        self._timer = self.hub.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = _Deadline.NONE
+
+    def _expired(self) -> None:
+        kind = self._deadline
+        self._timer = None
+        self._deadline = _Deadline.NONE
+        if self.transport is None:
+            return
+        if kind is _Deadline.BODY:
+            # idle timer: re-arm for the remainder when bytes arrived meanwhile
+            remaining = self._activity + self.hub.settings.client_body_timeout
+            remaining -= self.hub.loop.time()
+            if remaining > 0.001 and self._paused & _PAUSE_BODY == 0:
+                self._deadline = kind
+                self._timer = self.hub.loop.call_later(remaining, self._expired)
+                return
+            if self._paused & _PAUSE_BODY:
+                # we are the slow side (upstream backpressure), not the client
+                self._deadline = kind
+                self._timer = self.hub.loop.call_later(
+                    self.hub.settings.client_body_timeout, self._expired
+                )
+                return
+            ex = self.current
+            if ex is not None and not ex.response_started:
+                sink = ex.sink
+                ex.sink = _Discard()
+                if sink is not None:
+                    sink.downstream_lost()
+                self.fail(ex, RequestTimeout("request body idle"))
+                if self.transport is not None:
+                    self.transport.close()
+            else:
+                self.abort()
+        elif kind is _Deadline.HEAD:
+            self._reject(RequestTimeout("request head not complete in time"))
+        elif kind in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
+            self.transport.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _pause(self, reason: int) -> None:
+        if self._paused == 0 and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reasons: int) -> None:
+        if self._paused == 0:
+            return
+        self._paused &= ~reasons
+        if self._paused == 0 and self.transport is not None:
+            self.transport.resume_reading()
+
+    def _log(self, ex: Exchange, aborted: bool = False) -> None:
+        record: dict[str, Any] = {
+            "time": wallclock(),
+            "request_id": ex.request_id,
+            "client": ex.client_ip,
+            "method": ex.method.decode("latin-1"),
+            "host": ex.host,
+            "path": ex.path,
+            "status": ex.status,
+            "bytes_in": ex.bytes_in,
+            "bytes_out": ex.bytes_out,
+            "duration_ms": round((self.hub.loop.time() - ex.started) * 1000, 3),
+            "upstream": ex.upstream,
+            "route": ex.route,
+        }
+        if aborted:
+            record["aborted"] = True
+        self.hub.access_log.write(record)
+
+
+def _content_length(request: h11.Request) -> int:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
+class _Discard:
+    """Body sink that throws the body away (the handler answered without it)."""
+
+    __slots__ = ()
+
+    def body_data(self, data: bytes) -> None:
+        pass
+
+    def body_end(self) -> None:
+        pass
+
+    def downstream_lost(self) -> None:
+        pass

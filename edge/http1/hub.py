@@ -1,0 +1,52 @@
+"""Per-worker state shared by every downstream connection: limits, ids, drain, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import TYPE_CHECKING
+
+from edge.accesslog import AccessLog
+from edge.settings import Settings
+
+if TYPE_CHECKING:
+    from edge.http1.connection import HttpConnection
+
+
+class Hub:
+    __slots__ = (
+        "_ids",
+        "_prefix",
+        "access_log",
+        "connections",
+        "draining",
+        "loop",
+        "max_incomplete",
+        "requests",
+        "settings",
+        "worker_id",
+    )
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, worker_id: int = 0):
+        self.settings = settings
+        self.loop = loop
+        self.worker_id = worker_id
+        self.access_log = AccessLog(loop)
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self.requests = 0
+        # request ids: a random per-process prefix and a counter; unique without a syscall
+        self._prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
+        # h11's own limit must never trip before ours (it is only a backstop)
+        self.max_incomplete = settings.max_request_line + settings.max_header_bytes + 4096
+
+    def next_request_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):08x}"
+
+    def start_drain(self) -> None:
+        """Stop keep-alive everywhere: idle connections close now, busy ones after a response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()

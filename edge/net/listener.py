@@ -1,0 +1,27 @@
+"""Listening sockets shared by every worker process through SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import socket
+
+BACKLOG = 4096
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket; every worker binds its own and the kernel balances."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if host == "localhost":
+        host = "127.0.0.1"
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

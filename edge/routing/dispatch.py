@@ -1,0 +1,90 @@
+"""From a parsed request to the handler that answers it.
+
+Order: handlers that answer on every host before routing (ACME HTTP-01 challenges), the
+API hostname, then the host router; proxies with auth enabled pass through the auth
+handler before forwarding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edge.config.snapshot import Snapshot
+from edge.errors import EdgeError, NoRoute, ServiceUnavailable
+from edge.handlers.forward import Forwarder
+from edge.http1.exchange import Exchange, Handler
+from edge.routing.router import Resolution
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+class ProxyDisabled(EdgeError):
+    status = 404
+    public_message = "the proxy for this host is disabled"
+
+
+class AuthUnavailable(ServiceUnavailable):
+    public_message = "authentication is required for this host but is not available"
+
+
+class AuthGate:
+    """What runs before forwarding on a proxy with ``auth_enabled``.
+
+    ``check`` calls ``allow`` once the request may pass, or answers the exchange itself.
+    """
+
+    def check(self, ex: Exchange, res: Resolution, allow: Callable[[], None]) -> None:
+        raise NotImplementedError
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        forwarder: Forwarder,
+        api: Handler | None = None,
+        api_hostname: str | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.forwarder = forwarder
+        self.api = api
+        self.api_hostname = api_hostname.lower().rstrip(".") if api_hostname else None
+        # path prefix -> handler, answered on every host before routing
+        self.early: list[tuple[str, Handler]] = []
+        self.auth: AuthGate | None = None
+
+    def __call__(self, ex: Exchange) -> None:
+        path = ex.path
+        for prefix, handler in self.early:
+            if path.startswith(prefix):
+                handler.handle(ex)
+                return
+        if self.api is not None and ex.host == self.api_hostname:
+            self.api.handle(ex)
+            return
+        router = self.snapshot().router
+        proxy = router.find_proxy(ex.host)
+        if proxy is None:
+            ex.fail(NoRoute(f"no proxy for host {ex.host!r}"))
+            return
+        if not proxy.enabled:
+            ex.fail(ProxyDisabled())
+            return
+        if ex.scheme == "http" and not proxy.enable_http and proxy.enable_https:
+            _redirect_to_https(ex)
+            return
+        res = router.resolve(proxy, path, ex.method)
+        if proxy.auth_enabled:
+            if self.auth is None:
+                # fail closed: never forward a protected host without its check
+                ex.fail(AuthUnavailable())
+                return
+            self.auth.check(ex, res, lambda: self.forwarder.forward(ex, res))
+            return
+        self.forwarder.forward(ex, res)
+
+
+def _redirect_to_https(ex: Exchange) -> None:
+    status = 301 if ex.method in (b"GET", b"HEAD") else 308
+    location = b"https://" + ex.host.encode("idna") + ex.target
+    ex.respond(status, b"", headers=[(b"location", location)])

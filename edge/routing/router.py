@@ -1,0 +1,154 @@
+"""Hand-written router: host first (exact, then most specific wildcard), then path routes.
+
+A ``Router`` is built for one immutable config snapshot. Host lookup costs one dict probe
+per label of the request host, whatever the number of proxies. Each proxy's effective
+route list (global + scoped, filtered by its route_mode, by priority) is computed on first
+use and cached for the life of the snapshot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edge.config.schema import ExternalService, ProxyConfig, RouteConfig
+from edge.routing.target import Target, parse_target
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    route: RouteConfig
+    prefix: str | None
+    regex: re.Pattern[str] | None
+    methods: frozenset[bytes] | None
+
+    def matches(self, path: str, method: bytes) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.prefix is not None:
+            return path.startswith(self.prefix)
+        assert self.regex is not None
+        return self.regex.match(path) is not None
+
+
+EncodedHeaders = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    proxy: ProxyConfig
+    route: RouteConfig | None
+    target: Target | None  # None: the route names a service that is not registered
+    request_headers: EncodedHeaders  # the proxy's custom_headers, ready for the wire
+    response_headers: EncodedHeaders  # its custom_response_headers
+
+
+def _encode(headers: dict[str, str]) -> EncodedHeaders:
+    return tuple((k.lower().encode("ascii"), v.encode("ascii")) for k, v in headers.items())
+
+
+def compile_route(route: RouteConfig) -> CompiledRoute:
+    methods = frozenset(m.encode("ascii") for m in route.methods) if route.methods else None
+    if route.is_regex:
+        return CompiledRoute(route, None, re.compile(route.path_pattern), methods)
+    return CompiledRoute(route, route.path_pattern, None, methods)
+
+
+def _order(route: CompiledRoute) -> tuple[int, int, str]:
+    r = route.route
+    return (-r.priority, -len(r.path_pattern), r.route_id)
+
+
+class Router:
+    __slots__ = (
+        "_by_proxy",
+        "_global",
+        "_headers",
+        "_scoped",
+        "exact",
+        "services",
+        "urls",
+        "wildcards",
+    )
+
+    def __init__(
+        self,
+        exact: Mapping[str, ProxyConfig],
+        wildcards: Mapping[str, ProxyConfig],
+        routes: Mapping[str, CompiledRoute],
+        services: Mapping[str, ExternalService],
+        urls: Mapping[str, str],
+    ) -> None:
+        self.exact = exact
+        self.wildcards = wildcards  # ".example.com" -> proxy of "*.example.com"
+        self.services = services
+        self.urls = urls
+        enabled = [r for r in routes.values() if r.route.enabled]
+        self._global = sorted((r for r in enabled if r.route.scope == "global"), key=_order)
+        scoped: dict[str, list[CompiledRoute]] = {}
+        for r in enabled:
+            if r.route.scope == "proxy":
+                for host in r.route.proxy_hostnames:
+                    scoped.setdefault(host, []).append(r)
+        self._scoped = scoped
+        self._by_proxy: dict[str, tuple[CompiledRoute, ...]] = {}
+        self._headers: dict[str, tuple[EncodedHeaders, EncodedHeaders]] = {}
+
+    def find_proxy(self, host: str) -> ProxyConfig | None:
+        proxy = self.exact.get(host)
+        if proxy is not None:
+            return proxy
+        dot = host.find(".")
+        while dot >= 0:
+            proxy = self.wildcards.get(host[dot:])
+            if proxy is not None:
+                return proxy
+            dot = host.find(".", dot + 1)
+        return None
+
+    def routes_for(self, proxy: ProxyConfig) -> tuple[CompiledRoute, ...]:
+        cached = self._by_proxy.get(proxy.hostname)
+        if cached is not None:
+            return cached
+        if proxy.route_mode == "none":
+            result: tuple[CompiledRoute, ...] = ()
+        else:
+            candidates = self._global + self._scoped.get(proxy.hostname, [])
+            if proxy.route_mode == "selective":
+                allowed = set(proxy.enabled_routes)
+                candidates = [r for r in candidates if r.route.route_id in allowed]
+            else:
+                denied = set(proxy.disabled_routes)
+                candidates = [r for r in candidates if r.route.route_id not in denied]
+            result = tuple(sorted(candidates, key=_order))
+        self._by_proxy[proxy.hostname] = result
+        return result
+
+    def resolve(self, proxy: ProxyConfig, path: str, method: bytes) -> Resolution:
+        headers = self._headers.get(proxy.hostname)
+        if headers is None:
+            headers = (_encode(proxy.custom_headers), _encode(proxy.custom_response_headers))
+            self._headers[proxy.hostname] = headers
+        for compiled in self.routes_for(proxy):
+            if compiled.matches(path, method):
+                route = compiled.route
+                return Resolution(proxy, route, self.route_target(route), *headers)
+        return Resolution(proxy, None, parse_target(proxy.target_url), *headers)
+
+    def route_target(self, route: RouteConfig) -> Target | None:
+        kind = route.target_type
+        value = route.target_value
+        if kind == "url":
+            return parse_target(value)
+        if kind == "port":
+            return parse_target(f"http://127.0.0.1:{value}")
+        if kind == "hostname":
+            return parse_target(f"http://{value}")
+        url = self.urls.get(value)
+        if url is None:
+            service = self.services.get(value)
+            if service is None:
+                return None
+            url = service.target_url
+        return parse_target(url)

@@ -1,0 +1,177 @@
+"""Static settings: read once from the environment (and an optional env file).
+
+Dynamic configuration (proxies, routes, services) lives in Redis; see ``edge.config``.
+Names match the environment variables existing deployments already use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+
+class SettingsError(ValueError):
+    """A static setting is invalid; the message names the variable."""
+
+
+T = TypeVar("T")
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0 < value <= 86400 or value != value:
+        raise ValueError("must be a number of seconds > 0 and <= 86400")
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value != "localhost":
+            raise ValueError("must be an IP address or 'localhost'") from None
+    return value
+
+
+def _level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Immutable static settings of one edge process."""
+
+    redis_url: str | None = None
+    server_host: str = "0.0.0.0"
+    http_port: int = 80
+    api_host: str = "127.0.0.1"
+    api_port: int = 9000
+    api_hostname: str | None = None
+    log_level: str = "INFO"
+    proxy_connect_timeout: float = 30.0
+    proxy_request_timeout: float = 120.0
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 60.0
+    drain_timeout: float = 30.0
+    max_header_bytes: int = 16384
+    max_header_count: int = 100
+    max_request_line: int = 8192
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    state_dir: str = "/var/lib/edge"
+    seed_file: str | None = None
+    config_resync_interval: float = 30.0
+    upstream_idle_limit: int = 64
+    upstream_idle_timeout: float = 60.0
+
+
+# variable name -> (field, parser)
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "REDIS_URL": ("redis_url", _redis_url),
+    "SERVER_HOST": ("server_host", _host),
+    "HTTP_PORT": ("http_port", _int(0, 65535)),
+    "API_HOST": ("api_host", _host),
+    "API_PORT": ("api_port", _int(0, 65535)),
+    "API_HOSTNAME": ("api_hostname", _optional_text),
+    "LOG_LEVEL": ("log_level", _level),
+    "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", _seconds),
+    "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", _seconds),
+    "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", _seconds),
+    "CLIENT_BODY_TIMEOUT": ("client_body_timeout", _seconds),
+    "KEEPALIVE_TIMEOUT": ("keepalive_timeout", _seconds),
+    "DRAIN_TIMEOUT": ("drain_timeout", _seconds),
+    "MAX_HEADER_BYTES": ("max_header_bytes", _int(256, 1 << 20)),
+    "MAX_HEADER_COUNT": ("max_header_count", _int(1, 10000)),
+    "MAX_REQUEST_LINE": ("max_request_line", _int(64, 1 << 20)),
+    "EDGE_WORKERS": ("workers", _int(1, 1024)),
+    "EDGE_STATE_DIR": ("state_dir", _text),
+    "EDGE_SEED_FILE": ("seed_file", _optional_text),
+    "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", _seconds),
+    "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", _int(0, 100000)),
+    "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", _seconds),
+}
+
+ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)
+
+
+def load_settings(env: Mapping[str, str], **overrides: Any) -> Settings:
+    """Build settings from ``env``; raise SettingsError naming the first bad variable."""
+    values: dict[str, Any] = {}
+    for name, (field, parse) in _VARIABLES.items():
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``NAME=value`` lines, ``#`` comments, optional quotes/export."""
+    result: dict[str, str] = {}
+    text = Path(path).read_text(encoding="utf-8")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export "):
+            stripped = stripped[7:].lstrip()
+        name, sep, value = stripped.partition("=")
+        name = name.strip()
+        if not sep or not name.replace("_", "").isalnum():
+            raise SettingsError(f"{path}:{lineno}: expected NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        result[name] = value
+    return result
+
+
+def environment(env_file: str | None) -> dict[str, str]:
+    """The process environment overlaid on the env file (real environment wins)."""
+    merged: dict[str, str] = {}
+    if env_file:
+        try:
+            merged.update(read_env_file(env_file))
+        except OSError as exc:
+            raise SettingsError(f"--env-file {env_file}: {exc.strerror}") from None
+    merged.update(os.environ)
+    return merged

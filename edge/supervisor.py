@@ -1,0 +1,123 @@
+"""``edge serve``: start the embedded Redis if needed, run N worker processes, drain them.
+
+Workers are separate interpreters (``python -m edge worker``) that each bind the ports with
+SO_REUSEPORT. A worker that dies unexpectedly is restarted (with backoff). SIGTERM, or a
+first SIGINT, forwards SIGTERM so every worker drains; a second SIGINT kills at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from edge.embedded_redis import EmbeddedRedis, seed
+from edge.settings import Settings
+
+log = logging.getLogger("edge.supervisor")
+
+RESTART_BACKOFF_CAP = 10.0
+EXIT_GRACE = 5.0  # beyond DRAIN_TIMEOUT before a worker is killed
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.env = env
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.interrupts = 0
+        self.embedded: EmbeddedRedis | None = None
+        self._restarts: dict[int, tuple[int, float]] = {}
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                for proc in self.workers.values():
+                    proc.kill()
+                if self.embedded is not None:
+                    self.embedded.stop()
+                os._exit(130)
+        self.stopping = True
+
+    def spawn(self, worker_id: int) -> None:
+        cmd = [sys.executable, "-m", "edge", "worker", "--id", str(worker_id)]
+        self.workers[worker_id] = subprocess.Popen(cmd, env=self.env)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        try:
+            if self.settings.redis_url is None:
+                self.embedded = EmbeddedRedis(self.settings.state_dir)
+                self.env["REDIS_URL"] = self.embedded.start()
+            url = self.env["REDIS_URL"]
+            if self.settings.seed_file:
+                written = seed(url, self.settings.seed_file)
+                log.info(
+                    "seeded",
+                    extra={"fields": {"file": self.settings.seed_file, "written": written}},
+                )
+            for i in range(self.settings.workers):
+                self.spawn(i)
+            log.info(
+                "edge started",
+                extra={"fields": {"workers": self.settings.workers, "pid": os.getpid()}},
+            )
+            self._watch()
+            return self._shutdown()
+        finally:
+            for proc in self.workers.values():
+                if proc.poll() is None:
+                    proc.kill()
+            if self.embedded is not None:
+                self.embedded.stop()
+
+    def _watch(self) -> None:
+        while not self.stopping:
+            time.sleep(0.1)
+            for wid, proc in list(self.workers.items()):
+                code = proc.poll()
+                if code is None or self.stopping:
+                    continue
+                count, since = self._restarts.get(wid, (0, 0.0))
+                now = time.monotonic()
+                if now - since > 60:
+                    count = 0
+                delay = min(RESTART_BACKOFF_CAP, 0.5 * (2**count))
+                log.error(
+                    "worker exited; restarting",
+                    extra={"fields": {"worker": wid, "status": code, "restart_in": delay}},
+                )
+                self._restarts[wid] = (count + 1, now)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline and not self.stopping:
+                    time.sleep(0.05)
+                if not self.stopping:
+                    self.spawn(wid)
+
+    def _shutdown(self) -> int:
+        log.info("stopping: draining workers")
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout + EXIT_GRACE
+        status = 0
+        for wid, proc in self.workers.items():
+            try:
+                code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker did not drain in time; killed", extra={"fields": {"worker": wid}})
+                proc.kill()
+                proc.wait()
+                status = 1
+                continue
+            if code not in (0, -signal.SIGTERM):
+                status = 1
+        log.info("stopped")
+        return status

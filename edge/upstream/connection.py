@@ -1,0 +1,229 @@
+"""One upstream socket: an h11 client in an ``asyncio.Protocol`` shell.
+
+The connection serves one ``UpstreamUser`` (a forwarding call) at a time, then goes back
+to its pool if both sides ended the exchange cleanly. After a 101 it becomes a raw byte
+pipe to the downstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+import h11
+
+if TYPE_CHECKING:
+    from edge.upstream.pool import UpstreamPool
+
+
+class UpstreamUser(Protocol):
+    """What a connection reports to while it carries a request."""
+
+    def on_response(self, response: h11.Response) -> None: ...
+    def on_informational(self, response: h11.InformationalResponse) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_failure(self, exc: Exception | None, protocol_error: bool) -> None: ...
+    def upstream_writable(self, writable: bool) -> None: ...
+
+
+class RawPipe(Protocol):
+    """Downstream end of a switched connection."""
+
+    def tunnel_write(self, data: bytes) -> None: ...
+    def tunnel_write_eof(self) -> None: ...
+    def tunnel_close(self) -> None: ...
+    def pause_tunnel(self) -> None: ...
+    def resume_tunnel(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_idle_timer",
+        "_reading_paused",
+        "h11",
+        "key",
+        "pipe",
+        "pool",
+        "received_any",
+        "requests",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.user: UpstreamUser | None = None
+        self.pipe: RawPipe | None = None
+        self.received_any = False
+        self.requests = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+
+    # ------------------------------------------------------------------ asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.tunnel_write(data)
+            return
+        user = self.user
+        if user is None:
+            # an idle connection must stay silent; anything else makes it unusable
+            self.close()
+            return
+        self.received_any = True
+        self.h11.receive_data(data)
+        self._drive(user)
+
+    def eof_received(self) -> bool | None:
+        if self.pipe is not None:
+            self.pipe.tunnel_write_eof()
+            return True
+        if self.user is not None:
+            self.h11.receive_data(b"")
+            self._drive(self.user)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._cancel_idle()
+        self.pool.forget(self)
+        if self.pipe is not None:
+            pipe, self.pipe = self.pipe, None
+            pipe.tunnel_close()
+            return
+        user, self.user = self.user, None
+        if user is not None:
+            user.on_failure(exc, False)
+
+    def pause_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_writable(False)
+        elif self.pipe is not None:
+            self.pipe.pause_tunnel()
+
+    def resume_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_writable(True)
+        elif self.pipe is not None:
+            self.pipe.resume_tunnel()
+
+    # ------------------------------------------------------------------ h11 events
+    def _drive(self, user: UpstreamUser) -> None:
+        conn = self.h11
+        while self.user is user:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.user = None
+                self.abort()
+                user.on_failure(exc, True)
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                user.on_data(event.data)
+            elif kind is h11.Response:
+                user.on_response(event)
+            elif kind is h11.EndOfMessage:
+                self._release(user)
+                return
+            elif kind is h11.InformationalResponse:
+                user.on_informational(event)
+            elif event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            elif kind is h11.ConnectionClosed:
+                self.user = None
+                self.close()
+                user.on_failure(None, False)
+                return
+
+    def _release(self, user: UpstreamUser) -> None:
+        """Response complete: hand back to the user, then maybe to the pool."""
+        self.user = None
+        user.on_end()
+        conn = self.h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.pool.checkin(self)
+        else:
+            self.close()
+
+    # ------------------------------------------------------------------ used by callers
+    def bind(self, user: UpstreamUser) -> None:
+        self._cancel_idle()
+        self.user = user
+        self.received_any = False
+        self.requests += 1
+        if self._reading_paused:
+            self.resume_producing()
+
+    def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def switch_to_pipe(self, pipe: RawPipe) -> bytes:
+        """After a 101: raw bytes from now on. Returns bytes already read past the head."""
+        self.user = None
+        self.pipe = pipe
+        leftover, _ = self.h11.trailing_data
+        return leftover
+
+    def pipe_write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pipe_write_eof(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    @property
+    def usable(self) -> bool:
+        t = self.transport
+        return t is not None and not t.is_closing()
+
+    def arm_idle(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._cancel_idle()
+        self._idle_timer = loop.call_later(seconds, self.close)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    # Producer (downstream backpressure pauses our reads)
+    def pause_producing(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_producing(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # TunnelPeer (downstream side of a switched connection talks to us)
+    def tunnel_data(self, data: bytes) -> None:
+        self.pipe_write(data)
+
+    def tunnel_eof(self) -> None:
+        self.pipe_write_eof()
+
+    def tunnel_lost(self) -> None:
+        self.pipe = None
+        self.close()
+
+    def close(self) -> None:
+        self.user = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.user = None
+        if self.transport is not None:
+            self.transport.abort()
