@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(settings.log_level, worker=args.id)
         from edge.worker import run_worker
 
-        run_worker(settings, args.id, use_uvloop=not args.asyncio)
+        run_worker(
+            settings, args.id, use_uvloop=settings.event_loop == "uvloop" and not args.asyncio
+        )
         return 0
     if args.command == "check":
         from edge.config.check import run_check

@@ -62,6 +62,13 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _loop(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"uvloop", "asyncio"}:
+        raise ValueError("must be 'uvloop' or 'asyncio'")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -96,6 +103,7 @@ class Settings:
     config_resync_interval: float = 30.0
     upstream_idle_limit: int = 64
     upstream_idle_timeout: float = 60.0
+    event_loop: str = "uvloop"
 
 
 # variable name -> (field, parser)
@@ -122,6 +130,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", _seconds),
     "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", _int(0, 100000)),
     "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", _seconds),
+    "EDGE_LOOP": ("event_loop", _loop),
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)

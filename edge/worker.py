@@ -121,7 +121,7 @@ class Worker:
             server.close()
         self.hub.start_drain()
         deadline = self.loop.time() + self.settings.drain_timeout
-        while self.hub.connections and self.loop.time() < deadline:
+        while self.hub.connections and self.loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for conn in list(self.hub.connections):
             conn.abort()

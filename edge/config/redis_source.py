@@ -33,7 +33,7 @@ async def fetch(client: aioredis.Redis, keys: Iterable[str]) -> dict[str, bytes 
         kinds = dict(zip(missing, types, strict=True))
         for key, value in zip(batch, values, strict=True):
             if value is not None:
-                result[key] = value
+                result[key] = value if isinstance(value, bytes) else str(value).encode()
             elif kinds.get(key, b"none") not in (b"none", "none"):
                 kind = kinds[key]
                 name = kind.decode() if isinstance(kind, bytes) else str(kind)

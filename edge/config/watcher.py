@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -118,15 +119,15 @@ class ConfigWatcher:
                         "redis unavailable; serving the last good configuration",
                         extra={"fields": {"error": str(exc), "retry_in": backoff}},
                     )
-                self.last_error = str(exc)
+                self.last_error = str(exc) or type(exc).__name__
             finally:
+                if self.connected:
+                    backoff = BACKOFF_START  # a session was up: start the backoff over
                 self.connected = False
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_CAP)
-            if self.connected:
-                backoff = BACKOFF_START
 
     async def _session(self, client: aioredis.Redis) -> None:
         await client.ping()
@@ -146,13 +147,12 @@ class ConfigWatcher:
             await self._listen(client, pubsub, db)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _enable_notifications(self, client: aioredis.Redis) -> bool:
         try:
-            current = (await client.config_get("notify-keyspace-events")).get(
-                b"notify-keyspace-events", b""
-            )
+            reply: dict[Any, Any] = await client.config_get("notify-keyspace-events")
+            current = reply.get(b"notify-keyspace-events", reply.get("notify-keyspace-events", ""))
             text = current.decode() if isinstance(current, bytes) else str(current)
             wanted = merge_flags(text)
             if wanted is not None:

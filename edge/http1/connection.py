@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -197,8 +197,9 @@ class HttpConnection(asyncio.Protocol):
             kind = type(event)
             if kind is h11.Data:
                 assert ex is not None and ex.sink is not None
-                ex.bytes_in += len(event.data)
-                ex.sink.body_data(event.data)
+                data = cast(h11.Data, event).data
+                ex.bytes_in += len(data)
+                ex.sink.body_data(data)
             elif kind is h11.EndOfMessage:
                 assert ex is not None
                 if self._deadline is _Deadline.BODY:
@@ -206,7 +207,7 @@ class HttpConnection(asyncio.Protocol):
                 if ex.sink is not None:
                     ex.sink.body_end()
             elif kind is h11.Request:
-                self._on_request(event)
+                self._on_request(cast(h11.Request, event))
             elif event is h11.NEED_DATA:
                 if ex is not None and conn.their_state is h11.SEND_BODY:
                     if self._deadline is not _Deadline.BODY:

@@ -8,7 +8,7 @@ pipe to the downstream connection.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
 
@@ -126,14 +126,14 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             kind = type(event)
             if kind is h11.Data:
-                user.on_data(event.data)
+                user.on_data(cast(h11.Data, event).data)
             elif kind is h11.Response:
-                user.on_response(event)
+                user.on_response(cast(h11.Response, event))
             elif kind is h11.EndOfMessage:
                 self._release(user)
                 return
             elif kind is h11.InformationalResponse:
-                user.on_informational(event)
+                user.on_informational(cast(h11.InformationalResponse, event))
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.ConnectionClosed:

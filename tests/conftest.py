@@ -1,0 +1,68 @@
+"""Shared fixtures: a private redis-server per session and edge processes per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import EdgeProcess, RedisServer, Upstream
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session redis, running and empty at the start of the test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.config_set("notify-keyspace-events", "")
+    yield redis_server
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def edge_factory(redis_db: RedisServer, tmp_path: Path) -> Iterator[Callable[..., EdgeProcess]]:
+    """Start edges against the test redis: ``edge_factory(EDGE_WORKERS=2, ...)``."""
+    started: list[EdgeProcess] = []
+
+    def start(
+        *args: str, redis_url: str | None = "default", wait: bool = True, **env: Any
+    ) -> EdgeProcess:
+        url = redis_db.url if redis_url == "default" else redis_url
+        edge = EdgeProcess(url, tmp_path, **env)
+        started.append(edge)
+        return edge.start(*args, wait=wait)
+
+    yield start
+    for edge in started:
+        edge.stop(timeout=10)
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def event_loop_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def edge(edge_factory: Callable[..., EdgeProcess], event_loop_name: str) -> EdgeProcess:
+    """One edge worker, run under uvloop and under the default asyncio loop."""
+    return edge_factory(EDGE_LOOP=event_loop_name, CONFIG_RESYNC_INTERVAL=30)

@@ -1,0 +1,286 @@
+"""Test harness: real redis-server, real edge processes, real upstreams on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """Path of a tool the test needs; missing -> fail loudly in CI, skip only locally."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    if path is None:
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required for this test but is not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+class RedisServer:
+    """A private redis-server on a free port that tests may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = require_tool("redis-server")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: self.client().ping(), timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+def proxy_doc(hostname: str, target_url: str, **fields: Any) -> str:
+    return json.dumps({"hostname": hostname, "target_url": target_url, **fields})
+
+
+class EdgeProcess:
+    """``edge serve`` as a child process with its own ports and log files."""
+
+    def __init__(self, redis_url: str | None, workdir: Path, **env: Any) -> None:
+        self.http_port = free_port()
+        self.api_port = free_port()
+        self.workdir = workdir
+        self.stdout_path = workdir / f"edge-{self.http_port}.out"
+        self.stderr_path = workdir / f"edge-{self.http_port}.err"
+        self.env = {
+            **os.environ,
+            "HTTP_PORT": str(self.http_port),
+            "API_PORT": str(self.api_port),
+            "SERVER_HOST": "127.0.0.1",
+            "EDGE_WORKERS": "1",
+            "LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(ROOT),
+        }
+        if redis_url is not None:
+            self.env["REDIS_URL"] = redis_url
+        else:
+            self.env.pop("REDIS_URL", None)
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str, wait: bool = True) -> EdgeProcess:
+        out = self.stdout_path.open("ab")
+        err = self.stderr_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "serve", *args],
+            env=self.env,
+            stdout=out,
+            stderr=err,
+            cwd=str(self.workdir),
+        )
+        out.close()
+        err.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edge exited early:\n{self.stderr()}")
+            return self.health().get("status") in ("ok", "degraded")
+
+        wait_for(ready, timeout=timeout, interval=0.05)
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health", timeout=2) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def wait_generation(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> None:
+        wait_for(lambda: predicate(self.health()), timeout=timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def access_log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
+
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.http_port)
+
+
+class Upstream:
+    """A threaded HTTP/1.1 keep-alive upstream on loopback; ``handler`` answers each request.
+
+    ``handler(req) -> (status, headers, body)`` where req is the BaseHTTPRequestHandler;
+    the default echoes the request as JSON.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[BaseHTTPRequestHandler], tuple[int, list[tuple[str, str]], bytes]]
+        | None = None,
+    ) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        outer = self
+        answer = handler or echo
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                outer.connections += 1
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                outer.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers)}
+                )
+                status, headers, body = answer(self)
+                self.send_response(status)
+                names = {k.lower() for k, _ in headers}
+                for k, v in headers:
+                    self.send_header(k, v)
+                if "content-length" not in names and "transfer-encoding" not in names:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD" and body:
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def echo(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+    length = int(req.headers.get("Content-Length") or 0)
+    body = req.rfile.read(length) if length else b""
+    doc = {
+        "method": req.command,
+        "path": req.path,
+        "headers": [[k, v] for k, v in req.headers.items()],
+        "body_len": len(body),
+    }
+    return 200, [("Content-Type", "application/json")], json.dumps(doc).encode()
+
+
+def http_request(
+    port: int, raw: bytes, timeout: float = 5.0, read_until_close: bool = False
+) -> bytes:
+    """Send raw bytes, return what comes back (one response, or everything until close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if not read_until_close and b"\r\n\r\n" in b"".join(chunks):
+                # read one response whose body length is known
+                whole = b"".join(chunks)
+                head, _, body = whole.partition(b"\r\n\r\n")
+                length = None
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                if length is not None and len(body) >= length:
+                    break
+        return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def temp_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="edge-test-") as d:
+        yield Path(d)
