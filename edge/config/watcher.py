@@ -43,13 +43,10 @@ def merge_flags(current: str) -> str | None:
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=2.0,
-        socket_keepalive=True,
-        health_check_interval=0,
-        retry_on_timeout=False,
-    )
+    options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry_on_timeout": False}
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
+    return aioredis.Redis.from_url(url, **options)
 
 
 class ConfigWatcher:
@@ -120,6 +117,10 @@ class ConfigWatcher:
                         extra={"fields": {"error": str(exc), "retry_in": backoff}},
                     )
                 self.last_error = str(exc) or type(exc).__name__
+            except Exception as exc:
+                # never let the watcher die: the last good config keeps serving meanwhile
+                log.exception("config watcher failed; retrying")
+                self.last_error = type(exc).__name__
             finally:
                 if self.connected:
                     backoff = BACKOFF_START  # a session was up: start the backoff over

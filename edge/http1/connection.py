@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, cast
 
 import h11
@@ -527,7 +528,7 @@ class HttpConnection(asyncio.Protocol):
             "status": ex.status,
             "bytes_in": ex.bytes_in,
             "bytes_out": ex.bytes_out,
-            "duration_ms": round((self.hub.loop.time() - ex.started) * 1000, 3),
+            "duration_ms": round((monotonic() - ex.started) * 1000, 3),
             "upstream": ex.upstream,
             "route": ex.route,
         }

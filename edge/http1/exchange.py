@@ -6,6 +6,7 @@ the transport: the connection (``edge.http1.connection``) owns the socket and h1
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
 import h11
@@ -79,7 +80,7 @@ class Exchange:
         self.client_port = conn.client_port
         self.server_port = conn.server_port
         self.scheme = conn.scheme
-        self.started = conn.hub.loop.time()
+        self.started = monotonic()
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
