@@ -24,6 +24,7 @@ from edge.errors import (
     UpstreamResponseTimeout,
 )
 from edge.http1.exchange import Exchange, Headers
+from edge.http1.h11compat import full_items
 from edge.routing.router import Resolution
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection
@@ -51,33 +52,35 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 VIA = b"1.1 edge"
 
 
-def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+def _connection_tokens(value: bytes, into: set[bytes]) -> None:
+    into.update(t.strip().lower() for t in value.split(b","))
+
+
+# tokens of a Connection header that name nothing to remove beyond the hop-by-hop set
+_PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
 def upstream_request_headers(
     ex: Exchange, target: Target, preserve_host: bool, custom: tuple[tuple[bytes, bytes], ...]
 ) -> tuple[Headers, bool]:
-    """Request headers for the upstream, and whether this is a protocol upgrade."""
-    tokens = (
-        _connection_tokens(ex.headers)
-        if any(n == b"connection" for n, _ in ex.headers)
-        else frozenset()
-    )
-    upgrade = b"upgrade" in tokens
+    """Request headers for the upstream, and whether this is a protocol upgrade.
+
+    One pass over h11's parsed headers (original name case kept); a second, rare pass only
+    when the Connection header names extra hop-by-hop fields (RFC 9110 §7.6.1).
+    """
     out: Headers = []
+    names: list[bytes] = []
+    tokens: set[bytes] = set()
     xff = b""
     host = b""
     upgrade_value = b""
     chunked = False
-    custom_names = {n for n, _ in custom}
-    for name, value in ex.headers:
-        if name in HOP_BY_HOP or name in tokens:
-            if name == b"upgrade":
+    custom_names = {n for n, _ in custom} if custom else ()
+    for raw, name, value in full_items(ex.headers):
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                _connection_tokens(value, tokens)
+            elif name == b"upgrade":
                 upgrade_value = value
             elif name == b"transfer-encoding":
                 chunked = True
@@ -91,42 +94,53 @@ def upstream_request_headers(
             continue
         if name in custom_names:
             continue
-        out.append((name, value))
+        out.append((raw, value))
+        names.append(name)
+    if tokens - _PLAIN_TOKENS:
+        out = [h for h, n in zip(out, names, strict=True) if n not in tokens]
     client = ex.client_ip.encode("latin-1")
-    out.append((b"host", host if preserve_host and host else target.authority))
-    out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
-    out.append((b"x-forwarded-proto", ex.scheme.encode("ascii")))
+    out.append((b"Host", host if preserve_host and host else target.authority))
+    out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
+    out.append((b"X-Forwarded-Proto", ex.scheme.encode("ascii")))
     if host:
-        out.append((b"x-forwarded-host", host))
-    out.append((b"x-forwarded-port", str(ex.server_port).encode("ascii")))
-    out.append((b"x-real-ip", client))
-    out.append((b"via", VIA))
+        out.append((b"X-Forwarded-Host", host))
+    out.append((b"X-Forwarded-Port", str(ex.server_port).encode("ascii")))
+    out.append((b"X-Real-IP", client))
+    out.append((b"Via", VIA))
     out.extend(custom)
     if chunked:
-        out.append((b"transfer-encoding", b"chunked"))
-    if upgrade and upgrade_value:
-        out.append((b"connection", b"upgrade"))
-        out.append((b"upgrade", upgrade_value))
-    else:
-        upgrade = False
+        out.append((b"Transfer-Encoding", b"chunked"))
+    upgrade = b"upgrade" in tokens and bool(upgrade_value)
+    if upgrade:
+        out.append((b"Connection", b"upgrade"))
+        out.append((b"Upgrade", upgrade_value))
     return out, upgrade
 
 
 def downstream_response_headers(
-    headers: Headers, custom: tuple[tuple[bytes, bytes], ...], switching: bool
+    headers: Sequence[tuple[bytes, bytes]],
+    custom: tuple[tuple[bytes, bytes], ...],
+    switching: bool,
 ) -> Headers:
-    tokens = _connection_tokens(headers) if any(n == b"connection" for n, _ in headers) else None
-    custom_names = {n for n, _ in custom}
     out: Headers = []
-    for name, value in headers:
-        if name in HOP_BY_HOP or (tokens and name in tokens):
+    names: list[bytes] = []
+    tokens: set[bytes] = set()
+    custom_names = {n for n, _ in custom} if custom else ()
+    for raw, name, value in full_items(headers):
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                _connection_tokens(value, tokens)
             if switching and name in (b"upgrade", b"connection"):
-                out.append((name, value))
+                out.append((raw, value))
+                names.append(name)
             continue
         if name in custom_names:
             continue
-        out.append((name, value))
-    out.append((b"via", VIA))
+        out.append((raw, value))
+        names.append(name)
+    if tokens - _PLAIN_TOKENS:
+        out = [h for h, n in zip(out, names, strict=True) if n not in tokens]
+    out.append((b"Via", VIA))
     out.extend(custom)
     return out
 
@@ -135,7 +149,7 @@ class ProxyCall:
     """One request forwarded to one upstream (with at most one retry on a stale connection)."""
 
     __slots__ = (
-        "_body_started",
+        "_body_done",
         "_deadline_at",
         "_response_custom",
         "_timer",
@@ -165,7 +179,7 @@ class ProxyCall:
         self._response_custom = res.response_headers
         self.conn: UpstreamConnection | None = None
         self.retried = False
-        self._body_started = False
+        self._body_done = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline_at = 0.0
         ex.upstream = f"{target.host}:{target.port}"
@@ -200,7 +214,10 @@ class ProxyCall:
             return
         self._arm()
         self.ex.producer = conn
-        self._body_started = True
+        if self._body_done:
+            # a retry: the client's (empty) body already ended on the first attempt
+            conn.send(h11.EndOfMessage())
+            return
         self.ex.read_body(self)
 
     # ------------------------------------------------------------------ BodySink
@@ -210,6 +227,7 @@ class ProxyCall:
             conn.send(h11.Data(data=data))
 
     def body_end(self) -> None:
+        self._body_done = True
         conn = self.conn
         if conn is not None and conn.user is self:
             try:
@@ -239,7 +257,7 @@ class ProxyCall:
         assert conn is not None
         self._disarm()
         ex = self.ex
-        headers = downstream_response_headers(list(response.headers), self._response_custom, True)
+        headers = downstream_response_headers(response.headers, self._response_custom, True)
         leftover_up = conn.switch_to_pipe(ex.conn)
         leftover_down = ex.switch_protocols(headers, conn)
         if leftover_down:
@@ -249,7 +267,7 @@ class ProxyCall:
 
     def on_response(self, response: h11.Response) -> None:
         self._touch()
-        headers = downstream_response_headers(list(response.headers), self._response_custom, False)
+        headers = downstream_response_headers(response.headers, self._response_custom, False)
         self.ex.start_response(response.status_code, headers, response.reason)
 
     def on_data(self, data: bytes) -> None:

@@ -20,6 +20,7 @@ import h11
 from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
+from edge.http1.h11compat import ServerConnection, full_items
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
 
@@ -88,7 +89,7 @@ class HttpConnection(asyncio.Protocol):
         self.server_port = 0
         s = hub.settings
         self.guard = HeadGuard(s.max_request_line, s.max_header_bytes, s.max_header_count)
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=hub.max_incomplete)
+        self.h11: h11.Connection = ServerConnection(hub.max_incomplete)
         self._paused = 0
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -228,7 +229,7 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         host = b""
         has_te = has_cl = False
-        for name, value in request.headers:
+        for _, name, value in full_items(request.headers):
             if name == b"host":
                 host = value
             elif name == b"transfer-encoding":
