@@ -268,7 +268,11 @@ class ProxyCall:
     def on_response(self, response: h11.Response) -> None:
         self._touch()
         headers = downstream_response_headers(response.headers, self._response_custom, False)
-        self.ex.start_response(response.status_code, headers, response.reason)
+        self.ex.start_response(response.status_code, headers, response.reason, flush=False)
+
+    def on_batch_end(self) -> None:
+        """All events of one upstream read are handled: let a held-back head go."""
+        self.ex.flush()
 
     def on_data(self, data: bytes) -> None:
         self._touch()

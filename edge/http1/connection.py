@@ -43,6 +43,9 @@ class _Deadline(enum.Enum):
 
 
 _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
+# IDLE: no request was parsed (a head refused by the guard, by h11, or too slow); h11 still
+# lets a server answer then, which is how those clients get their 4xx
+_STATE_CAN_RESPOND = {h11.IDLE, h11.SEND_RESPONSE}
 
 
 def normalize_host(raw: bytes) -> str:
@@ -62,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_activity",
         "_deadline",
+        "_head",
         "_paused",
         "_timer",
         "_tunnel",
@@ -96,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self._deadline = _Deadline.NONE
         self._activity = 0.0
         self._tunnel: TunnelPeer | None = None
+        self._head = b""
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -274,7 +279,9 @@ class HttpConnection(asyncio.Protocol):
             self._drive()
 
     # ------------------------------------------------------------------ response
-    def send_head(self, ex: Exchange, status: int, headers: Headers, reason: bytes = b"") -> None:
+    def send_head(
+        self, ex: Exchange, status: int, headers: Headers, reason: bytes = b"", flush: bool = True
+    ) -> None:
         if ex is not self.current or self.transport is None:
             return
         if self.hub.draining or (
@@ -292,20 +299,38 @@ class HttpConnection(asyncio.Protocol):
             log.warning("invalid response head", extra={"fields": {"request_id": ex.request_id}})
             self.abort()
             return
-        self._write(data)
+        if flush:
+            self._write(data)
+        else:
+            # held back so head and first body bytes leave in one write (one syscall)
+            self._head = data
+
+    def flush_head(self) -> None:
+        if self._head:
+            head, self._head = self._head, b""
+            self._write(head)
 
     def send_data(self, ex: Exchange, data: bytes) -> None:
         if ex is not self.current or self.transport is None:
             return
         ex.bytes_out += len(data)
         out = self.h11.send(h11.Data(data=data))
+        if self._head:
+            head, self._head = self._head, b""
+            if len(out) < 65536:
+                out = head + out
+            else:
+                self.transport.write(head)
         if out:
             self.transport.write(out)
 
     def end_response(self, ex: Exchange) -> None:
         if ex is not self.current or self.transport is None:
             return
-        self._write(self.h11.send(h11.EndOfMessage()))
+        tail = self.h11.send(h11.EndOfMessage()) or b""
+        if self._head:
+            tail, self._head = self._head + tail, b""
+        self._write(tail)
         self._finish(ex)
 
     def respond_whole(
@@ -334,7 +359,7 @@ class HttpConnection(asyncio.Protocol):
                 }
             },
         )
-        if ex.response_started or self.h11.our_state is not h11.SEND_RESPONSE:
+        if ex.response_started or self.h11.our_state not in _STATE_CAN_RESPOND:
             self.abort()
             return
         extra: Headers = [(b"connection", b"close")] if error.close_connection else []

@@ -98,8 +98,15 @@ class Exchange:
         self.conn.pull_body(self)
 
     # ----------------------------------------------------------------- response
-    def start_response(self, status: int, headers: Headers, reason: bytes = b"") -> None:
-        self.conn.send_head(self, status, headers, reason)
+    def start_response(
+        self, status: int, headers: Headers, reason: bytes = b"", flush: bool = True
+    ) -> None:
+        """Send the head; ``flush=False`` holds it for the next ``send_data``/``flush``."""
+        self.conn.send_head(self, status, headers, reason, flush)
+
+    def flush(self) -> None:
+        """Write a held-back response head now."""
+        self.conn.flush_head()
 
     def send_data(self, data: bytes) -> None:
         self.conn.send_data(self, data)

@@ -25,6 +25,7 @@ class UpstreamUser(Protocol):
     def on_end(self) -> None: ...
     def on_failure(self, exc: Exception | None, protocol_error: bool) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
+    def on_batch_end(self) -> None: ...
 
 
 class RawPipe(Protocol):
@@ -84,9 +85,17 @@ class UpstreamConnection(asyncio.Protocol):
         if self.pipe is not None:
             self.pipe.tunnel_write_eof()
             return True
-        if self.user is not None:
+        user = self.user
+        if user is not None:
+            if not self.received_any:
+                # closed before any byte of an answer (typically a stale keep-alive
+                # connection): a close, not a malformed response, so it may be retried
+                self.user = None
+                self.close()
+                user.on_failure(None, False)
+                return False
             self.h11.receive_data(b"")
-            self._drive(self.user)
+            self._drive(user)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,6 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind is h11.InformationalResponse:
                 user.on_informational(cast(h11.InformationalResponse, event))
             elif event is h11.NEED_DATA or event is h11.PAUSED:
+                user.on_batch_end()
                 return
             elif kind is h11.ConnectionClosed:
                 self.user = None
