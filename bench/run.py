@@ -940,6 +940,16 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+NOISY_SPREAD = 0.25  # (max - min) / median of req/s over rounds
+
+
 def render_report(
     summaries: list[Summary],
     proxies: list[str],
@@ -965,11 +975,25 @@ def render_report(
         f"`*-wN`: {n_workers} workers, proxy not pinned, so it competes with wrk and the "
         "upstream for the same cores.",
         "- Access logs on for every proxy; keep-alive on both legs.",
+        f"- Load average (1/5/15 min) before: {info.get('loadavg_before', '?')}, "
+        f"after: {info.get('loadavg_after', '?')}",
         "",
         "### Medians",
         "",
         results_table(summaries, rounds),
     ]
+    noisy = [
+        f"{s.scenario}/{LABELS[s.proxy]}"
+        for s in summaries
+        if s.rounds_ok > 1 and s.rps and (s.rps_max - s.rps_min) / s.rps > NOISY_SPREAD
+    ]
+    if noisy:
+        parts += [
+            "",
+            f"Note: req/s varied by more than {NOISY_SPREAD:.0%} of the median between rounds "
+            f"for {len(noisy)} of {len(summaries)} rows ({', '.join(noisy)}); the machine was "
+            "not quiet. CPU µs/req is the more trustworthy comparison here.",
+        ]
     ratios = ratios_table(summaries, proxies)
     if ratios:
         parts += [
@@ -1217,6 +1241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         edge_env[key] = value
     command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
 
+    info = machine_info()  # before the run: the edge checkout may change meanwhile
+    info["loadavg_before"] = loadavg()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
@@ -1274,7 +1300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     summaries = summarize(samples, scenarios, proxies)
-    info = machine_info()
+    info["loadavg_after"] = loadavg()
     report = render_report(
         summaries, proxies, args.rounds, args.duration, args.workers_n, command, info
     )
