@@ -110,7 +110,8 @@ def main() -> None:
         f"http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};\n"
         f" fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n"
         f" keepalive_requests 1000000;\n"
-        f" server {{ listen 127.0.0.1:{up_port}; location /small {{ return 200 'hello world!\\n'; }} }} }}\n"
+        f" server {{ listen 127.0.0.1:{up_port};\n"
+        "  location /small { return 200 'hello world!\\n'; } } }\n"
     )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs = [
