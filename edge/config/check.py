@@ -10,7 +10,7 @@ from edge.config.redis_source import WrongType, scan_all
 from edge.config.schema import ConfigError, decode_item
 from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
-from edge.settings import Settings
+from edge.settings import Settings, redact_url
 
 
 async def check_redis(url: str, out: TextIO) -> int:
@@ -49,16 +49,6 @@ def run_check(settings: Settings, out: TextIO = sys.stdout) -> int:
     try:
         problems = asyncio.run(check_redis(url, out))
     except Exception as exc:  # any connection failure is a check failure, said plainly
-        print(f"error: redis at {_redact(url)}: {exc}", file=out)
+        print(f"error: redis at {redact_url(url)}: {exc}", file=out)
         return 1
     return 1 if problems else 0
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a redis URL before printing it."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

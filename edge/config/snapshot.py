@@ -4,6 +4,11 @@ A snapshot holds every config key's raw value (to tell what changed at resync), 
 items, the keys rejected with their error, and a ``Router`` built for it. ``apply()`` makes
 a new snapshot from a batch of changed keys: only the changed keys are decoded and only the
 maps they belong to are copied; nothing is re-read from Redis.
+
+Keys that differ only in case (``proxy:App.test``, ``proxy:app.test``) name the same host.
+The host is served by the first valid one of them, the all-lowercase key first, then the
+others in sorted order, so every worker picks the same one whatever order keys arrive in,
+and deleting or breaking one of them hands the host over to the other.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Snapshot:
     services: Mapping[str, ExternalService] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
+    # "proxy:{lowercased suffix}" -> the proxy keys present whose suffix is not lowercase
+    proxy_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
     router: Router = field(default_factory=lambda: Router({}, {}, {}, {}, {}))
 
     @property
@@ -56,14 +63,22 @@ def _proxy_slot(key: str) -> tuple[bool, str]:
     return False, host
 
 
+def _same(old: bytes | None, new: bytes | None) -> bool:
+    """Equal values; a WrongType marker never equals a string value with the same bytes."""
+    return old == new and type(old) is type(new)
+
+
 def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
     """A new snapshot with ``updates`` (key -> raw value, None = deleted) applied."""
-    changes = {k: v for k, v in updates.items() if snapshot.raw.get(k) != v}
+    changes = {k: v for k, v in updates.items() if not _same(snapshot.raw.get(k), v)}
     if not changes:
         return snapshot
     raw = dict(snapshot.raw)
     rejected = dict(snapshot.rejected)
     maps: dict[str, dict[str, object]] = {}
+    aliases: dict[str, frozenset[str]] | None = None
+    touched_proxies: set[str] = set()  # lowercased proxy keys whose host must be re-owned
+    decoded: dict[str, ProxyConfig] = {}
 
     def edit(name: str) -> dict[str, object]:
         if name not in maps:
@@ -77,8 +92,17 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         # drop whatever the key held before
         rejected.pop(key, None)
         if kind == "proxy":
-            wildcard, slot = _proxy_slot(key)
-            edit("wildcards" if wildcard else "exact").pop(slot, None)
+            canonical = key.lower()
+            touched_proxies.add(canonical)
+            if key != canonical:
+                if aliases is None:
+                    aliases = dict(snapshot.proxy_aliases)
+                names = aliases.get(canonical, frozenset())
+                names = names - {key} if value is None else names | {key}
+                if names:
+                    aliases[canonical] = names
+                else:
+                    aliases.pop(canonical, None)
         elif kind == "route":
             edit("routes").pop(key[len("route:") :], None)
         elif kind == "service_url":
@@ -98,14 +122,22 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
             log.warning("config key rejected", extra={"fields": {"key": key, "error": str(exc)}})
             continue
         if isinstance(item, ProxyConfig):
-            wildcard, slot = _proxy_slot(key)
-            edit("wildcards" if wildcard else "exact")[slot] = item
+            decoded[key] = item
         elif isinstance(item, RouteConfig):
             edit("routes")[item.route_id] = compile_route(item)
         elif isinstance(item, ServiceURL):
             edit("urls")[item.name] = item.url
         elif isinstance(item, ExternalService):
             edit("services")[key[len("service:external:") :]] = item
+    proxy_aliases = snapshot.proxy_aliases if aliases is None else aliases
+    for canonical in touched_proxies:
+        owner = _proxy_owner(canonical, proxy_aliases, raw, rejected, decoded)
+        wildcard, slot = _proxy_slot(canonical)
+        target = edit("wildcards" if wildcard else "exact")
+        if owner is None:
+            target.pop(slot, None)
+        else:
+            target[slot] = owner
     exact = maps.get("exact", snapshot.exact)
     wildcards = maps.get("wildcards", snapshot.wildcards)
     routes = maps.get("routes", snapshot.routes)
@@ -121,14 +153,41 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         services=services,  # type: ignore[arg-type]
         urls=urls,  # type: ignore[arg-type]
         rejected=rejected,
+        proxy_aliases=proxy_aliases,
         router=router,
     )
+
+
+def _proxy_owner(
+    canonical: str,
+    aliases: Mapping[str, frozenset[str]],
+    raw: Mapping[str, bytes],
+    rejected: Mapping[str, str],
+    decoded: Mapping[str, ProxyConfig],
+) -> ProxyConfig | None:
+    """The document serving the host of ``canonical``: its first valid key, if any."""
+    for key in (canonical, *sorted(aliases.get(canonical, ()))):
+        value = raw.get(key)
+        if value is None or key in rejected:
+            continue
+        item = decoded.get(key)
+        if item is None:
+            # accepted by an earlier apply; decoding is deterministic
+            try:
+                found = decode_item(key, value)
+            except ConfigError:
+                continue
+            if not isinstance(found, ProxyConfig):
+                continue
+            item = found
+        return item
+    return None
 
 
 def resync_updates(snapshot: Snapshot, current: Mapping[str, bytes]) -> dict[str, bytes | None]:
     """The changes that turn ``snapshot`` into the full state ``current`` read from Redis."""
     updates: dict[str, bytes | None] = {
-        k: v for k, v in current.items() if snapshot.raw.get(k) != v
+        k: v for k, v in current.items() if not _same(snapshot.raw.get(k), v)
     }
     for key in snapshot.raw:
         if key not in current:
