@@ -251,6 +251,8 @@ def normalize_hostname(value: str, *, allow_wildcard: bool = True) -> str:
     the whole name is at most 253 characters.  With ``allow_wildcard`` a single leading
     ``*.`` label is accepted (``*.example.com``).
     """
+    if not value.isascii():  # before lower(): "\u212a".lower() is an ASCII "k"
+        raise ValueError(f"invalid host name {value!r}: use the ASCII (punycode) form")
     name = value.lower()
     if not name:
         raise ValueError("must be a host name, got an empty string")
@@ -534,7 +536,7 @@ def _check_optional_timestamp(key: str, value: str | float | None) -> None:
 
 def _validate_proxy(key: str, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
     hostname = _check(key, "hostname", normalize_hostname, cfg.hostname)
-    if hostname != suffix.lower():
+    if not suffix.isascii() or hostname != suffix.lower():
         raise ConfigError(
             key,
             "hostname",

@@ -66,6 +66,7 @@ class ConfigWatcher:
         self.last_sync = 0.0
         self.synced = asyncio.Event()
         self._client: aioredis.Redis | None = None
+        self._said_no_notifications = False
 
     # ------------------------------------------------------------------ applying
     def _install(self, snapshot: Snapshot) -> None:
@@ -160,10 +161,14 @@ class ConfigWatcher:
                 await client.config_set("notify-keyspace-events", wanted)
             return True
         except ResponseError as exc:
-            log.warning(
-                "keyspace notifications could not be enabled; changes apply at the next resync",
-                extra={"fields": {"error": str(exc), "resync_interval": self.resync_interval}},
-            )
+            if self.notifications or not self._said_no_notifications:
+                # said once per change of state, not at every resync
+                log.warning(
+                    "keyspace notifications could not be enabled; changes apply at the next "
+                    "resync",
+                    extra={"fields": {"error": str(exc), "resync_interval": self.resync_interval}},
+                )
+                self._said_no_notifications = True
             return False
 
     async def _listen(

@@ -767,3 +767,15 @@ def test_property_header_value_with_cr_or_lf_rejected(
     with pytest.raises(ConfigError) as info:
         decode_item("proxy:app.example.com", _proxy(custom_headers={"X-Test": value}))
     assert info.value.field == "custom_headers"
+
+
+def test_non_ascii_that_lowercases_to_ascii_is_rejected() -> None:
+    # the Kelvin sign lowercases to an ASCII "k": neither key nor field may use it
+    import pytest as _pytest
+
+    with _pytest.raises(ConfigError):
+        decode_item("proxy:\u212a.test", b'{"hostname":"k.test","target_url":"http://127.0.0.1:1"}')
+    with _pytest.raises(ConfigError):
+        decode_item(
+            "proxy:k.test", '{"hostname":"\u212a.test","target_url":"http://127.0.0.1:1"}'.encode()
+        )
