@@ -467,7 +467,11 @@ class HttpConnection(asyncio.Protocol):
             ex = Exchange(self, req, rid, "")
             ex.path = ""
             self.current = ex
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not ex.response_started:
+        elif ex.sink is not None:
+            # a malformed body: the handler (an upstream mid-request) must let go now
+            sink, ex.sink = ex.sink, _Discard()
+            sink.downstream_lost()
+        if self.h11.our_state in _STATE_CAN_RESPOND and not ex.response_started:
             self.fail(ex, error)
             if self.transport is not None:
                 self.transport.close()

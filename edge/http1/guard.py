@@ -114,8 +114,12 @@ class HeadGuard:
         if self._state is _State.REQUEST_LINE:
             if self._line_len - 1 > self._max_line:
                 raise RequestLineTooLong(f"request line over {self._max_line} bytes")
-        elif self._header_bytes + self._line_len > self._max_header_bytes:
-            raise HeadersTooLarge(f"header section over {self._max_header_bytes} bytes")
+        else:
+            # a trailing CR may be this line's terminator (or, alone, the blank line that
+            # ends the head): it is not counted until its LF shows which
+            pending = self._line_len - 1 if self._last_cr else self._line_len
+            if self._header_bytes + pending > self._max_header_bytes:
+                raise HeadersTooLarge(f"header section over {self._max_header_bytes} bytes")
 
     def _line_start(self, first: int) -> None:
         if self._state is _State.HEADERS and first in (32, 9):
