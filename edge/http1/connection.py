@@ -42,6 +42,7 @@ class _Deadline(enum.Enum):
     KEEPALIVE = enum.auto()  # between requests: close silently
 
 
+_EMPTY_LINE_START = (b"\r", b"\n")
 _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
 # IDLE: no request was parsed (a head refused by the guard, by h11, or too slow); h11 still
 # lets a server answer then, which is how those clients get their 4xx
@@ -123,6 +124,12 @@ class HttpConnection(asyncio.Protocol):
             return
         ex = self.current
         if ex is None:
+            if self.guard.fresh and data[:1] in _EMPTY_LINE_START:
+                # RFC 9112 §2.2: empty lines before a request line are ignored (h11 would
+                # refuse them), e.g. the stray CRLF some clients send after a POST body
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
             if self._deadline is not _Deadline.HEAD:
                 self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
             try:
@@ -432,6 +439,15 @@ class HttpConnection(asyncio.Protocol):
         conn.start_next_cycle()
         self.guard.reset()
         leftover, closed = conn.trailing_data
+        if leftover[:1] in _EMPTY_LINE_START:
+            # empty lines after the previous message are in h11's buffer, where h11 would
+            # refuse them: restart h11 (it is between messages, nothing is lost) without them
+            leftover = leftover.lstrip(b"\r\n")
+            conn = self.h11 = ServerConnection(self.hub.max_incomplete)
+            if leftover:
+                conn.receive_data(leftover)
+            if closed:
+                conn.receive_data(b"")
         if leftover:
             self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
             try:

@@ -48,6 +48,11 @@ class HeadGuard:
         self._count = 0
 
     @property
+    def fresh(self) -> bool:
+        """Nothing of this head seen yet (empty lines before it do not count)."""
+        return self._state is _State.REQUEST_LINE and self._line_len == 0
+
+    @property
     def done(self) -> bool:
         return self._state is _State.DONE
 

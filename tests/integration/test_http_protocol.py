@@ -841,3 +841,22 @@ def test_expect_100_continue_answered_without_reading_the_body(
         assert_error(small_edge, resp, 404, None)
         assert resp.header("connection") == "close"
         assert_closed(c)
+
+
+def test_empty_lines_before_a_request_are_ignored(
+    small_edge: EdgeProcess, h11_upstream: H11Upstream
+) -> None:
+    """RFC 9112 §2.2: a stray CRLF before a request line (alone, or after a POST body in
+    the same segment as the next request) does not break the connection."""
+    first, second, third = unique("crlf1"), unique("crlf2"), unique("crlf3")
+    body = b"abc"
+    with Client(small_edge.http_port) as c:
+        c.send(b"\r\n\r\n" + get(first))
+        assert c.response().json()["path"] == first
+        c.send(get(second, f"Content-Length: {len(body)}", method="POST") + body + b"\r\n")
+        assert c.response().json()["path"] == second
+        c.send(b"\r\n")
+        c.send(get(third))
+        resp = c.response()
+        assert resp.status == 200
+        assert resp.json()["path"] == third
