@@ -43,6 +43,7 @@ class _Deadline(enum.Enum):
 
 
 _EMPTY_LINE_START = (b"\r", b"\n")
+_SLACK = 0.002  # seconds a timer may wake before its deadline (uvloop's clock is in ms)
 _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
 # IDLE: no request was parsed (a head refused by the guard, by h11, or too slow); h11 still
 # lets a server answer then, which is how those clients get their 4xx
@@ -66,9 +67,11 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_activity",
         "_deadline",
+        "_deadline_at",
         "_head",
         "_paused",
         "_timer",
+        "_timer_at",
         "_tunnel",
         "_write_paused",
         "client_ip",
@@ -98,6 +101,8 @@ class HttpConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline_at = 0.0
         self._deadline = _Deadline.NONE
         self._activity = 0.0
         self._tunnel: TunnelPeer | None = None
@@ -130,13 +135,15 @@ class HttpConnection(asyncio.Protocol):
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return
-            if self._deadline is not _Deadline.HEAD:
-                self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
             try:
                 self.guard.feed(data)
             except ClientError as exc:
                 self._reject(exc)
                 return
+            if self._deadline is not _Deadline.HEAD and not self.guard.done:
+                # a head in pieces: the header deadline runs from its first byte (a whole
+                # head is parsed right away and needs none)
+                self._arm(_Deadline.HEAD, self.hub.settings.client_header_timeout)
         elif self.h11.their_state is h11.SEND_BODY:
             self._activity = self.hub.loop.time()
         else:
@@ -157,6 +164,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.hub.connections.discard(self)
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
@@ -497,39 +507,48 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
 
     # ------------------------------------------------------------------ deadlines
+    # One timer per connection, moved lazily: arming a later deadline than the one the
+    # timer is set for leaves the timer alone (it wakes early and sleeps again), and
+    # disarming only clears the kind. A keep-alive connection thus costs no timer
+    # operations per request.
     def _arm(self, kind: _Deadline, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        at = self.hub.loop.time() + seconds
         self._deadline = kind
-        self._timer = self.hub.loop.call_later(seconds, self._expired)
+        self._deadline_at = at
+        timer = self._timer
+        if timer is None or self._timer_at > at + _SLACK:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = at
+            self._timer = self.hub.loop.call_at(at, self._expired)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._deadline = _Deadline.NONE
 
+    def _sleep_until(self, at: float) -> None:
+        self._timer_at = at
+        self._timer = self.hub.loop.call_at(at, self._expired)
+
     def _expired(self) -> None:
-        kind = self._deadline
         self._timer = None
-        self._deadline = _Deadline.NONE
-        if self.transport is None:
+        kind = self._deadline
+        if kind is _Deadline.NONE or self.transport is None:
             return
+        now = self.hub.loop.time()
         if kind is _Deadline.BODY:
-            # idle timer: re-arm for the remainder when bytes arrived meanwhile
-            remaining = self._activity + self.hub.settings.client_body_timeout
-            remaining -= self.hub.loop.time()
-            if remaining > 0.001 and self._paused & _PAUSE_BODY == 0:
-                self._deadline = kind
-                self._timer = self.hub.loop.call_later(remaining, self._expired)
-                return
+            # idle timer: the deadline moves with every body byte received
+            at = self._activity + self.hub.settings.client_body_timeout
             if self._paused & _PAUSE_BODY:
                 # we are the slow side (upstream backpressure), not the client
-                self._deadline = kind
-                self._timer = self.hub.loop.call_later(
-                    self.hub.settings.client_body_timeout, self._expired
-                )
+                at = now + self.hub.settings.client_body_timeout
+            if at > now + _SLACK:
+                self._sleep_until(at)
                 return
+        elif self._deadline_at > now + _SLACK:
+            self._sleep_until(self._deadline_at)
+            return
+        self._deadline = _Deadline.NONE
+        if kind is _Deadline.BODY:
             ex = self.current
             if ex is not None and not ex.response_started:
                 sink = ex.sink
