@@ -64,7 +64,7 @@ class Router:
     __slots__ = (
         "_by_proxy",
         "_global",
-        "_headers",
+        "_resolved",
         "_scoped",
         "exact",
         "services",
@@ -93,7 +93,7 @@ class Router:
                     scoped.setdefault(host, []).append(r)
         self._scoped = scoped
         self._by_proxy: dict[str, tuple[CompiledRoute, ...]] = {}
-        self._headers: dict[str, tuple[EncodedHeaders, EncodedHeaders]] = {}
+        self._resolved: dict[tuple[str, str], Resolution] = {}
 
     def find_proxy(self, host: str) -> ProxyConfig | None:
         proxy = self.exact.get(host)
@@ -126,14 +126,24 @@ class Router:
         return result
 
     def resolve(self, proxy: ProxyConfig, path: str, method: bytes) -> Resolution:
-        headers = self._headers.get(proxy.hostname)
-        if headers is None:
-            headers = (_encode(proxy.custom_headers), _encode(proxy.custom_response_headers))
-            self._headers[proxy.hostname] = headers
+        """The route (if any) and target for a request; results are memoised per snapshot."""
+        route_id = ""
         for compiled in self.routes_for(proxy):
             if compiled.matches(path, method):
-                route = compiled.route
-                return Resolution(proxy, route, self.route_target(route), *headers)
+                route_id = compiled.route.route_id
+                break
+        key = (proxy.hostname, route_id)
+        found = self._resolved.get(key)
+        if found is None or found.proxy is not proxy:
+            found = self._resolution(proxy, route_id)
+            self._resolved[key] = found
+        return found
+
+    def _resolution(self, proxy: ProxyConfig, route_id: str) -> Resolution:
+        headers = (_encode(proxy.custom_headers), _encode(proxy.custom_response_headers))
+        if route_id:
+            route = next(r.route for r in self.routes_for(proxy) if r.route.route_id == route_id)
+            return Resolution(proxy, route, self.route_target(route), *headers)
         return Resolution(proxy, None, parse_target(proxy.target_url), *headers)
 
     def route_target(self, route: RouteConfig) -> Target | None:
