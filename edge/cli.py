@@ -46,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(settings.log_level, worker=args.id)
         from edge.worker import run_worker
 
-        run_worker(
+        return run_worker(
             settings, args.id, use_uvloop=settings.event_loop == "uvloop" and not args.asyncio
         )
-        return 0
     if args.command == "check":
         from edge.config.check import run_check
 
@@ -60,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = _settings(env, workers=args.workers, seed_file=args.seed)
     setup_logging(settings.log_level)
-    from edge.embedded_redis import EmbeddedRedisError
+    from edge.embedded_redis import EmbeddedRedisError, SeedError
     from edge.supervisor import Supervisor
 
     if args.workers is not None:
         env["EDGE_WORKERS"] = str(args.workers)
     try:
         return Supervisor(settings, env).run()
-    except EmbeddedRedisError as exc:
+    except (EmbeddedRedisError, SeedError) as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 1

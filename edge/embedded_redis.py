@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -23,9 +25,20 @@ class EmbeddedRedisError(RuntimeError):
     pass
 
 
-def _pdeathsig() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+def die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` exits (Linux).
+
+    Set between fork and exec (it survives exec), and checked once more, so a parent that
+    dies while the child is still starting cannot leave it orphaned.
+    """
+
+    def setup() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
 
 
 def socket_path(state_dir: str) -> Path:
@@ -83,7 +96,7 @@ class EmbeddedRedis:
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            preexec_fn=_pdeathsig,
+            preexec_fn=die_with(os.getpid()),
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -125,12 +138,23 @@ class EmbeddedRedis:
         log.info("embedded redis stopped")
 
 
+class SeedError(RuntimeError):
+    """The seed file cannot be read or applied; the message says why, without secrets."""
+
+
 def seed(url: str, path: str) -> int:
     """Write the keys of a seed file (``{"keys": {key: value}}``) that do not exist yet."""
     import json
 
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    keys = data.get("keys", data)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SeedError(f"seed file {path}: {exc.strerror}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise SeedError(f"seed file {path}: invalid JSON: {exc}") from None
+    keys = data.get("keys", data) if isinstance(data, dict) else None
+    if not isinstance(keys, dict):
+        raise SeedError(f'seed file {path}: expected a JSON object {{"keys": {{key: value}}}}')
     client = redis.Redis.from_url(url, socket_timeout=5)
     written = 0
     try:
@@ -138,9 +162,11 @@ def seed(url: str, path: str) -> int:
             raw = value if isinstance(value, str) else json.dumps(value)
             if client.set(key, raw, nx=True):
                 written += 1
+    except (redis.RedisError, OSError) as exc:
+        raise SeedError(f"seed file {path}: cannot write to redis: {exc}") from None
     finally:
         client.close()
     return written
 
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "seed", "socket_url"]
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "SeedError", "seed", "socket_url"]

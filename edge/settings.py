@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +68,31 @@ def _loop(raw: str) -> str:
     if value not in {"uvloop", "asyncio"}:
         raise ValueError("must be 'uvloop' or 'asyncio'")
     return value
+
+
+_SECRET_QUERY_ARGS = frozenset({"password", "pass", "passwd", "pwd", "auth", "token"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # the last "@" ends the userinfo; a password may itself contain "@", "/" or "?"
+    creds, at, location = rest.rpartition("@")
+    userinfo = ""
+    if at:
+        user, colon, _password = creds.partition(":")
+        userinfo = f"{user}:***@" if colon else f"{user}@"
+    location, qsep, query = location.partition("?")
+    if qsep:
+        parts = []
+        for item in query.split("&"):
+            name, eq, _value = item.partition("=")
+            secret = urllib.parse.unquote_plus(name).lower() in _SECRET_QUERY_ARGS
+            parts.append(f"{name}=***" if eq and secret else item)
+        query = "&".join(parts)
+    return f"{scheme}://{userinfo}{location}{qsep}{query}"
 
 
 def _text(raw: str) -> str:
@@ -146,7 +172,8 @@ def load_settings(env: Mapping[str, str], **overrides: Any) -> Settings:
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+            shown = redact_url(raw) if name == "REDIS_URL" else raw
+            raise SettingsError(f"{name}={shown!r}: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
 
@@ -168,6 +195,11 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        elif value[:1] in ("'", '"'):
+            # a quoted value followed by a comment: NAME="a b"  # note
+            close = value.find(value[0], 1)
+            if close > 0 and value[close + 1 :].lstrip().startswith("#"):
+                value = value[1:close]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
         result[name] = value
@@ -182,5 +214,7 @@ def environment(env_file: str | None) -> dict[str, str]:
             merged.update(read_env_file(env_file))
         except OSError as exc:
             raise SettingsError(f"--env-file {env_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"--env-file {env_file}: not UTF-8 text") from None
     merged.update(os.environ)
     return merged

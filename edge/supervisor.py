@@ -15,7 +15,8 @@ import sys
 import time
 from types import FrameType
 
-from edge.embedded_redis import EmbeddedRedis, seed
+from edge.embedded_redis import EmbeddedRedis, die_with, seed
+from edge.net.listener import EXIT_LISTEN_FAILED
 from edge.settings import Settings
 
 log = logging.getLogger("edge.supervisor")
@@ -30,6 +31,7 @@ class Supervisor:
         self.env = env
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
+        self.failed = False  # a worker cannot listen: stop everything, exit non-zero
         self.interrupts = 0
         self.embedded: EmbeddedRedis | None = None
         self._restarts: dict[int, tuple[int, float]] = {}
@@ -47,7 +49,11 @@ class Supervisor:
 
     def spawn(self, worker_id: int) -> None:
         cmd = [sys.executable, "-m", "edge", "worker", "--id", str(worker_id)]
-        self.workers[worker_id] = subprocess.Popen(cmd, env=self.env)
+        # the parent-death signal is set before exec, not once the worker has imported
+        # everything: a supervisor killed meanwhile would leave it orphaned
+        self.workers[worker_id] = subprocess.Popen(
+            cmd, env=self.env, preexec_fn=die_with(os.getpid())
+        )
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)
@@ -85,6 +91,13 @@ class Supervisor:
                 code = proc.poll()
                 if code is None or self.stopping:
                     continue
+                if code == EXIT_LISTEN_FAILED:
+                    log.critical(
+                        "worker cannot listen; stopping (see the worker's error above)",
+                        extra={"fields": {"worker": wid}},
+                    )
+                    self.failed = self.stopping = True
+                    break
                 count, since = self._restarts.get(wid, (0, 0.0))
                 now = time.monotonic()
                 if now - since > 60:
@@ -107,7 +120,7 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.drain_timeout + EXIT_GRACE
-        status = 0
+        status = 1 if self.failed else 0
         for wid, proc in self.workers.items():
             try:
                 code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -21,7 +21,7 @@ from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
-from edge.net.listener import reuseport_socket
+from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
 from edge.routing.dispatch import Dispatcher
 from edge.settings import Settings
 from edge.upstream.pool import UpstreamPool
@@ -83,7 +83,8 @@ class Worker:
             "requests": self.hub.requests,
         }
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until told to stop; the process exit status."""
         s = self.settings
         self._install_signals()
         watch = asyncio.create_task(self.watcher.run(), name="config-watcher")
@@ -92,17 +93,28 @@ class Worker:
         if not self.watcher.synced.is_set():
             log.warning("starting without configuration: redis not reachable yet")
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
+        listeners = (
+            ("HTTP_PORT", s.server_host, s.http_port),
+            ("API_PORT", s.api_host, s.api_port),
+        )
+        socks = []
+        for name, host, port in listeners:
+            try:
+                socks.append(reuseport_socket(host, port))
+            except OSError as exc:
+                fields = {"address": f"{host}:{port}", "setting": name, "error": exc.strerror}
+                log.critical("cannot listen", extra={"fields": fields})
+                for sock in socks:
+                    sock.close()
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch
+                return EXIT_LISTEN_FAILED
         self.servers.append(
-            await self.loop.create_server(
-                lambda: HttpConnection(hub, dispatch),
-                sock=reuseport_socket(s.server_host, s.http_port),
-            )
+            await self.loop.create_server(lambda: HttpConnection(hub, dispatch), sock=socks[0])
         )
         self.servers.append(
-            await self.loop.create_server(
-                lambda: HttpConnection(hub, api),
-                sock=reuseport_socket(s.api_host, s.api_port),
-            )
+            await self.loop.create_server(lambda: HttpConnection(hub, api), sock=socks[1])
         )
         log.info(
             "worker serving",
@@ -114,6 +126,7 @@ class Worker:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watch
         self.hub.access_log.flush()
+        return 0
 
     async def drain(self) -> None:
         log.info("draining", extra={"fields": {"connections": len(self.hub.connections)}})
@@ -149,15 +162,15 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run_worker(settings: Settings, worker_id: int, use_uvloop: bool = True) -> None:
+def run_worker(settings: Settings, worker_id: int, use_uvloop: bool = True) -> int:
+    """Run one worker to completion; returns its exit status."""
     _die_with_parent()
 
-    async def main() -> None:
-        await Worker(settings, worker_id).run()
+    async def main() -> int:
+        return await Worker(settings, worker_id).run()
 
     if use_uvloop:
         import uvloop
 
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+        return uvloop.run(main())
+    return asyncio.run(main())

@@ -164,8 +164,7 @@ class ConfigWatcher:
             if self.notifications or not self._said_no_notifications:
                 # said once per change of state, not at every resync
                 log.warning(
-                    "keyspace notifications could not be enabled; changes apply at the next "
-                    "resync",
+                    "keyspace notifications could not be enabled; changes apply at the next resync",
                     extra={"fields": {"error": str(exc), "resync_interval": self.resync_interval}},
                 )
                 self._said_no_notifications = True

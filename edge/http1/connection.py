@@ -211,8 +211,11 @@ class HttpConnection(asyncio.Protocol):
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 hint = exc.error_status_hint
+                # h11 quotes the offending bytes (a whole header line, credentials and all):
+                # log only its description, never the peer's data
+                detail = str(exc).split(":", 1)[0][:80]
                 err: ClientError = (
-                    NotImplementedByEdge(str(exc)) if hint == 501 else ClientError(str(exc))
+                    NotImplementedByEdge(detail) if hint == 501 else ClientError(detail)
                 )
                 if hint in (414, 431):
                     err.status = hint

@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 
 BACKLOG = 4096
+# a worker exits with this status when it cannot bind its listeners (port taken, no
+# permission): restarting it cannot help, so the supervisor stops instead
+EXIT_LISTEN_FAILED = 3
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:

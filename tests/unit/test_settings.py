@@ -1,0 +1,296 @@
+"""Static settings: names, defaults, validation, env-file parsing and precedence."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from edge.settings import (
+    ENV_NAMES,
+    Settings,
+    SettingsError,
+    environment,
+    load_settings,
+    read_env_file,
+    redact_url,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# variable -> (Settings field, built-in default), as documented for existing deployments
+EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
+    "REDIS_URL": ("redis_url", None),
+    "SERVER_HOST": ("server_host", "0.0.0.0"),
+    "HTTP_PORT": ("http_port", 80),
+    "API_HOST": ("api_host", "127.0.0.1"),
+    "API_PORT": ("api_port", 9000),
+    "API_HOSTNAME": ("api_hostname", None),
+    "LOG_LEVEL": ("log_level", "INFO"),
+    "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", 30.0),
+    "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", 120.0),
+    "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", 10.0),
+    "CLIENT_BODY_TIMEOUT": ("client_body_timeout", 60.0),
+    "KEEPALIVE_TIMEOUT": ("keepalive_timeout", 60.0),
+    "DRAIN_TIMEOUT": ("drain_timeout", 30.0),
+    "MAX_HEADER_BYTES": ("max_header_bytes", 16384),
+    "MAX_HEADER_COUNT": ("max_header_count", 100),
+    "MAX_REQUEST_LINE": ("max_request_line", 8192),
+    "EDGE_WORKERS": ("workers", os.cpu_count() or 1),
+    "EDGE_STATE_DIR": ("state_dir", "/var/lib/edge"),
+    "EDGE_SEED_FILE": ("seed_file", None),
+    "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", 30.0),
+    "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", 64),
+    "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", 60.0),
+    "EDGE_LOOP": ("event_loop", "uvloop"),
+}
+
+SECONDS = [
+    "PROXY_CONNECT_TIMEOUT",
+    "PROXY_REQUEST_TIMEOUT",
+    "CLIENT_HEADER_TIMEOUT",
+    "CLIENT_BODY_TIMEOUT",
+    "KEEPALIVE_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "CONFIG_RESYNC_INTERVAL",
+    "UPSTREAM_IDLE_TIMEOUT",
+]
+
+# every numeric and enumerated variable with values it must refuse
+INVALID: list[tuple[str, str]] = [
+    *[(name, bad) for name in ("HTTP_PORT", "API_PORT") for bad in ("abc", "-1", "65536", "8.5")],
+    *[
+        (name, bad)
+        for name in SECONDS
+        for bad in ("abc", "0", "-1", "86401", "nan", "inf", "1e9", "10s")
+    ],
+    ("MAX_HEADER_BYTES", "255"),
+    ("MAX_HEADER_BYTES", str((1 << 20) + 1)),
+    ("MAX_HEADER_BYTES", "lots"),
+    ("MAX_HEADER_COUNT", "0"),
+    ("MAX_HEADER_COUNT", "10001"),
+    ("MAX_HEADER_COUNT", "1.5"),
+    ("MAX_REQUEST_LINE", "63"),
+    ("MAX_REQUEST_LINE", str((1 << 20) + 1)),
+    ("MAX_REQUEST_LINE", "x"),
+    ("EDGE_WORKERS", "0"),
+    ("EDGE_WORKERS", "1025"),
+    ("EDGE_WORKERS", "two"),
+    ("UPSTREAM_IDLE_LIMIT", "-1"),
+    ("UPSTREAM_IDLE_LIMIT", "100001"),
+    ("UPSTREAM_IDLE_LIMIT", "many"),
+    ("LOG_LEVEL", "VERBOSE"),
+    ("LOG_LEVEL", "warn"),
+    ("EDGE_LOOP", "trio"),
+    ("EDGE_LOOP", "uv loop"),
+    ("REDIS_URL", "http://127.0.0.1:6379"),
+    ("REDIS_URL", "127.0.0.1:6379"),
+    ("SERVER_HOST", "example.com"),
+    ("SERVER_HOST", "256.0.0.1"),
+    ("API_HOST", "*"),
+]
+
+
+def test_every_variable_is_known_with_its_default() -> None:
+    assert set(ENV_NAMES) == set(EXPECTED_DEFAULTS)
+    defaults = load_settings({})
+    assert defaults == Settings()
+    for name, (field, default) in EXPECTED_DEFAULTS.items():
+        assert getattr(defaults, field) == default, name
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert fields == {field for field, _ in EXPECTED_DEFAULTS.values()}
+
+
+def test_env_example_lists_every_variable_with_the_real_default() -> None:
+    """systemd/edge.env.example claims each commented line shows the built-in default."""
+    text = (ROOT / "systemd" / "edge.env.example").read_text()
+    documented = dict(re.findall(r"^#([A-Z_]+)=(.*)$", text, flags=re.M))
+    assert set(documented) <= set(ENV_NAMES)
+    # these lines show examples, as their comments say: not defaults
+    examples = {"REDIS_URL", "EDGE_WORKERS", "EDGE_SEED_FILE"}
+    assert set(ENV_NAMES) - set(documented) <= {"API_HOSTNAME", "EDGE_LOOP"}
+    for name, value in documented.items():
+        if name in examples:
+            continue
+        field = EXPECTED_DEFAULTS[name][0]
+        assert getattr(load_settings({name: value}), field) == getattr(Settings(), field), name
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID)
+def test_invalid_value_is_rejected_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({name: value})
+    assert str(info.value).startswith(f"{name}=")
+
+
+def test_first_bad_variable_is_reported_even_among_good_ones() -> None:
+    with pytest.raises(SettingsError, match=r"^DRAIN_TIMEOUT="):
+        load_settings({"HTTP_PORT": "8080", "DRAIN_TIMEOUT": "-5", "LOG_LEVEL": "DEBUG"})
+
+
+def test_valid_values_are_parsed_and_normalised() -> None:
+    s = load_settings(
+        {
+            "HTTP_PORT": " 8080 ",
+            "API_PORT": "0",
+            "SERVER_HOST": "::",
+            "API_HOST": "localhost",
+            "LOG_LEVEL": "debug",
+            "EDGE_LOOP": "AsyncIO",
+            "DRAIN_TIMEOUT": "0.5",
+            "KEEPALIVE_TIMEOUT": "86400",
+            "EDGE_WORKERS": "1024",
+            "UPSTREAM_IDLE_LIMIT": "0",
+            "MAX_HEADER_BYTES": "256",
+            "REDIS_URL": "unix:///run/redis.sock",
+            "API_HOSTNAME": "  ",
+            "EDGE_STATE_DIR": " /srv/edge ",
+        }
+    )
+    assert s.http_port == 8080
+    assert s.api_port == 0
+    assert s.server_host == "::"
+    assert s.api_host == "localhost"
+    assert s.log_level == "DEBUG"
+    assert s.event_loop == "asyncio"
+    assert s.drain_timeout == 0.5
+    assert s.keepalive_timeout == 86400.0
+    assert s.workers == 1024
+    assert s.upstream_idle_limit == 0
+    assert s.max_header_bytes == 256
+    assert s.redis_url == "unix:///run/redis.sock"
+    assert s.api_hostname is None
+    assert s.state_dir == "/srv/edge"
+
+
+def test_empty_values_mean_default_and_overrides_win() -> None:
+    s = load_settings({"HTTP_PORT": "", "EDGE_WORKERS": "3"}, workers=5, seed_file=None)
+    assert s.http_port == 80
+    assert s.workers == 5
+    assert s.seed_file is None
+
+
+def test_invalid_redis_url_error_hides_the_password() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"REDIS_URL": "http://admin:hunter2@10.0.0.1:6379/0"})
+    assert str(info.value).startswith("REDIS_URL=")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:6379/0",
+        "redis://admin:hunter2@127.0.0.1:6379/0",
+        "rediss://admin:hun@ter2@redis.internal:6380/1",
+        "redis://127.0.0.1:6379/0?password=hunter2",
+        "redis://127.0.0.1:6379/0?db=2&Password=hunter2",
+        "unix:///run/redis.sock?password=hunter2",
+    ],
+)
+def test_redact_url_hides_passwords(url: str) -> None:
+    shown = redact_url(url)
+    assert "hunter2" not in shown and "ter2" not in shown
+    assert "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+
+
+def test_redact_url_keeps_urls_without_secrets() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "unix:///run/redis.sock?db=1", "redis://user@h/0"):
+        assert redact_url(url) == url
+
+
+# ---------------------------------------------------------------- env files
+
+
+def test_env_file_syntax(tmp_path: Path) -> None:
+    path = tmp_path / "edge.env"
+    path.write_text(
+        "# a comment\n"
+        "\n"
+        "   # an indented comment\n"
+        "HTTP_PORT=8080\n"
+        "export API_PORT=9100\n"
+        "LOG_LEVEL = 'warning'\n"
+        'EDGE_STATE_DIR="/srv/edge state"\n'
+        'API_HOSTNAME="api.example.com"   # quoted, then a comment\n'
+        "SERVER_HOST=127.0.0.1 # trailing comment\n"
+        "REDIS_URL=redis://127.0.0.1:6379/0?client_name=a#b\n"
+        "EDGE_SEED_FILE=\n"
+        "QUOTE_INSIDE='it's'\n",
+        encoding="utf-8",
+    )
+    env = read_env_file(path)
+    assert env == {
+        "HTTP_PORT": "8080",
+        "API_PORT": "9100",
+        "LOG_LEVEL": "warning",
+        "EDGE_STATE_DIR": "/srv/edge state",
+        "API_HOSTNAME": "api.example.com",
+        "SERVER_HOST": "127.0.0.1",
+        "REDIS_URL": "redis://127.0.0.1:6379/0?client_name=a#b",
+        "EDGE_SEED_FILE": "",
+        "QUOTE_INSIDE": "it's",
+    }
+    s = load_settings(env)
+    assert (s.http_port, s.api_port, s.log_level) == (8080, 9100, "WARNING")
+    assert s.state_dir == "/srv/edge state"
+    assert s.api_hostname == "api.example.com"
+    assert s.seed_file is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "bad_line"),
+    [
+        (["HTTP_PORT=1", "this is not an assignment"], 2),
+        (["# ok", "", "=value"], 3),
+        (["HTTP-PORT=1"], 1),
+        (["A=1", "B=2", "export", "C=3"], 3),
+    ],
+)
+def test_env_file_bad_line_names_file_and_line(
+    tmp_path: Path, lines: list[str], bad_line: int
+) -> None:
+    path = tmp_path / "bad.env"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        read_env_file(path)
+    assert str(info.value).startswith(f"{path}:{bad_line}:")
+
+
+def test_real_environment_overrides_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "edge.env"
+    path.write_text("HTTP_PORT=8080\nAPI_PORT=9100\nLOG_LEVEL=DEBUG\n", encoding="utf-8")
+    monkeypatch.setenv("HTTP_PORT", "8181")
+    monkeypatch.delenv("API_PORT", raising=False)
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    merged = environment(str(path))
+    assert merged["HTTP_PORT"] == "8181"
+    assert merged["API_PORT"] == "9100"
+    s = load_settings(merged)
+    assert (s.http_port, s.api_port, s.log_level) == (8181, 9100, "DEBUG")
+
+
+def test_environment_without_file_is_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRAIN_TIMEOUT", "7")
+    merged = environment(None)
+    assert merged["DRAIN_TIMEOUT"] == "7"
+    assert load_settings(merged).drain_timeout == 7.0
+
+
+def test_missing_or_unreadable_env_file_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"--env-file .*missing\.env: No such file"):
+        environment(str(tmp_path / "missing.env"))
+    with pytest.raises(SettingsError, match=r"--env-file .*: Is a directory"):
+        environment(str(tmp_path))
+    binary = tmp_path / "binary.env"
+    binary.write_bytes(b"HTTP_PORT=\xff\xfe\n")
+    with pytest.raises(SettingsError, match=r"--env-file .*binary\.env: not UTF-8"):
+        environment(str(binary))
