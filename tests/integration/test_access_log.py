@@ -9,8 +9,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from tests.helpers import EdgeProcess, RedisServer, Upstream, free_port, proxy_doc, wait_for
 
 ACCESS_FIELDS = {
