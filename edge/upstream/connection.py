@@ -40,6 +40,8 @@ class RawPipe(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_eof_in",
+        "_eof_out",
         "_idle_timer",
         "_reading_paused",
         "h11",
@@ -63,6 +65,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
+        self._eof_in = False  # pipe mode: the upstream sent its FIN
+        self._eof_out = False  # pipe mode: we sent ours (the client's)
 
     # ------------------------------------------------------------------ asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,7 +88,9 @@ class UpstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.pipe is not None:
             self.pipe.tunnel_write_eof()
-            return True
+            self._eof_in = True
+            # both directions ended: close, so that the tunnel is released and logged
+            return not self._eof_out
         user = self.user
         if user is not None:
             if not self.received_any:
@@ -159,6 +165,9 @@ class UpstreamConnection(asyncio.Protocol):
         conn = self.h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+            if self._reading_paused:
+                # paused for a slow client: idle in the pool, it must read to see a close
+                self.resume_producing()
             self.pool.checkin(self)
         else:
             self.close()
@@ -189,8 +198,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def pipe_write_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        transport = self.transport
+        if transport is None:
+            return
+        self._eof_out = True
+        if self._eof_in or not transport.can_write_eof():
+            # nothing more can flow either way (or TLS, which cannot half-close)
+            transport.close()
+        else:
+            transport.write_eof()
 
     @property
     def usable(self) -> bool:
