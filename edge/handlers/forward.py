@@ -24,7 +24,7 @@ from edge.errors import (
     UpstreamResponseTimeout,
 )
 from edge.http1.exchange import Exchange, Headers
-from edge.http1.h11compat import full_items
+from edge.http1.h11compat import END_OF_MESSAGE, full_items
 from edge.routing.router import Resolution
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection
@@ -150,9 +150,7 @@ class ProxyCall:
 
     __slots__ = (
         "_body_done",
-        "_deadline_at",
         "_response_custom",
-        "_timer",
         "conn",
         "ex",
         "forwarder",
@@ -180,8 +178,6 @@ class ProxyCall:
         self.conn: UpstreamConnection | None = None
         self.retried = False
         self._body_done = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline_at = 0.0
         ex.upstream = f"{target.host}:{target.port}"
         ex.route = res.route.route_id if res.route is not None else ""
 
@@ -216,7 +212,7 @@ class ProxyCall:
         self.ex.producer = conn
         if self._body_done:
             # a retry: the client's (empty) body already ended on the first attempt
-            conn.send(h11.EndOfMessage())
+            conn.send(END_OF_MESSAGE)
             return
         self.ex.read_body(self)
 
@@ -231,7 +227,7 @@ class ProxyCall:
         conn = self.conn
         if conn is not None and conn.user is self:
             try:
-                conn.send(h11.EndOfMessage())
+                conn.send(END_OF_MESSAGE)
             except h11.LocalProtocolError as exc:
                 # e.g. fewer bytes than the Content-Length the client announced
                 conn.abort()
@@ -311,30 +307,23 @@ class ProxyCall:
             self._fail(UpstreamClosed("upstream closed the connection"))
 
     # ------------------------------------------------------------------ deadline
+    # PROXY_REQUEST_TIMEOUT is an idle deadline kept by the upstream connection's timer:
+    # armed when the request is out, pushed back by every byte of the response.
     def _arm(self) -> None:
-        loop = self.forwarder.loop
-        timeout = self.forwarder.response_timeout
-        self._deadline_at = loop.time() + timeout
-        self._timer = loop.call_later(timeout, self._expired)
+        if self.conn is not None:
+            self.conn.expect_response(self.forwarder.response_timeout)
 
     def _touch(self) -> None:
-        self._deadline_at = self.forwarder.loop.time() + self.forwarder.response_timeout
+        if self.conn is not None:
+            self.conn.touch(self.forwarder.response_timeout)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        conn = self.conn
+        if conn is not None and conn.user is self:
+            conn.clear_deadline()
 
-    def _expired(self) -> None:
-        loop = self.forwarder.loop
-        remaining = self._deadline_at - loop.time()
-        if remaining > 0.001:
-            self._timer = loop.call_later(remaining, self._expired)
-            return
-        self._timer = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
+    def on_response_timeout(self) -> None:
+        self.conn = None  # aborted by the connection itself
         self._fail(UpstreamResponseTimeout("upstream response timed out"))
 
     def _fail(self, error: EdgeError) -> None:

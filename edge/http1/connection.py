@@ -20,7 +20,7 @@ import h11
 from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
-from edge.http1.h11compat import ServerConnection, full_items
+from edge.http1.h11compat import END_OF_MESSAGE, ServerConnection, full_items
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
 
@@ -233,6 +233,9 @@ class HttpConnection(asyncio.Protocol):
                     self._disarm()
                 if ex.sink is not None:
                     ex.sink.body_end()
+                # the next event can only be PAUSED until the response is out; _finish
+                # drives again for a pipelined request
+                return
             elif kind is h11.Request:
                 self._on_request(cast(h11.Request, event))
             elif event is h11.NEED_DATA:
@@ -347,7 +350,7 @@ class HttpConnection(asyncio.Protocol):
     def end_response(self, ex: Exchange) -> None:
         if ex is not self.current or self.transport is None:
             return
-        tail = self.h11.send(h11.EndOfMessage()) or b""
+        tail = self.h11.send(END_OF_MESSAGE) or b""
         if self._head:
             tail, self._head = self._head + tail, b""
         self._write(tail)

@@ -19,6 +19,9 @@ import h11
 from h11._connection import _body_framing
 from h11._headers import Headers
 
+# events are immutable: one EndOfMessage serves every message (saves its construction)
+END_OF_MESSAGE = h11.EndOfMessage()
+
 _CHUNKED = (b"Transfer-Encoding", b"transfer-encoding", b"chunked")
 
 

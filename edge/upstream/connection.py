@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool
 
 
+_NONE, _IDLE, _RESPONSE = 0, 1, 2  # deadline kinds
+_SLACK = 0.002  # seconds a timer may wake before its deadline (uvloop's clock is in ms)
+
+
 class UpstreamUser(Protocol):
     """What a connection reports to while it carries a request."""
 
@@ -25,6 +29,7 @@ class UpstreamUser(Protocol):
     def on_end(self) -> None: ...
     def on_failure(self, exc: Exception | None, protocol_error: bool) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
+    def on_response_timeout(self) -> None: ...
     def on_batch_end(self) -> None: ...
 
 
@@ -40,10 +45,13 @@ class RawPipe(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_deadline",
+        "_deadline_at",
         "_eof_in",
         "_eof_out",
-        "_idle_timer",
         "_reading_paused",
+        "_timer",
+        "_timer_at",
         "h11",
         "key",
         "pipe",
@@ -63,7 +71,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.pipe: RawPipe | None = None
         self.received_any = False
         self.requests = 0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # one lazily moved timer: response deadline while a request is out, idle
+        # deadline while pooled (see _set_deadline)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = _NONE
+        self._deadline_at = 0.0
         self._reading_paused = False
         self._eof_in = False  # pipe mode: the upstream sent its FIN
         self._eof_out = False  # pipe mode: we sent ours (the client's)
@@ -106,7 +119,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._cancel_idle()
+        self._deadline = _NONE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.pool.forget(self)
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
@@ -161,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _release(self, user: UpstreamUser) -> None:
         """Response complete: hand back to the user, then maybe to the pool."""
         self.user = None
+        self._deadline = _NONE
         user.on_end()
         conn = self.h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -174,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ used by callers
     def bind(self, user: UpstreamUser) -> None:
-        self._cancel_idle()
+        self._deadline = _NONE
         self.user = user
         self.received_any = False
         self.requests += 1
@@ -190,6 +207,7 @@ class UpstreamConnection(asyncio.Protocol):
         """After a 101: raw bytes from now on. Returns bytes already read past the head."""
         self.user = None
         self.pipe = pipe
+        self._deadline = _NONE  # a tunnel lives as long as both ends want it
         leftover, _ = self.h11.trailing_data
         return leftover
 
@@ -213,14 +231,51 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         return t is not None and not t.is_closing()
 
-    def arm_idle(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._cancel_idle()
-        self._idle_timer = loop.call_later(seconds, self.close)
+    # Deadlines. Arming a later deadline than the timer's leaves the timer alone (it
+    # wakes early and sleeps again); clearing only resets the kind. A pooled connection
+    # serving request after request therefore costs no timer operations per request.
+    def arm_idle(self, seconds: float) -> None:
+        self._set_deadline(_IDLE, seconds)
 
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def expect_response(self, seconds: float) -> None:
+        """The request is out: the user's ``on_response_timeout`` fires after ``seconds``
+        without a byte from the upstream (``touch`` restarts the wait)."""
+        self._set_deadline(_RESPONSE, seconds)
+
+    def clear_deadline(self) -> None:
+        self._deadline = _NONE
+
+    def touch(self, seconds: float) -> None:
+        self._deadline_at = self.pool.loop.time() + seconds
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        at = self.pool.loop.time() + seconds
+        self._deadline = kind
+        self._deadline_at = at
+        timer = self._timer
+        if timer is None or self._timer_at > at + _SLACK:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = at
+            self._timer = self.pool.loop.call_at(at, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        kind = self._deadline
+        if kind == _NONE or self.transport is None:
+            return
+        if self._deadline_at > self.pool.loop.time() + _SLACK:
+            self._timer_at = self._deadline_at
+            self._timer = self.pool.loop.call_at(self._deadline_at, self._expired)
+            return
+        self._deadline = _NONE
+        if kind == _IDLE:
+            self.close()
+            return
+        user, self.user = self.user, None
+        self.abort()
+        if user is not None:
+            user.on_response_timeout()
 
     # Producer (downstream backpressure pauses our reads)
     def pause_producing(self) -> None:

@@ -62,7 +62,7 @@ class UpstreamPool:
             conn.close()
             return
         idle.append(conn)
-        conn.arm_idle(self.idle_timeout, self.loop)
+        conn.arm_idle(self.idle_timeout)
 
     def forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
