@@ -238,6 +238,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             elif kind is h11.Request:
                 self._on_request(cast(h11.Request, event))
+                if conn is not self.h11 or conn.their_state is not h11.SEND_BODY:
+                    return  # a body-less request already ended, or the exchange is done
             elif event is h11.NEED_DATA:
                 if ex is not None and conn.their_state is h11.SEND_BODY:
                     if self._deadline is not _Deadline.BODY:
