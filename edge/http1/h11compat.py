@@ -1,31 +1,70 @@
 """The few places where the edge reaches into h11 internals, for speed, in one module.
 
-h11 re-validates every response header with regular expressions when a server sends a
-response (``_clean_up_response_headers_for_sending`` rebuilds the event without
+Sending: h11 re-validates every response header with regular expressions when a server
+sends a response (``_clean_up_response_headers_for_sending`` rebuilds the event without
 ``_parsed=True``), although a proxy's response headers come straight out of h11's own
 parser. ``ServerConnection`` skips that rebuild when it would change nothing, and falls
 back to h11's code otherwise. Iterating ``h11.Headers`` goes through
 ``Sequence.__iter__`` (one ``__getitem__`` call per header); ``items()`` reads the
-underlying list directly. The pin ``h11>=0.16,<0.17`` in pyproject keeps these in step;
-``tests/unit/test_h11compat.py`` checks that the bytes on the wire are the same as stock
-h11's.
+underlying list directly.
+
+Receiving: h11's head readers (``maybe_read_from_IDLE_client`` for a request,
+``maybe_read_from_SEND_RESPONSE_server`` for a response) run every line through
+``validate()`` (a ``fullmatch`` plus a ``groupdict()``), through the obs-fold generator,
+collect the pairs with ``list()`` of a generator, pass the request line as ``**kwargs``,
+normalise the headers in a second loop, and then the event constructor walks the headers
+once more through ``Sequence.__iter__`` to count ``Host`` and re-matches method and
+target against regexes the request line has already enforced. ``read_request_head`` and
+``read_response_head`` below do the same work with the same compiled regexes in one pass,
+and hand anything unusual (obs-fold continuation lines, malformed lines, non-trivial
+``Content-Length`` / ``Transfer-Encoding``) back to h11's own helpers, so events,
+exceptions and buffer consumption stay exactly h11's. ``ServerConnection`` and
+``ClientConnection`` install them through ``_get_io_object``.
+
+The pin ``h11>=0.16,<0.17`` in pyproject keeps all of this in step with h11;
+``tests/unit/test_h11compat.py`` checks the bytes on the wire and the parsed events
+against stock h11.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import h11
-from h11._connection import _body_framing
-from h11._headers import Headers
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, _body_framing
+from h11._events import Event
+from h11._headers import CONTENT_LENGTH_MAX_DIGITS, Headers, normalize_and_validate
+from h11._readers import (
+    ReadersType,
+    _decode_header_lines,
+    header_field_re,
+    maybe_read_from_IDLE_client,
+    maybe_read_from_SEND_RESPONSE_server,
+    request_line_re,
+    status_line_re,
+)
+from h11._receivebuffer import ReceiveBuffer
+from h11._util import LocalProtocolError, Sentinel
+from h11._writers import WritersType
 
 # events are immutable: one EndOfMessage serves every message (saves its construction)
 END_OF_MESSAGE = h11.EndOfMessage()
 
 _CHUNKED = (b"Transfer-Encoding", b"transfer-encoding", b"chunked")
 
+FullItems = list[tuple[bytes, bytes, bytes]]
 
-def full_items(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+_match_request_line = request_line_re.fullmatch
+_match_status_line = status_line_re.fullmatch
+_match_field_line = header_field_re.fullmatch
+_new = object.__new__
+_set = object.__setattr__
+# Lowercased names that need more than ``(raw, lower, value)``: counted, or normalised.
+_NOTABLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
+
+
+def full_items(headers: Sequence[tuple[bytes, bytes]]) -> FullItems:
     """(raw name, lowercased name, value) triples of an h11 ``Headers``, without copying."""
     full = getattr(headers, "_full_items", None)
     if full is None:
@@ -33,8 +72,179 @@ def full_items(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     return full  # type: ignore[no-any-return]
 
 
-class ServerConnection(h11.Connection):
-    """``h11.Connection(h11.SERVER)`` without the redundant re-validation of responses."""
+def _count_hosts(full: FullItems) -> int:
+    return sum(1 for _, lower, _ in full if lower == b"host")
+
+
+def _fields_by_h11(lines: list[bytearray]) -> tuple[Headers, int]:
+    """h11's own header pipeline: obs-fold, per-line ``validate``, then normalisation.
+
+    Used for every head the single-pass loop in ``_fields`` does not vouch for, so that
+    folded values, the first offending line, and the error message are h11's verbatim.
+    """
+    # h11 itself passes these bytearray lines (typed as ``bytes`` in h11)
+    pairs = list(_decode_header_lines(lines[1:]))  # type: ignore[arg-type]
+    headers = normalize_and_validate(pairs, _parsed=True)
+    return headers, _count_hosts(headers._full_items)
+
+
+def _fields(lines: list[bytearray]) -> tuple[Headers, int]:
+    """Header lines ``lines[1:]`` as h11 ``Headers``, plus the number of ``Host`` fields.
+
+    Equal to ``normalize_and_validate(list(_decode_header_lines(lines[1:])), _parsed=True)``
+    but in one loop. Why that is the same:
+
+    * A line that fullmatches ``header_field_re`` starts with a token character (the field
+      name is a token), never SP or HT, so when every line matches, h11's obs-fold pass
+      yields each line unchanged and its ``validate`` returns exactly these two groups. If
+      any line does not match (a continuation line, or a malformed one), the whole head
+      goes to h11's pipeline, which then folds or raises exactly as stock h11 does.
+    * For names other than Content-Length and Transfer-Encoding, normalisation only adds
+      the lowercased name. A single Content-Length of 1 to ``CONTENT_LENGTH_MAX_DIGITS``
+      ASCII digits and a single ``Transfer-Encoding: chunked`` come out of it unchanged.
+      Any other use of those two fields is normalised by h11's ``normalize_and_validate``
+      itself, after all lines have matched, which keeps h11's order of errors (line syntax
+      before framing).
+    """
+    full: FullItems = []
+    hosts = 0
+    seen_length = seen_coding = unusual = False
+    field_lines = iter(lines)
+    next(field_lines)  # the request or status line
+    for line in field_lines:
+        match = _match_field_line(line)
+        if match is None:
+            return _fields_by_h11(lines)
+        name, value = match.group(1, 2)  # named groups, in this order
+        lower = name.lower()
+        if lower in _NOTABLE:
+            if lower == b"host":
+                hosts += 1
+            elif lower == b"content-length":
+                if seen_length or len(value) > CONTENT_LENGTH_MAX_DIGITS or not value.isdigit():
+                    unusual = True
+                seen_length = True
+            else:
+                if seen_coding or value != b"chunked":
+                    unusual = True
+                seen_coding = True
+        full.append((name, lower, value))
+    if unusual:
+        headers = normalize_and_validate([(raw, value) for raw, _, value in full], _parsed=True)
+        return headers, hosts  # normalisation never adds, drops or renames a Host field
+    return Headers(full), hosts
+
+
+def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
+    """Drop-in for h11's ``maybe_read_from_IDLE_client``, in fewer Python steps.
+
+    Buffer handling and the request-line checks are h11's, message for message. The
+    ``Request`` is assembled without its constructor, which with ``_parsed=True`` and
+    ready ``Headers`` only stores the four fields, rejects a missing (HTTP/1.1) or repeated
+    ``Host`` (checked here, with h11's messages), and re-matches method and target against
+    ``token`` and ``vchar+``, which ``request_line_re`` has already enforced on both.
+    """
+    lines = buf.maybe_extract_lines()
+    if lines is None:
+        if buf.is_next_line_obviously_invalid_request_line():
+            raise LocalProtocolError("illegal request line")
+        return None
+    if not lines:
+        raise LocalProtocolError("no request line received")
+    first = lines[0]
+    match = _match_request_line(first)
+    if match is None:
+        raise LocalProtocolError(f"illegal request line: {first!r}")
+    method, target, http_version = match.group(1, 2, 3)  # named groups, in this order
+    headers, hosts = _fields(lines)
+    if hosts != 1:
+        if hosts == 0 and http_version == b"1.1":
+            raise LocalProtocolError("Missing mandatory Host: header")
+        if hosts > 1:
+            raise LocalProtocolError("Found multiple Host: headers")
+    request: h11.Request = _new(h11.Request)
+    _set(request, "method", method)
+    _set(request, "headers", headers)
+    _set(request, "target", target)
+    _set(request, "http_version", http_version)
+    return request
+
+
+def read_response_head(
+    buf: ReceiveBuffer,
+) -> h11.InformationalResponse | h11.Response | None:
+    """Drop-in for h11's ``maybe_read_from_SEND_RESPONSE_server``, in fewer Python steps.
+
+    Buffer handling and the status-line checks are h11's, message for message (including
+    h11's "illegal request line" for a head starting with a control byte). A final
+    ``Response`` is assembled without its constructor, whose only check (status in
+    [200, 1000)) always holds for three digits not below 200; a 1xx (or 0xx) status goes
+    through ``InformationalResponse`` so that its range check raises as in h11.
+    """
+    lines = buf.maybe_extract_lines()
+    if lines is None:
+        if buf.is_next_line_obviously_invalid_request_line():
+            raise LocalProtocolError("illegal request line")
+        return None
+    if not lines:
+        raise LocalProtocolError("no response line received")
+    first = lines[0]
+    match = _match_status_line(first)
+    if match is None:
+        raise LocalProtocolError(f"illegal status line: {first!r}")
+    # the version group is mandatory in ``status_line``; only the reason may be absent
+    http_version, status, reason = match.group(1, 2, 3)  # named groups, in this order
+    if reason is None:
+        reason = b""
+    status_code = int(status)
+    headers, _ = _fields(lines)
+    if status_code < 200:
+        return h11.InformationalResponse(
+            headers=headers,
+            status_code=status_code,
+            reason=reason,
+            http_version=http_version,
+            _parsed=True,
+        )
+    response: h11.Response = _new(h11.Response)
+    _set(response, "headers", headers)
+    _set(response, "http_version", http_version)
+    _set(response, "reason", reason)
+    _set(response, "status_code", status_code)
+    return response
+
+
+class _FastHeads(h11.Connection):
+    """``h11.Connection`` reading request and response heads with the readers above.
+
+    h11 picks a reader per (role, state) in ``_get_io_object``; where it would pick one of
+    its two head readers, the equivalent one from this module is returned instead. Body
+    readers, writers and the state machine are untouched.
+    """
+
+    def _get_io_object(
+        self,
+        role: type[Sentinel],
+        event: Event | None,
+        io_dict: ReadersType | WritersType,
+    ) -> Callable[..., Any] | None:
+        io_object = super()._get_io_object(role, event, io_dict)
+        if io_object is maybe_read_from_IDLE_client:
+            return read_request_head
+        if io_object is maybe_read_from_SEND_RESPONSE_server:
+            return read_response_head
+        return io_object
+
+
+class ClientConnection(_FastHeads):
+    """``h11.Connection(h11.CLIENT)`` with the faster response-head reader."""
+
+    def __init__(self, max_incomplete_event_size: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE) -> None:
+        super().__init__(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size)
+
+
+class ServerConnection(_FastHeads):
+    """``h11.Connection(h11.SERVER)``: faster request heads, no redundant re-validation."""
 
     def __init__(self, max_incomplete_event_size: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
 
+from edge.http1.h11compat import ClientConnection
+
 if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool
 
@@ -65,7 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self.pool = pool
         self.key = key
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11: h11.Connection = ClientConnection()
         self.transport: asyncio.Transport | None = None
         self.user: UpstreamUser | None = None
         self.pipe: RawPipe | None = None
