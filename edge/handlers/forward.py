@@ -53,7 +53,15 @@ VIA = b"1.1 edge"
 
 
 def _connection_tokens(value: bytes, into: set[bytes]) -> None:
-    into.update(t.strip().lower() for t in value.split(b","))
+    if value in _COMMON_CONNECTION:
+        into.add(_COMMON_CONNECTION[value])  # "keep-alive", "close", "Upgrade": no split
+    else:
+        into.update(t.strip().lower() for t in value.split(b","))
+
+
+_COMMON_CONNECTION = {
+    v: v.lower() for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade")
+}
 
 
 # tokens of a Connection header that name nothing to remove beyond the hop-by-hop set

@@ -28,14 +28,14 @@ against stock h11.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import h11
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, _body_framing
 from h11._events import Event
 from h11._headers import CONTENT_LENGTH_MAX_DIGITS, Headers, normalize_and_validate
 from h11._readers import (
+    READERS,
     ReadersType,
     _decode_header_lines,
     header_field_re,
@@ -46,7 +46,7 @@ from h11._readers import (
 )
 from h11._receivebuffer import ReceiveBuffer
 from h11._util import LocalProtocolError, Sentinel
-from h11._writers import WritersType
+from h11._writers import WRITERS
 
 # events are immutable: one EndOfMessage serves every message (saves its construction)
 END_OF_MESSAGE = h11.EndOfMessage()
@@ -214,6 +214,18 @@ def read_response_head(
     return response
 
 
+_FAST_READERS: ReadersType = {
+    key: (
+        read_request_head
+        if reader is maybe_read_from_IDLE_client
+        else read_response_head
+        if reader is maybe_read_from_SEND_RESPONSE_server
+        else reader
+    )
+    for key, reader in READERS.items()
+}
+
+
 class _FastHeads(h11.Connection):
     """``h11.Connection`` reading request and response heads with the readers above.
 
@@ -222,32 +234,34 @@ class _FastHeads(h11.Connection):
     readers, writers and the state machine are untouched.
     """
 
-    def _get_io_object(
-        self,
-        role: type[Sentinel],
-        event: Event | None,
-        io_dict: ReadersType | WritersType,
-    ) -> Callable[..., Any] | None:
-        io_object = super()._get_io_object(role, event, io_dict)
-        if io_object is maybe_read_from_IDLE_client:
-            return read_request_head
-        if io_object is maybe_read_from_SEND_RESPONSE_server:
-            return read_response_head
-        return io_object
+    def __init__(self, our_role: type[Sentinel], max_incomplete_event_size: int) -> None:
+        super().__init__(our_role, max_incomplete_event_size=max_incomplete_event_size)
+        self._reader = self._get_io_object(self.their_role, None, _FAST_READERS)
+
+    # h11 looks readers up in its module-level READERS table whenever a state changes;
+    # this is h11's own method reading from a copy of that table with the two head readers
+    # swapped, so no extra call is made on every state change.
+    def _respond_to_state_changes(
+        self, old_states: dict[type[Sentinel], type[Sentinel]], event: Event | None = None
+    ) -> None:
+        if self.our_state != old_states[self.our_role]:
+            self._writer = self._get_io_object(self.our_role, event, WRITERS)
+        if self.their_state != old_states[self.their_role]:
+            self._reader = self._get_io_object(self.their_role, event, _FAST_READERS)
 
 
 class ClientConnection(_FastHeads):
     """``h11.Connection(h11.CLIENT)`` with the faster response-head reader."""
 
     def __init__(self, max_incomplete_event_size: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE) -> None:
-        super().__init__(h11.CLIENT, max_incomplete_event_size=max_incomplete_event_size)
+        super().__init__(h11.CLIENT, max_incomplete_event_size)
 
 
 class ServerConnection(_FastHeads):
     """``h11.Connection(h11.SERVER)``: faster request heads, no redundant re-validation."""
 
     def __init__(self, max_incomplete_event_size: int) -> None:
-        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        super().__init__(h11.SERVER, max_incomplete_event_size)
 
     def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
         if not self._cstate.keep_alive:

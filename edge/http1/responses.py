@@ -33,19 +33,20 @@ class DateCache:
 
 DATE = DateCache()
 
-_clock_second = -1
+_clock_ms = -1
 _clock_text = ""
 
 
 def wallclock() -> str:
-    """UTC time for log lines, ISO 8601 with milliseconds; the date part is cached."""
-    global _clock_second, _clock_text
-    now = time.time()
-    second = int(now)
-    if second != _clock_second:
-        _clock_second = second
-        _clock_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_clock_text}.{int((now - second) * 1000):03d}Z"
+    """UTC time for log lines, ISO 8601 with milliseconds, recomputed once per millisecond."""
+    global _clock_ms, _clock_text
+    ms = int(time.time() * 1000)
+    if ms != _clock_ms:
+        _clock_ms = ms
+        second, milli = divmod(ms, 1000)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _clock_text = f"{stamp}.{milli:03d}Z"
+    return _clock_text
 
 
 _CODES: dict[int, str] = {
