@@ -20,6 +20,24 @@ FLUSH_INTERVAL = 0.05
 FLUSH_BYTES = 65536
 
 
+class AccessRecord(msgspec.Struct, omit_defaults=True):
+    """One access-log line (a Struct encodes about twice as fast as a dict)."""
+
+    time: str
+    request_id: str
+    client: str
+    method: str
+    host: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    upstream: str
+    route: str
+    aborted: bool = False  # present only when true
+
+
 class AccessLog:
     __slots__ = ("_buffer", "_fd", "_handle", "_loop", "_size")
 
@@ -30,7 +48,7 @@ class AccessLog:
         self._size = 0
         self._handle: asyncio.TimerHandle | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: AccessRecord | dict[str, Any]) -> None:
         line = _encode(record) + b"\n"
         self._buffer.append(line)
         self._size += len(line)

@@ -13,10 +13,11 @@ import enum
 import logging
 from collections.abc import Callable
 from time import monotonic
-from typing import Any, cast
+from typing import cast
 
 import h11
 
+from edge.accesslog import AccessRecord
 from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
@@ -591,22 +592,21 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _log(self, ex: Exchange, aborted: bool = False) -> None:
-        record: dict[str, Any] = {
-            "time": wallclock(),
-            "request_id": ex.request_id,
-            "client": ex.client_ip,
-            "method": ex.method.decode("latin-1"),
-            "host": ex.host,
-            "path": ex.path,
-            "status": ex.status,
-            "bytes_in": ex.bytes_in,
-            "bytes_out": ex.bytes_out,
-            "duration_ms": round((monotonic() - ex.started) * 1000, 3),
-            "upstream": ex.upstream,
-            "route": ex.route,
-        }
-        if aborted:
-            record["aborted"] = True
+        record = AccessRecord(
+            wallclock(),
+            ex.request_id,
+            ex.client_ip,
+            ex.method.decode("latin-1"),
+            ex.host,
+            ex.path,
+            ex.status,
+            ex.bytes_in,
+            ex.bytes_out,
+            round((monotonic() - ex.started) * 1000, 3),
+            ex.upstream,
+            ex.route,
+            aborted,
+        )
         self.hub.access_log.write(record)
 
 
