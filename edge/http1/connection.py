@@ -18,6 +18,7 @@ from typing import cast
 import h11
 
 from edge.accesslog import AccessRecord
+from edge.deadline import LazyTimer
 from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
@@ -44,7 +45,6 @@ class _Deadline(enum.Enum):
 
 
 _EMPTY_LINE_START = (b"\r", b"\n")
-_SLACK = 0.002  # seconds a timer may wake before its deadline (uvloop's clock is in ms)
 _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
 # IDLE: no request was parsed (a head refused by the guard, by h11, or too slow); h11 still
 # lets a server answer then, which is how those clients get their 4xx
@@ -72,7 +72,6 @@ class HttpConnection(asyncio.Protocol):
         "_head",
         "_paused",
         "_timer",
-        "_timer_at",
         "_tunnel",
         "_write_paused",
         "client_ip",
@@ -101,8 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self.h11: h11.Connection = ServerConnection(hub.max_incomplete)
         self._paused = 0
         self._write_paused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = LazyTimer(hub.loop, self._expired)
         self._deadline_at = 0.0
         self._deadline = _Deadline.NONE
         self._activity = 0.0
@@ -165,9 +163,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.hub.connections.discard(self)
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
@@ -516,45 +512,28 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
 
     # ------------------------------------------------------------------ deadlines
-    # One timer per connection, moved lazily: arming a later deadline than the one the
-    # timer is set for leaves the timer alone (it wakes early and sleeps again), and
-    # disarming only clears the kind. A keep-alive connection thus costs no timer
-    # operations per request.
+    # One LazyTimer per connection serves every deadline kind in turn.
     def _arm(self, kind: _Deadline, seconds: float) -> None:
         at = self.hub.loop.time() + seconds
         self._deadline = kind
         self._deadline_at = at
-        timer = self._timer
-        if timer is None or self._timer_at > at + _SLACK:
-            if timer is not None:
-                timer.cancel()
-            self._timer_at = at
-            self._timer = self.hub.loop.call_at(at, self._expired)
+        self._timer.wake_by(at)
 
     def _disarm(self) -> None:
-        self._deadline = _Deadline.NONE
-
-    def _sleep_until(self, at: float) -> None:
-        self._timer_at = at
-        self._timer = self.hub.loop.call_at(at, self._expired)
+        self._deadline = _Deadline.NONE  # the lazy timer finds nothing to do
 
     def _expired(self) -> None:
-        self._timer = None
         kind = self._deadline
         if kind is _Deadline.NONE or self.transport is None:
             return
-        now = self.hub.loop.time()
+        at = self._deadline_at
         if kind is _Deadline.BODY:
             # idle timer: the deadline moves with every body byte received
             at = self._activity + self.hub.settings.client_body_timeout
             if self._paused & _PAUSE_BODY:
                 # we are the slow side (upstream backpressure), not the client
-                at = now + self.hub.settings.client_body_timeout
-            if at > now + _SLACK:
-                self._sleep_until(at)
-                return
-        elif self._deadline_at > now + _SLACK:
-            self._sleep_until(self._deadline_at)
+                at = self.hub.loop.time() + self.hub.settings.client_body_timeout
+        if not self._timer.due(at):
             return
         self._deadline = _Deadline.NONE
         if kind is _Deadline.BODY:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
 
+from edge.deadline import LazyTimer
 from edge.http1.h11compat import ClientConnection
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 
 _NONE, _IDLE, _RESPONSE = 0, 1, 2  # deadline kinds
-_SLACK = 0.002  # seconds a timer may wake before its deadline (uvloop's clock is in ms)
 
 
 class UpstreamUser(Protocol):
@@ -53,7 +53,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_eof_out",
         "_reading_paused",
         "_timer",
-        "_timer_at",
         "h11",
         "key",
         "pipe",
@@ -75,8 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         # one lazily moved timer: response deadline while a request is out, idle
         # deadline while pooled (see _set_deadline)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = LazyTimer(pool.loop, self._expired)
         self._deadline = _NONE
         self._deadline_at = 0.0
         self._reading_paused = False
@@ -122,9 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._deadline = _NONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.pool.forget(self)
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
@@ -233,9 +229,8 @@ class UpstreamConnection(asyncio.Protocol):
         t = self.transport
         return t is not None and not t.is_closing()
 
-    # Deadlines. Arming a later deadline than the timer's leaves the timer alone (it
-    # wakes early and sleeps again); clearing only resets the kind. A pooled connection
-    # serving request after request therefore costs no timer operations per request.
+    # Deadlines, on one LazyTimer: the response deadline while a request is out, the
+    # idle deadline while pooled.
     def arm_idle(self, seconds: float) -> None:
         self._set_deadline(_IDLE, seconds)
 
@@ -254,21 +249,11 @@ class UpstreamConnection(asyncio.Protocol):
         at = self.pool.loop.time() + seconds
         self._deadline = kind
         self._deadline_at = at
-        timer = self._timer
-        if timer is None or self._timer_at > at + _SLACK:
-            if timer is not None:
-                timer.cancel()
-            self._timer_at = at
-            self._timer = self.pool.loop.call_at(at, self._expired)
+        self._timer.wake_by(at)
 
     def _expired(self) -> None:
-        self._timer = None
         kind = self._deadline
-        if kind == _NONE or self.transport is None:
-            return
-        if self._deadline_at > self.pool.loop.time() + _SLACK:
-            self._timer_at = self._deadline_at
-            self._timer = self.pool.loop.call_at(self._deadline_at, self._expired)
+        if kind == _NONE or self.transport is None or not self._timer.due(self._deadline_at):
             return
         self._deadline = _NONE
         if kind == _IDLE:
