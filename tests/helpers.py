@@ -284,3 +284,22 @@ def http_request(
 def temp_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="edge-test-") as d:
         yield Path(d)
+
+
+@contextlib.contextmanager
+def module_edge(
+    redis_server: RedisServer, workdir: Path, host: str, target_url: str, **env: Any
+) -> Iterator[EdgeProcess]:
+    """One edge for a whole test module, routing ``host`` to ``target_url``."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.set(f"proxy:{host}", proxy_doc(host, target_url))
+    edge = EdgeProcess(redis_server.url, workdir, CONFIG_RESYNC_INTERVAL=30, **env)
+    edge.start()
+    try:
+        edge.wait_generation(lambda h: h["proxies"] == 1)
+        yield edge
+    finally:
+        edge.stop(timeout=10)

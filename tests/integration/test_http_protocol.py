@@ -16,13 +16,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 
-from tests.helpers import EdgeProcess, RedisServer, proxy_doc, wait_for
+from tests.helpers import EdgeProcess, RedisServer, module_edge, wait_for
 
 MAX_REQUEST_LINE = 200
 MAX_HEADER_BYTES = 512
@@ -274,27 +273,17 @@ def small_edge(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[EdgeProcess]:
     """One edge per loop with small head limits, routing ``app.test`` to the h11 upstream."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    client.set(f"proxy:{HOST}", proxy_doc(HOST, h11_upstream.url))
-    workdir: Path = tmp_path_factory.mktemp("edge-proto")
-    edge = EdgeProcess(
-        redis_server.url,
-        workdir,
+    with module_edge(
+        redis_server,
+        tmp_path_factory.mktemp("edge-proto"),
+        HOST,
+        h11_upstream.url,
         EDGE_LOOP=request.param,
-        CONFIG_RESYNC_INTERVAL=30,
         MAX_REQUEST_LINE=MAX_REQUEST_LINE,
         MAX_HEADER_BYTES=MAX_HEADER_BYTES,
         MAX_HEADER_COUNT=MAX_HEADER_COUNT,
-    )
-    edge.start()
-    try:
-        edge.wait_generation(lambda h: h["proxies"] == 1)
+    ) as edge:
         yield edge
-    finally:
-        edge.stop(timeout=10)
 
 
 def forwarded(edge: EdgeProcess, upstream: H11Upstream, path: str) -> Response:

@@ -12,12 +12,11 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.helpers import EdgeProcess, RedisServer, Upstream, module_edge, wait_for
 
 HOST = "app.test"
 TIMEOUT = 1.0
@@ -40,27 +39,17 @@ def timed_edge(
     echo_upstream: Upstream,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[EdgeProcess]:
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    client.flushall()
-    client.set(f"proxy:{HOST}", proxy_doc(HOST, echo_upstream.url))
-    workdir: Path = tmp_path_factory.mktemp("edge-timeouts")
-    edge = EdgeProcess(
-        redis_server.url,
-        workdir,
+    with module_edge(
+        redis_server,
+        tmp_path_factory.mktemp("edge-timeouts"),
+        HOST,
+        echo_upstream.url,
         EDGE_LOOP=request.param,
-        CONFIG_RESYNC_INTERVAL=30,
         CLIENT_HEADER_TIMEOUT=TIMEOUT,
         CLIENT_BODY_TIMEOUT=TIMEOUT,
         KEEPALIVE_TIMEOUT=TIMEOUT,
-    )
-    edge.start()
-    try:
-        edge.wait_generation(lambda h: h["proxies"] == 1)
+    ) as edge:
         yield edge
-    finally:
-        edge.stop(timeout=10)
 
 
 def connect(edge: EdgeProcess) -> socket.socket:
