@@ -6,6 +6,11 @@ keep-alive connections, the same small GET through the edge to an nginx upstream
 reports (I2 - I1) / (N2 - N1): the instructions one request costs, start-up excluded.
 
     python bench/instructions.py [--n1 300] [--n2 1300] [--connections 4]
+    python bench/instructions.py --h11-only   # h11's share: both legs, no sockets
+
+``--h11-only`` counts the same per-request h11 work without any I/O: parse the request,
+send it upstream, parse the response, send it back; once with stock ``h11.Connection``
+and once with the edge's ``h11compat`` connections.
 
 Needs valgrind, nginx and redis-server. Only loopback addresses are used.
 """
@@ -92,12 +97,62 @@ def run_once(requests: int, connections: int, env: dict[str, str], port: int, ou
     return int(m.group(1))
 
 
+H11_LOOP = """
+import sys, h11
+sys.path.insert(0, {root!r})
+from edge.http1.h11compat import END_OF_MESSAGE, ClientConnection, ServerConnection
+n, fast = int(sys.argv[1]), sys.argv[2] == "fast"
+req = {req!r}
+resp = (b"HTTP/1.1 200 OK\\r\\nServer: nginx/1.22.1\\r\\nDate: Mon, 23 Nov 2026 05:54:38 GMT\\r\\n"
+        b"Content-Type: text/plain\\r\\nContent-Length: 13\\r\\nConnection: keep-alive\\r\\n"
+        b"\\r\\nhello world!\\n")
+s = ServerConnection(65536) if fast else h11.Connection(h11.SERVER)
+c = ClientConnection() if fast else h11.Connection(h11.CLIENT)
+eom = END_OF_MESSAGE if fast else h11.EndOfMessage()
+for _ in range(n):
+    s.receive_data(req); r = s.next_event(); s.next_event()
+    c.send(h11.Request(method=r.method, target=r.target, headers=r.headers, _parsed=True))
+    c.send(eom)
+    c.receive_data(resp); rr = c.next_event(); d = c.next_event(); c.next_event()
+    s.send(h11.Response(status_code=rr.status_code, headers=rr.headers, _parsed=True))
+    s.send(h11.Data(data=d.data)); s.send(eom)
+    s.start_next_cycle(); c.start_next_cycle()
+"""
+
+
+def h11_only(n: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="edge-instr-h11-"))
+    script = tmp / "h11_loop.py"
+    script.write_text(H11_LOOP.format(root=str(ROOT), req=REQUEST))
+    try:
+        for flavour in ("stock", "fast"):
+            totals = []
+            for count in (0, n):
+                out = tmp / f"cg.{flavour}.{count}"
+                subprocess.run(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                     sys.executable, str(script), str(count), flavour],
+                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+                assert m, "no totals in callgrind output"
+                totals.append(int(m.group(1)))
+            per = (totals[1] - totals[0]) / n
+            print(f"h11 work per proxied request ({flavour}): {per:,.0f} instructions")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n1", type=int, default=300)
     ap.add_argument("--n2", type=int, default=1300)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--h11-only", action="store_true", help="count h11's own work only")
     args = ap.parse_args()
+    if args.h11_only:
+        h11_only(1000)
+        return
     for tool in ("valgrind", "nginx", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is required")
