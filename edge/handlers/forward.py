@@ -44,9 +44,17 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# set by us, never trusted from the client
+# set by us, never trusted from the client; Expect is answered by the edge itself (it sends
+# 100 Continue when it starts reading the body), so the upstream never sees it
 REPLACED = frozenset(
-    {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"host"}
+    {
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"host",
+        b"expect",
+    }
 )
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 VIA = b"1.1 edge"

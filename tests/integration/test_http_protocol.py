@@ -715,6 +715,8 @@ def test_expect_100_continue(small_edge: EdgeProcess, h11_upstream: H11Upstream)
     assert doc["path"] == path
     assert doc["body_len"] == len(body)
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+    # the edge answered the expectation itself: the upstream is not asked again
+    assert "expect" not in {name.lower() for name, _ in doc["headers"]}
 
 
 def test_chunked_request_body_is_forwarded_intact(
