@@ -24,7 +24,7 @@ from edge.errors import (
     UpstreamResponseTimeout,
 )
 from edge.http1.exchange import Exchange, Headers
-from edge.http1.h11compat import END_OF_MESSAGE, full_items
+from edge.http1.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
 from edge.routing.router import Resolution
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection
@@ -78,58 +78,59 @@ _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 def upstream_request_headers(
     ex: Exchange, target: Target, preserve_host: bool, custom: tuple[tuple[bytes, bytes], ...]
-) -> tuple[Headers, bool]:
+) -> tuple[FullItems, bool]:
     """Request headers for the upstream, and whether this is a protocol upgrade.
 
     One pass over h11's parsed headers (original name case kept); a second, rare pass only
-    when the Connection header names extra hop-by-hop fields (RFC 9110 §7.6.1).
+    when the Connection header names extra hop-by-hop fields (RFC 9110 §7.6.1). The result
+    is h11's (raw name, lowercased name, value) form, every field already valid: parsed by
+    h11, set by the edge from parsed values, or validated config (``custom``).
     """
-    out: Headers = []
-    names: list[bytes] = []
+    out: FullItems = []
     tokens: set[bytes] = set()
     xff = b""
     host = b""
     upgrade_value = b""
     chunked = False
     custom_names = {n for n, _ in custom} if custom else ()
-    for raw, name, value in full_items(ex.headers):
+    for item in full_items(ex.headers):
+        name = item[1]
         if name in HOP_BY_HOP:
             if name == b"connection":
-                _connection_tokens(value, tokens)
+                _connection_tokens(item[2], tokens)
             elif name == b"upgrade":
-                upgrade_value = value
+                upgrade_value = item[2]
             elif name == b"transfer-encoding":
                 chunked = True
             continue
         if name in REPLACED:
             if name == b"host":
-                host = value
+                host = item[2]
             continue
         if name == b"x-forwarded-for":
-            xff = value if not xff else xff + b", " + value
+            xff = item[2] if not xff else xff + b", " + item[2]
             continue
         if name in custom_names:
             continue
-        out.append((raw, value))
-        names.append(name)
+        out.append(item)
     if tokens - _PLAIN_TOKENS:
-        out = [h for h, n in zip(out, names, strict=True) if n not in tokens]
+        out = [item for item in out if item[1] not in tokens]
     client = ex.client_ip.encode("latin-1")
-    out.append((b"Host", host if preserve_host and host else target.authority))
-    out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
-    out.append((b"X-Forwarded-Proto", ex.scheme.encode("ascii")))
+    out.append((b"Host", b"host", host if preserve_host and host else target.authority))
+    out.append((b"X-Forwarded-For", b"x-forwarded-for", xff + b", " + client if xff else client))
+    out.append((b"X-Forwarded-Proto", b"x-forwarded-proto", ex.scheme.encode("ascii")))
     if host:
-        out.append((b"X-Forwarded-Host", host))
-    out.append((b"X-Forwarded-Port", str(ex.server_port).encode("ascii")))
-    out.append((b"X-Real-IP", client))
-    out.append((b"Via", VIA))
-    out.extend(custom)
+        out.append((b"X-Forwarded-Host", b"x-forwarded-host", host))
+    out.append((b"X-Forwarded-Port", b"x-forwarded-port", str(ex.server_port).encode("ascii")))
+    out.append((b"X-Real-IP", b"x-real-ip", client))
+    out.append((b"Via", b"via", VIA))
+    out.extend((name, name, value) for name, value in custom)
     if chunked:
-        out.append((b"Transfer-Encoding", b"chunked"))
+        out.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
     upgrade = b"upgrade" in tokens and bool(upgrade_value)
     if upgrade:
-        out.append((b"Connection", b"upgrade"))
-        out.append((b"Upgrade", upgrade_value))
+        out.append((b"Connection", b"connection", b"upgrade"))
+        out.append((b"Upgrade", b"upgrade", upgrade_value))
     return out, upgrade
 
 
@@ -189,7 +190,7 @@ class ProxyCall:
             path = _origin_form(path)
         if target.base_path:
             path = target.base_path.encode() + path
-        self.head = h11.Request(method=ex.method, target=path, headers=headers, _parsed=True)
+        self.head = outgoing_request(ex.method, path, headers)
         self._response_custom = res.response_headers
         self.conn: UpstreamConnection | None = None
         self.retried = False

@@ -135,6 +135,24 @@ def _fields(lines: list[bytearray]) -> tuple[Headers, int]:
     return Headers(full), hosts
 
 
+def outgoing_request(method: bytes, target: bytes, full: FullItems) -> h11.Request:
+    """An HTTP/1.1 ``Request`` from parts that are valid by construction.
+
+    ``h11.Request(..., _parsed=True)`` would walk the headers once more to lowercase names
+    and normalise Content-Length and Transfer-Encoding. The forwarder builds its upstream
+    request from h11's parsed request (method, target, and header triples whose framing
+    fields h11 already normalised), values it derived from them, and validated config, with
+    exactly one Host field; ``tests/unit/test_h11compat.py`` checks the result equals the
+    constructor's.
+    """
+    request: h11.Request = _new(h11.Request)
+    _set(request, "method", method)
+    _set(request, "headers", Headers(full))
+    _set(request, "target", target)
+    _set(request, "http_version", b"1.1")
+    return request
+
+
 def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
     """Drop-in for h11's ``maybe_read_from_IDLE_client``, in fewer Python steps.
 

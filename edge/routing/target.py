@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,5 +34,6 @@ def parse_target(url: str) -> Target:
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     port = parts.port or (443 if scheme == "https" else 80)
-    base = parts.path.rstrip("/")
+    # percent-encode anything outside HTTP's visible ASCII: the path goes on the wire as is
+    base = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~")
     return Target(scheme, host, port, base, url)

@@ -508,3 +508,28 @@ def test_random_response_heads_parse_like_stock_h11(
     head: bytes, body: bytes, cuts: list[int]
 ) -> None:
     _assert_same_responses(_chunked(head + body, cuts))
+
+
+def test_outgoing_request_equals_the_constructor() -> None:
+    from edge.http1.h11compat import outgoing_request
+
+    pairs = [
+        (b"Host", b"app.test"),
+        (b"Content-Length", b"12"),
+        (b"X-Mixed-Case", b"v"),
+    ]
+    triples = [(raw, raw.lower(), value) for raw, value in pairs]
+    built = outgoing_request(b"POST", b"/p?q=1", triples)
+    stock = h11.Request(method=b"POST", target=b"/p?q=1", headers=pairs, _parsed=True)
+    assert built == stock
+    assert built.headers.raw_items() == stock.headers.raw_items()
+    client = h11.Connection(h11.CLIENT)
+    other = h11.Connection(h11.CLIENT)
+    assert client.send(built) == other.send(stock)
+
+
+def test_target_base_path_is_ascii_on_the_wire() -> None:
+    from edge.routing.target import parse_target
+
+    assert parse_target("http://127.0.0.1:8080/caf\u00e9/x/").base_path == "/caf%C3%A9/x"
+    assert parse_target("http://127.0.0.1:8080/a%20b").base_path == "/a%20b"
