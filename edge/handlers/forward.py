@@ -23,7 +23,7 @@ from edge.errors import (
     UpstreamProtocolError,
     UpstreamResponseTimeout,
 )
-from edge.http1.exchange import Exchange, Headers
+from edge.http1.exchange import Exchange
 from edge.http1.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
 from edge.routing.router import Resolution
 from edge.routing.target import Target
@@ -138,27 +138,26 @@ def downstream_response_headers(
     headers: Sequence[tuple[bytes, bytes]],
     custom: tuple[tuple[bytes, bytes], ...],
     switching: bool,
-) -> Headers:
-    out: Headers = []
-    names: list[bytes] = []
+) -> FullItems:
+    """Response headers for the client, in h11's triple form (see upstream_request_headers)."""
+    out: FullItems = []
     tokens: set[bytes] = set()
     custom_names = {n for n, _ in custom} if custom else ()
-    for raw, name, value in full_items(headers):
+    for item in full_items(headers):
+        name = item[1]
         if name in HOP_BY_HOP:
             if name == b"connection":
-                _connection_tokens(value, tokens)
+                _connection_tokens(item[2], tokens)
             if switching and name in (b"upgrade", b"connection"):
-                out.append((raw, value))
-                names.append(name)
+                out.append(item)
             continue
         if name in custom_names:
             continue
-        out.append((raw, value))
-        names.append(name)
+        out.append(item)
     if tokens - _PLAIN_TOKENS:
-        out = [h for h, n in zip(out, names, strict=True) if n not in tokens]
-    out.append((b"Via", VIA))
-    out.extend(custom)
+        out = [item for item in out if item[1] not in tokens]
+    out.append((b"Via", b"via", VIA))
+    out.extend((name, name, value) for name, value in custom)
     return out
 
 
@@ -270,9 +269,9 @@ class ProxyCall:
         assert conn is not None
         self._disarm()
         ex = self.ex
-        headers = downstream_response_headers(response.headers, self._response_custom, True)
+        full = downstream_response_headers(response.headers, self._response_custom, True)
         leftover_up = conn.switch_to_pipe(ex.conn)
-        leftover_down = ex.switch_protocols(headers, conn)
+        leftover_down = ex.switch_protocols([(raw, value) for raw, _, value in full], conn)
         if leftover_down:
             conn.pipe_write(leftover_down)
         if leftover_up:
@@ -280,8 +279,8 @@ class ProxyCall:
 
     def on_response(self, response: h11.Response) -> None:
         self._touch()
-        headers = downstream_response_headers(response.headers, self._response_custom, False)
-        self.ex.start_response(response.status_code, headers, response.reason, flush=False)
+        full = downstream_response_headers(response.headers, self._response_custom, False)
+        self.ex.start_prepared_response(response.status_code, full, response.reason, flush=False)
 
     def on_batch_end(self) -> None:
         """All events of one upstream read are handled: let a held-back head go."""

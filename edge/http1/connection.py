@@ -22,7 +22,13 @@ from edge.deadline import LazyTimer
 from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
-from edge.http1.h11compat import END_OF_MESSAGE, ServerConnection, full_items
+from edge.http1.h11compat import (
+    END_OF_MESSAGE,
+    FullItems,
+    ServerConnection,
+    full_items,
+    outgoing_response,
+)
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
 
@@ -304,19 +310,32 @@ class HttpConnection(asyncio.Protocol):
     def send_head(
         self, ex: Exchange, status: int, headers: Headers, reason: bytes = b"", flush: bool = True
     ) -> None:
+        if self._last_response(ex):
+            headers.append((b"connection", b"close"))
+        response = h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
+        self._send_head_event(ex, response, flush)
+
+    def send_prepared_head(
+        self, ex: Exchange, status: int, full: FullItems, reason: bytes, flush: bool
+    ) -> None:
+        """``send_head`` for header triples that are valid by construction (forwarding)."""
+        if self._last_response(ex):
+            full.append((b"Connection", b"connection", b"close"))
+        self._send_head_event(ex, outgoing_response(status, reason, full), flush)
+
+    def _last_response(self, ex: Exchange) -> bool:
+        """Draining, or the request body will never be read: no keep-alive after this."""
+        return self.hub.draining or (
+            self.h11.their_state is h11.SEND_BODY and ex.sink is None and ex.has_body
+        )
+
+    def _send_head_event(self, ex: Exchange, response: h11.Response, flush: bool) -> None:
         if ex is not self.current or self.transport is None:
             return
-        if self.hub.draining or (
-            self.h11.their_state is h11.SEND_BODY and ex.sink is None and ex.has_body
-        ):
-            # draining, or the body will never be read: this is the connection's last response
-            headers.append((b"connection", b"close"))
-        ex.status = status
+        ex.status = response.status_code
         ex.response_started = True
         try:
-            data = self.h11.send(
-                h11.Response(status_code=status, headers=headers, reason=reason, _parsed=True)
-            )
+            data = self.h11.send(response)
         except h11.LocalProtocolError:
             log.warning("invalid response head", extra={"fields": {"request_id": ex.request_id}})
             self.abort()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import h11
 
 from edge.errors import EdgeError
+from edge.http1.h11compat import FullItems
 
 if TYPE_CHECKING:
     from edge.http1.connection import HttpConnection
@@ -103,6 +104,12 @@ class Exchange:
     ) -> None:
         """Send the head; ``flush=False`` holds it for the next ``send_data``/``flush``."""
         self.conn.send_head(self, status, headers, reason, flush)
+
+    def start_prepared_response(
+        self, status: int, full: FullItems, reason: bytes = b"", flush: bool = True
+    ) -> None:
+        """``start_response`` with h11 header triples already valid (forwarded responses)."""
+        self.conn.send_prepared_head(self, status, full, reason, flush)
 
     def flush(self) -> None:
         """Write a held-back response head now."""

@@ -153,6 +153,22 @@ def outgoing_request(method: bytes, target: bytes, full: FullItems) -> h11.Reque
     return request
 
 
+def outgoing_response(status_code: int, reason: bytes, full: FullItems) -> h11.Response:
+    """A final HTTP/1.1 ``Response`` from parts that are valid by construction.
+
+    For a forwarded response: status and reason come from h11's parse of the upstream's
+    final response (so 200-999), header triples from that parse plus fields the edge adds
+    (Via, validated config, Connection: close), so the constructor's header pass would
+    change nothing; ``tests/unit/test_h11compat.py`` checks the result equals it.
+    """
+    response: h11.Response = _new(h11.Response)
+    _set(response, "headers", Headers(full))
+    _set(response, "http_version", b"1.1")
+    _set(response, "reason", reason)
+    _set(response, "status_code", status_code)
+    return response
+
+
 def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
     """Drop-in for h11's ``maybe_read_from_IDLE_client``, in fewer Python steps.
 

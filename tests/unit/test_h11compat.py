@@ -533,3 +533,20 @@ def test_target_base_path_is_ascii_on_the_wire() -> None:
 
     assert parse_target("http://127.0.0.1:8080/caf\u00e9/x/").base_path == "/caf%C3%A9/x"
     assert parse_target("http://127.0.0.1:8080/a%20b").base_path == "/a%20b"
+
+
+def test_outgoing_response_equals_the_constructor() -> None:
+    from edge.http1.h11compat import outgoing_response
+
+    pairs = [(b"Content-Length", b"2"), (b"X-Mixed-Case", b"v"), (b"Via", b"1.1 edge")]
+    built = outgoing_response(200, b"OK", [(raw, raw.lower(), value) for raw, value in pairs])
+    stock = h11.Response(status_code=200, headers=pairs, reason=b"OK", _parsed=True)
+    assert built == stock
+    assert built.headers.raw_items() == stock.headers.raw_items()
+    wires = []
+    for conn in (ServerConnection(65536), h11.Connection(h11.SERVER)):
+        conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        conn.next_event()
+        conn.next_event()
+        wires.append(conn.send(built if isinstance(conn, ServerConnection) else stock))
+    assert wires[0] == wires[1]
