@@ -278,10 +278,12 @@ class _FastHeads(h11.Connection):
     def _respond_to_state_changes(
         self, old_states: dict[type[Sentinel], type[Sentinel]], event: Event | None = None
     ) -> None:
-        if self.our_state != old_states[self.our_role]:
-            self._writer = self._get_io_object(self.our_role, event, WRITERS)
-        if self.their_state != old_states[self.their_role]:
-            self._reader = self._get_io_object(self.their_role, event, _FAST_READERS)
+        states = self._cstate.states  # what the our_state/their_state properties read
+        ours, theirs = self.our_role, self.their_role
+        if states[ours] is not old_states[ours]:
+            self._writer = self._get_io_object(ours, event, WRITERS)
+        if states[theirs] is not old_states[theirs]:
+            self._reader = self._get_io_object(theirs, event, _FAST_READERS)
 
 
 class ClientConnection(_FastHeads):
