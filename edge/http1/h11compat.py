@@ -45,6 +45,7 @@ from h11._readers import (
     status_line_re,
 )
 from h11._receivebuffer import ReceiveBuffer
+from h11._state import SEND_BODY
 from h11._util import LocalProtocolError, Sentinel
 from h11._writers import WRITERS
 
@@ -271,6 +272,17 @@ class _FastHeads(h11.Connection):
     def __init__(self, our_role: type[Sentinel], max_incomplete_event_size: int) -> None:
         super().__init__(our_role, max_incomplete_event_size=max_incomplete_event_size)
         self._reader = self._get_io_object(self.their_role, None, _FAST_READERS)
+
+    def _process_event(self, role: type[Sentinel], event: Event) -> None:
+        # A Data event in SEND_BODY changes no state: h11 would copy both states, look up
+        # the SEND_BODY -> SEND_BODY transition, re-run the state-triggered transitions to
+        # the fixed point they are already at, and compare the states again. Its one side
+        # effect, for the client's data, is clearing the 100-continue wait.
+        if type(event) is h11.Data and self._cstate.states[role] is SEND_BODY:
+            if role is h11.CLIENT:
+                self.client_is_waiting_for_100_continue = False
+            return
+        super()._process_event(role, event)
 
     # h11 looks readers up in its module-level READERS table whenever a state changes;
     # this is h11's own method reading from a copy of that table with the two head readers

@@ -550,3 +550,69 @@ def test_outgoing_response_equals_the_constructor() -> None:
         conn.next_event()
         wires.append(conn.send(built if isinstance(conn, ServerConnection) else stock))
     assert wires[0] == wires[1]
+
+
+def _drive_pair(
+    server: h11.Connection, client: h11.Connection, body_parts: list[bytes], chunked: bool
+) -> list[object]:
+    """Send a request with a streamed body and a streamed response; record every step."""
+    trace: list[object] = []
+    framing = (
+        (b"Transfer-Encoding", b"chunked")
+        if chunked
+        else (b"Content-Length", str(sum(map(len, body_parts))).encode())
+    )
+    head = h11.Request(
+        method=b"POST",
+        target=b"/",
+        headers=[(b"Host", b"a"), framing, (b"Expect", b"100-continue")],
+    )
+    wire = client.send(head) or b""
+    server.receive_data(wire)
+    trace.append((type(server.next_event()), server.they_are_waiting_for_100_continue))
+    for part in body_parts:
+        data = client.send(h11.Data(data=part)) or b""
+        trace.append((data, client.our_state, client.their_state))
+        server.receive_data(data)
+        event = server.next_event()
+        trace.append(
+            (
+                type(event),
+                getattr(event, "data", None),
+                server.their_state,
+                server.they_are_waiting_for_100_continue,
+            )
+        )
+    server.receive_data(client.send(h11.EndOfMessage()) or b"")
+    trace.append((type(server.next_event()), server.their_state))
+    out = server.send(h11.Response(status_code=200, headers=[framing])) or b""
+    for part in body_parts:
+        out += server.send(h11.Data(data=part)) or b""
+        trace.append((server.our_state, server.their_state))
+    out += server.send(h11.EndOfMessage()) or b""
+    client.receive_data(out)
+    while True:
+        event = client.next_event()
+        trace.append((type(event), getattr(event, "data", None), client.their_state))
+        if type(event) is h11.EndOfMessage:
+            break
+    trace.append(out)
+    return trace  # fmt: skip
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_data_events_skip_no_state_change(chunked: bool) -> None:
+    parts = [b"abc", b"", b"defgh", b"i" * 5000]
+    parts = [p for p in parts if p]
+    fast = _drive_pair(ServerConnection(65536), ClientConnection(), parts, chunked)
+    stock = _drive_pair(h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT), parts, chunked)
+    assert fast == stock
+
+
+def test_data_in_the_wrong_state_fails_like_h11() -> None:
+    errors = []
+    for conn in (ClientConnection(), h11.Connection(h11.CLIENT)):
+        with pytest.raises(h11.LocalProtocolError) as info:
+            conn.send(h11.Data(data=b"x"))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
