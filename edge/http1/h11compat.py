@@ -170,6 +170,18 @@ def outgoing_response(status_code: int, reason: bytes, full: FullItems) -> h11.R
     return response
 
 
+def _head_lines(buf: ReceiveBuffer, empty_message: str) -> list[bytearray] | None:
+    """The lines of a complete head, as h11's two head readers take them (None: wait)."""
+    lines = buf.maybe_extract_lines()
+    if lines is None:
+        if buf.is_next_line_obviously_invalid_request_line():
+            raise LocalProtocolError("illegal request line")
+        return None
+    if not lines:
+        raise LocalProtocolError(empty_message)
+    return lines
+
+
 def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
     """Drop-in for h11's ``maybe_read_from_IDLE_client``, in fewer Python steps.
 
@@ -179,13 +191,9 @@ def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
     ``Host`` (checked here, with h11's messages), and re-matches method and target against
     ``token`` and ``vchar+``, which ``request_line_re`` has already enforced on both.
     """
-    lines = buf.maybe_extract_lines()
+    lines = _head_lines(buf, "no request line received")
     if lines is None:
-        if buf.is_next_line_obviously_invalid_request_line():
-            raise LocalProtocolError("illegal request line")
         return None
-    if not lines:
-        raise LocalProtocolError("no request line received")
     first = lines[0]
     match = _match_request_line(first)
     if match is None:
@@ -216,13 +224,9 @@ def read_response_head(
     [200, 1000)) always holds for three digits not below 200; a 1xx (or 0xx) status goes
     through ``InformationalResponse`` so that its range check raises as in h11.
     """
-    lines = buf.maybe_extract_lines()
+    lines = _head_lines(buf, "no response line received")
     if lines is None:
-        if buf.is_next_line_obviously_invalid_request_line():
-            raise LocalProtocolError("illegal request line")
         return None
-    if not lines:
-        raise LocalProtocolError("no response line received")
     first = lines[0]
     match = _match_status_line(first)
     if match is None:
