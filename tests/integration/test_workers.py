@@ -167,8 +167,11 @@ def test_killed_worker_is_restarted_and_serving_continues(
         thread.join(timeout=10)
     assert edge.proc.poll() is None, "the supervisor must survive a worker crash"
     failures = [r for r in results if r[1] != 200]
-    # a sequential client has at most one request on the killed worker
-    assert len(failures) <= 1, failures
+    # a sequential client loses at most the request in flight on the killed worker and one
+    # connection the kernel had already queued on that worker's listening socket (a killed
+    # process's accept queue is reset, unless net.ipv4.tcp_migrate_req=1)
+    assert len(failures) <= 2, failures
+    assert all(at >= killed_at - 0.5 for at, _ in failures), failures
     assert len([r for r in results if r[0] > killed_at and r[1] == 200]) >= 20
     assert '"worker exited; restarting"' in edge.stderr()
     assert edge.stop() == 0
