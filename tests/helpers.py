@@ -303,3 +303,30 @@ def module_edge(
         yield edge
     finally:
         edge.stop(timeout=10)
+
+
+def child_pids(parent: int, match: Callable[[list[bytes]], bool]) -> set[int]:
+    """Live (not zombie) children of ``parent`` whose argv satisfies ``match``."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # the command name may contain spaces: fields after the closing parenthesis
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and match(argv):
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

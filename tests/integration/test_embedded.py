@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from edge.settings import ENV_NAMES
-from tests.helpers import ROOT, EdgeProcess, Upstream, require_tool, wait_for
+from tests.helpers import ROOT, EdgeProcess, Upstream, alive, child_pids, require_tool, wait_for
 
 
 @pytest.fixture
@@ -69,27 +69,7 @@ def fetch(edge: EdgeProcess, host: str, path: str = "/") -> tuple[int, str]:
 
 
 def redis_children(supervisor: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            exe = (entry / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == supervisor and fields[0] != "Z" and b"redis-server" in exe:
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return sorted(child_pids(supervisor, lambda argv: b"redis-server" in argv[0]))
 
 
 def redis_cli(sock: Path, *args: str) -> str:

@@ -8,38 +8,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    alive,
+    child_pids,
+    proxy_doc,
+    wait_for,
+)
 
 HOST = "app.test"
 
 
 def worker_pids(supervisor: int) -> set[int]:
     """Live ``edge worker`` processes whose parent is ``supervisor``."""
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        # the command name may contain spaces: fields after the closing parenthesis
-        fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == supervisor and state != "Z" and b"worker" in cmdline:
-            found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return child_pids(supervisor, lambda argv: b"worker" in argv)
 
 
 def get(port: int, path: str, host: str = HOST, timeout: float = 5.0) -> tuple[int, bytes]:
