@@ -65,7 +65,6 @@ class ConfigWatcher:
         self.last_error = ""
         self.last_sync = 0.0
         self.synced = asyncio.Event()
-        self._client: aioredis.Redis | None = None
         self._said_no_notifications = False
 
     # ------------------------------------------------------------------ applying
@@ -106,7 +105,6 @@ class ConfigWatcher:
         backoff = BACKOFF_START
         while True:
             client = redis_client(self.url)
-            self._client = client
             try:
                 await self._session(client)
             except asyncio.CancelledError:

@@ -43,7 +43,6 @@ class UpstreamPool:
         self.tls = tls or upstream_tls_context()
         self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self.closing = False
-        self.connects = 0
 
     def checkout(self, key: tuple[str, str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
@@ -69,11 +68,6 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    def idle_count(self, key: tuple[str, str, int] | None = None) -> int:
-        if key is not None:
-            return len(self._idle.get(key, ()))
-        return sum(len(v) for v in self._idle.values())
-
     async def connect(self, target: Target) -> UpstreamConnection:
         """A new connection, with up to 3 attempts and backoff, within the connect timeout."""
         deadline = self.loop.time() + self.connect_timeout
@@ -92,7 +86,6 @@ class UpstreamPool:
                         ssl=self.tls if target.scheme == "https" else None,
                         server_hostname=target.host if target.scheme == "https" else None,
                     )
-                self.connects += 1
                 return proto
             except TimeoutError:
                 raise UpstreamConnectTimeout(
