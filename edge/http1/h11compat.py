@@ -21,6 +21,15 @@ and hand anything unusual (obs-fold continuation lines, malformed lines, non-tri
 exceptions and buffer consumption stay exactly h11's. ``ServerConnection`` and
 ``ClientConnection`` install them through ``_get_io_object``.
 
+State machine: for each event h11 copies both states, runs the transition tables and
+then the state-triggered transitions to a fixed point, and walks the headers five times
+(Connection, Upgrade, Expect, Transfer-Encoding, Content-Length). For the events of an
+ordinary keep-alive exchange (Request, Response, Data, EndOfMessage, no protocol switch
+pending, the connection staying open) the outcome is fixed: ``_FastHeads`` computes it
+from one walk over the headers and leaves everything else (CONNECT, Upgrade, 1xx,
+``Connection: close``, HTTP/1.0, errors) to h11's code. A property test drives random
+conversations through both and compares every piece of state after every step.
+
 The pin ``h11>=0.16,<0.17`` in pyproject keeps all of this in step with h11;
 ``tests/unit/test_h11compat.py`` checks the bytes on the wire and the parsed events
 against stock h11.
@@ -29,9 +38,10 @@ against stock h11.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import h11
-from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, _body_framing
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from h11._events import Event
 from h11._headers import CONTENT_LENGTH_MAX_DIGITS, Headers, normalize_and_validate
 from h11._readers import (
@@ -45,7 +55,7 @@ from h11._readers import (
     status_line_re,
 )
 from h11._receivebuffer import ReceiveBuffer
-from h11._state import SEND_BODY
+from h11._state import DONE, IDLE, SEND_BODY, SEND_RESPONSE
 from h11._util import LocalProtocolError, Sentinel
 from h11._writers import WRITERS
 
@@ -265,6 +275,65 @@ _FAST_READERS: ReadersType = {
 }
 
 
+_CLIENT, _SERVER = h11.CLIENT, h11.SERVER
+_DATA, _EOM, _REQUEST, _RESPONSE = h11.Data, h11.EndOfMessage, h11.Request, h11.Response
+# the other side's states in which an EndOfMessage or a Response triggers nothing more
+_PLAIN = (SEND_RESPONSE, SEND_BODY, DONE)
+_read_request_head: Any = _FAST_READERS[(_CLIENT, IDLE)]
+_read_response_head: Any = _FAST_READERS[(_SERVER, SEND_RESPONSE)]
+_expect_nothing: Any = _FAST_READERS[(_CLIENT, DONE)]
+_write_request: Any = WRITERS[(_CLIENT, IDLE)]
+_write_any_response: Any = WRITERS[(_SERVER, SEND_RESPONSE)]
+_body_readers = cast(dict[str, Any], READERS[SEND_BODY])
+_body_writers = cast(dict[str, Any], WRITERS[SEND_BODY])
+_CHUNKED_READER = _body_readers["chunked"]
+_LENGTH_READER = _body_readers["content-length"]
+_HTTP10_READER = _body_readers["http/1.0"]
+_CHUNKED_WRITER = _body_writers["chunked"]
+_LENGTH_WRITER = _body_writers["content-length"]
+_HTTP10_WRITER = _body_writers["http/1.0"]
+_FRAMING_NAMES = frozenset(
+    (b"connection", b"upgrade", b"expect", b"transfer-encoding", b"content-length")
+)
+
+# (Connection has "close", Upgrade is non-empty, Expect has "100-continue",
+#  Transfer-Encoding is "chunked", the first Content-Length token or None)
+_Facts = tuple[bool, bool, bool, bool, bytes | None]
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """h11's ``get_comma_header`` for one field value: lowercased, split, stripped."""
+    return [token for token in (part.strip() for part in value.lower().split(b",")) if token]
+
+
+def _head_facts(headers: Headers) -> _Facts | None:
+    """What h11 reads from a head with five ``get_comma_header`` walks, in one walk.
+
+    None when Transfer-Encoding is anything but exactly ``chunked`` (h11 refuses that
+    while parsing, so only an event built by hand gets here; h11's code handles it).
+    """
+    close = upgrade = expect = False
+    transfer: list[bytes] = []
+    length: bytes | None = None
+    for _, name, value in headers._full_items:
+        if name in _FRAMING_NAMES:
+            tokens = _tokens(value)
+            if name == b"connection":
+                close = close or b"close" in tokens
+            elif name == b"content-length":
+                if length is None and tokens:
+                    length = tokens[0]
+            elif name == b"transfer-encoding":
+                transfer += tokens
+            elif name == b"upgrade":
+                upgrade = upgrade or bool(tokens)
+            else:
+                expect = expect or b"100-continue" in tokens
+    if transfer and transfer != [b"chunked"]:
+        return None
+    return close, upgrade, expect, bool(transfer), length
+
+
 class _FastHeads(h11.Connection):
     """``h11.Connection`` reading request and response heads with the readers above.
 
@@ -278,15 +347,156 @@ class _FastHeads(h11.Connection):
         self._reader = self._get_io_object(self.their_role, None, _FAST_READERS)
 
     def _process_event(self, role: type[Sentinel], event: Event) -> None:
-        # A Data event in SEND_BODY changes no state: h11 would copy both states, look up
-        # the SEND_BODY -> SEND_BODY transition, re-run the state-triggered transitions to
-        # the fixed point they are already at, and compare the states again. Its one side
-        # effect, for the client's data, is clearing the 100-continue wait.
-        if type(event) is h11.Data and self._cstate.states[role] is SEND_BODY:
-            if role is h11.CLIENT:
-                self.client_is_waiting_for_100_continue = False
-            return
+        # h11's version copies both states, runs each event through the transition
+        # tables, then re-runs the state-triggered transitions to a fixed point, reads
+        # Connection / Upgrade / Expect with one header walk each, and walks the headers
+        # twice more (Transfer-Encoding, Content-Length) to pick the body reader or
+        # writer. For the four events of an ordinary keep-alive exchange (Request,
+        # Response, Data, EndOfMessage, with no protocol switch pending) the outcome is
+        # fixed, and computed below from one walk over the headers; anything else
+        # (CONNECT, Upgrade, a closing connection, 1xx, errors) goes to h11's code.
+        kind = type(event)
+        cstate = self._cstate
+        states = cstate.states
+        if kind is _DATA:
+            # Data in SEND_BODY changes no state; its one side effect, for the client's
+            # data, is clearing the 100-continue wait.
+            if states[role] is SEND_BODY:
+                if role is _CLIENT:
+                    self.client_is_waiting_for_100_continue = False
+                return
+        elif kind is _EOM:
+            if (
+                states[role] is SEND_BODY
+                and cstate.keep_alive
+                and not cstate.pending_switch_proposals
+                and states[_SERVER if role is _CLIENT else _CLIENT] in _PLAIN
+            ):
+                states[role] = DONE
+                if role is _CLIENT:
+                    self.client_is_waiting_for_100_continue = False
+                if role is self.our_role:
+                    self._writer = None  # h11 has no writer for DONE
+                else:
+                    self._reader = _expect_nothing
+                return
+        elif kind is _REQUEST:
+            if (
+                role is _CLIENT
+                and states[_CLIENT] is IDLE
+                and states[_SERVER] is IDLE
+                and cstate.keep_alive
+                and not cstate.pending_switch_proposals
+                and cast(h11.Request, event).method != b"CONNECT"
+            ):
+                facts = _head_facts(cast(h11.Request, event).headers)
+                if facts is not None:
+                    self._process_request(cast(h11.Request, event), facts)
+                    return
+        elif kind is _RESPONSE:
+            if (
+                role is _SERVER
+                and states[_SERVER] is SEND_RESPONSE
+                and cstate.keep_alive
+                and not cstate.pending_switch_proposals
+                and states[_CLIENT] in _PLAIN
+            ):
+                facts = _head_facts(cast(h11.Response, event).headers)
+                if facts is not None:
+                    self._process_response(cast(h11.Response, event), facts)
+                    return
         super()._process_event(role, event)
+
+    def _process_request(self, event: h11.Request, facts: _Facts) -> None:
+        close, upgrade, expect, chunked, length = facts
+        if upgrade:
+            # h11 records an upgrade proposal: its own code handles that exchange
+            super()._process_event(_CLIENT, event)
+            return
+        cstate = self._cstate
+        states = cstate.states
+        states[_CLIENT] = SEND_BODY
+        states[_SERVER] = SEND_RESPONSE
+        version = event.http_version
+        old = version < b"1.1"
+        if close or old:
+            cstate.process_keep_alive_disabled()  # nothing is DONE: no state changes
+        self._request_method = event.method
+        if self.their_role is _CLIENT:
+            self.their_http_version = version
+            if chunked:
+                self._reader = _CHUNKED_READER()
+            else:
+                self._reader = _LENGTH_READER(int(length) if length is not None else 0)
+            self._writer = _write_any_response
+        else:
+            if chunked:
+                self._writer = _CHUNKED_WRITER()
+            else:
+                self._writer = _LENGTH_WRITER(int(length) if length is not None else 0)
+            self._reader = _read_response_head
+        if expect and not old:
+            self.client_is_waiting_for_100_continue = True
+
+    def _process_response(self, event: h11.Response, facts: _Facts) -> None:
+        close, _, _, chunked, length = facts
+        cstate = self._cstate
+        states = cstate.states
+        client_before = states[_CLIENT]
+        states[_SERVER] = SEND_BODY
+        version = event.http_version
+        if close or version < b"1.1":
+            cstate.process_keep_alive_disabled()  # a DONE client becomes MUST_CLOSE
+        if self.their_role is _SERVER:
+            self.their_http_version = version
+        self.client_is_waiting_for_100_continue = False
+        status = event.status_code
+        method = self._request_method
+        if (
+            status == 204
+            or status == 304
+            or method == b"HEAD"
+            or (method == b"CONNECT" and 200 <= status < 300)
+        ):
+            body: Any = _LENGTH_READER if self.our_role is _CLIENT else _LENGTH_WRITER
+            io_object = body(0)
+        elif chunked:
+            io_object = _CHUNKED_READER() if self.our_role is _CLIENT else _CHUNKED_WRITER()
+        elif length is not None:
+            body = _LENGTH_READER if self.our_role is _CLIENT else _LENGTH_WRITER
+            io_object = body(int(length))
+        else:
+            io_object = _HTTP10_READER() if self.our_role is _CLIENT else _HTTP10_WRITER()
+        client_changed = states[_CLIENT] is not client_before
+        if self.our_role is _CLIENT:
+            self._reader = io_object
+            if client_changed:
+                self._writer = cast(Any, WRITERS).get((_CLIENT, states[_CLIENT]))
+        else:
+            self._writer = io_object
+            if client_changed:
+                self._reader = cast(Any, _FAST_READERS).get((_CLIENT, states[_CLIENT]))
+
+    def start_next_cycle(self) -> None:
+        cstate = self._cstate
+        states = cstate.states
+        if (
+            states[_CLIENT] is DONE
+            and states[_SERVER] is DONE
+            and cstate.keep_alive
+            and not cstate.pending_switch_proposals
+            and not self.client_is_waiting_for_100_continue
+        ):
+            cstate.states = {_CLIENT: IDLE, _SERVER: IDLE}
+            self._request_method = None
+            if self.our_role is _SERVER:
+                self._writer = _write_any_response
+                self._reader = _read_request_head
+            else:
+                self._writer = _write_request
+                self._reader = _read_response_head
+            return
+        super().start_next_cycle()
 
     # h11 looks readers up in its module-level READERS table whenever a state changes;
     # this is h11's own method reading from a copy of that table with the two head readers
@@ -316,14 +526,20 @@ class ServerConnection(_FastHeads):
         super().__init__(h11.SERVER, max_incomplete_event_size)
 
     def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
-        if not self._cstate.keep_alive:
+        facts = _head_facts(response.headers)
+        if not self._cstate.keep_alive or facts is None:
             return super()._clean_up_response_headers_for_sending(response)
-        method = self._request_method or b"GET"
-        framing, _ = _body_framing(b"GET" if method == b"HEAD" else method, response)
-        if framing == "content-length":
-            return response  # h11 would rebuild it unchanged
+        _, _, _, chunked, length = facts
+        status = response.status_code
+        if (
+            status == 204
+            or status == 304
+            or (self._request_method == b"CONNECT" and 200 <= status < 300)
+            or (not chunked and length is not None)
+        ):
+            return response  # framed by Content-Length: h11 would rebuild it unchanged
         version = self.their_http_version
-        if framing == "http/1.0" and version is not None and version >= b"1.1":
+        if not chunked and version is not None and version >= b"1.1":
             # no length and no Transfer-Encoding: h11 would add chunked; so do we
             full = [*response.headers._full_items, _CHUNKED]
             return h11.Response(

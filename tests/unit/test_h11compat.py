@@ -616,3 +616,167 @@ def test_data_in_the_wrong_state_fails_like_h11() -> None:
             conn.send(h11.Data(data=b"x"))
         errors.append(str(info.value))
     assert errors[0] == errors[1]
+
+
+# the state machine: the fast paths in ``_FastHeads._process_event`` and
+# ``start_next_cycle`` against h11's own code, one conversation at a time
+
+_HEAD_FIELDS = st.lists(
+    st.sampled_from(
+        [
+            (b"Connection", b"close"),
+            (b"Connection", b"keep-alive"),
+            (b"Connection", b"Keep-Alive, Upgrade"),
+            (b"Connection", b"x, CLOSE"),
+            (b"Upgrade", b"websocket"),
+            (b"Expect", b"100-continue"),
+            (b"Expect", b"100-Continue, x"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Content-Length", b"3"),
+            (b"Content-Length", b"0"),
+            (b"X-A", b"close"),
+        ]
+    ),
+    max_size=4,
+)
+
+
+def _io_name(io: object) -> object:
+    """A reader or writer, named so that the fast head readers match h11's own."""
+    if io is read_request_head:
+        return "read request head"
+    if io is read_response_head:
+        return "read response head"
+    if getattr(io, "__name__", "") in ("maybe_read_from_IDLE_client",):
+        return "read request head"
+    if getattr(io, "__name__", "") in ("maybe_read_from_SEND_RESPONSE_server",):
+        return "read response head"
+    if hasattr(io, "__dict__") and not callable(getattr(io, "__name__", None)):
+        if not isinstance(io, type) and not hasattr(io, "__code__"):
+            return (type(io).__name__, dict(vars(io)))
+    return io
+
+
+def _machine(conn: h11.Connection) -> tuple[object, ...]:
+    cstate = conn._cstate
+    return (
+        dict(cstate.states),
+        cstate.keep_alive,
+        set(cstate.pending_switch_proposals),
+        conn._request_method,
+        conn.their_http_version,
+        conn.client_is_waiting_for_100_continue,
+        _io_name(conn._reader),
+        _io_name(conn._writer),
+    )
+
+
+def _step(conn: h11.Connection, action: str, event: Any) -> object:
+    try:
+        if action == "send":
+            out = conn.send(event)
+        elif action == "receive":
+            conn.receive_data(event)
+            out = []
+            while True:
+                got = conn.next_event()
+                out.append(_describe(got))
+                if got is h11.NEED_DATA or got is h11.PAUSED or type(got) is h11.ConnectionClosed:
+                    break
+        else:
+            out = conn.start_next_cycle()
+    except Exception as exc:  # h11 itself raises AttributeError for one misuse
+        out = ("error", type(exc), str(exc))
+    return out, _machine(conn)
+
+
+@st.composite
+def _conversations(draw: st.DrawFn) -> list[tuple[str, str, Any]]:
+    """Two request/response cycles as (side, action, payload) steps, sometimes out of order."""
+    steps: list[tuple[str, str, Any]] = []
+    for _ in range(2):
+        method = draw(st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT"]))
+        version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
+        headers = [(b"Host", b"a"), *draw(_HEAD_FIELDS)]
+        try:
+            request = h11.Request(
+                method=method, target=b"a:1" if method == b"CONNECT" else b"/",
+                headers=headers, http_version=version,
+            )  # fmt: skip
+        except h11.LocalProtocolError:
+            continue
+        steps.append(("client", "send", request))
+        if draw(st.booleans()):
+            steps.append(("client", "send", h11.Data(data=b"abc")))
+        steps.append(("client", "send", h11.EndOfMessage()))
+        for _ in range(draw(st.integers(0, 1))):
+            status = draw(st.sampled_from([100, 101]))
+            steps.append(("server", "send", h11.InformationalResponse(
+                status_code=status, headers=[(b"Upgrade", b"websocket")] if status == 101 else [],
+            )))  # fmt: skip
+        status = draw(st.sampled_from([200, 200, 204, 304, 404]))
+        try:
+            response = h11.Response(status_code=status, headers=draw(_HEAD_FIELDS))
+        except h11.LocalProtocolError:
+            continue
+        steps.append(("server", "send", response))
+        if draw(st.booleans()):
+            steps.append(("server", "send", h11.Data(data=b"xyz")))
+        steps.append(("server", "send", h11.EndOfMessage()))
+        steps.append(("both", "cycle", None))
+    return steps
+
+
+def _converse(server: h11.Connection, client: h11.Connection, steps: list[Any]) -> list[object]:
+    trace: list[object] = []
+    for side, action, payload in steps:
+        if action == "cycle":
+            trace.append(_step(client, "cycle", None))
+            trace.append(_step(server, "cycle", None))
+            continue
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        out, machine = _step(sender, "send", payload)
+        trace.append((out, machine))
+        if isinstance(out, bytes) and out:  # b"" would mean end of stream
+            trace.append(_step(receiver, "receive", out))
+    return trace
+
+
+@settings(max_examples=500, deadline=None)
+@given(_conversations())
+def test_state_machine_fast_paths_match_stock_h11(steps: list[Any]) -> None:
+    stock = _converse(h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT), steps)
+    fast = _converse(ServerConnection(16384), ClientConnection(), steps)
+    assert fast == stock
+
+
+def test_state_machine_fast_paths_are_taken() -> None:
+    """The ordinary exchange must not fall back to h11's ``_process_event``."""
+    calls = []
+    original = h11.Connection._process_event
+
+    def spy(self: h11.Connection, role: Any, event: Any) -> None:
+        calls.append(type(event).__name__)
+        original(self, role, event)
+
+    server, client = ServerConnection(16384), ClientConnection()
+    h11.Connection._process_event = spy  # type: ignore[method-assign]
+    try:
+        for _ in range(2):
+            wire = client.send(h11.Request(method=b"GET", target=b"/", headers=[(b"Host", b"a")]))
+            assert client.send(h11.EndOfMessage()) == b""
+            server.receive_data(wire or b"")
+            assert type(server.next_event()) is h11.Request
+            assert type(server.next_event()) is h11.EndOfMessage
+            head = server.send(h11.Response(status_code=200, headers=[(b"Content-Length", b"2")]))
+            body = server.send(h11.Data(data=b"ok"))
+            server.send(h11.EndOfMessage())
+            client.receive_data((head or b"") + (body or b""))
+            assert [type(client.next_event()) for _ in range(3)] == [
+                h11.Response, h11.Data, h11.EndOfMessage,
+            ]  # fmt: skip
+            server.start_next_cycle()
+            client.start_next_cycle()
+    finally:
+        h11.Connection._process_event = original  # type: ignore[method-assign]
+    assert calls == []
