@@ -95,6 +95,43 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{userinfo}{location}{qsep}{query}"
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not a network in CIDR form ({exc})") from None
+    if not nets:
+        raise ValueError("must list at least one network, e.g. 127.0.0.1/32")
+    return tuple(nets)
+
+
+def _key_size(raw: str) -> int:
+    value = int(raw.strip())
+    if value not in (2048, 3072, 4096):
+        raise ValueError("must be 2048, 3072 or 4096")
+    return value
+
+
+def _common_name(raw: str) -> str:
+    from edge.config.schema import normalize_hostname
+
+    return normalize_hostname(raw.strip(), allow_wildcard=False)
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -130,6 +167,20 @@ class Settings:
     upstream_idle_limit: int = 64
     upstream_idle_timeout: float = 60.0
     event_loop: str = "uvloop"
+    # transports (0 disables a listener)
+    https_port: int = 443
+    proxy_protocol_port: int = 10001
+    proxy_protocol_tls_port: int = 10443
+    proxy_trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    proxy_protocol_timeout: float = 5.0
+    tls_handshake_timeout: float = 10.0
+    tls_strict_sni: bool = False
+    self_signed_cn: str = "localhost"
+    self_signed_days: int = 365
+    rsa_key_size: int = 2048
 
 
 # variable name -> (field, parser)
@@ -157,6 +208,16 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", _int(0, 100000)),
     "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", _seconds),
     "EDGE_LOOP": ("event_loop", _loop),
+    "HTTPS_PORT": ("https_port", _int(0, 65535)),
+    "PROXY_PROTOCOL_PORT": ("proxy_protocol_port", _int(0, 65535)),
+    "PROXY_PROTOCOL_TLS_PORT": ("proxy_protocol_tls_port", _int(0, 65535)),
+    "PROXY_TRUSTED_CIDRS": ("proxy_trusted_cidrs", _cidrs),
+    "PROXY_PROTOCOL_TIMEOUT": ("proxy_protocol_timeout", _seconds),
+    "TLS_HANDSHAKE_TIMEOUT": ("tls_handshake_timeout", _seconds),
+    "TLS_STRICT_SNI": ("tls_strict_sni", _bool),
+    "SELF_SIGNED_CN": ("self_signed_cn", _common_name),
+    "SELF_SIGNED_DAYS": ("self_signed_days", _int(1, 3650)),
+    "RSA_KEY_SIZE": ("rsa_key_size", _key_size),
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)

@@ -20,13 +20,17 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal, TypeAlias, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, get_args
 
 import msgspec
+
+if TYPE_CHECKING:
+    from edge.tls.material import CertRecord
 
 __all__ = [
     "CONFIG_KEY_PATTERNS",
     "HOP_BY_HOP_HEADERS",
+    "CertDomain",
     "ConfigError",
     "ConfigItem",
     "ExternalService",
@@ -160,13 +164,25 @@ class ServiceURL(msgspec.Struct, frozen=True):
     url: str
 
 
-ConfigItem: TypeAlias = ProxyConfig | RouteConfig | ExternalService | ServiceURL
+class CertDomain(msgspec.Struct, frozen=True):
+    """Value of ``cert:domain:{domain}``: the name of the certificate serving that domain."""
+
+    domain: str
+    cert_name: str
+
+
+# ``cert:{name}`` decodes to ``edge.tls.material.CertRecord`` (imported lazily below:
+# the TLS module reports errors with this module's ConfigError)
+ConfigItem: TypeAlias = (
+    "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord"
+)
 
 CONFIG_KEY_PATTERNS: tuple[str, ...] = (
     "proxy:*",
     "route:*",
     "service:url:*",
     "service:external:*",
+    "cert:*",
 )
 
 _PROXY_DECODER = msgspec.json.Decoder(ProxyConfig)
@@ -192,6 +208,8 @@ _SERVICE_URL_PREFIX = "service:url:"
 _SERVICE_EXTERNAL_PREFIX = "service:external:"
 # Index keys kept next to route documents; they are not route documents themselves.
 _ROUTE_INDEX_PREFIXES = ("route:unique:", "route:priority:")
+_CERT_PREFIX = "cert:"
+_CERT_DOMAIN_PREFIX = "cert:domain:"
 
 
 def classify_key(key: str) -> str | None:
@@ -211,6 +229,10 @@ def classify_key(key: str) -> str | None:
         return "route" if len(key) > len(_ROUTE_PREFIX) else None
     if key.startswith(_PROXY_PREFIX):
         return "proxy" if len(key) > len(_PROXY_PREFIX) else None
+    if key.startswith(_CERT_DOMAIN_PREFIX):
+        return "cert_domain" if len(key) > len(_CERT_DOMAIN_PREFIX) else None
+    if key.startswith(_CERT_PREFIX):
+        return "cert" if len(key) > len(_CERT_PREFIX) else None
     return None
 
 
@@ -768,4 +790,22 @@ def decode_item(key: str, raw: bytes | str) -> ConfigItem:
         return _validate_external(key, suffix, _decode_json(key, _EXTERNAL_DECODER, raw))
     if kind == "service_url":
         return _decode_service_url(key, key[len(_SERVICE_URL_PREFIX) :], raw)
+    if kind == "cert":
+        from edge.tls.material import decode_cert
+
+        return decode_cert(key, raw)
+    if kind == "cert_domain":
+        return _decode_cert_domain(key, key[len(_CERT_DOMAIN_PREFIX) :], raw)
     raise ConfigError(key, None, "not a configuration key")
+
+
+def _decode_cert_domain(key: str, suffix: str, raw: bytes | str) -> CertDomain:
+    try:
+        domain = normalize_hostname(suffix)
+    except ValueError as exc:
+        raise ConfigError(key, None, f"key names {exc}") from None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    name = text.strip()
+    if not name or any(c.isspace() or c in "/\\" or not c.isprintable() for c in name):
+        raise ConfigError(key, None, f"must hold a certificate name, got {text[:80]!r}")
+    return CertDomain(domain, name)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from edge.config.redis_source import WrongType
 from edge.config.schema import (
+    CertDomain,
     ConfigError,
     ExternalService,
     ProxyConfig,
@@ -28,6 +29,7 @@ from edge.config.schema import (
     decode_item,
 )
 from edge.routing.router import CompiledRoute, Router, compile_route
+from edge.tls.material import CertRecord
 
 log = logging.getLogger("edge.config")
 
@@ -42,6 +44,10 @@ class Snapshot:
     services: Mapping[str, ExternalService] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
+    # cert:{name} (shape-checked; the PEM material is checked where contexts are built)
+    certs: Mapping[str, CertRecord] = field(default_factory=dict)
+    # cert:domain:{domain} -> certificate name
+    cert_domains: Mapping[str, str] = field(default_factory=dict)
     # "proxy:{lowercased suffix}" -> the proxy keys present whose suffix is not lowercase
     proxy_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
     router: Router = field(default_factory=lambda: Router({}, {}, {}, {}, {}))
@@ -107,6 +113,10 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
             edit("routes").pop(key[len("route:") :], None)
         elif kind == "service_url":
             edit("urls").pop(key[len("service:url:") :], None)
+        elif kind == "cert":
+            edit("certs").pop(key[len("cert:") :], None)
+        elif kind == "cert_domain":
+            edit("cert_domains").pop(key[len("cert:domain:") :].lower(), None)
         else:
             edit("services").pop(key[len("service:external:") :], None)
         if value is None:
@@ -129,6 +139,10 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
             edit("urls")[item.name] = item.url
         elif isinstance(item, ExternalService):
             edit("services")[key[len("service:external:") :]] = item
+        elif isinstance(item, CertRecord):
+            edit("certs")[key[len("cert:") :]] = item
+        elif isinstance(item, CertDomain):
+            edit("cert_domains")[item.domain] = item.cert_name
     proxy_aliases = snapshot.proxy_aliases if aliases is None else aliases
     for canonical in touched_proxies:
         owner = _proxy_owner(canonical, proxy_aliases, raw, rejected, decoded)
@@ -153,6 +167,8 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         services=services,  # type: ignore[arg-type]
         urls=urls,  # type: ignore[arg-type]
         rejected=rejected,
+        certs=maps.get("certs", snapshot.certs),  # type: ignore[arg-type]
+        cert_domains=maps.get("cert_domains", snapshot.cert_domains),  # type: ignore[arg-type]
         proxy_aliases=proxy_aliases,
         router=router,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 from collections.abc import Callable
 from time import monotonic
 from typing import cast
@@ -31,6 +32,7 @@ from edge.http1.h11compat import (
 )
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
+from edge.net.proxy_protocol import ProxyHeader
 
 log = logging.getLogger("edge.http")
 
@@ -87,20 +89,34 @@ class HttpConnection(asyncio.Protocol):
         "guard",
         "h11",
         "hub",
+        "proxy_header",
         "scheme",
         "server_port",
+        "tls",
         "transport",
     )
 
-    def __init__(self, hub: Hub, dispatch: Dispatch, scheme: str = "http") -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        dispatch: Dispatch,
+        scheme: str = "http",
+        proxy_header: ProxyHeader | None = None,
+        client: tuple[str, int] | None = None,
+        server_port: int = 0,
+    ) -> None:
         self.hub = hub
         self.dispatch = dispatch
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.current: Exchange | None = None
-        self.client_ip = ""
-        self.client_port = 0
-        self.server_port = 0
+        # behind a PROXY listener, the client and the port it connected to come from
+        # the header; otherwise from the socket (connection_made)
+        self.proxy_header = proxy_header
+        self.client_ip, self.client_port = client if client is not None else ("", 0)
+        self.server_port = server_port
+        # the TLS session (SNI name in ``edge_server_name``, the certificate's context)
+        self.tls: ssl.SSLObject | None = None
         s = hub.settings
         self.guard = HeadGuard(s.max_request_line, s.max_header_bytes, s.max_header_count)
         self.h11: h11.Connection = ServerConnection(hub.max_incomplete)
@@ -116,12 +132,16 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.client_ip, self.client_port = peer[0], peer[1]
-        sock = transport.get_extra_info("sockname")
-        if isinstance(sock, tuple):
-            self.server_port = sock[1]
+        if not self.client_ip:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple):
+                self.client_ip, self.client_port = peer[0], peer[1]
+        if not self.server_port:
+            sock = transport.get_extra_info("sockname")
+            if isinstance(sock, tuple):
+                self.server_port = sock[1]
+        if self.scheme == "https":
+            self.tls = transport.get_extra_info("ssl_object")
         self.hub.connections.add(self)
         if self.hub.draining:
             transport.close()

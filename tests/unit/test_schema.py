@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from edge.config.schema import (
     CONFIG_KEY_PATTERNS,
+    CertDomain,
     ConfigError,
     ExternalService,
     ProxyConfig,
@@ -114,7 +115,10 @@ def test_config_error_str_without_field() -> None:
         ("service:external:", None),
         ("service:other:x", None),
         ("service:", None),
-        ("cert:app.example.com", None),
+        ("cert:app.example.com", "cert"),
+        ("cert:domain:app.example.com", "cert_domain"),
+        ("cert:domain:", None),
+        ("cert:", None),
         ("proxyx:a", None),
         ("", None),
     ],
@@ -124,7 +128,21 @@ def test_classify_key(key: str, kind: str | None) -> None:
 
 
 def test_config_key_patterns() -> None:
-    assert CONFIG_KEY_PATTERNS == ("proxy:*", "route:*", "service:url:*", "service:external:*")
+    assert CONFIG_KEY_PATTERNS == (
+        "proxy:*",
+        "route:*",
+        "service:url:*",
+        "service:external:*",
+        "cert:*",
+    )
+
+
+def test_cert_domain_keys_decode_to_the_name() -> None:
+    item = decode_item("cert:domain:App.Example.com", b" app-cert ")
+    assert item == CertDomain("app.example.com", "app-cert")
+    assert "certificate name" in _reject("cert:domain:a.example.com", b"").message
+    assert "certificate name" in _reject("cert:domain:a.example.com", b"a b").message
+    assert "host name" in _reject("cert:domain:bad_name!", b"x").message
 
 
 def test_decode_item_rejects_non_config_key() -> None:

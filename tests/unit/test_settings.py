@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -46,9 +47,24 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", 64),
     "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", 60.0),
     "EDGE_LOOP": ("event_loop", "uvloop"),
+    "HTTPS_PORT": ("https_port", 443),
+    "PROXY_PROTOCOL_PORT": ("proxy_protocol_port", 10001),
+    "PROXY_PROTOCOL_TLS_PORT": ("proxy_protocol_tls_port", 10443),
+    "PROXY_TRUSTED_CIDRS": (
+        "proxy_trusted_cidrs",
+        (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
+    ),
+    "PROXY_PROTOCOL_TIMEOUT": ("proxy_protocol_timeout", 5.0),
+    "TLS_HANDSHAKE_TIMEOUT": ("tls_handshake_timeout", 10.0),
+    "TLS_STRICT_SNI": ("tls_strict_sni", False),
+    "SELF_SIGNED_CN": ("self_signed_cn", "localhost"),
+    "SELF_SIGNED_DAYS": ("self_signed_days", 365),
+    "RSA_KEY_SIZE": ("rsa_key_size", 2048),
 }
 
 SECONDS = [
+    "PROXY_PROTOCOL_TIMEOUT",
+    "TLS_HANDSHAKE_TIMEOUT",
     "PROXY_CONNECT_TIMEOUT",
     "PROXY_REQUEST_TIMEOUT",
     "CLIENT_HEADER_TIMEOUT",
@@ -61,7 +77,24 @@ SECONDS = [
 
 # every numeric and enumerated variable with values it must refuse
 INVALID: list[tuple[str, str]] = [
-    *[(name, bad) for name in ("HTTP_PORT", "API_PORT") for bad in ("abc", "-1", "65536", "8.5")],
+    *[
+        (name, bad)
+        for name in (
+            "HTTP_PORT",
+            "API_PORT",
+            "HTTPS_PORT",
+            "PROXY_PROTOCOL_PORT",
+            "PROXY_PROTOCOL_TLS_PORT",
+        )
+        for bad in ("abc", "-1", "65536", "8.5")
+    ],
+    ("PROXY_TRUSTED_CIDRS", "10.0.0.1/8"),
+    ("PROXY_TRUSTED_CIDRS", "10.0.0.0/8, example.com"),
+    ("PROXY_TRUSTED_CIDRS", " , "),
+    ("TLS_STRICT_SNI", "maybe"),
+    ("SELF_SIGNED_DAYS", "0"),
+    ("RSA_KEY_SIZE", "1024"),
+    ("SELF_SIGNED_CN", "not a host"),
     *[
         (name, bad)
         for name in SECONDS
@@ -294,3 +327,12 @@ def test_missing_or_unreadable_env_file_is_a_settings_error(tmp_path: Path) -> N
     binary.write_bytes(b"HTTP_PORT=\xff\xfe\n")
     with pytest.raises(SettingsError, match=r"--env-file .*binary\.env: not UTF-8"):
         environment(str(binary))
+
+
+def test_trusted_cidrs_parse_as_a_list() -> None:
+    got = load_settings({"PROXY_TRUSTED_CIDRS": "10.0.0.0/8, 2001:db8::/32"})
+    assert got.proxy_trusted_cidrs == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert load_settings({"TLS_STRICT_SNI": "true"}).tls_strict_sni is True
