@@ -13,17 +13,21 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any
 
-from edge.config.watcher import ConfigWatcher
+from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
+from edge.net.proxied import ProxyListener, TrustedPeers
+from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
 from edge.settings import Settings
+from edge.tls.store import TlsStore
 from edge.upstream.pool import UpstreamPool
 
 log = logging.getLogger("edge.worker")
@@ -47,10 +51,20 @@ class Worker:
         )
         self.forwarder = Forwarder(self.pool, settings.proxy_request_timeout)
         self.api = ApiApp(self.health)
+        self.tls: TlsStore | None = None
+        if settings.https_port or settings.proxy_protocol_tls_port:
+            self.tls = TlsStore(settings)
+            self.watcher.on_install.append(self.tls.update)
         self.dispatcher = Dispatcher(
-            lambda: self.watcher.snapshot, self.forwarder, self.api, settings.api_hostname
+            lambda: self.watcher.snapshot,
+            self.forwarder,
+            self.api,
+            settings.api_hostname,
+            tls_covers=self.tls.covers if self.tls is not None else None,
         )
         self.servers: list[asyncio.Server] = []
+        self.proxy_listeners: list[ProxyListener] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.stop = asyncio.Event()
         self.started = time.time()
         self._interrupts = 0
@@ -81,6 +95,11 @@ class Worker:
             "uptime": round(time.time() - self.started, 3),
             "connections": len(self.hub.connections),
             "requests": self.hub.requests,
+            "tls": self.tls.health() if self.tls is not None else None,
+            "proxy_protocol": {
+                "refused_peers": sum(p.refused for p in self.proxy_listeners),
+                "invalid_headers": sum(p.invalid for p in self.proxy_listeners),
+            },
         }
 
     async def run(self) -> int:
@@ -92,29 +111,67 @@ class Worker:
             await asyncio.wait_for(self.watcher.synced.wait(), FIRST_SYNC_WAIT)
         if not self.watcher.synced.is_set():
             log.warning("starting without configuration: redis not reachable yet")
+        if self.tls is not None:
+            await self._prepare_tls()
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
-        listeners = (
+        wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
+            ("HTTPS_PORT", s.server_host, s.https_port),
+            ("PROXY_PROTOCOL_PORT", s.server_host, s.proxy_protocol_port),
+            ("PROXY_PROTOCOL_TLS_PORT", s.server_host, s.proxy_protocol_tls_port),
             ("API_PORT", s.api_host, s.api_port),
         )
-        socks = []
-        for name, host, port in listeners:
+        socks: dict[str, socket.socket] = {}
+        for name, host, port in wanted:
+            if port == 0 and name not in ("HTTP_PORT", "API_PORT"):
+                continue  # 0 disables the optional listeners
             try:
-                socks.append(reuseport_socket(host, port))
+                socks[name] = reuseport_socket(host, port)
             except OSError as exc:
                 fields = {"address": f"{host}:{port}", "setting": name, "error": exc.strerror}
                 log.critical("cannot listen", extra={"fields": fields})
-                for sock in socks:
+                for sock in socks.values():
                     sock.close()
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await watch
                 return EXIT_LISTEN_FAILED
+        loop = self.loop
         self.servers.append(
-            await self.loop.create_server(lambda: HttpConnection(hub, dispatch), sock=socks[0])
+            await loop.create_server(lambda: HttpConnection(hub, dispatch), sock=socks["HTTP_PORT"])
         )
+        if "HTTPS_PORT" in socks and self.tls is not None:
+            self.servers.append(
+                await loop.create_server(
+                    lambda: HttpConnection(hub, dispatch, "https"),
+                    sock=socks["HTTPS_PORT"],
+                    ssl=self.tls.listener,
+                    ssl_handshake_timeout=s.tls_handshake_timeout,
+                )
+            )
+        trusted = TrustedPeers(s.proxy_trusted_cidrs)
+        for name, scheme in (("PROXY_PROTOCOL_PORT", "http"), ("PROXY_PROTOCOL_TLS_PORT", "https")):
+            if name not in socks:
+                continue
+
+            def make(
+                header: ProxyHeader, client: tuple[str, int], port: int, scheme: str = scheme
+            ) -> HttpConnection:
+                return HttpConnection(hub, dispatch, scheme, header, client, port)
+
+            listener = ProxyListener(
+                loop,
+                socks[name],
+                trusted,
+                s.proxy_protocol_timeout,
+                make,
+                tls=self.tls.listener if scheme == "https" and self.tls is not None else None,
+                handshake_timeout=s.tls_handshake_timeout,
+            )
+            listener.start()
+            self.proxy_listeners.append(listener)
         self.servers.append(
-            await self.loop.create_server(lambda: HttpConnection(hub, api), sock=socks[1])
+            await loop.create_server(lambda: HttpConnection(hub, api), sock=socks["API_PORT"])
         )
         log.info(
             "worker serving",
@@ -132,6 +189,8 @@ class Worker:
         log.info("draining", extra={"fields": {"connections": len(self.hub.connections)}})
         for server in self.servers:
             server.close()
+        for listener in self.proxy_listeners:
+            listener.close()
         self.hub.start_drain()
         deadline = self.loop.time() + self.settings.drain_timeout
         while self.hub.connections and self.loop.time() < deadline:  # noqa: ASYNC110
@@ -142,6 +201,38 @@ class Worker:
         for task in list(self.forwarder.tasks):
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
+
+    async def _prepare_tls(self) -> None:
+        """Certificates built and the default certificate loaded before TLS listeners open."""
+        assert self.tls is not None and self.settings.redis_url is not None
+        tls = self.tls
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(tls.settled(), FIRST_SYNC_WAIT)
+        client = redis_client(self.settings.redis_url)
+        try:
+            await asyncio.wait_for(tls.load_default(client), FIRST_SYNC_WAIT * 2)
+        except Exception as exc:  # serve configured certificates; retry the default later
+            log.warning("no default certificate yet", extra={"fields": {"error": str(exc)}})
+            retry = asyncio.create_task(self._retry_default(), name="tls-default")
+            self.tasks.add(retry)
+            retry.add_done_callback(self.tasks.discard)
+        finally:
+            await client.aclose()
+
+    async def _retry_default(self) -> None:
+        assert self.tls is not None and self.settings.redis_url is not None
+        delay = 1.0
+        while self.tls.default is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            client = redis_client(self.settings.redis_url)
+            try:
+                await self.tls.load_default(client)
+                log.info("default certificate loaded")
+            except Exception as exc:
+                log.warning("no default certificate yet", extra={"fields": {"error": str(exc)}})
+            finally:
+                await client.aclose()
 
     def _install_signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)

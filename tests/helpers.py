@@ -108,6 +108,10 @@ class EdgeProcess:
             "SERVER_HOST": "127.0.0.1",
             "EDGE_WORKERS": "1",
             "LOG_LEVEL": "INFO",
+            # the TLS and PROXY listeners are off unless a test turns them on
+            "HTTPS_PORT": "0",
+            "PROXY_PROTOCOL_PORT": "0",
+            "PROXY_PROTOCOL_TLS_PORT": "0",
             "PYTHONPATH": str(ROOT),
         }
         if redis_url is not None:

@@ -59,6 +59,8 @@ class ConfigWatcher:
         self.url = url
         self.resync_interval = resync_interval
         self.snapshot = Snapshot()
+        # called with every snapshot installed (e.g. the TLS store rebuilding contexts)
+        self.on_install: list[Callable[[Snapshot], None]] = []
         self.on_change = on_change
         self.connected = False
         self.notifications = False
@@ -72,6 +74,8 @@ class ConfigWatcher:
         if snapshot is self.snapshot:
             return
         self.snapshot = snapshot
+        for listener in self.on_install:
+            listener(snapshot)
         log.info(
             "config applied",
             extra={

@@ -7,6 +7,7 @@ handler before forwarding.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from edge.config.snapshot import Snapshot
@@ -21,6 +22,15 @@ ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 class ProxyDisabled(EdgeError):
     status = 404
     public_message = "the proxy for this host is disabled"
+
+
+class Misdirected(EdgeError):
+    status = 421
+    public_message = "this connection cannot serve the requested host"
+
+
+class HttpsDisabled(Misdirected):
+    public_message = "HTTPS is not enabled for this host"
 
 
 class AuthUnavailable(ServiceUnavailable):
@@ -44,6 +54,7 @@ class Dispatcher:
         forwarder: Forwarder,
         api: Handler | None = None,
         api_hostname: str | None = None,
+        tls_covers: Callable[[ssl.SSLObject, str], bool] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.forwarder = forwarder
@@ -52,6 +63,8 @@ class Dispatcher:
         # path prefix -> handler, answered on every host before routing
         self.early: list[tuple[str, Handler]] = []
         self.auth: AuthGate | None = None
+        # whether a TLS connection's certificate may answer for a host (else 421)
+        self.tls_covers = tls_covers
 
     def __call__(self, ex: Exchange) -> None:
         path = ex.path
@@ -70,9 +83,26 @@ class Dispatcher:
         if not proxy.enabled:
             ex.fail(ProxyDisabled())
             return
-        if ex.scheme == "http" and not proxy.enable_http and proxy.enable_https:
-            _redirect_to_https(ex)
-            return
+        if ex.scheme == "http":
+            if (
+                not proxy.enable_http
+                and proxy.enable_https
+                and not path.startswith(ACME_CHALLENGE_PREFIX)
+            ):
+                _redirect_to_https(ex)
+                return
+        else:
+            if not proxy.enable_https:
+                ex.fail(HttpsDisabled())
+                return
+            tls = ex.conn.tls
+            if (
+                tls is not None
+                and self.tls_covers is not None
+                and not self.tls_covers(tls, ex.host)
+            ):
+                ex.fail(Misdirected(f"certificate does not cover {ex.host!r}"))
+                return
         res = router.resolve(proxy, path, ex.method)
         if proxy.auth_enabled:
             if self.auth is None:

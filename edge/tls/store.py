@@ -1,0 +1,233 @@
+"""A worker's certificates: contexts built off the loop, swapped in when Redis changes.
+
+The config watcher installs snapshots; ``TlsStore.update`` is told of each. Certificates
+whose record changed are validated and turned into ``SSLContext`` objects in a thread (an
+RSA key check costs milliseconds), then a new immutable ``CertIndex`` replaces the old
+one in a single assignment. The SNI callback only ever reads ``self.index``: choosing a
+certificate during a handshake never waits on I/O. Connections already established keep
+the context they were given.
+
+A record whose material is bad (PEM that does not parse, a key that does not match, a
+domain the certificate does not cover) is reported (log, ``/health``, ``edge check``) and
+skipped; the certificate built from its previous good value stays in use. Deleting the
+key removes the certificate.
+
+The default certificate (served for unknown or missing SNI unless ``TLS_STRICT_SNI``) is
+self-signed for ``SELF_SIGNED_CN`` and shared through Redis under ``DEFAULT_CERT_KEY``, so
+every worker on every node presents the same one: the first to find it missing or stale
+generates it under a short lock, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from edge.config.schema import ConfigError
+from edge.config.snapshot import Snapshot
+from edge.settings import Settings
+from edge.tls.contexts import listener_context, server_context
+from edge.tls.material import CertInfo, CertRecord, MaterialError, validate_record
+from edge.tls.selfsigned import generate_self_signed
+from edge.tls.sni import CertIndex, make_sni_callback, selected_cert
+
+log = logging.getLogger("edge.tls")
+
+DEFAULT_CERT_KEY = "edge:tls:default"
+_DEFAULT_LOCK_KEY = "edge:tls:default:lock"
+_LOCK_SECONDS = 60
+_RENEW_BEFORE = timedelta(days=7)  # regenerate a default certificate this close to expiry
+
+Built = tuple[CertRecord, ssl.SSLContext, CertInfo]
+
+
+def build(name: str, record: CertRecord) -> Built:
+    """Validate ``cert:{name}`` and make its context (CPU-bound: call it in a thread)."""
+    key = f"cert:{name}"
+    record, info = validate_record(key, record, allow_expired=True)
+    try:
+        context = server_context(record.fullchain_pem, record.private_key_pem)
+    except MaterialError as exc:
+        raise ConfigError(key, exc.field, exc.message) from None
+    return record, context, info
+
+
+def _build_many(items: Mapping[str, CertRecord]) -> dict[str, Built | ConfigError]:
+    out: dict[str, Built | ConfigError] = {}
+    for name, record in items.items():
+        try:
+            out[name] = build(name, record)
+        except ConfigError as exc:
+            out[name] = exc
+    return out
+
+
+class TlsStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = CertIndex()
+        self.default: ssl.SSLContext | None = None
+        self.default_info: dict[str, Any] = {}
+        # cert name -> why its current record is not served (the previous one may be)
+        self.errors: dict[str, str] = {}
+        self.generation = 0  # snapshots applied, for tests and /health
+        self._built: dict[str, Built] = {}
+        self._source: dict[str, CertRecord] = {}  # the snapshot record each was built from
+        self._failed: dict[str, CertRecord] = {}  # records refused (not retried until changed)
+        self._seen: tuple[object, object] | None = None
+        self._pending: Snapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+        strict = settings.tls_strict_sni
+        self.listener = listener_context(
+            make_sni_callback(lambda: self.index, lambda: self.default, lambda: strict)
+        )
+
+    # ------------------------------------------------------------------ certificates
+    def update(self, snapshot: Snapshot) -> None:
+        """Called with every installed snapshot; rebuilds only when certificates changed."""
+        seen = (snapshot.certs, snapshot.cert_domains)
+        if self._seen is not None and seen[0] is self._seen[0] and seen[1] is self._seen[1]:
+            return
+        self._seen = seen
+        self._pending = snapshot
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._rebuild(), name="tls")
+
+    async def settled(self) -> None:
+        """Wait until the certificates of the latest snapshot are in the index."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _rebuild(self) -> None:
+        while self._pending is not None:
+            snapshot, self._pending = self._pending, None
+            certs = snapshot.certs
+            # records as they are in the snapshot, built or refused already: skipped
+            changed = {
+                name: record
+                for name, record in certs.items()
+                if self._source.get(name) != record and self._failed.get(name) != record
+            }
+            results = await asyncio.to_thread(_build_many, changed) if changed else {}
+            for name, result in results.items():
+                if isinstance(result, ConfigError):
+                    self.errors[name] = str(result)
+                    self._failed[name] = changed[name]
+                    kept = "previous certificate kept" if name in self._built else "not served"
+                    log.warning(
+                        "certificate rejected",
+                        extra={"fields": {"cert": name, "error": str(result), "action": kept}},
+                    )
+                    continue
+                self.errors.pop(name, None)
+                self._failed.pop(name, None)
+                self._source[name] = changed[name]
+                self._built[name] = result
+                info = result[2]
+                fields = {
+                    "cert": name,
+                    "serial": info.serial,
+                    "not_after": info.not_after.isoformat(),
+                }
+                if info.expired:
+                    log.warning("certificate has expired", extra={"fields": fields})
+                log.info("certificate loaded", extra={"fields": fields})
+            for name in [n for n in self._built if n not in certs]:
+                del self._built[name]
+                del self._source[name]
+                log.info("certificate removed", extra={"fields": {"cert": name}})
+            for name in [n for n in self.errors if n not in certs]:
+                del self.errors[name]
+                self._failed.pop(name, None)
+            index = CertIndex(
+                {name: (ctx, rec.domains, info) for name, (rec, ctx, info) in self._built.items()},
+                dict(snapshot.cert_domains),
+            )
+            for problem in index.problems:
+                log.warning("certificate mapping skipped", extra={"fields": {"problem": problem}})
+            self.index = index
+            self.generation += 1
+
+    # ------------------------------------------------------------------ requests
+    def covers(self, tls: ssl.SSLObject, host: str) -> bool:
+        """May a request for ``host`` be answered on this TLS connection (else 421)?
+
+        A connection given a configured certificate serves the hosts that certificate
+        covers. One given the default certificate (unknown or no SNI) serves hosts that
+        have no certificate of their own; a host that has one must be asked for by name.
+        """
+        chosen = selected_cert(tls)
+        if chosen is not None:
+            return chosen.covers(host)
+        return self.index.select(host) is None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "certificates": len(self.index),
+            "hosts": len(self.index.hosts),
+            "rejected": dict(self.errors),
+            "mapping_problems": list(self.index.problems),
+            "default": self.default_info or None,
+        }
+
+    # ------------------------------------------------------------------ default certificate
+    async def load_default(self, redis: Any) -> None:
+        """Fetch the shared default certificate, generating it first if needed."""
+        s = self.settings
+        for _ in range(int(_LOCK_SECONDS / 0.25) + 40):
+            raw = await redis.get(DEFAULT_CERT_KEY)
+            usable = self._usable_default(raw)
+            if usable is not None:
+                self._install_default(*usable)
+                return
+            if await redis.set(_DEFAULT_LOCK_KEY, "1", nx=True, ex=_LOCK_SECONDS):
+                try:
+                    chain, key = await asyncio.to_thread(
+                        generate_self_signed, s.self_signed_cn, s.self_signed_days, s.rsa_key_size
+                    )
+                    doc = {"cn": s.self_signed_cn, "fullchain_pem": chain, "private_key_pem": key}
+                    await redis.set(DEFAULT_CERT_KEY, json.dumps(doc))
+                    log.info(
+                        "default certificate generated", extra={"fields": {"cn": s.self_signed_cn}}
+                    )
+                finally:
+                    await redis.delete(_DEFAULT_LOCK_KEY)
+                continue
+            await asyncio.sleep(0.25)
+        raise RuntimeError("the shared default certificate did not appear in Redis")
+
+    def _usable_default(self, raw: bytes | None) -> tuple[ssl.SSLContext, CertInfo] | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            if doc.get("cn") != self.settings.self_signed_cn:
+                return None
+            record = CertRecord(
+                cert_name="default",
+                domains=(self.settings.self_signed_cn,),
+                fullchain_pem=doc["fullchain_pem"],
+                private_key_pem=doc["private_key_pem"],
+            )
+            _, context, info = build("default", record)
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
+            log.warning(
+                "stored default certificate unusable", extra={"fields": {"error": str(exc)}}
+            )
+            return None
+        if info.not_after - datetime.now(UTC) < _RENEW_BEFORE:
+            return None
+        return context, info
+
+    def _install_default(self, context: ssl.SSLContext, info: CertInfo) -> None:
+        self.default = context
+        self.default_info = {
+            "cn": self.settings.self_signed_cn,
+            "serial": info.serial,
+            "not_after": info.not_after.isoformat(),
+        }
