@@ -36,6 +36,8 @@ class AccessRecord(msgspec.Struct, omit_defaults=True):
     upstream: str
     route: str
     aborted: bool = False  # present only when true
+    sni: str | None = None  # TLS server name, on TLS connections that sent one
+    proxy_unique_id: str | None = None  # the PROXY v2 unique-id TLV, when HAProxy sends it
 
 
 class AccessLog:

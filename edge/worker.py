@@ -73,7 +73,7 @@ class Worker:
         snap = self.watcher.snapshot
         if self.hub.draining:
             status = "draining"
-        elif not self.watcher.connected or snap.rejected:
+        elif not self.watcher.connected or snap.rejected or (self.tls and self.tls.errors):
             status = "degraded"
         else:
             status = "ok"

@@ -11,6 +11,7 @@ from edge.config.schema import ConfigError, decode_item
 from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
 from edge.settings import Settings, redact_url
+from edge.tls.material import CertRecord, validate_record
 
 
 async def check_redis(url: str, out: TextIO) -> int:
@@ -26,7 +27,12 @@ async def check_redis(url: str, out: TextIO) -> int:
         try:
             if isinstance(raw, WrongType):
                 raise ConfigError(key, None, f"holds a {raw.decode()}, expected a string")
-            decode_item(key, raw)
+            item = decode_item(key, raw)
+            if isinstance(item, CertRecord):
+                # the material too: what a worker would refuse to serve
+                _, info = validate_record(key, item, allow_expired=True)
+                if info.expired:
+                    print(f"warning: {key}: certificate expired on {info.not_after}", file=out)
         except ConfigError as exc:
             problems += 1
             print(f"error: {exc}", file=out)

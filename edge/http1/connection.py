@@ -33,6 +33,7 @@ from edge.http1.h11compat import (
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
 from edge.net.proxy_protocol import ProxyHeader
+from edge.tls.sni import requested_server_name
 
 log = logging.getLogger("edge.http")
 
@@ -625,6 +626,11 @@ class HttpConnection(asyncio.Protocol):
             ex.route,
             aborted,
         )
+        if self.tls is not None:
+            record.sni = requested_server_name(self.tls)
+        header = self.proxy_header
+        if header is not None and header.unique_id is not None:
+            record.proxy_unique_id = header.unique_id.decode("ascii", "backslashreplace")
         self.hub.access_log.write(record)
 
 
