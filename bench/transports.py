@@ -38,10 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import run  # noqa: E402  (bench/run.py: process, wrk and nginx helpers)
+import run
 
-from edge.tls.contexts import TLS12_CIPHERS  # noqa: E402
-from edge.tls.selfsigned import generate_self_signed  # noqa: E402
+from edge.tls.contexts import TLS12_CIPHERS
+from edge.tls.selfsigned import generate_self_signed
 
 HOST = run.HOST
 SECTION_START = "<!-- bench/transports.py:start -->"
