@@ -28,7 +28,7 @@ BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
 BATCH_WINDOW = 0.01  # gather notifications for this long before fetching
 REQUIRED_FLAGS = "Kg$x"  # keyspace channel; generic (DEL, EXPIRE, RENAME), string, expired
-WATCHED_PREFIXES = ("proxy:", "route:", "service:")
+WATCHED_PREFIXES = ("proxy:", "route:", "service:", "cert:")
 
 
 def merge_flags(current: str) -> str | None:

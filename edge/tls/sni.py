@@ -207,7 +207,9 @@ def make_sni_callback(
     Switches the handshake to the certificate :meth:`CertIndex.select` picks for the
     server name.  With no match (or no SNI): in strict mode the handshake is refused with
     an ``unrecognized_name`` alert, otherwise the ``default()`` context is served (refused
-    likewise when there is none).  The callback never raises -- an exception would abort
+    likewise when there is none).  OpenSSL queues the alert, but the loop's SSL transport
+    (asyncio's and uvloop's) closes the socket on a failed handshake without flushing it,
+    so clients see the connection closed.  The callback never raises -- an exception would abort
     the handshake with an unexplained ``internal_error`` alert and print to stderr -- it
     logs and takes the same no-match path (default certificate, or refusal when strict).
     """

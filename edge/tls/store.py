@@ -7,10 +7,11 @@ one in a single assignment. The SNI callback only ever reads ``self.index``: cho
 certificate during a handshake never waits on I/O. Connections already established keep
 the context they were given.
 
-A record whose material is bad (PEM that does not parse, a key that does not match, a
-domain the certificate does not cover) is reported (log, ``/health``, ``edge check``) and
-skipped; the certificate built from its previous good value stays in use. Deleting the
-key removes the certificate.
+A new value that is refused, whether as a document (bad JSON, a missing or unknown field)
+or for its material (PEM that does not parse, a key that does not match, a domain the
+certificate does not cover), is reported (log, ``/health``, ``edge check``) and skipped;
+the certificate built from the previous good value stays in use. Deleting the key
+removes the certificate.
 
 The default certificate (served for unknown or missing SNI unless ``TLS_STRICT_SNI``) is
 self-signed for ``SELF_SIGNED_CN`` and shared through Redis under ``DEFAULT_CERT_KEY``, so
@@ -137,11 +138,23 @@ class TlsStore:
                 if info.expired:
                     log.warning("certificate has expired", extra={"fields": fields})
                 log.info("certificate loaded", extra={"fields": fields})
+            rejected = snapshot.rejected
             for name in [n for n in self._built if n not in certs]:
+                problem = rejected.get(f"cert:{name}")
+                if problem is not None:
+                    # the key is still there but its new value was refused (bad JSON, a
+                    # missing field...): keep serving the last good certificate
+                    if self.errors.get(name) != problem:
+                        self.errors[name] = problem
+                        fields = {"cert": name, "error": problem, "action": "previous kept"}
+                        log.warning("certificate rejected", extra={"fields": fields})
+                    continue
                 del self._built[name]
                 del self._source[name]
                 log.info("certificate removed", extra={"fields": {"cert": name}})
             for name in [n for n in self.errors if n not in certs]:
+                if f"cert:{name}" in rejected and name in self._built:
+                    continue
                 del self.errors[name]
                 self._failed.pop(name, None)
             index = CertIndex(
