@@ -1,4 +1,4 @@
-"""The ``edge`` command line: ``serve``, ``check`` (and the internal ``worker``)."""
+"""The ``edge`` command line: ``serve``, ``check``, ``cert`` (and the internal ``worker``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from edge import __version__
 from edge.accesslog import setup_logging
 from edge.settings import Settings, SettingsError, environment, load_settings
+from edge.tls.cli import add_cert_parser, run_cert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", help="JSON file of config keys to create if absent")
     check = sub.add_parser("check", help="validate settings and the config keys in Redis")
     check.add_argument("--env-file", help="read settings from this .env file first")
+    add_cert_parser(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--id", type=int, default=0)
     worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
@@ -36,6 +38,8 @@ def _settings(env: dict[str, str], **overrides: object) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "cert":
+        return run_cert(args)  # its own settings and messages ("edge cert: ...")
     try:
         env = environment(getattr(args, "env_file", None))
     except SettingsError as exc:

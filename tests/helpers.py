@@ -203,6 +203,7 @@ class Upstream:
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body are separate writes
 
             def setup(self) -> None:
                 super().setup()

@@ -128,6 +128,11 @@ class ProxyListener:
 
     def handoff(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
         client = peer if header.local or header.source is None else header.source
+        if client[0].startswith("::ffff:"):
+            # a dual-stack HAProxy reports IPv4 clients as IPv4-mapped IPv6 addresses
+            mapped = ipaddress.IPv6Address(client[0]).ipv4_mapped
+            if mapped is not None:
+                client = (str(mapped), client[1])
         if header.local or header.destination is None:
             server_port = int(conn.getsockname()[1])
         else:

@@ -108,6 +108,11 @@ class TlsStore:
         while self._pending is not None:
             snapshot, self._pending = self._pending, None
             certs = snapshot.certs
+            for name, record in certs.items():
+                if self._source.get(name) == record:
+                    # back to the value that is being served: nothing left to report
+                    self.errors.pop(name, None)
+                    self._failed.pop(name, None)
             # records as they are in the snapshot, built or refused already: skipped
             changed = {
                 name: record
