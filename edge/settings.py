@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -140,6 +141,21 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+_TOKEN_MIN, _TOKEN_MAX = 32, 256
+# what a client can send after "Bearer " (RFC 6750 section 2.1, b64token)
+_BEARER_TOKEN = re.compile(r"\A[A-Za-z0-9._~+/-]+=*\Z")
+
+
+def _bearer_token(raw: str) -> str:
+    # the message never quotes the value (load_settings shows <redacted> for it too)
+    value = raw.strip()
+    if not _TOKEN_MIN <= len(value) <= _TOKEN_MAX:
+        raise ValueError(f"must be {_TOKEN_MIN} to {_TOKEN_MAX} characters long")
+    if _BEARER_TOKEN.match(value) is None:
+        raise ValueError("may only use A-Z a-z 0-9 - . _ ~ + / (and = at the end)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """Immutable static settings of one edge process."""
@@ -181,6 +197,8 @@ class Settings:
     self_signed_cn: str = "localhost"
     self_signed_days: int = 365
     rsa_key_size: int = 2048
+    # secret: kept out of repr (and so out of any log line or traceback that prints Settings)
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 # variable name -> (field, parser)
@@ -218,7 +236,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SELF_SIGNED_CN": ("self_signed_cn", _common_name),
     "SELF_SIGNED_DAYS": ("self_signed_days", _int(1, 3650)),
     "RSA_KEY_SIZE": ("rsa_key_size", _key_size),
+    "ADMIN_TOKEN": ("admin_token", _bearer_token),
 }
+
+#: Variables whose values are never shown, not even in an error about them.
+SECRET_NAMES = frozenset({"ADMIN_TOKEN"})
 
 ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)
 
@@ -233,6 +255,8 @@ def load_settings(env: Mapping[str, str], **overrides: Any) -> Settings:
         try:
             values[field] = parse(raw)
         except ValueError as exc:
+            if name in SECRET_NAMES:
+                raise SettingsError(f"{name}=<redacted>: {exc}") from None
             shown = redact_url(raw) if name == "REDIS_URL" else raw
             raise SettingsError(f"{name}={shown!r}: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})

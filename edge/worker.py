@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Any
 
+from edge.api.store import RedisHandle, TokenStore
 from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
@@ -33,6 +34,7 @@ from edge.upstream.pool import UpstreamPool
 log = logging.getLogger("edge.worker")
 
 FIRST_SYNC_WAIT = 5.0  # serve after the first config sync, or after this long without one
+ADMIN_RETRY_CAP = 30.0  # seconds between attempts to store the ADMIN_TOKEN hash
 
 
 class Worker:
@@ -50,7 +52,9 @@ class Worker:
             settings.proxy_connect_timeout,
         )
         self.forwarder = Forwarder(self.pool, settings.proxy_request_timeout)
-        self.api = ApiApp(self.health)
+        # the API's own Redis client (commands with deadlines), created on first use
+        self.tokens = TokenStore(RedisHandle(settings.redis_url))
+        self.api = ApiApp(self.health, self.tokens)
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
             self.tls = TlsStore(settings)
@@ -113,6 +117,7 @@ class Worker:
             log.warning("starting without configuration: redis not reachable yet")
         if self.tls is not None:
             await self._prepare_tls()
+        await self._bootstrap_admin()
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
         wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
@@ -179,6 +184,9 @@ class Worker:
         )
         await self.stop.wait()
         await self.drain()
+        for task in list(self.tasks):
+            task.cancel()
+        await self.api.close()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watch
@@ -201,6 +209,46 @@ class Worker:
         for task in list(self.forwarder.tasks):
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
+
+    async def _bootstrap_admin(self) -> None:
+        """Store the ADMIN_TOKEN hash as the ``admin`` token before the API listens.
+
+        Every worker does it (the transaction is idempotent). If Redis is not reachable
+        yet, serve anyway and keep trying in the background.
+        """
+        if self.settings.admin_token is None:
+            log.info("ADMIN_TOKEN not set: the admin token in redis (if any) is unchanged")
+            return
+        try:
+            await self._store_admin_token()
+        except Exception as exc:
+            log.warning(
+                "admin token not stored yet; retrying",
+                extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200]}},
+            )
+            retry = asyncio.create_task(self._retry_admin(), name="admin-token")
+            self.tasks.add(retry)
+            retry.add_done_callback(self.tasks.discard)
+
+    async def _store_admin_token(self) -> None:
+        assert self.settings.admin_token is not None
+        changed = await self.tokens.bootstrap_admin(self.settings.admin_token)
+        # never the token, nor its hash: only whether redis changed
+        log.info("admin token ready", extra={"fields": {"changed": changed}})
+
+    async def _retry_admin(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._store_admin_token()
+                return
+            except Exception as exc:
+                delay = min(delay * 2, ADMIN_RETRY_CAP)
+                log.warning(
+                    "admin token not stored yet; retrying",
+                    extra={"fields": {"error": type(exc).__name__, "retry_in": delay}},
+                )
 
     async def _prepare_tls(self) -> None:
         """Certificates built and the default certificate loaded before TLS listeners open."""

@@ -60,6 +60,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "SELF_SIGNED_CN": ("self_signed_cn", "localhost"),
     "SELF_SIGNED_DAYS": ("self_signed_days", 365),
     "RSA_KEY_SIZE": ("rsa_key_size", 2048),
+    "ADMIN_TOKEN": ("admin_token", None),
 }
 
 SECONDS = [
@@ -124,6 +125,12 @@ INVALID: list[tuple[str, str]] = [
     ("SERVER_HOST", "example.com"),
     ("SERVER_HOST", "256.0.0.1"),
     ("API_HOST", "*"),
+    ("ADMIN_TOKEN", "short"),
+    ("ADMIN_TOKEN", "edge_" + "x" * 40 + " y"),
+    ("ADMIN_TOKEN", "edge_" + "\u00e9" * 40),
+    ("ADMIN_TOKEN", "t" * 257),
+    ("ADMIN_TOKEN", "edge_" + "x" * 40 + "!"),  # not sendable as a bearer token
+    ("ADMIN_TOKEN", "=" + "x" * 40),
 ]
 
 
@@ -229,6 +236,22 @@ def test_redact_url_hides_passwords(url: str) -> None:
     assert "hunter2" not in shown and "ter2" not in shown
     assert "***" in shown
     assert shown.split("://")[0] == url.split("://")[0]
+
+
+def test_admin_token_is_never_shown() -> None:
+    from edge.auth.secrets import new_admin_token
+
+    token = new_admin_token()
+    s = load_settings({"ADMIN_TOKEN": f" {token} "})
+    assert s.admin_token == token
+    assert token not in repr(s) and token not in str(s)
+    assert "admin_token" not in repr(s)
+    # a refused value is not quoted in the error either
+    bad = token + " extra"
+    with pytest.raises(SettingsError) as info:
+        load_settings({"ADMIN_TOKEN": bad})
+    assert str(info.value).startswith("ADMIN_TOKEN=<redacted>: ")
+    assert token not in str(info.value)
 
 
 def test_redact_url_keeps_urls_without_secrets() -> None:

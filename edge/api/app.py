@@ -1,0 +1,137 @@
+"""The JSON API: served on ``API_PORT`` and, through the public listeners, on ``API_HOSTNAME``.
+
+Per request: route (404/405 before anything else, so an unknown path never costs a Redis
+call) -> ``/health`` answered inline -> otherwise a tracked task: bearer authentication,
+access check (403), the endpoint (request body, Redis) -> JSON answer. Errors become the
+JSON error document of :mod:`edge.api.http` in one place (:meth:`ApiApp._error`); an
+unexpected exception is logged with the request id and answered 500 with a generic message.
+
+Tasks are fine here: the admin API is not the proxy's hot path, and its handlers wait on
+Redis. Every task is kept in :attr:`ApiApp.tasks` until done (cancelled by :meth:`close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from edge.api.auth import authenticate
+from edge.api.http import (
+    BODY_LIMIT,
+    ApiError,
+    ClientGone,
+    Forbidden,
+    RedisUnavailable,
+    error_response,
+    json_response,
+)
+from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.router import Router
+from edge.api.store import TokenStore
+from edge.api.tokens import add_token_routes
+from edge.http1.exchange import Exchange
+
+__all__ = ["ApiApp", "build_router"]
+
+log = logging.getLogger("edge.api")
+_json = msgspec.json.Encoder()
+
+
+def build_router(health: Callable[[Exchange], None]) -> Router[Endpoint]:
+    router: Router[Endpoint] = Router()
+    router.add("GET", "/health", Endpoint(Access.PUBLIC, inline=health))
+    add_token_routes(router)
+    return router
+
+
+class ApiApp:
+    """The API handler (``edge.http1.exchange.Handler``) of one worker."""
+
+    def __init__(
+        self,
+        health: Callable[[], dict[str, Any]],
+        store: TokenStore,
+        body_limit: int = BODY_LIMIT,
+    ) -> None:
+        self.health = health
+        self.store = store
+        self.body_limit = body_limit
+        self.started = time.time()
+        self.router = build_router(self._health)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, ex: Exchange) -> None:
+        try:
+            match = self.router.match(ex.method.decode("latin-1"), ex.path)
+        except ApiError as err:
+            self._error(ex, err)
+            return
+        endpoint = match.target
+        if endpoint.inline is not None:
+            endpoint.inline(ex)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run(ex, endpoint, match.params), name=f"api-{ex.request_id}"
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _health(self, ex: Exchange) -> None:
+        report = self.health()
+        # degraded (redis down, rejected keys) still serves traffic: only draining is 503
+        status = 503 if report.get("status") == "draining" else 200
+        ex.respond(status, _json.encode(report) + b"\n", b"application/json")
+
+    async def _run(self, ex: Exchange, endpoint: Endpoint, params: dict[str, str]) -> None:
+        assert endpoint.handler is not None
+        rid = ex.request_id
+        try:
+            identity = None
+            if endpoint.access is not Access.PUBLIC:
+                identity = await authenticate(ex, self.store)
+                if endpoint.access is Access.ADMIN and not identity.is_admin:
+                    raise Forbidden(f"token {identity.name!r} is not the admin token")
+            request = ApiRequest(ex, params, identity, self.store, self.body_limit)
+            response = await endpoint.handler(request)
+        except ClientGone:
+            return  # the client left mid-body: nobody to answer
+        except ApiError as err:
+            self._error(ex, err)
+            return
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            # redis-py messages name the server address, never a key's value
+            fields = {"request_id": rid, "error": type(exc).__name__, "detail": str(exc)[:200]}
+            log.warning("api: redis unavailable", extra={"fields": fields})
+            self._error(ex, RedisUnavailable())
+            return
+        except Exception:
+            log.exception("api handler failed", extra={"fields": {"request_id": rid}})
+            self._error(ex, ApiError("handler failed"))
+            return
+        json_response(ex, response)
+
+    def _error(self, ex: Exchange, err: ApiError) -> None:
+        level = logging.WARNING if err.status >= 500 else logging.INFO
+        fields = {
+            "request_id": ex.request_id,
+            "status": err.status,
+            "error": err.code,
+            "detail": str(err),  # fixed texts only: never request data or token values
+        }
+        log.log(level, "api request failed", extra={"fields": fields})
+        error_response(ex, err)
+
+    async def close(self) -> None:
+        """Cancel what is still running (after the drain) and close the Redis client."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.redis.close()

@@ -1,0 +1,62 @@
+"""Bearer authentication of API requests (RFC 6750 section 2.1).
+
+``Authorization: Bearer <token>``, the scheme case-insensitive (RFC 9110 section 11.1). The
+token is hashed (:func:`edge.auth.secrets.token_hash`) and looked up through the
+``token:hash:`` index; the stored hash is compared in constant time. Every failure is the
+same 401 with ``WWW-Authenticate: Bearer realm="edge"``: the client never learns whether the
+header was missing, malformed, unknown or stale. The reason travels in the exception's
+detail, which the app logs (a fixed :class:`~edge.auth.secrets.AuthFailure` text), never
+the token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from edge.api.http import Unauthorized
+from edge.api.store import ADMIN_NAME, TokenStore
+from edge.auth.secrets import AuthFailure
+from edge.http1.exchange import Exchange
+
+__all__ = ["Identity", "authenticate", "bearer_token"]
+
+MAX_TOKEN = 256
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_BEARER = re.compile(rb"\A[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+([A-Za-z0-9._~+/-]+=*)[ \t]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made the request: the token's name, whether it is the admin token, its hash.
+
+    The hash identifies the token in ownership records (it is not the token value).
+    """
+
+    name: str
+    is_admin: bool
+    token_hash: str = field(repr=False)
+
+
+def bearer_token(ex: Exchange) -> tuple[str | None, AuthFailure]:
+    """The bearer token of the request, or None and why not (never raises)."""
+    values = [value for name, value in ex.headers if name == b"authorization"]
+    if not values:
+        return None, AuthFailure.MISSING
+    if len(values) > 1 or len(values[0]) > MAX_TOKEN + 16:
+        return None, AuthFailure.MALFORMED
+    m = _BEARER.match(values[0])
+    if m is None or len(m.group(1)) > MAX_TOKEN:
+        return None, AuthFailure.MALFORMED
+    return m.group(1).decode("ascii"), AuthFailure.UNKNOWN
+
+
+async def authenticate(ex: Exchange, store: TokenStore) -> Identity:
+    """The caller's identity; raises :class:`Unauthorized` (401) on any failure."""
+    token, reason = bearer_token(ex)
+    record = None
+    if token is not None:
+        record = await store.authenticate(token)
+    if record is None:
+        raise Unauthorized(f"authentication failed: {reason.value}")
+    return Identity(record.name, record.name == ADMIN_NAME, record.hash)

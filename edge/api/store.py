@@ -1,0 +1,356 @@
+"""Admin tokens in Redis: the records, their hash index, and every write as one transaction.
+
+Keys::
+
+    token:{name}          JSON TokenRecord (name, hash, cert_email, created_at, created_by)
+    token:hash:{hash}     the token's name; ``hash`` is ``sha256:<64 hex>`` of the token value
+
+Token values are never stored, in plaintext or in any reversible form: only their SHA-256
+(:func:`edge.auth.secrets.token_hash`). Names are ``[a-z0-9][a-z0-9_.-]*`` (no ``:``), so
+``token:{name}`` can never be mistaken for an index key.
+
+Writes that touch a record and its index run in ``WATCH``/``MULTI``/``EXEC`` and retry
+when another client changed the watched record meanwhile (other workers, other edges).
+Every Redis call is bounded by :data:`REDIS_TIMEOUT`; callers map ``RedisError``,
+``OSError`` and ``TimeoutError`` to 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError, WatchError
+
+from edge.auth.secrets import is_token_hash, same_hash, token_hash
+from edge.config.watcher import redis_client
+
+__all__ = [
+    "ADMIN_NAME",
+    "NAME_PATTERN",
+    "REDIS_TIMEOUT",
+    "CorruptRecord",
+    "RedisHandle",
+    "TokenExists",
+    "TokenRecord",
+    "TokenStore",
+    "cascade_owned",
+    "hash_key",
+    "record_key",
+    "valid_name",
+]
+
+log = logging.getLogger("edge.api")
+
+ADMIN_NAME = "admin"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+NAME_MAX = 64
+_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_MAX = 254  # RFC 5321 path limit
+REDIS_TIMEOUT = 5.0  # each store operation, all its round trips included
+_TXN_ATTEMPTS = 8
+RECORD_PREFIX = "token:"
+HASH_PREFIX = "token:hash:"
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=EMAIL_MAX, pattern=EMAIL_PATTERN)]
+
+
+class TokenRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``token:{name}``. ``hash`` is not secret (it cannot be reversed) but stays internal."""
+
+    name: str
+    hash: str
+    cert_email: str | None = None
+    created_at: str
+    created_by: str
+
+    def public(self, with_hash: bool = False) -> dict[str, str | None]:
+        """The fields an API answer shows (the hash only on single-record views)."""
+        doc: dict[str, str | None] = {
+            "name": self.name,
+            "cert_email": self.cert_email,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
+        if with_hash:
+            doc["hash"] = self.hash
+        return doc
+
+
+_encode = msgspec.json.Encoder().encode
+_record_decoder = msgspec.json.Decoder(TokenRecord)
+
+
+class CorruptRecord(Exception):
+    """A ``token:`` key holds something that is not a valid record (names the key only)."""
+
+
+class TokenExists(Exception):
+    """A record with that name exists already."""
+
+
+class TooMuchContention(RedisError):
+    """A transaction kept losing its WATCH race; treated like an unavailable Redis."""
+
+
+def valid_name(name: str) -> bool:
+    return _NAME_RE.match(name) is not None
+
+
+def record_key(name: str) -> str:
+    return RECORD_PREFIX + name
+
+
+def hash_key(hashed: str) -> str:
+    return HASH_PREFIX + hashed
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 with seconds: ``2024-05-01T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def cascade_owned(pipe: Pipeline, owner_hash: str) -> None:
+    """Queue, inside a token's delete transaction, the deletes of what the token owns.
+
+    HOOK: ownership of proxies, routes and certificates (recorded by token hash) arrives
+    with those endpoints; until then a token owns nothing and this queues nothing. It is
+    called between ``MULTI`` and ``EXEC``, so whatever it queues commits or fails together
+    with the token's own keys.
+    """
+    del pipe, owner_hash
+
+
+def _multi(pipe: Pipeline) -> None:
+    """End the watched reads: what is queued next commits atomically at EXEC."""
+    pipe.multi()  # type: ignore[no-untyped-call]
+
+
+def _decode(key: str, raw: bytes | str) -> TokenRecord:
+    try:
+        record = _record_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CorruptRecord(f"{key}: {exc}") from None
+    if record_key(record.name) != key or not is_token_hash(record.hash):
+        raise CorruptRecord(f"{key}: name or hash field does not fit the key")
+    return record
+
+
+class RedisHandle:
+    """One lazily created asyncio Redis client per worker (``decode_responses=False``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = redis_client(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+R = TypeVar("R")
+
+
+class TokenStore:
+    """Token records in Redis. Every method may raise RedisError/OSError/TimeoutError."""
+
+    def __init__(self, redis: RedisHandle, timeout: float = REDIS_TIMEOUT) -> None:
+        self.redis = redis
+        self.timeout = timeout
+
+    async def _bounded(self, work: Awaitable[R]) -> R:
+        async with asyncio.timeout(self.timeout):
+            return await work
+
+    async def _transaction(self, key: str, body: Callable[[Pipeline], Awaitable[R]]) -> R:
+        """Run ``body`` with ``key`` watched; it calls ``pipe.multi()`` and queues writes.
+
+        Retried on ``WatchError`` (someone else wrote ``key`` between our read and EXEC).
+        """
+        async with self.redis.client.pipeline(transaction=True) as pipe:
+            for _ in range(_TXN_ATTEMPTS):
+                try:
+                    await pipe.watch(key)
+                    result = await body(pipe)
+                    if pipe.explicit_transaction:
+                        await pipe.execute()
+                    else:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return result
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+                    continue
+        raise TooMuchContention(f"{key}: transaction kept conflicting")
+
+    # ---------------------------------------------------------------- reads
+    async def get(self, name: str) -> TokenRecord | None:
+        key = record_key(name)
+        raw = await self._bounded(self.redis.client.get(key))
+        return None if raw is None else _decode(key, raw)
+
+    async def authenticate(self, presented: str) -> TokenRecord | None:
+        """The record of the token whose value is ``presented``, or None.
+
+        Index lookup by hash, then the record, whose hash must match the presented one
+        (compared in constant time): a stale index entry never authenticates.
+        """
+        hashed = token_hash(presented)
+
+        async def lookup() -> TokenRecord | None:
+            client = self.redis.client
+            name = await client.get(hash_key(hashed))
+            if name is None:
+                return None
+            text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+            if not valid_name(text):
+                log.warning("token index entry names an invalid token; ignoring it")
+                return None
+            raw = await client.get(record_key(text))
+            if raw is None:
+                return None
+            try:
+                record = _decode(record_key(text), raw)
+            except CorruptRecord as exc:
+                log.warning("corrupt token record", extra={"fields": {"error": str(exc)}})
+                return None
+            return record if same_hash(record.hash, hashed) else None
+
+        return await self._bounded(lookup())
+
+    async def list(self) -> list[TokenRecord]:
+        """Every token record, by name; corrupt ones are skipped with a warning."""
+
+        async def scan() -> list[TokenRecord]:
+            client = self.redis.client
+            keys = [
+                key
+                async for key in client.scan_iter(match=RECORD_PREFIX + "*", count=500)
+                if not key.startswith(HASH_PREFIX.encode())
+            ]
+            records = []
+            for start in range(0, len(keys), 500):
+                batch = keys[start : start + 500]
+                for key, raw in zip(batch, await client.mget(batch), strict=True):
+                    if raw is None:
+                        continue  # deleted meanwhile
+                    text = key.decode("utf-8", "replace")
+                    try:
+                        records.append(_decode(text, raw))
+                    except CorruptRecord as exc:
+                        log.warning("corrupt token record", extra={"fields": {"error": str(exc)}})
+            return sorted(records, key=lambda r: r.name)
+
+        return await self._bounded(scan())
+
+    # ---------------------------------------------------------------- writes
+    async def create(self, record: TokenRecord) -> None:
+        """Store a new record and its index; raises :class:`TokenExists`."""
+        key = record_key(record.name)
+
+        async def body(pipe: Pipeline) -> None:
+            if await pipe.exists(key):
+                raise TokenExists(record.name)
+            _multi(pipe)
+            pipe.set(key, _encode(record))
+            pipe.set(hash_key(record.hash), record.name)
+
+        await self._bounded(self._transaction(key, body))
+
+    async def delete(self, name: str) -> bool:
+        """Delete a record, its index entry and (hook) what it owns; False if absent."""
+        key = record_key(name)
+
+        async def body(pipe: Pipeline) -> bool:
+            raw = await pipe.get(key)
+            if raw is None:
+                return False
+            record = _decode(key, raw)
+            _multi(pipe)
+            pipe.delete(key)
+            pipe.delete(hash_key(record.hash))
+            cascade_owned(pipe, record.hash)
+            return True
+
+        return await self._bounded(self._transaction(key, body))
+
+    async def set_email(self, name: str, email: str | None) -> TokenRecord | None:
+        """Replace ``cert_email``; the updated record, or None if the token is gone."""
+        key = record_key(name)
+
+        async def body(pipe: Pipeline) -> TokenRecord | None:
+            raw = await pipe.get(key)
+            if raw is None:
+                return None
+            record = msgspec.structs.replace(_decode(key, raw), cert_email=email)
+            _multi(pipe)
+            pipe.set(key, _encode(record))
+            return record
+
+        return await self._bounded(self._transaction(key, body))
+
+    async def bootstrap_admin(self, value: str) -> bool:
+        """Make ``value`` the ``admin`` token; True if Redis changed.
+
+        One transaction: the record (creation time and e-mail kept when the hash is the
+        same), its index entry, and the removal of a previous admin hash's stale index
+        entry. Running it again with the same value (every worker does at start) writes
+        nothing.
+        """
+        key = record_key(ADMIN_NAME)
+        new_hash = token_hash(value)
+
+        async def body(pipe: Pipeline) -> bool:
+            raw = await pipe.get(key)
+            old: TokenRecord | None = None
+            if raw is not None:
+                try:
+                    old = _decode(key, raw)
+                except CorruptRecord as exc:
+                    log.warning(
+                        "replacing corrupt admin record", extra={"fields": {"error": str(exc)}}
+                    )
+            admin = ADMIN_NAME.encode()
+            same = old is not None and same_hash(old.hash, new_hash)
+            await pipe.watch(hash_key(new_hash))  # index entries read here are watched too
+            if same and await pipe.get(hash_key(new_hash)) == admin:
+                return False
+            stale = None
+            if old is not None and not same:
+                # the previous admin hash's index entry, if it still names the admin
+                await pipe.watch(hash_key(old.hash))
+                if await pipe.get(hash_key(old.hash)) == admin:
+                    stale = hash_key(old.hash)
+            if old is not None and same:
+                record = old  # only the index entry was missing: repair it
+            else:
+                record = TokenRecord(
+                    name=ADMIN_NAME,
+                    hash=new_hash,
+                    cert_email=old.cert_email if old is not None else None,
+                    created_at=now_iso(),
+                    created_by="ADMIN_TOKEN",
+                )
+            _multi(pipe)
+            pipe.set(key, _encode(record))
+            pipe.set(hash_key(new_hash), ADMIN_NAME)
+            if stale is not None:
+                pipe.delete(stale)
+            return True
+
+        return await self._bounded(self._transaction(key, body))

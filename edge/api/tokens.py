@@ -1,0 +1,194 @@
+"""``/api/v1/tokens``: admin tokens (see ``docs/api.md``).
+
+A token value is made by :func:`edge.auth.secrets.new_admin_token`, returned once in the
+creation answer and never again: Redis holds only its SHA-256 (``edge.api.store``).
+
+Access: the admin token for everything except ``info`` and ``email``, which any valid token
+may call on itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TypeVar
+
+import msgspec
+
+from edge.api.http import ApiError, Conflict, InvalidBody, NotFound, Response, Unauthorized
+from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.router import Router
+from edge.api.store import (
+    ADMIN_NAME,
+    Email,
+    Name,
+    TokenExists,
+    TokenRecord,
+    now_iso,
+    valid_name,
+)
+from edge.auth.secrets import new_admin_token, token_hash
+
+__all__ = ["PREFIX", "RESERVED_NAMES", "add_token_routes"]
+
+PREFIX = "/api/v1/tokens"
+# literal segments under /api/v1/tokens/: a token with one of these names could never be
+# addressed as /api/v1/tokens/{name} (the literal route wins), so none may be created
+RESERVED_NAMES = frozenset({"info", "generate", "email"})
+_GENERATE_ATTEMPTS = 5
+
+_NAME_RULE = (
+    "name must be 1 to 64 characters of a-z, 0-9, '_', '.' and '-', "
+    "starting with a letter or a digit"
+)
+_EMAIL_RULE = "cert_email must be an e-mail address or null"
+
+
+class CreateToken(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: Name
+    cert_email: Email | None = None
+
+
+class GenerateToken(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    cert_email: Email | None = None
+
+
+class SetEmail(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    cert_email: Email | None  # required; null clears it
+
+
+class NotRecoverable(ApiError):
+    status = 410
+    code = "not_recoverable"
+    public_message = (
+        "token values are shown once at creation and stored only as hashes; create a new token"
+    )
+
+
+def _token_not_found() -> NotFound:
+    return NotFound(code="token_not_found", public_message="no token with this name")
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+async def _body(req: ApiRequest, kind: type[S], required: bool) -> S | None:
+    """The decoded body, with the field rules said in words instead of regexes."""
+    try:
+        return await req.json(kind, required=required)
+    except InvalidBody as err:
+        msg = err.public_message
+        if err.field in ("name", "cert_email") and ("regex" in msg or "length" in msg):
+            err.public_message = _NAME_RULE if err.field == "name" else _EMAIL_RULE
+        raise
+
+
+async def _issue(req: ApiRequest, name: str, email: str | None) -> Response:
+    """Create token ``name``: 201 with its value, shown this once."""
+    token = new_admin_token()
+    record = TokenRecord(
+        name=name,
+        hash=token_hash(token),
+        cert_email=email,
+        created_at=now_iso(),
+        created_by=req.caller.name,
+    )
+    await req.store.create(record)
+    document = {"name": name, "token": token, **record.public()}
+    location = f"{PREFIX}/{name}".encode("ascii")
+    return Response(201, document, [(b"location", location)])
+
+
+async def list_tokens(req: ApiRequest) -> Response:
+    records = await req.store.list()
+    return Response(200, {"tokens": [r.public() for r in records]})
+
+
+async def create_token(req: ApiRequest) -> Response:
+    body = await _body(req, CreateToken, required=True)
+    assert body is not None
+    if body.name in RESERVED_NAMES:
+        raise InvalidBody(
+            "reserved name", public_message=f"the name {body.name!r} is reserved", field="name"
+        )
+    try:
+        return await _issue(req, body.name, body.cert_email)
+    except TokenExists:
+        raise Conflict(
+            "name taken",
+            code="token_exists",
+            public_message="a token with this name exists",
+            field="name",
+        ) from None
+
+
+async def generate_token(req: ApiRequest) -> Response:
+    body = await _body(req, GenerateToken, required=False)
+    email = body.cert_email if body is not None else None
+    for _ in range(_GENERATE_ATTEMPTS):
+        try:
+            return await _issue(req, f"token-{secrets.token_hex(4)}", email)
+        except TokenExists:
+            continue  # 2**-32 per attempt
+    raise RuntimeError("could not pick a free token name")
+
+
+async def token_info(req: ApiRequest) -> Response:
+    record = await req.store.get(req.caller.name)
+    if record is None:  # deleted since it authenticated this request
+        raise Unauthorized("token deleted during the request")
+    return Response(200, record.public(with_hash=True))
+
+
+async def set_email(req: ApiRequest) -> Response:
+    body = await _body(req, SetEmail, required=True)
+    assert body is not None
+    record = await req.store.set_email(req.caller.name, body.cert_email)
+    if record is None:
+        raise Unauthorized("token deleted during the request")
+    return Response(200, record.public(with_hash=True))
+
+
+def _name(req: ApiRequest) -> str:
+    name = req.params["name"]
+    if not valid_name(name):
+        # never reaches Redis: "hash:..." or "*" must not address other keys
+        raise _token_not_found()
+    return name
+
+
+async def get_token(req: ApiRequest) -> Response:
+    record = await req.store.get(_name(req))
+    if record is None:
+        raise _token_not_found()
+    return Response(200, record.public(with_hash=True))
+
+
+async def delete_token(req: ApiRequest) -> Response:
+    name = _name(req)
+    if name == ADMIN_NAME:
+        raise Conflict(
+            "admin delete refused",
+            code="admin_token_protected",
+            public_message="the admin token cannot be deleted; change ADMIN_TOKEN to replace it",
+        )
+    if not await req.store.delete(name):
+        raise _token_not_found()
+    return Response(204)
+
+
+async def reveal_token(req: ApiRequest) -> Response:
+    if await req.store.get(_name(req)) is None:
+        raise _token_not_found()
+    raise NotRecoverable("token values are not stored")
+
+
+def add_token_routes(router: Router[Endpoint]) -> None:
+    admin, own = Access.ADMIN, Access.TOKEN
+    router.add("GET", f"{PREFIX}/", Endpoint(admin, list_tokens))
+    router.add("POST", f"{PREFIX}/", Endpoint(admin, create_token))
+    router.add("POST", f"{PREFIX}/generate", Endpoint(admin, generate_token))
+    router.add("GET", f"{PREFIX}/info", Endpoint(own, token_info))
+    router.add("PUT", f"{PREFIX}/email", Endpoint(own, set_email))
+    router.add("GET", f"{PREFIX}/{{name}}", Endpoint(admin, get_token))
+    router.add("DELETE", f"{PREFIX}/{{name}}", Endpoint(admin, delete_token))
+    router.add("GET", f"{PREFIX}/{{name}}/reveal", Endpoint(admin, reveal_token))
