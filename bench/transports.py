@@ -220,6 +220,12 @@ def report(results: list[Result], rounds: int, secs: int, command: str) -> str:
         SECTION_START,
         "## Transports: TLS and PROXY protocol",
         "",
+        "`bench/transports.py`. `tls-handshake` is one full handshake per request (wrk with",
+        "`Connection: close`; TLS 1.3, no resumption on either side): handshakes per second. The",
+        "edge serves its default certificate here (wrk sends the IP as SNI); nginx serves the same",
+        "certificate and cipher list. `proxy-*` put HAProxy (`mode tcp`) in front of the edge on",
+        "both sides; only the PROXY v2 header differs.",
+        "",
         f"Command: `{command}` ({rounds} interleaved rounds of {secs} s, medians; one worker "
         "on CPU 1, wrk/upstream/HAProxy on CPU 0; "
         f"{run.WRK_CONNECTIONS} connections).",

@@ -247,12 +247,16 @@ class HttpConnection(asyncio.Protocol):
                 return
             kind = type(event)
             if kind is h11.Data:
-                assert ex is not None and ex.sink is not None
+                if ex is None or ex.sink is None:
+                    # the exchange was answered and finished from inside body_data: the
+                    # rest of this body is read and dropped (the connection closes after)
+                    continue
                 data = cast(h11.Data, event).data
                 ex.bytes_in += len(data)
                 ex.sink.body_data(data)
             elif kind is h11.EndOfMessage:
-                assert ex is not None
+                if ex is None:
+                    return
                 if self._deadline is _Deadline.BODY:
                     self._disarm()
                 if ex.sink is not None:

@@ -49,19 +49,13 @@ def wallclock() -> str:
     return _clock_text
 
 
-_CODES: dict[int, str] = {
-    400: "bad_request",
-    404: "not_found",
-    408: "request_timeout",
-    414: "uri_too_long",
-    421: "misdirected_request",
-    431: "request_header_fields_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
-}
+def _snake(phrase: str) -> str:
+    return phrase.lower().replace("-", "_").replace(" ", "_").replace("'", "")
+
+
+# every status gets a stable snake_case code (RFC 9110 reason phrase); a few are shorter
+_CODES: dict[int, str] = {s.value: _snake(s.phrase) for s in HTTPStatus}
+_CODES.update({414: "uri_too_long", 500: "internal_error"})
 
 
 REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
