@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Any
 
+from edge.api.people_auth import LastUsedFlusher, flush_interval_from_env
 from edge.api.store import RedisHandle, TokenStore
 from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
@@ -24,7 +25,7 @@ from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
-from edge.net.proxied import ProxyListener, TrustedPeers
+from edge.net.proxied import ProxyListener, ProxyStage, TrustedPeers
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
 from edge.settings import Settings
@@ -68,6 +69,7 @@ class Worker:
         )
         self.servers: list[asyncio.Server] = []
         self.proxy_listeners: list[ProxyListener] = []
+        self.proxy_stages: list[ProxyStage] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stop = asyncio.Event()
         self.started = time.time()
@@ -101,8 +103,8 @@ class Worker:
             "requests": self.hub.requests,
             "tls": self.tls.health() if self.tls is not None else None,
             "proxy_protocol": {
-                "refused_peers": sum(p.refused for p in self.proxy_listeners),
-                "invalid_headers": sum(p.invalid for p in self.proxy_listeners),
+                "refused_peers": sum(p.refused for p in self.proxy_stages),
+                "invalid_headers": sum(p.invalid for p in self.proxy_stages),
             },
         }
 
@@ -118,6 +120,11 @@ class Worker:
         if self.tls is not None:
             await self._prepare_tls()
         await self._bootstrap_admin()
+        # PAT last_used_at: one node at a time copies the recent uses into the records
+        flusher = LastUsedFlusher(self.tokens.redis, flush_interval_from_env())
+        flush = asyncio.create_task(flusher.run(), name="pat-last-used")
+        self.tasks.add(flush)
+        flush.add_done_callback(self.tasks.discard)
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
         wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
@@ -155,22 +162,30 @@ class Worker:
                 )
             )
         trusted = TrustedPeers(s.proxy_trusted_cidrs)
-        for name, scheme in (("PROXY_PROTOCOL_PORT", "http"), ("PROXY_PROTOCOL_TLS_PORT", "https")):
-            if name not in socks:
-                continue
+        if "PROXY_PROTOCOL_PORT" in socks:
+            # plain: the connection reads the header itself and carries on with the rest
+            plain = ProxyStage(trusted, s.proxy_protocol_timeout)
+            self.proxy_stages.append(plain)
+            self.servers.append(
+                await loop.create_server(
+                    lambda: HttpConnection(hub, dispatch, proxy_stage=plain),
+                    sock=socks["PROXY_PROTOCOL_PORT"],
+                )
+            )
+        if "PROXY_PROTOCOL_TLS_PORT" in socks and self.tls is not None:
+            # TLS: the header is peeked and consumed before the TLS layer takes the socket
 
-            def make(
-                header: ProxyHeader, client: tuple[str, int], port: int, scheme: str = scheme
-            ) -> HttpConnection:
-                return HttpConnection(hub, dispatch, scheme, header, client, port)
+            def make(header: ProxyHeader, client: tuple[str, int], port: int) -> HttpConnection:
+                return HttpConnection(hub, dispatch, "https", header, client, port)
 
+            stage = ProxyStage(trusted, s.proxy_protocol_timeout)
+            self.proxy_stages.append(stage)
             listener = ProxyListener(
                 loop,
-                socks[name],
-                trusted,
-                s.proxy_protocol_timeout,
+                socks["PROXY_PROTOCOL_TLS_PORT"],
+                stage,
                 make,
-                tls=self.tls.listener if scheme == "https" and self.tls is not None else None,
+                tls=self.tls.listener,
                 handshake_timeout=s.tls_handshake_timeout,
             )
             listener.start()

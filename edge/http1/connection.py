@@ -32,7 +32,8 @@ from edge.http1.h11compat import (
 )
 from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
-from edge.net.proxy_protocol import ProxyHeader
+from edge.net.proxied import ProxyStage, client_address
+from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 from edge.tls.sni import requested_server_name
 
 log = logging.getLogger("edge.http")
@@ -51,6 +52,7 @@ class _Deadline(enum.Enum):
     HEAD = enum.auto()  # part of a head received: 408
     BODY = enum.auto()  # waiting for request body bytes (idle timer): 408
     KEEPALIVE = enum.auto()  # between requests: close silently
+    PROXY = enum.auto()  # PROXY listener, header not complete: close silently
 
 
 _EMPTY_LINE_START = (b"\r", b"\n")
@@ -80,6 +82,7 @@ class HttpConnection(asyncio.Protocol):
         "_deadline_at",
         "_head",
         "_paused",
+        "_pp_buf",
         "_timer",
         "_tunnel",
         "_write_paused",
@@ -91,6 +94,7 @@ class HttpConnection(asyncio.Protocol):
         "h11",
         "hub",
         "proxy_header",
+        "proxy_stage",
         "scheme",
         "server_port",
         "tls",
@@ -105,6 +109,7 @@ class HttpConnection(asyncio.Protocol):
         proxy_header: ProxyHeader | None = None,
         client: tuple[str, int] | None = None,
         server_port: int = 0,
+        proxy_stage: ProxyStage | None = None,
     ) -> None:
         self.hub = hub
         self.dispatch = dispatch
@@ -118,6 +123,9 @@ class HttpConnection(asyncio.Protocol):
         self.server_port = server_port
         # the TLS session (SNI name in ``edge_server_name``, the certificate's context)
         self.tls: ssl.SSLObject | None = None
+        # a plain PROXY listener: the header is read here, before HTTP (None: done or none)
+        self.proxy_stage = proxy_stage
+        self._pp_buf: bytes | None = None
         s = hub.settings
         self.guard = HeadGuard(s.max_request_line, s.max_header_bytes, s.max_header_count)
         self.h11: h11.Connection = ServerConnection(hub.max_incomplete)
@@ -143,13 +151,29 @@ class HttpConnection(asyncio.Protocol):
                 self.server_port = sock[1]
         if self.scheme == "https":
             self.tls = transport.get_extra_info("ssl_object")
+        stage = self.proxy_stage
+        if stage is not None and self.client_ip not in stage.trusted:
+            stage.refused += 1
+            log.warning(
+                "untrusted peer on a PROXY listener", extra={"fields": {"peer": self.client_ip}}
+            )
+            cast(asyncio.Transport, transport).abort()  # nothing sent
+            return
         self.hub.connections.add(self)
         if self.hub.draining:
             transport.close()
             return
+        if stage is not None:
+            self._pp_buf = b""
+            self._arm(_Deadline.PROXY, stage.timeout)
+            return
         self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._pp_buf is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         if self._tunnel is not None:
             self._tunnel.tunnel_data(data)
             return
@@ -178,7 +202,42 @@ class HttpConnection(asyncio.Protocol):
         self.h11.receive_data(data)
         self._drive()
 
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Bytes before the PROXY header is complete: parse; return what follows it."""
+        assert self._pp_buf is not None
+        buf = self._pp_buf + data
+        try:
+            header = parse_proxy_header(buf)
+        except ProxyProtocolError as exc:
+            self._proxy_refused(str(exc))
+            return b""
+        if header is None:
+            self._pp_buf = buf
+            return b""
+        self._pp_buf = None
+        self.proxy_header = header
+        self.client_ip, self.client_port = client_address(
+            header, (self.client_ip, self.client_port)
+        )
+        if not header.local and header.destination is not None:
+            self.server_port = header.destination[1]
+        self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
+        return buf[header.length :]
+
+    def _proxy_refused(self, reason: str) -> None:
+        if self.proxy_stage is not None:
+            self.proxy_stage.invalid += 1
+        fields = {"peer": self.client_ip, "reason": reason}
+        log.info("PROXY header refused", extra={"fields": fields})
+        self._pp_buf = None
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abort()  # nothing sent
+
     def eof_received(self) -> bool | None:
+        if self._pp_buf is not None:
+            self._proxy_refused("closed before the PROXY header was complete")
+            return False
         if self._tunnel is not None:
             self._tunnel.tunnel_eof()
             return True
@@ -596,6 +655,8 @@ class HttpConnection(asyncio.Protocol):
             self._reject(RequestTimeout("request head not complete in time"))
         elif kind in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
             self.transport.close()
+        elif kind is _Deadline.PROXY:
+            self._proxy_refused("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
 
     # ------------------------------------------------------------------ helpers
     def _write(self, data: bytes) -> None:

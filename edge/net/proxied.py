@@ -1,4 +1,8 @@
-"""Accepting on a PROXY-protocol listener: trusted peers only, header first, nothing lost.
+"""PROXY-protocol listeners: trusted peers only, header first, nothing lost.
+
+The plain listener needs none of the machinery below: its ``HttpConnection`` reads the
+header itself (``ProxyStage``) and hands the bytes after it to HTTP. The TLS listener
+cannot do that, because the TLS layer must read the ClientHello from the socket:
 
 HAProxy (``send-proxy`` / ``send-proxy-v2``) writes the PROXY header and usually the first
 bytes of the payload (an HTTP request, or a TLS ClientHello) in one segment.
@@ -67,6 +71,29 @@ class TrustedPeers:
         return known
 
 
+class ProxyStage:
+    """What every connection of one PROXY listener shares: trust, deadline, counters."""
+
+    __slots__ = ("invalid", "refused", "timeout", "trusted")
+
+    def __init__(self, trusted: TrustedPeers, timeout: float) -> None:
+        self.trusted = trusted
+        self.timeout = timeout
+        self.refused = 0  # untrusted peers
+        self.invalid = 0  # bad headers, timeouts, early close
+
+
+def client_address(header: ProxyHeader, peer: tuple[str, int]) -> tuple[str, int]:
+    """The request's client: the header's source, or the socket peer for LOCAL/UNKNOWN."""
+    client = peer if header.local or header.source is None else header.source
+    if client[0].startswith("::ffff:"):
+        # a dual-stack HAProxy reports IPv4 clients as IPv4-mapped IPv6 addresses
+        mapped = ipaddress.IPv6Address(client[0]).ipv4_mapped
+        if mapped is not None:
+            client = (str(mapped), client[1])
+    return client
+
+
 class ProxyListener:
     """One listening socket whose connections start with a PROXY header."""
 
@@ -74,23 +101,21 @@ class ProxyListener:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        trusted: TrustedPeers,
-        header_timeout: float,
+        stage: ProxyStage,
         factory: ProtocolFactory,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
     ) -> None:
         self.loop = loop
         self.sock = sock
-        self.trusted = trusted
-        self.header_timeout = header_timeout
+        self.stage = stage
+        self.trusted = stage.trusted
+        self.header_timeout = stage.timeout
         self.factory = factory
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self.pending: set[_PendingHeader] = set()
         self.tasks: set[asyncio.Task[object]] = set()
-        self.refused = 0  # untrusted peers
-        self.invalid = 0  # bad headers, timeouts, early close
         self._serving = False
 
     def start(self) -> None:
@@ -116,7 +141,7 @@ class ProxyListener:
                 log.warning("accept failed", extra={"fields": {"error": exc.strerror}})
                 return
             if addr[0] not in self.trusted:
-                self.refused += 1
+                self.stage.refused += 1
                 log.warning(
                     "untrusted peer on a PROXY listener", extra={"fields": {"peer": addr[0]}}
                 )
@@ -127,12 +152,7 @@ class ProxyListener:
             _PendingHeader(self, conn, (addr[0], addr[1])).start()
 
     def handoff(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
-        client = peer if header.local or header.source is None else header.source
-        if client[0].startswith("::ffff:"):
-            # a dual-stack HAProxy reports IPv4 clients as IPv4-mapped IPv6 addresses
-            mapped = ipaddress.IPv6Address(client[0]).ipv4_mapped
-            if mapped is not None:
-                client = (str(mapped), client[1])
+        client = client_address(header, peer)
         if header.local or header.destination is None:
             server_port = int(conn.getsockname()[1])
         else:
@@ -219,7 +239,7 @@ class _PendingHeader:
         self._fail("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
 
     def _fail(self, reason: str) -> None:
-        self.listener.invalid += 1
+        self.listener.stage.invalid += 1
         log.info("PROXY header refused", extra={"fields": {"peer": self.peer[0], "reason": reason}})
         self.drop()
 
