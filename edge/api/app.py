@@ -22,6 +22,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from edge.api.auth import authenticate
+from edge.api.config_routes import add_config_routes
 from edge.api.http import (
     BODY_LIMIT,
     ApiError,
@@ -31,6 +32,7 @@ from edge.api.http import (
     error_response,
     json_response,
 )
+from edge.api.people import add_people_routes
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.api.store import TokenStore
@@ -47,6 +49,8 @@ def build_router(health: Callable[[Exchange], None]) -> Router[Endpoint]:
     router: Router[Endpoint] = Router()
     router.add("GET", "/health", Endpoint(Access.PUBLIC, inline=health))
     add_token_routes(router)
+    add_config_routes(router)
+    add_people_routes(router)
     return router
 
 

@@ -122,12 +122,18 @@ def now_iso() -> str:
 def cascade_owned(pipe: Pipeline, owner_hash: str) -> None:
     """Queue, inside a token's delete transaction, the deletes of what the token owns.
 
-    HOOK: ownership of proxies, routes and certificates (recorded by token hash) arrives
-    with those endpoints; until then a token owns nothing and this queues nothing. It is
-    called between ``MULTI`` and ``EXEC``, so whatever it queues commits or fails together
-    with the token's own keys.
+    Every proxy, route (with its ``route:unique:``/``route:priority:`` index keys),
+    external service (with ``service:url:{name}`` and its ``services:external``
+    membership), certificate (with the ``cert:domain:`` keys naming it) and resource whose
+    ``owner_token_hash`` is ``owner_hash``. It is called between ``MULTI`` and ``EXEC``, so
+    whatever it queues commits or fails together with the token's own keys. Queued
+    commands cannot read, so the owned keys are found (and watched) before ``MULTI`` by
+    :func:`edge.api.config_cascade.prepare_cascade`, which must have been awaited on the
+    same pipeline: without it this raises rather than leave the records behind.
     """
-    del pipe, owner_hash
+    from edge.api.config_cascade import queue_cascade
+
+    queue_cascade(pipe, owner_hash)
 
 
 def _multi(pipe: Pipeline) -> None:
@@ -276,11 +282,14 @@ class TokenStore:
         """Delete a record, its index entry and (hook) what it owns; False if absent."""
         key = record_key(name)
 
+        from edge.api.config_cascade import prepare_cascade
+
         async def body(pipe: Pipeline) -> bool:
             raw = await pipe.get(key)
             if raw is None:
                 return False
             record = _decode(key, raw)
+            await prepare_cascade(pipe, record.hash)  # finds and watches what it owns
             _multi(pipe)
             pipe.delete(key)
             pipe.delete(hash_key(record.hash))

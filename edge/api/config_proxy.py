@@ -1,0 +1,257 @@
+"""``/api/v1/proxy/targets``: the ``proxy:{hostname}`` documents (see ``docs/api.md``).
+
+Documents are validated by :func:`edge.config.schema.decode_item`, exactly as the config
+loader will read them, and stored normalised (every field written, hostnames lowercased).
+The workers' keyspace watcher applies a write within a second, like any ``redis-cli SET``.
+
+``PUT`` replaces the document: fields left out take their defaults. Three groups of fields
+also have their own sub-resource, each replaced as a whole: ``auth`` (``auth_*``), ``mcp``
+(``resource_*``) and ``routes`` (``route_mode``, ``enabled_routes``, ``disabled_routes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio.client import Pipeline
+
+from edge.api.config_store import (
+    SCAN_COUNT,
+    as_text,
+    body_object,
+    check_owner,
+    encode,
+    location,
+    loose_doc,
+    only_fields,
+    owner_of,
+    proxy_key,
+    read,
+    requested_owner,
+    required_text,
+    server_fields,
+    stored_item,
+    transaction,
+    validated,
+    visible_raw,
+    visible_values,
+)
+from edge.api.http import Conflict, InvalidBody, NotFound, Response
+from edge.api.request import Access, ApiRequest, Endpoint, Handler
+from edge.api.router import Router
+from edge.config.schema import ProxyConfig, classify_key, normalize_hostname
+
+__all__ = ["AUTH_FIELDS", "MCP_FIELDS", "PREFIX", "ROUTE_FIELDS", "add_proxy_routes"]
+
+PREFIX = "/api/v1/proxy/targets"
+_FIELDS: tuple[str, ...] = ProxyConfig.__struct_fields__
+AUTH_FIELDS = tuple(f for f in _FIELDS if f.startswith("auth_"))
+MCP_FIELDS = tuple(f for f in _FIELDS if f.startswith("resource_"))
+ROUTE_FIELDS = ("route_mode", "enabled_routes", "disabled_routes")
+
+
+def _not_found() -> NotFound:
+    return NotFound(code="proxy_not_found", public_message="no proxy with this hostname")
+
+
+def _hostname(req: ApiRequest) -> str:
+    """The path's hostname, lowercased; one that cannot be valid is simply not found."""
+    try:
+        return normalize_hostname(req.params["hostname"])
+    except ValueError:
+        raise _not_found() from None
+
+
+def _body_hostname(body: dict[str, Any]) -> str:
+    value = required_text(body, "hostname")
+    try:
+        return normalize_hostname(value)
+    except ValueError as exc:
+        raise InvalidBody("bad hostname", public_message=str(exc)[:300], field="hostname") from None
+
+
+def _any_case_glob(hostname: str) -> str:
+    """A SCAN pattern matching ``proxy:{hostname}`` in any letter case."""
+    parts = [f"[{c}{c.upper()}]" if c.isalpha() else ("\\*" if c == "*" else c) for c in hostname]
+    return "proxy:" + "".join(parts)
+
+
+async def _hand_written_alias(pipe: Pipeline, hostname: str) -> bool:
+    """Whether a key such as ``proxy:App.example.com`` (written by hand) serves the host.
+
+    The edge serves a host from its lowercase key first, so creating that key would take
+    the host over from whoever wrote the other one.
+    """
+    async for key in pipe.scan_iter(match=_any_case_glob(hostname), count=SCAN_COUNT):
+        if as_text(key) != proxy_key(hostname):
+            return True
+    return False
+
+
+def _proxy(item: object) -> ProxyConfig:
+    assert isinstance(item, ProxyConfig)
+    return item
+
+
+def _document(item: ProxyConfig) -> dict[str, Any]:
+    doc: dict[str, Any] = msgspec.to_builtins(item)
+    return doc
+
+
+# ---------------------------------------------------------------------------- collection
+
+
+async def list_proxies(req: ApiRequest) -> Response:
+    found = await visible_values(req, "proxy:*", lambda k: classify_key(k) == "proxy")
+    proxies = []
+    for key, raw in found.items():
+        try:
+            proxies.append(_document(_proxy(stored_item(key, raw))))
+        except Conflict:
+            continue  # refused by the loader too (edge check, /health list it)
+    return Response(200, {"proxies": proxies})
+
+
+async def create_proxy(req: ApiRequest) -> Response:
+    body = await body_object(req)
+    hostname = _body_hostname(body)
+    key = proxy_key(hostname)
+    owner = requested_owner(req, body, req.caller.token_hash)
+    doc = {**body, "hostname": hostname, **server_fields(req, body, None)}
+    doc["owner_token_hash"] = owner
+    item = _proxy(validated(key, doc))
+
+    async def write(pipe: Pipeline) -> None:
+        if await pipe.exists(key) or await _hand_written_alias(pipe, hostname):
+            raise Conflict(
+                "proxy exists",
+                code="proxy_exists",
+                public_message="a proxy with this hostname exists",
+                field="hostname",
+            )
+        await check_owner(pipe, req, owner)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set(key, encode(item))
+
+    await transaction(req, [key], write)
+    return Response(201, _document(item), location(PREFIX, hostname))
+
+
+# ---------------------------------------------------------------------------- one proxy
+
+
+async def get_proxy(req: ApiRequest) -> Response:
+    key = proxy_key(_hostname(req))
+    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    return Response(200, _document(_proxy(stored_item(key, raw))))
+
+
+async def replace_proxy(req: ApiRequest) -> Response:
+    hostname = _hostname(req)
+    key = proxy_key(hostname)
+    body = await body_object(req)
+    if "hostname" in body and _body_hostname(body) != hostname:
+        raise InvalidBody(
+            "hostname differs",
+            public_message="hostname does not match the path (a proxy cannot be renamed)",
+            field="hostname",
+        )
+
+    async def write(pipe: Pipeline) -> ProxyConfig:
+        raw = await visible_raw(pipe, req, key, _not_found)
+        stored = loose_doc(raw)
+        current = owner_of(raw)
+        owner = requested_owner(req, body, current)
+        doc = {**body, "hostname": hostname, **server_fields(req, body, stored)}
+        doc["owner_token_hash"] = owner
+        item = _proxy(validated(key, doc))
+        await check_owner(pipe, req, owner if owner != current else None)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set(key, encode(item))
+        return item
+
+    item = await transaction(req, [key], write)
+    return Response(200, _document(item))
+
+
+async def delete_proxy(req: ApiRequest) -> Response:
+    key = proxy_key(_hostname(req))
+
+    async def write(pipe: Pipeline) -> None:
+        await visible_raw(pipe, req, key, _not_found)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(key)
+
+    await transaction(req, [key], write)
+    return Response(204)
+
+
+# ---------------------------------------------------------------------------- field groups
+
+
+def _group(item: ProxyConfig, fields: tuple[str, ...]) -> dict[str, Any]:
+    doc = _document(item)
+    return {f: doc[f] for f in fields}
+
+
+def _group_handlers(
+    fields: tuple[str, ...], what: str, implied: dict[str, Any]
+) -> tuple[Handler, Handler, Handler]:
+    """GET, set (the body replaces the group; ``implied`` fills what it leaves out) and
+    DELETE (the group back to its defaults) for one group of proxy fields."""
+
+    async def get(req: ApiRequest) -> Response:
+        key = proxy_key(_hostname(req))
+        raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+        return Response(200, _group(_proxy(stored_item(key, raw)), fields))
+
+    async def change(req: ApiRequest, body: dict[str, Any] | None) -> ProxyConfig:
+        key = proxy_key(_hostname(req))
+
+        async def write(pipe: Pipeline) -> ProxyConfig:
+            raw = await visible_raw(pipe, req, key, _not_found)
+            doc = _document(_proxy(stored_item(key, raw)))
+            for name in fields:
+                del doc[name]
+            if body is not None:
+                doc.update(implied)
+                doc.update(body)
+            item = _proxy(validated(key, doc))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(key, encode(item))
+            return item
+
+        return await transaction(req, [key], write)
+
+    async def put(req: ApiRequest) -> Response:
+        body = await body_object(req)
+        only_fields(body, fields, what)
+        return Response(200, _group(await change(req, body), fields))
+
+    async def delete(req: ApiRequest) -> Response:
+        await change(req, None)
+        return Response(204)
+
+    return get, put, delete
+
+
+def add_proxy_routes(router: Router[Endpoint]) -> None:
+    token = Access.TOKEN
+    router.add("GET", f"{PREFIX}/", Endpoint(token, list_proxies))
+    router.add("POST", f"{PREFIX}/", Endpoint(token, create_proxy))
+    one = f"{PREFIX}/{{hostname}}"
+    router.add("GET", one, Endpoint(token, get_proxy))
+    router.add("PUT", one, Endpoint(token, replace_proxy))
+    router.add("DELETE", one, Endpoint(token, delete_proxy))
+    groups: tuple[tuple[str, tuple[str, ...], str, dict[str, Any], str], ...] = (
+        ("auth", AUTH_FIELDS, "the auth sub-resource", {"auth_enabled": True}, "POST"),
+        ("mcp", MCP_FIELDS, "the mcp sub-resource", {}, "POST"),
+        ("routes", ROUTE_FIELDS, "the routes sub-resource", {}, "PUT"),
+    )
+    for name, fields, what, implied, setter in groups:
+        get, put, delete = _group_handlers(fields, what, implied)
+        router.add("GET", f"{one}/{name}", Endpoint(token, get))
+        router.add(setter, f"{one}/{name}", Endpoint(token, put))
+        if name != "routes":
+            router.add("DELETE", f"{one}/{name}", Endpoint(token, delete))

@@ -1,0 +1,131 @@
+"""``/api/v1/services/external``: named external upstreams.
+
+A service is three keys, always written and deleted together in one transaction::
+
+    service:external:{name}   the ExternalService document
+    service:url:{name}        its target_url (what route targets of type "service" use)
+    services:external         a set of the names (SADD / SREM)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio.client import Pipeline
+
+from edge.api.config_store import (
+    SERVICES_SET,
+    body_object,
+    check_owner,
+    encode,
+    external_key,
+    location,
+    read,
+    requested_owner,
+    required_text,
+    server_fields,
+    service_url_key,
+    stored_item,
+    transaction,
+    validated,
+    visible_raw,
+    visible_values,
+)
+from edge.api.http import Conflict, NotFound, Response
+from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.router import Router
+from edge.config.schema import ExternalService, classify_key
+
+__all__ = ["PREFIX", "add_service_routes"]
+
+PREFIX = "/api/v1/services/external"
+
+
+def _not_found() -> NotFound:
+    return NotFound(code="service_not_found", public_message="no external service with this name")
+
+
+def _name(req: ApiRequest) -> str:
+    name = req.params["name"]
+    if classify_key(external_key(name)) != "service_external":
+        raise _not_found()
+    return name
+
+
+def _service(item: object) -> ExternalService:
+    assert isinstance(item, ExternalService)
+    return item
+
+
+def _document(item: ExternalService) -> dict[str, Any]:
+    doc: dict[str, Any] = msgspec.to_builtins(item)
+    return doc
+
+
+async def list_services(req: ApiRequest) -> Response:
+    found = await visible_values(
+        req, "service:external:*", lambda k: classify_key(k) == "service_external"
+    )
+    services = []
+    for key, raw in found.items():
+        try:
+            services.append(_document(_service(stored_item(key, raw))))
+        except Conflict:
+            continue
+    return Response(200, {"services": services})
+
+
+async def create_service(req: ApiRequest) -> Response:
+    body = await body_object(req)
+    name = required_text(body, "service_name")
+    key, url_key = external_key(name), service_url_key(name)
+    owner = requested_owner(req, body, req.caller.token_hash)
+    doc = {**body, **server_fields(req, body, None), "owner_token_hash": owner}
+    service = _service(validated(key, doc, "service_name"))
+    validated(url_key, service.target_url, "target_url")  # the loader reads this key too
+
+    async def write(pipe: Pipeline) -> None:
+        if await pipe.exists(key, url_key):
+            raise Conflict(
+                "service exists",
+                code="service_exists",
+                public_message="a service with this name exists",
+                field="service_name",
+            )
+        await check_owner(pipe, req, owner)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set(key, encode(service))
+        pipe.set(url_key, service.target_url)
+        pipe.sadd(SERVICES_SET, name)
+
+    await transaction(req, [key, url_key], write)
+    return Response(201, _document(service), location(PREFIX, name))
+
+
+async def get_service(req: ApiRequest) -> Response:
+    key = external_key(_name(req))
+    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    return Response(200, _document(_service(stored_item(key, raw))))
+
+
+async def delete_service(req: ApiRequest) -> Response:
+    name = _name(req)
+    key, url_key = external_key(name), service_url_key(name)
+
+    async def write(pipe: Pipeline) -> None:
+        await visible_raw(pipe, req, key, _not_found)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(key, url_key)
+        pipe.srem(SERVICES_SET, name)
+
+    await transaction(req, [key, url_key], write)
+    return Response(204)
+
+
+def add_service_routes(router: Router[Endpoint]) -> None:
+    token = Access.TOKEN
+    router.add("GET", f"{PREFIX}/", Endpoint(token, list_services))
+    router.add("POST", f"{PREFIX}/", Endpoint(token, create_service))
+    router.add("GET", f"{PREFIX}/{{name}}", Endpoint(token, get_service))
+    router.add("DELETE", f"{PREFIX}/{{name}}", Endpoint(token, delete_service))

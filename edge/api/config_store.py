@@ -1,0 +1,420 @@
+"""What the configuration endpoints share: transactions, ownership, validation, errors.
+
+Every write is one ``WATCH``/``MULTI``/``EXEC`` transaction (:func:`transaction`): the
+keys it reads are watched before they are read, the checks (exists? visible? conflicts?)
+run on what was read, and the writes are queued after ``MULTI``. A concurrent write to a
+watched key makes ``EXEC`` fail and the whole body runs again (bounded attempts, then the
+same 503 as an unreachable Redis).
+
+Ownership: a record's ``owner_token_hash`` is the ``sha256:<hex>`` of the token that owns
+it. The admin token sees every record; another token sees only its own, and a record it
+cannot see answers exactly like a missing one (404), so existence is never revealed.
+
+Tokens being deleted: a token's delete (one transaction, see
+:mod:`edge.api.config_cascade`) first sets ``edge:token-deleting:{hash}``, outside its
+transaction, then scans for what the token owns. Every write made by a token other than
+the admin, and every write giving a record to a token, watches that key and the token's
+keys and refuses (401/400) when the marker is set or the token gone. So a write racing
+the delete either commits before the scan (and its record is deleted with the token) or
+fails: no record outlives its owner, and a token busy writing cannot starve its own
+delete (its writes never touch what the delete watches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import msgspec
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError, WatchError
+
+from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, Unauthorized
+from edge.api.request import ApiRequest
+from edge.api.store import TooMuchContention, now_iso, valid_name
+from edge.auth.secrets import is_token_hash, same_hash
+from edge.config.schema import ConfigError, ConfigItem, decode_item
+
+__all__ = [
+    "DELETING_TTL",
+    "FETCH_BATCH",
+    "READ_ONLY_FIELDS",
+    "SCAN_COUNT",
+    "SERVICES_SET",
+    "as_text",
+    "body_object",
+    "can_see",
+    "cert_key",
+    "check_owner",
+    "deleting_key",
+    "encode",
+    "external_key",
+    "invalid",
+    "invalid_document",
+    "location",
+    "loose_doc",
+    "only_fields",
+    "owner_of",
+    "proxy_key",
+    "read",
+    "requested_owner",
+    "required_text",
+    "resource_key",
+    "route_index",
+    "route_key",
+    "route_priority_key",
+    "route_unique_key",
+    "scan_values",
+    "server_fields",
+    "service_url_key",
+    "stored_item",
+    "transaction",
+    "validated",
+    "visible_raw",
+    "visible_values",
+]
+
+log = logging.getLogger("edge.api")
+
+TXN_ATTEMPTS = 8
+SCAN_COUNT = 500
+FETCH_BATCH = 500
+MESSAGE_MAX = 300  # a validation message shown to the client is cut here
+READ_ONLY_FIELDS = ("created_at", "created_by")
+
+R = TypeVar("R")
+encode = msgspec.json.Encoder().encode
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+async def read(req: ApiRequest, work: Awaitable[R]) -> R:
+    """``work`` bounded by the store's timeout (every round trip included)."""
+    async with asyncio.timeout(req.store.timeout):
+        return await work
+
+
+async def transaction(
+    req: ApiRequest, keys: Sequence[str], body: Callable[[Pipeline], Awaitable[R]]
+) -> R:
+    """Run ``body`` with ``keys`` watched; it may watch more, then ``multi()`` and queue.
+
+    Retried from the start when a watched key changed before ``EXEC``. An exception from
+    ``body`` (an :class:`ApiError`) abandons the transaction: nothing is written. A caller
+    other than the admin whose token is being deleted is refused (401).
+    """
+    caller = req.caller
+    marker = None if caller.is_admin else deleting_key(caller.token_hash)
+    watched = [*keys, marker] if marker is not None else list(keys)
+
+    async def attempts() -> R:
+        async with req.store.redis.client.pipeline(transaction=True) as pipe:
+            for _ in range(TXN_ATTEMPTS):
+                try:
+                    await pipe.watch(*watched)
+                    if marker is not None and await pipe.exists(marker):
+                        raise Unauthorized("token being deleted")
+                    result = await body(pipe)
+                    if pipe.explicit_transaction:
+                        await pipe.execute()
+                    else:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return result
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+        raise TooMuchContention(f"{keys[0]}: transaction kept conflicting")
+
+    return await read(req, attempts())
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+async def scan_values(
+    client: Any, pattern: str, wanted: Callable[[str], bool] = lambda _: True
+) -> dict[str, bytes]:
+    """Every string key matching ``pattern`` (and ``wanted``) with its value.
+
+    ``client`` is a Redis client or a pipeline in its watching (immediate) phase. Keys
+    deleted between the scan and the read, and keys of another type, are left out.
+    """
+    keys: set[str] = set()
+    async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+        text = as_text(key)
+        if wanted(text):
+            keys.add(text)
+    ordered = sorted(keys)
+    found: dict[str, bytes] = {}
+    for start in range(0, len(ordered), FETCH_BATCH):
+        batch = ordered[start : start + FETCH_BATCH]
+        # MGET answers nil for a key of another type instead of failing
+        for key, value in zip(batch, await client.mget(batch), strict=True):
+            if value is not None:
+                found[key] = value if isinstance(value, bytes) else str(value).encode()
+    return found
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def loose_doc(raw: bytes | str | None) -> dict[str, Any]:
+    """The stored JSON object as a dict, however invalid it is otherwise ({} if not one)."""
+    if raw is None:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def owner_of(raw: bytes | str | None) -> str | None:
+    """The record's ``owner_token_hash``, read leniently (a record the schema refuses
+    still belongs to its owner: the owner can fix it, and a token's delete removes it)."""
+    owner = loose_doc(raw).get("owner_token_hash")
+    return owner if isinstance(owner, str) else None
+
+
+def can_see(req: ApiRequest, owner: str | None) -> bool:
+    caller = req.caller
+    if caller.is_admin:
+        return True
+    return owner is not None and same_hash(owner, caller.token_hash)
+
+
+async def visible_raw(
+    pipe: Any, req: ApiRequest, key: str, missing: Callable[[], ApiError]
+) -> bytes:
+    """The value of ``key`` if the caller may see it; ``missing()`` (404) otherwise.
+
+    A key holding another type than a string (a hand edit) is the admin's to see: 409.
+    """
+    try:
+        raw = await pipe.get(key)
+    except ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        if not req.caller.is_admin:
+            raise missing() from None
+        raise Conflict(
+            "wrong type",
+            code="invalid_document",
+            public_message="the key holds another Redis type than a string",
+        ) from None
+    if raw is None or not can_see(req, owner_of(raw)):
+        raise missing()
+    return bytes(raw)
+
+
+async def visible_values(
+    req: ApiRequest, pattern: str, wanted: Callable[[str], bool]
+) -> dict[str, bytes]:
+    """``scan_values`` limited to what the caller may see."""
+    found = await read(req, scan_values(req.store.redis.client, pattern, wanted))
+    return {k: v for k, v in found.items() if can_see(req, owner_of(v))}
+
+
+def requested_owner(req: ApiRequest, body: dict[str, Any], default: str | None) -> str | None:
+    """The owner a write asks for: ``default`` (the caller on create, the stored owner on
+    update) unless the body names one. Only the admin may name another token (or ``null``:
+    no owner); for another token, naming itself is the only accepted value."""
+    caller = req.caller
+    if "owner_token_hash" not in body:
+        return default
+    value = body["owner_token_hash"]
+    if caller.is_admin:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not is_token_hash(value):
+            raise InvalidBody(
+                "bad owner",
+                public_message="owner_token_hash must be 'sha256:' and 64 lowercase hex "
+                "digits (a token's hash), or null",
+                field="owner_token_hash",
+            )
+        return value
+    if isinstance(value, str) and same_hash(value, caller.token_hash):
+        return caller.token_hash
+    raise Forbidden(
+        "owner change refused",
+        public_message="only the admin token may give a record another owner",
+        field="owner_token_hash",
+    )
+
+
+async def check_owner(pipe: Pipeline, req: ApiRequest, owner: str | None) -> None:
+    """Watch the token that will own a record and check it exists and is not being deleted.
+
+    The caller's own token gone meanwhile is a 401; an unknown hash named by the admin a
+    400. Watched, so a delete of that token committing before our ``EXEC`` makes it fail.
+    """
+    if owner is None:
+        return
+    index, marker = f"token:hash:{owner}", deleting_key(owner)
+    await pipe.watch(index, marker)
+    name = await pipe.get(index)
+    if name is not None and valid_name(as_text(name)) and not await pipe.exists(marker):
+        key = f"token:{as_text(name)}"
+        await pipe.watch(key)
+        stored = loose_doc(await pipe.get(key)).get("hash")
+        if isinstance(stored, str) and same_hash(stored, owner):
+            return
+    if same_hash(owner, req.caller.token_hash):
+        raise Unauthorized("token deleted during the request")
+    raise InvalidBody(
+        "unknown owner", public_message="no token has this hash", field="owner_token_hash"
+    )
+
+
+def server_fields(
+    req: ApiRequest, body: dict[str, Any], stored: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``created_at``/``created_by``: set by the server on create and kept afterwards.
+
+    A body may repeat the stored values (a record read, edited and sent back), nothing else.
+    """
+    for name in READ_ONLY_FIELDS:
+        if name in body and (stored is None or body[name] != stored.get(name)):
+            raise InvalidBody(
+                "read-only field", public_message=f"{name} is set by the server", field=name
+            )
+    if stored is None:
+        return {"created_at": now_iso(), "created_by": req.caller.name}
+    kept: dict[str, Any] = {}
+    created_at = stored.get("created_at")
+    ok = isinstance(created_at, str | int | float) and not isinstance(created_at, bool)
+    kept["created_at"] = created_at if ok else None
+    created_by = stored.get("created_by")
+    kept["created_by"] = created_by if isinstance(created_by, str) else None
+    return kept
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+async def body_object(req: ApiRequest) -> dict[str, Any]:
+    """The request body: a JSON object (required)."""
+    body = await req.json(dict[str, Any])
+    assert body is not None
+    return body
+
+
+def invalid(exc: ConfigError, field: str | None = None) -> InvalidBody:
+    """400 for a document the configuration schema refuses (the loader's own message)."""
+    return InvalidBody(
+        "configuration validation failed",
+        public_message=exc.message[:MESSAGE_MAX],
+        field=exc.field or field,
+    )
+
+
+def invalid_document(exc: ConfigError) -> Conflict:
+    """409 for a stored record the schema refuses (a hand edit): the admin may replace or
+    delete it, nothing else can be done with it through the API."""
+    where = f"{exc.field}: " if exc.field else ""
+    return Conflict(
+        "stored document invalid",
+        code="invalid_document",
+        public_message=f"the stored document is invalid ({where}{exc.message})"[:MESSAGE_MAX],
+    )
+
+
+def validated(key: str, doc: dict[str, Any] | str, field: str | None = None) -> ConfigItem:
+    """``doc`` as the config loader would decode it from ``key``; 400 if it refuses it."""
+    raw = doc if isinstance(doc, str) else encode(doc)
+    try:
+        return decode_item(key, raw)
+    except ConfigError as exc:
+        raise invalid(exc, field) from None
+
+
+def stored_item(key: str, raw: bytes) -> ConfigItem:
+    try:
+        return decode_item(key, raw)
+    except ConfigError as exc:
+        raise invalid_document(exc) from None
+
+
+def location(prefix: str, name: str) -> list[tuple[bytes, bytes]]:
+    return [(b"location", f"{prefix}/{quote(name, safe='')}".encode("ascii"))]
+
+
+def required_text(body: dict[str, Any], field: str) -> str:
+    """A required string field of ``body``; 400 naming it otherwise."""
+    if field not in body:
+        raise InvalidBody("missing", public_message="required field is missing", field=field)
+    value = body[field]
+    if not isinstance(value, str):
+        raise InvalidBody("not a string", public_message="expected a string", field=field)
+    return value
+
+
+def only_fields(body: dict[str, Any], allowed: Iterable[str], what: str) -> None:
+    """400 naming the first field of ``body`` that is not one of ``allowed``."""
+    names = set(allowed)
+    for name in body:
+        if name not in names:
+            raise InvalidBody(
+                "unknown field", public_message=f"unknown field for {what}", field=name
+            )
+
+
+# ---------------------------------------------------------------------------- keys
+
+SERVICES_SET = "services:external"
+DELETING_PREFIX = "edge:token-deleting:"
+DELETING_TTL = 30  # seconds: a delete that failed half-way stops blocking writes after this
+
+
+def deleting_key(owner_hash: str) -> str:
+    """``edge:token-deleting:{hash}``: set while the token's delete runs."""
+    return DELETING_PREFIX + owner_hash
+
+
+def proxy_key(hostname: str) -> str:
+    return f"proxy:{hostname}"
+
+
+def route_key(route_id: str) -> str:
+    return f"route:{route_id}"
+
+
+def route_unique_key(path_pattern: str, priority: int) -> str:
+    """``route:unique:{path_pattern}:{priority}`` -> the route id holding that pair."""
+    return f"route:unique:{path_pattern}:{priority}"
+
+
+def route_priority_key(priority: int, route_id: str) -> str:
+    """``route:priority:{priority}:{route_id}`` -> the route id (an ordered index)."""
+    return f"route:priority:{priority}:{route_id}"
+
+
+def route_index(doc: dict[str, Any]) -> tuple[str, int] | None:
+    """``(path_pattern, priority)`` of a stored route document, read leniently."""
+    pattern = doc.get("path_pattern")
+    priority = doc.get("priority", 50)
+    if not isinstance(pattern, str) or not isinstance(priority, int) or isinstance(priority, bool):
+        return None
+    return pattern, priority
+
+
+def external_key(name: str) -> str:
+    return f"service:external:{name}"
+
+
+def service_url_key(name: str) -> str:
+    return f"service:url:{name}"
+
+
+def cert_key(name: str) -> str:
+    return f"cert:{name}"
+
+
+def resource_key(uri: str) -> str:
+    return f"resource:{uri}"

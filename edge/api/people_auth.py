@@ -1,0 +1,276 @@
+"""PAT authentication (``Authorization: [Bearer ]edge_{prefix}_{secret}``) and ``last_used_at``.
+
+Per request (:meth:`PatAuthenticator.authenticate`):
+
+1. :func:`~edge.auth.pat.parse_pat`: shape and 32-bit checksum, no I/O. A mistyped token is
+   a 401 before any Redis command or hashing.
+2. ``SMEMBERS pat:prefix:{prefix}`` and ``MGET pat:{id}...``: the records, read fresh on
+   every request. A revoked or expired record is refused here, before any hashing, so a
+   revocation takes effect on every worker with the next request whatever any cache holds.
+3. :meth:`PatVerifier.verify <edge.auth.pat.PatVerifier.verify>` (one per worker): Argon2id
+   in a dedicated two-thread pool, bounded, with a short success cache that only ever skips
+   the Argon2 computation. Too many verifications queued: 503 (``Retry-After: 1``).
+4. ``MGET`` of the membership, the user and the project: an accepted member with a known
+   role, or 401.
+5. ``SET pat_last_used:{id} <now> EX 300``.
+
+Every failure is the same 401; the reason (a fixed text) and, once the token parsed, its
+prefix (not secret) are logged, never the token.
+
+:class:`LastUsedFlusher` runs in every worker: every ``interval`` seconds it takes a short
+Redis lock (``SET lock:pat_last_used <random> NX EX``) so that one node at a time copies
+``pat_last_used:*`` into ``pat:{id}.last_used_at`` (each record in its own WATCH/MULTI/EXEC,
+only when newer), then releases the lock if it still holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import weakref
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from edge.api.http import Unauthorized
+from edge.api.people_store import (
+    LAST_USED_PREFIX,
+    PatRecord,
+    PeopleStore,
+    Project,
+    User,
+    decode_pat,
+    pat_key,
+    valid_id,
+)
+from edge.api.store import RedisHandle, TokenStore, now_iso
+from edge.auth.pat import PatVerifier, parse_pat
+from edge.auth.secrets import AuthFailure
+from edge.http1.exchange import Exchange
+
+__all__ = [
+    "DEFAULT_FLUSH_INTERVAL",
+    "LastUsedFlusher",
+    "PatAuthenticator",
+    "PatIdentity",
+    "PeopleContext",
+    "flush_interval_from_env",
+    "people_context",
+]
+
+log = logging.getLogger("edge.api")
+
+ARGON2_THREADS = 2  # per worker: Argon2 computations at once (and the pool's size)
+VERIFY_CACHE_TTL = 30.0  # seconds a successful verification skips Argon2
+MAX_CANDIDATES = 4  # PATs checked under one prefix (58**8 prefixes: collisions are rare)
+DEFAULT_FLUSH_INTERVAL = 30.0
+FLUSH_INTERVAL_ENV = "PAT_LAST_USED_FLUSH_INTERVAL"
+LOCK_KEY = "lock:pat_last_used"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
+PAT_UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <personal access token>'"
+
+
+@dataclass(frozen=True, slots=True)
+class PatIdentity:
+    """Who a PAT request acts as: the user, in one project, with a role, through a PAT."""
+
+    user: User
+    project: Project
+    role: str
+    pat: PatRecord
+
+
+def _unauthorized(reason: AuthFailure, prefix: str | None = None) -> Unauthorized:
+    detail = f"authentication failed: {reason.value}"
+    if prefix is not None:
+        detail += f" (token prefix {prefix})"
+    return Unauthorized(detail, public_message=PAT_UNAUTHORIZED)
+
+
+class PatAuthenticator:
+    def __init__(self, store: PeopleStore, verifier: PatVerifier) -> None:
+        self.store = store
+        self.verifier = verifier
+
+    async def authenticate(self, ex: Exchange) -> PatIdentity:
+        """The caller; raises ``Unauthorized`` (401) or ``AuthOverloaded`` (503)."""
+        values = [value for name, value in ex.headers if name == b"authorization"]
+        if not values:
+            raise _unauthorized(AuthFailure.MISSING)
+        parsed = parse_pat(values[0].decode("latin-1")) if len(values) == 1 else None
+        if parsed is None:  # no Redis, no hashing
+            raise _unauthorized(AuthFailure.MALFORMED)
+        prefix = parsed.prefix
+        records = await self.store.pat_candidates(prefix, MAX_CANDIDATES)
+        now = datetime.now(UTC)
+        reason = AuthFailure.UNKNOWN
+        matched: PatRecord | None = None
+        for record in records:
+            if record.revoked_at is not None:
+                reason = AuthFailure.REVOKED
+                continue
+            if record.expired(now):
+                reason = AuthFailure.EXPIRED
+                continue
+            if await self.verifier.verify(record.token_hash, parsed.token):
+                matched = record
+                break
+            reason = AuthFailure.MISMATCH
+        if matched is None:
+            raise _unauthorized(reason, prefix)
+        project, user, member = await self.store.lookup(matched.project_id, matched.user_id)
+        if project is None or user is None or member is None or not member.active:
+            raise _unauthorized(AuthFailure.FORBIDDEN_SCOPE, prefix)
+        await self.store.touch_pat(matched.id, now_iso())
+        return PatIdentity(user, project, member.role, matched)
+
+
+class PeopleContext:
+    """What the people endpoints share in one worker: the store and the PAT verifier."""
+
+    def __init__(self, redis: RedisHandle, timeout: float) -> None:
+        self.store = PeopleStore(redis, timeout)
+        # Argon2 never runs on the loop, nor in the loop's default executor (where it could
+        # delay DNS lookups): a pool of its own, as large as the verifier's bound
+        self.executor = ThreadPoolExecutor(ARGON2_THREADS, thread_name_prefix="pat-argon2")
+        self.verifier = PatVerifier(
+            max_concurrency=ARGON2_THREADS, cache_ttl=VERIFY_CACHE_TTL, executor=self.executor
+        )
+        self.auth = PatAuthenticator(self.store, self.verifier)
+
+
+_contexts: weakref.WeakKeyDictionary[TokenStore, PeopleContext] = weakref.WeakKeyDictionary()
+
+
+def people_context(tokens: TokenStore) -> PeopleContext:
+    """The context of the worker whose API uses ``tokens`` (made on first use)."""
+    context = _contexts.get(tokens)
+    if context is None:
+        context = _contexts[tokens] = PeopleContext(tokens.redis, tokens.timeout)
+    return context
+
+
+# ---------------------------------------------------------------------------- last_used_at
+
+
+def flush_interval_from_env(env: Mapping[str, str] = os.environ) -> float:
+    """``PAT_LAST_USED_FLUSH_INTERVAL`` (seconds, > 0 and <= 3600) or the default.
+
+    An invalid value is logged (the value is not secret) and the default used.
+    """
+    raw = env.get(FLUSH_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FLUSH_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        log.warning(
+            f"{FLUSH_INTERVAL_ENV} must be a number of seconds > 0 and <= 3600; using "
+            f"{DEFAULT_FLUSH_INTERVAL}",
+            extra={"fields": {"value": raw[:40]}},
+        )
+        return DEFAULT_FLUSH_INTERVAL
+    return value
+
+
+class LastUsedFlusher:
+    """Copies ``pat_last_used:{id}`` into ``pat:{id}.last_used_at``, one node at a time."""
+
+    def __init__(
+        self,
+        redis: RedisHandle,
+        interval: float = DEFAULT_FLUSH_INTERVAL,
+        lock_ttl: float = 10.0,
+        timeout: float = 8.0,
+    ) -> None:
+        self.redis = redis
+        self.interval = interval
+        self.lock_ttl = max(1, round(lock_ttl))
+        self.timeout = min(timeout, self.lock_ttl * 0.8)  # done before the lock expires
+        self.flushed = 0
+        self._failing = False
+
+    async def run(self) -> None:
+        while True:
+            # jitter: the workers of a node started together; spread their attempts
+            await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._failing:  # once per outage, not once per interval
+                    log.warning(
+                        "PAT last_used flush failed; retrying",
+                        extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200]}},
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("PAT last_used flush recovered")
+                self._failing = False
+
+    async def flush(self) -> int | None:
+        """One flush: records updated, or None if another node holds the lock."""
+        client = self.redis.client
+        owner = secrets.token_hex(16)
+        if not await client.set(LOCK_KEY, owner, nx=True, ex=self.lock_ttl):
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._flush_all()
+        finally:
+            with contextlib.suppress(Exception):
+                await client.eval(_RELEASE, 1, LOCK_KEY, owner)
+
+    async def _flush_all(self) -> int:
+        client = self.redis.client
+        updated = 0
+        keys = [k async for k in client.scan_iter(match=LAST_USED_PREFIX + "*", count=500)]
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            for key, value in zip(batch, await client.mget(batch), strict=True):
+                tid = _text(key)[len(LAST_USED_PREFIX) :]
+                if value is None or not valid_id("t", tid):
+                    continue
+                if await self._flush_one(tid, _text(value)):
+                    updated += 1
+        self.flushed += updated
+        return updated
+
+    async def _flush_one(self, tid: str, used: str) -> bool:
+        key = pat_key(tid)
+        async with self.redis.client.pipeline(transaction=True) as pipe:
+            for _ in range(4):
+                try:
+                    return await self._write(pipe, key, tid, used)
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+        return False  # revoked or rewritten four times meanwhile: the next flush retries
+
+    @staticmethod
+    async def _write(pipe: Pipeline, key: str, tid: str, used: str) -> bool:
+        await pipe.watch(key)
+        record = decode_pat(tid, await pipe.get(key))
+        if record is None or (record.last_used_at is not None and record.last_used_at >= used):
+            await pipe.unwatch()  # type: ignore[no-untyped-call]
+            return False
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set(key, msgspec.json.encode(msgspec.structs.replace(record, last_used_at=used)))
+        await pipe.execute()
+        return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

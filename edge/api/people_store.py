@@ -1,0 +1,644 @@
+"""Users, projects, memberships and personal access tokens (PATs) in Redis.
+
+Keys (ids are a type letter, ``_`` and 12 base58 characters, ~70 random bits: ``u_`` users,
+``p_`` projects, ``t_`` PATs; base58 has no ``:`` so an id never reaches into another key)::
+
+    user:{uid}                    JSON {id, name, email, created_at}
+    user:email:{email lowercased} {uid}            one account per e-mail address
+    user:{uid}:projects           SET of project ids the user is a member of
+    user:ids                      SET of every user id (the listing)
+    project:{pid}                 JSON {id, name, created_at}
+    project:name:{name}           {pid}            project names are unique
+    project:{pid}:members         SET of member user ids
+    project:{pid}:member:{uid}    JSON {role, accepted, created_at, updated_at}
+    project:ids                   SET of every project id (the listing)
+    pat:{tid}                     JSON PatRecord (no token value: an Argon2id PHC hash)
+    pat:prefix:{prefix}           SET of PAT ids whose token has this 8-character prefix
+    pat:owner:{pid}:{uid}         SET of the PAT ids of one user in one project
+    pat_last_used:{tid}           ISO time of the last successful use, EX 300 (flushed into
+                                  ``pat:{tid}.last_used_at`` by :mod:`edge.api.people_auth`)
+
+Every write that must be consistent with what it read runs in ``WATCH``/``MULTI``/``EXEC``
+(retried when another client wrote a watched key meanwhile); every method is bounded by
+the store timeout. Callers map ``RedisError``/``OSError``/``TimeoutError`` to 503.
+Stored records are decoded leniently (unknown fields ignored) so that a newer edge can add
+fields during a rolling upgrade; a record that does not decode or does not fit its key is
+skipped with a warning naming the key only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import msgspec
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from edge.api.store import REDIS_TIMEOUT, RedisHandle, TooMuchContention, now_iso
+from edge.auth.roles import is_role
+from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
+
+__all__ = [
+    "LAST_USED_PREFIX",
+    "LAST_USED_TTL",
+    "MAX_ACTIVE_PATS",
+    "Duplicate",
+    "LimitReached",
+    "Membership",
+    "NotMember",
+    "PatRecord",
+    "PeopleStore",
+    "Project",
+    "User",
+    "iso_utc",
+    "new_id",
+    "parse_iso",
+    "valid_id",
+]
+
+log = logging.getLogger("edge.api")
+
+ID_RANDOM = 12
+MAX_ACTIVE_PATS = 10  # active (not revoked, not expired) PATs per user and project
+LAST_USED_PREFIX = "pat_last_used:"
+LAST_USED_TTL = 300
+_TXN_ATTEMPTS = 8
+_BATCH = 500
+_ID_RE = {kind: re.compile(rf"\A{kind}_{B58_CLASS}{{{ID_RANDOM}}}\Z") for kind in "upt"}
+# an Argon2 PHC string as new_pat() makes it; anything else in token_hash is corrupt
+_PHC_RE = re.compile(r"\A\$argon2(?:id|i|d)\$")
+
+
+def new_id(kind: str) -> str:
+    """A fresh id: ``u_`` (user), ``p_`` (project) or ``t_`` (token) + 12 base58."""
+    return f"{kind}_" + "".join(secrets.choice(BASE58_ALPHABET) for _ in range(ID_RANDOM))
+
+
+def valid_id(kind: str, value: str) -> bool:
+    """Whether ``value`` has the shape of a ``kind`` id (checked before any Redis call)."""
+    return _ID_RE[kind].match(value) is not None
+
+
+def iso_utc(moment: datetime) -> str:
+    """``moment`` in UTC as ISO 8601 with a ``Z`` (microseconds only when there are any)."""
+    utc = moment.astimezone(UTC)
+    spec = "microseconds" if utc.microsecond else "seconds"
+    return utc.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_iso(value: str) -> datetime:
+    """Inverse of :func:`iso_utc` (and of ``now_iso``); raises ValueError."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("time without a timezone")
+    return parsed
+
+
+# ---------------------------------------------------------------------------- records
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    email: str
+    created_at: str
+
+    def public(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "created_at": self.created_at,
+        }
+
+
+class Project(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    created_at: str
+
+    def public(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "created_at": self.created_at}
+
+
+class Membership(msgspec.Struct, frozen=True, kw_only=True):
+    role: str
+    accepted: bool
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Accepted, with a known role: the only memberships that grant anything."""
+        return self.accepted and is_role(self.role)
+
+    def public(self, project_id: str, user_id: str) -> dict[str, object]:
+        return {
+            "project_id": project_id,
+            "user_id": user_id,
+            "role": self.role,
+            "accepted": self.accepted,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class PatRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """``pat:{id}``. ``token_hash`` is the Argon2id PHC string of the whole token."""
+
+    id: str
+    user_id: str
+    project_id: str
+    name: str
+    token_hash: str
+    token_prefix: str
+    expires_at: str | None = None
+    last_used_at: str | None = None
+    created_at: str
+    revoked_at: str | None = None
+
+    def expired(self, now: datetime) -> bool:
+        if self.expires_at is None:
+            return False
+        try:
+            return parse_iso(self.expires_at) <= now
+        except ValueError:
+            return True  # an unreadable expiry fails closed
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and not self.expired(now)
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expired(now) else "active"
+
+    def public(self, now: datetime) -> dict[str, object]:
+        """What the API shows: never the hash (nor, of course, the token)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "project_id": self.project_id,
+            "name": self.name,
+            "token_prefix": self.token_prefix,
+            "status": self.status(now),
+            "expires_at": self.expires_at,
+            "last_used_at": self.last_used_at,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+_encode = msgspec.json.Encoder().encode
+_user_decoder = msgspec.json.Decoder(User)
+_project_decoder = msgspec.json.Decoder(Project)
+_member_decoder = msgspec.json.Decoder(Membership)
+_pat_decoder = msgspec.json.Decoder(PatRecord)
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def user_key(uid: str) -> str:
+    return f"user:{uid}"
+
+
+def email_key(email: str) -> str:
+    return f"user:email:{email.lower()}"
+
+
+def user_projects_key(uid: str) -> str:
+    return f"user:{uid}:projects"
+
+
+USER_IDS = "user:ids"
+PROJECT_IDS = "project:ids"
+
+
+def project_key(pid: str) -> str:
+    return f"project:{pid}"
+
+
+def project_name_key(name: str) -> str:
+    return f"project:name:{name}"
+
+
+def members_key(pid: str) -> str:
+    return f"project:{pid}:members"
+
+
+def member_key(pid: str, uid: str) -> str:
+    return f"project:{pid}:member:{uid}"
+
+
+def pat_key(tid: str) -> str:
+    return f"pat:{tid}"
+
+
+def prefix_key(prefix: str) -> str:
+    return f"pat:prefix:{prefix}"
+
+
+def owner_key(pid: str, uid: str) -> str:
+    return f"pat:owner:{pid}:{uid}"
+
+
+def last_used_key(tid: str) -> str:
+    return LAST_USED_PREFIX + tid
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class Duplicate(Exception):
+    """A unique field (``field``) is taken."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} taken")
+        self.field = field
+
+
+class Missing(Exception):
+    """A user or project (``kind``) does not exist."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"no such {kind}")
+        self.kind = kind
+
+
+class NotMember(Exception):
+    """The user is not an accepted member of the project."""
+
+
+class LimitReached(Exception):
+    """The user already has :data:`MAX_ACTIVE_PATS` active PATs in the project."""
+
+
+# ---------------------------------------------------------------------------- decoding
+
+D = TypeVar("D")
+
+
+def _decode(decoder: msgspec.json.Decoder[D], key: str, raw: bytes | str | None) -> D | None:
+    if raw is None:
+        return None
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        log.warning("corrupt record skipped", extra={"fields": {"key": key, "error": str(exc)}})
+        return None
+
+
+def _fits(key: str, ok: bool) -> bool:
+    if not ok:
+        log.warning("record does not fit its key; skipped", extra={"fields": {"key": key}})
+    return ok
+
+
+def decode_user(uid: str, raw: bytes | str | None) -> User | None:
+    key = user_key(uid)
+    user = _decode(_user_decoder, key, raw)
+    return user if user is not None and _fits(key, user.id == uid) else None
+
+
+def decode_project(pid: str, raw: bytes | str | None) -> Project | None:
+    key = project_key(pid)
+    project = _decode(_project_decoder, key, raw)
+    return project if project is not None and _fits(key, project.id == pid) else None
+
+
+def decode_member(pid: str, uid: str, raw: bytes | str | None) -> Membership | None:
+    return _decode(_member_decoder, member_key(pid, uid), raw)
+
+
+def decode_pat(tid: str, raw: bytes | str | None) -> PatRecord | None:
+    key = pat_key(tid)
+    record = _decode(_pat_decoder, key, raw)
+    if record is None:
+        return None
+    ok = record.id == tid and _PHC_RE.match(record.token_hash) is not None
+    return record if _fits(key, ok) else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _ids(kind: str, members: Iterable[bytes | str]) -> list[str]:
+    """The well-formed ids of a set (anything else in an index set is ignored)."""
+    return sorted(t for t in (_text(m) for m in members) if valid_id(kind, t))
+
+
+def _multi(pipe: Pipeline) -> None:
+    pipe.multi()  # type: ignore[no-untyped-call]
+
+
+R = TypeVar("R")
+
+
+class PeopleStore:
+    """The records above. Every method may raise RedisError/OSError/TimeoutError."""
+
+    def __init__(self, redis: RedisHandle, timeout: float = REDIS_TIMEOUT) -> None:
+        self.redis = redis
+        self.timeout = timeout
+
+    async def _bounded(self, work: Awaitable[R]) -> R:
+        async with asyncio.timeout(self.timeout):
+            return await work
+
+    async def _transaction(
+        self, keys: Sequence[str], body: Callable[[Pipeline], Awaitable[R]]
+    ) -> R:
+        """Run ``body`` with ``keys`` watched (it may watch more before ``pipe.multi()``)."""
+        async with self.redis.client.pipeline(transaction=True) as pipe:
+            for _ in range(_TXN_ATTEMPTS):
+                try:
+                    await pipe.watch(*keys)
+                    result = await body(pipe)
+                    if pipe.explicit_transaction:
+                        await pipe.execute()
+                    else:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return result
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+        raise TooMuchContention(f"{keys[0]}: transaction kept conflicting")
+
+    async def _mget(self, keys: list[str]) -> list[bytes | str | None]:
+        client = self.redis.client
+        values: list[bytes | str | None] = []
+        for start in range(0, len(keys), _BATCH):
+            values.extend(await client.mget(keys[start : start + _BATCH]))
+        return values
+
+    # ---------------------------------------------------------------- users
+    async def create_user(self, name: str, email: str) -> User:
+        """A new user; raises :class:`Duplicate` (``email``) if the address is taken."""
+        index = email_key(email)
+
+        async def body(pipe: Pipeline) -> User:
+            if await pipe.exists(index):
+                raise Duplicate("email")
+            uid = new_id("u")
+            await pipe.watch(user_key(uid))
+            if await pipe.exists(user_key(uid)):  # 2**-70: just pick another next time
+                raise WatchError("id collision")
+            user = User(id=uid, name=name, email=email, created_at=now_iso())
+            _multi(pipe)
+            pipe.set(user_key(uid), _encode(user))
+            pipe.set(index, uid)
+            pipe.sadd(USER_IDS, uid)
+            return user
+
+        return await self._bounded(self._transaction([index], body))
+
+    async def get_user(self, uid: str) -> User | None:
+        raw = await self._bounded(self.redis.client.get(user_key(uid)))
+        return decode_user(uid, raw)
+
+    async def list_users(self) -> list[User]:
+        async def work() -> list[User]:
+            uids = _ids("u", await self.redis.client.smembers(USER_IDS))
+            raws = await self._mget([user_key(u) for u in uids])
+            found = (decode_user(u, r) for u, r in zip(uids, raws, strict=True))
+            return [u for u in found if u is not None]
+
+        return await self._bounded(work())
+
+    async def user_memberships(self, uid: str) -> list[tuple[str, Membership]]:
+        async def work() -> list[tuple[str, Membership]]:
+            pids = _ids("p", await self.redis.client.smembers(user_projects_key(uid)))
+            raws = await self._mget([member_key(p, uid) for p in pids])
+            found = ((p, decode_member(p, uid, r)) for p, r in zip(pids, raws, strict=True))
+            return [(p, m) for p, m in found if m is not None]
+
+        return await self._bounded(work())
+
+    # ---------------------------------------------------------------- projects
+    async def create_project(self, name: str) -> Project:
+        """A new project; raises :class:`Duplicate` (``name``) if the name is taken."""
+        index = project_name_key(name)
+
+        async def body(pipe: Pipeline) -> Project:
+            if await pipe.exists(index):
+                raise Duplicate("name")
+            pid = new_id("p")
+            await pipe.watch(project_key(pid))
+            if await pipe.exists(project_key(pid)):
+                raise WatchError("id collision")
+            project = Project(id=pid, name=name, created_at=now_iso())
+            _multi(pipe)
+            pipe.set(project_key(pid), _encode(project))
+            pipe.set(index, pid)
+            pipe.sadd(PROJECT_IDS, pid)
+            return project
+
+        return await self._bounded(self._transaction([index], body))
+
+    async def get_project(self, pid: str) -> Project | None:
+        raw = await self._bounded(self.redis.client.get(project_key(pid)))
+        return decode_project(pid, raw)
+
+    async def list_projects(self) -> list[Project]:
+        async def work() -> list[Project]:
+            pids = _ids("p", await self.redis.client.smembers(PROJECT_IDS))
+            raws = await self._mget([project_key(p) for p in pids])
+            found = (decode_project(p, r) for p, r in zip(pids, raws, strict=True))
+            return [p for p in found if p is not None]
+
+        return await self._bounded(work())
+
+    async def project_members(self, pid: str) -> list[tuple[str, Membership]]:
+        async def work() -> list[tuple[str, Membership]]:
+            uids = _ids("u", await self.redis.client.smembers(members_key(pid)))
+            raws = await self._mget([member_key(pid, u) for u in uids])
+            found = ((u, decode_member(pid, u, r)) for u, r in zip(uids, raws, strict=True))
+            return [(u, m) for u, m in found if m is not None]
+
+        return await self._bounded(work())
+
+    # ---------------------------------------------------------------- memberships
+    async def lookup(
+        self, pid: str, uid: str
+    ) -> tuple[Project | None, User | None, Membership | None]:
+        """Project, user and membership in one round trip."""
+        keys = [project_key(pid), user_key(uid), member_key(pid, uid)]
+        raw_p, raw_u, raw_m = await self._bounded(self.redis.client.mget(keys))
+        return decode_project(pid, raw_p), decode_user(uid, raw_u), decode_member(pid, uid, raw_m)
+
+    async def put_member(
+        self, pid: str, uid: str, role: str, accepted: bool
+    ) -> tuple[Membership, bool]:
+        """Create or replace a membership: (the membership, whether it is new).
+
+        Raises :class:`Missing` (``project`` or ``user``).
+        """
+        key = member_key(pid, uid)
+
+        async def body(pipe: Pipeline) -> tuple[Membership, bool]:
+            raw_p, raw_u, raw_m = await pipe.mget([project_key(pid), user_key(uid), key])
+            if decode_project(pid, raw_p) is None:
+                raise Missing("project")
+            if decode_user(uid, raw_u) is None:
+                raise Missing("user")
+            old = decode_member(pid, uid, raw_m)
+            now = now_iso()
+            member = Membership(
+                role=role,
+                accepted=accepted,
+                created_at=old.created_at if old is not None else now,
+                updated_at=now,
+            )
+            _multi(pipe)
+            pipe.set(key, _encode(member))
+            pipe.sadd(members_key(pid), uid)
+            pipe.sadd(user_projects_key(uid), pid)
+            return member, old is None
+
+        watched = [key, project_key(pid), user_key(uid)]
+        return await self._bounded(self._transaction(watched, body))
+
+    async def delete_member(self, pid: str, uid: str) -> list[str] | None:
+        """Remove a membership and revoke the user's active PATs in the project.
+
+        The ids of the PATs revoked, or None if there was no membership.
+        """
+        key = member_key(pid, uid)
+        owned = owner_key(pid, uid)
+
+        async def body(pipe: Pipeline) -> list[str] | None:
+            if not await pipe.exists(key):
+                return None
+            tids = _ids("t", await pipe.smembers(owned))
+            records: list[PatRecord] = []
+            if tids:
+                await pipe.watch(*(pat_key(t) for t in tids))
+                raws = await pipe.mget([pat_key(t) for t in tids])
+                found = (decode_pat(t, r) for t, r in zip(tids, raws, strict=True))
+                records = [r for r in found if r is not None and r.revoked_at is None]
+            now = now_iso()
+            _multi(pipe)
+            pipe.delete(key)
+            pipe.srem(members_key(pid), uid)
+            pipe.srem(user_projects_key(uid), pid)
+            for record in records:
+                revoked = msgspec.structs.replace(record, revoked_at=now)
+                pipe.set(pat_key(record.id), _encode(revoked))
+                pipe.srem(prefix_key(record.token_prefix), record.id)
+            return [r.id for r in records]
+
+        return await self._bounded(self._transaction([key, owned], body))
+
+    # ---------------------------------------------------------------- PATs
+    async def create_pat(self, record: PatRecord, limit: int = MAX_ACTIVE_PATS) -> None:
+        """Store a new PAT and its indexes.
+
+        In one transaction with the checks: the user is an accepted member (else
+        :class:`NotMember`) and has fewer than ``limit`` active PATs in the project (else
+        :class:`LimitReached`).
+        """
+        pid, uid = record.project_id, record.user_id
+        mkey, owned = member_key(pid, uid), owner_key(pid, uid)
+
+        async def body(pipe: Pipeline) -> None:
+            member = decode_member(pid, uid, await pipe.get(mkey))
+            if member is None or not member.active:
+                raise NotMember()
+            tids = _ids("t", await pipe.smembers(owned))
+            if tids:
+                # the records are not watched: a revocation meanwhile only frees a slot,
+                # and nothing but this transaction (which watches the set) adds one
+                raws = await pipe.mget([pat_key(t) for t in tids])
+                now = datetime.now(UTC)
+                records = (decode_pat(t, r) for t, r in zip(tids, raws, strict=True))
+                if sum(1 for r in records if r is not None and r.active(now)) >= limit:
+                    raise LimitReached()
+            await pipe.watch(pat_key(record.id))
+            if await pipe.exists(pat_key(record.id)):
+                raise Duplicate("id")
+            _multi(pipe)
+            pipe.set(pat_key(record.id), _encode(record))
+            pipe.sadd(prefix_key(record.token_prefix), record.id)
+            pipe.sadd(owned, record.id)
+
+        await self._bounded(self._transaction([mkey, owned], body))
+
+    async def get_pat(self, tid: str) -> PatRecord | None:
+        raw = await self._bounded(self.redis.client.get(pat_key(tid)))
+        return decode_pat(tid, raw)
+
+    async def list_pats(self, pid: str, uid: str) -> list[PatRecord]:
+        """The user's PATs in the project (revoked and expired ones too), oldest first.
+
+        ``last_used_at`` includes uses not flushed into the records yet.
+        """
+
+        async def work() -> list[PatRecord]:
+            tids = _ids("t", await self.redis.client.smembers(owner_key(pid, uid)))
+            raws = await self._mget([pat_key(t) for t in tids])
+            pending = await self._mget([last_used_key(t) for t in tids])
+            records = []
+            for tid, raw, used in zip(tids, raws, pending, strict=True):
+                record = decode_pat(tid, raw)
+                if record is None:
+                    continue
+                if used is not None:
+                    seen = _text(used)
+                    if record.last_used_at is None or seen > record.last_used_at:
+                        record = msgspec.structs.replace(record, last_used_at=seen)
+                records.append(record)
+            return sorted(records, key=lambda r: (r.created_at, r.id))
+
+        return await self._bounded(work())
+
+    async def revoke_pat(self, tid: str) -> PatRecord | None:
+        """Set ``revoked_at`` (kept if already set) and drop the prefix index entry.
+
+        The record as it is now, or None if it does not exist.
+        """
+        key = pat_key(tid)
+
+        async def body(pipe: Pipeline) -> PatRecord | None:
+            record = decode_pat(tid, await pipe.get(key))
+            if record is None:
+                return None
+            if record.revoked_at is None:
+                record = msgspec.structs.replace(record, revoked_at=now_iso())
+            _multi(pipe)
+            pipe.set(key, _encode(record))
+            pipe.srem(prefix_key(record.token_prefix), tid)
+            return record
+
+        return await self._bounded(self._transaction([key], body))
+
+    # ---------------------------------------------------------------- authentication
+    async def pat_candidates(self, prefix: str, most: int) -> list[PatRecord]:
+        """The PAT records indexed under ``prefix`` (at most ``most``), read fresh."""
+
+        async def work() -> list[PatRecord]:
+            client = self.redis.client
+            tids = _ids("t", await client.smembers(prefix_key(prefix)))
+            if len(tids) > most:
+                log.warning(
+                    "too many PATs share a prefix; checking the first ones",
+                    extra={"fields": {"token_prefix": prefix, "count": len(tids)}},
+                )
+                tids = tids[:most]
+            if not tids:
+                return []
+            raws = await client.mget([pat_key(t) for t in tids])
+            found = (decode_pat(t, r) for t, r in zip(tids, raws, strict=True))
+            return [r for r in found if r is not None and r.token_prefix == prefix]
+
+        return await self._bounded(work())
+
+    async def touch_pat(self, tid: str, when: str) -> None:
+        """Note a successful use (flushed into the record later, by one node)."""
+        await self._bounded(self.redis.client.set(last_used_key(tid), when, ex=LAST_USED_TTL))
