@@ -1,4 +1,7 @@
-"""The ``edge`` command line: ``serve``, ``check``, ``cert`` (and the internal ``worker``)."""
+"""The ``edge`` command line: ``serve``, ``check``, ``cert`` (and the internal ``worker``),
+and the client commands that call an edge's admin API (:mod:`edge.client`: ``login``,
+``config``, ``token``, ``proxy``, ``route``, ``service``, ``certs``, ``resource``, ``user``,
+``project``, ``pat``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 
 from edge import __version__
 from edge.accesslog import setup_logging
+from edge.client import CLIENT_COMMANDS, add_client_parsers, run_client
 from edge.settings import Settings, SettingsError, environment, load_settings
 from edge.tls.cli import add_cert_parser, run_cert
 
@@ -22,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and the config keys in Redis")
     check.add_argument("--env-file", help="read settings from this .env file first")
     add_cert_parser(sub)
+    add_client_parsers(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--id", type=int, default=0)
     worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cert":
         return run_cert(args)  # its own settings and messages ("edge cert: ...")
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)  # settings from flags, API_URL/TOKEN, the config file
     try:
         env = environment(getattr(args, "env_file", None))
     except SettingsError as exc:
