@@ -6,8 +6,6 @@ by the edge's HTTP port through the ordinary live-reload path (keyspace notifica
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import re
 import threading
@@ -25,6 +23,7 @@ import trustme
 
 from edge.auth.secrets import new_admin_token
 from edge.config.schema import ProxyConfig
+from tests.api_client import Answer, assert_error, call, sha256
 from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
 
 P = "/api/v1/proxy/targets"
@@ -41,72 +40,9 @@ EdgeFactory = Callable[..., EdgeProcess]
 # ---------------------------------------------------------------------------- helpers
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def doc(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def error(self) -> dict[str, Any]:
-        err = self.doc["error"]
-        assert isinstance(err, dict)
-        return err
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: Any = None,
-    *,
-    raw: bytes | None = None,
-    content_type: str | None = "application/json",
-    host: str | None = None,
-) -> Answer:
-    headers: dict[str, str] = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    if data is not None and content_type is not None:
-        headers["Content-Type"] = content_type
-    if host is not None:
-        headers["Host"] = host
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
-        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
-    finally:
-        conn.close()
-
-
 def ok(answer: Answer, status: int = 200) -> Any:
     assert answer.status == status, (answer.status, answer.raw)
     return answer.doc if answer.raw else None
-
-
-def assert_error(answer: Answer, status: int, code: str, field: str | None = None) -> None:
-    assert answer.status == status, (answer.status, answer.raw)
-    assert answer.headers["content-type"] == "application/json"
-    err = answer.error
-    assert err["code"] == code, err
-    assert err["request_id"] == answer.headers["x-request-id"]
-    assert isinstance(err["message"], str) and err["message"]
-    if field is None:
-        assert "field" not in err, err
-    else:
-        assert err.get("field") == field, err
-
-
-def sha256(value: str) -> str:
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def enc(text: str) -> str:

@@ -6,86 +6,20 @@ sockets where the client must misbehave.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import re
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from edge.auth.secrets import ADMIN_TOKEN_PATTERN, new_admin_token
+from tests.api_client import assert_error, call, sha256
 from tests.helpers import EdgeProcess, RedisServer, http_request, wait_for
 
 T = "/api/v1/tokens"
 EdgeFactory = Callable[..., EdgeProcess]
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def doc(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def error(self) -> dict[str, Any]:
-        err = self.doc["error"]
-        assert isinstance(err, dict)
-        return err
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: Any = None,
-    *,
-    raw: bytes | None = None,
-    content_type: str | None = "application/json",
-    headers: dict[str, str] | None = None,
-    host: str = "127.0.0.1",
-) -> Answer:
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    if data is not None and content_type is not None:
-        sent["Content-Type"] = content_type
-    if host != "127.0.0.1":
-        sent["Host"] = host
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, body=data, headers=sent)
-        resp = conn.getresponse()
-        payload = resp.read()
-        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
-    finally:
-        conn.close()
-
-
-def assert_error(answer: Answer, status: int, code: str, field: str | None = None) -> None:
-    assert answer.status == status, (answer.status, answer.raw)
-    assert answer.headers["content-type"] == "application/json"
-    err = answer.error
-    assert err["code"] == code, err
-    assert err["request_id"] == answer.headers["x-request-id"]
-    assert isinstance(err["message"], str) and err["message"]
-    if field is None:
-        assert "field" not in err, err
-    else:
-        assert err["field"] == field, err
-
-
-def sha256(value: str) -> str:
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 @pytest.fixture
