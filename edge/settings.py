@@ -40,6 +40,13 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _cache_seconds(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0 <= value <= 3600 or value != value:
+        raise ValueError("must be a number of seconds >= 0 (0: no cache) and <= 3600")
+    return value
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     try:
@@ -197,6 +204,9 @@ class Settings:
     self_signed_cn: str = "localhost"
     self_signed_days: int = 365
     rsa_key_size: int = 2048
+    # personal access tokens
+    pat_verify_cache_ttl: float = 30.0
+    pat_last_used_flush_interval: float = 30.0
     # secret: kept out of repr (and so out of any log line or traceback that prints Settings)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
 
@@ -236,6 +246,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SELF_SIGNED_CN": ("self_signed_cn", _common_name),
     "SELF_SIGNED_DAYS": ("self_signed_days", _int(1, 3650)),
     "RSA_KEY_SIZE": ("rsa_key_size", _key_size),
+    "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", _cache_seconds),
+    "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", _seconds),
     "ADMIN_TOKEN": ("admin_token", _bearer_token),
 }
 

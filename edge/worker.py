@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any
 
-from edge.api.people_auth import LastUsedFlusher, flush_interval_from_env
+from edge.api.people_auth import LastUsedFlusher
 from edge.api.store import RedisHandle, TokenStore
 from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
@@ -55,7 +55,7 @@ class Worker:
         self.forwarder = Forwarder(self.pool, settings.proxy_request_timeout)
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_url))
-        self.api = ApiApp(self.health, self.tokens)
+        self.api = ApiApp(self.health, self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
             self.tls = TlsStore(settings)
@@ -121,7 +121,7 @@ class Worker:
             await self._prepare_tls()
         await self._bootstrap_admin()
         # PAT last_used_at: one node at a time copies the recent uses into the records
-        flusher = LastUsedFlusher(self.tokens.redis, flush_interval_from_env())
+        flusher = LastUsedFlusher(self.tokens.redis, s.pat_last_used_flush_interval)
         flush = asyncio.create_task(flusher.run(), name="pat-last-used")
         self.tasks.add(flush)
         flush.add_done_callback(self.tasks.discard)

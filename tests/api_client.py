@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,24 @@ class Answer:
     status: int
     headers: dict[str, str]
     raw: bytes
+    elapsed: float = 0.0
 
     @property
     def doc(self) -> Any:
         return json.loads(self.raw)
+
+    @property
+    def data(self) -> Any:
+        """The ``data`` of an enveloped success (``errors`` must be null)."""
+        doc = self.doc
+        assert set(doc) == {"data", "errors"}, doc
+        assert doc["errors"] is None, doc
+        return doc["data"]
+
+    @property
+    def worker(self) -> str:
+        """The answering worker process: request ids start with a per-process prefix."""
+        return self.headers["x-request-id"][:8]
 
     @property
     def error(self) -> dict[str, Any]:
@@ -37,21 +52,28 @@ def call(
     content_type: str | None = "application/json",
     headers: dict[str, str] | None = None,
     host: str = "127.0.0.1",
+    authorization: str | None = None,
+    timeout: float = 5.0,
 ) -> Answer:
+    """One request; ``token`` goes as ``Bearer``, ``authorization`` as the whole header."""
     sent = dict(headers or {})
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
+    if authorization is not None:
+        sent["Authorization"] = authorization
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     if data is not None and content_type is not None:
         sent["Content-Type"] = content_type
     if host != "127.0.0.1":
         sent["Host"] = host
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.monotonic()
     try:
         conn.request(method, path, body=data, headers=sent)
         resp = conn.getresponse()
         payload = resp.read()
-        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+        received = {k.lower(): v for k, v in resp.getheaders()}
+        return Answer(resp.status, received, payload, time.monotonic() - started)
     finally:
         conn.close()
 

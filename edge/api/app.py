@@ -1,10 +1,12 @@
 """The JSON API: served on ``API_PORT`` and, through the public listeners, on ``API_HOSTNAME``.
 
 Per request: route (404/405 before anything else, so an unknown path never costs a Redis
-call) -> ``/health`` answered inline -> otherwise a tracked task: bearer authentication,
-access check (403), the endpoint (request body, Redis) -> JSON answer. Errors become the
-JSON error document of :mod:`edge.api.http` in one place (:meth:`ApiApp._error`); an
-unexpected exception is logged with the request id and answered 500 with a generic message.
+call) -> ``/health`` answered inline -> otherwise a tracked task: authentication (a bearer
+admin token, or a personal access token for ``Access.PAT``), access check (403), the
+endpoint (request body, Redis) -> JSON answer. Errors become the JSON error document of
+:mod:`edge.api.http` (or its envelope form, for envelope endpoints) in one place
+(:meth:`ApiApp._error`); an unexpected exception is logged with the request id and answered
+500 with a generic message.
 
 Tasks are fine here: the admin API is not the proxy's hot path, and its handlers wait on
 Redis. Every task is kept in :attr:`ApiApp.tasks` until done (cancelled by :meth:`close`).
@@ -26,6 +28,7 @@ from edge.api.config_routes import add_config_routes
 from edge.api.http import (
     BODY_LIMIT,
     ApiError,
+    Busy,
     ClientGone,
     Forbidden,
     RedisUnavailable,
@@ -33,10 +36,12 @@ from edge.api.http import (
     json_response,
 )
 from edge.api.people import add_people_routes
+from edge.api.people_auth import PeopleContext
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.api.store import TokenStore
 from edge.api.tokens import add_token_routes
+from edge.auth.secrets import AuthOverloaded
 from edge.http1.exchange import Exchange
 
 __all__ = ["ApiApp", "build_router"]
@@ -62,9 +67,12 @@ class ApiApp:
         health: Callable[[], dict[str, Any]],
         store: TokenStore,
         body_limit: int = BODY_LIMIT,
+        *,
+        pat_cache_ttl: float = 30.0,
     ) -> None:
         self.health = health
         self.store = store
+        self.people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
         self.body_limit = body_limit
         self.started = time.time()
         self.router = build_router(self._health)
@@ -95,32 +103,39 @@ class ApiApp:
     async def _run(self, ex: Exchange, endpoint: Endpoint, params: dict[str, str]) -> None:
         assert endpoint.handler is not None
         rid = ex.request_id
+        envelope = endpoint.envelope
         try:
-            identity = None
-            if endpoint.access is not Access.PUBLIC:
-                identity = await authenticate(ex, self.store)
+            request = ApiRequest(ex, params, None, self.store, self.people, self.body_limit)
+            if endpoint.access is Access.PAT:
+                request.pat = await self.people.auth.authenticate(ex)
+            elif endpoint.access is not Access.PUBLIC:
+                identity = request.identity = await authenticate(ex, self.store)
                 if endpoint.access is Access.ADMIN and not identity.is_admin:
                     raise Forbidden(f"token {identity.name!r} is not the admin token")
-            request = ApiRequest(ex, params, identity, self.store, self.body_limit)
             response = await endpoint.handler(request)
         except ClientGone:
             return  # the client left mid-body: nobody to answer
         except ApiError as err:
-            self._error(ex, err)
+            self._error(ex, err, envelope)
+            return
+        except AuthOverloaded:
+            self._error(ex, Busy("token verification queue full"), envelope)
             return
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             # redis-py messages name the server address, never a key's value
             fields = {"request_id": rid, "error": type(exc).__name__, "detail": str(exc)[:200]}
             log.warning("api: redis unavailable", extra={"fields": fields})
-            self._error(ex, RedisUnavailable())
+            self._error(ex, RedisUnavailable(), envelope)
             return
         except Exception:
             log.exception("api handler failed", extra={"fields": {"request_id": rid}})
-            self._error(ex, ApiError("handler failed"))
+            self._error(ex, ApiError("handler failed"), envelope)
             return
+        if envelope:
+            response.document = {"data": response.document, "errors": None}
         json_response(ex, response)
 
-    def _error(self, ex: Exchange, err: ApiError) -> None:
+    def _error(self, ex: Exchange, err: ApiError, envelope: bool = False) -> None:
         level = logging.WARNING if err.status >= 500 else logging.INFO
         fields = {
             "request_id": ex.request_id,
@@ -129,7 +144,7 @@ class ApiApp:
             "detail": str(err),  # fixed texts only: never request data or token values
         }
         log.log(level, "api request failed", extra={"fields": fields})
-        error_response(ex, err)
+        error_response(ex, err, envelope=envelope)
 
     async def close(self) -> None:
         """Cancel what is still running (after the drain) and close the Redis client."""
@@ -138,4 +153,5 @@ class ApiApp:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self.people.close()
         await self.store.redis.close()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from edge.auth.secrets import AuthOverloaded
 from edge.errors import EdgeError
 from edge.http1.exchange import Exchange, Headers
 from edge.http1.responses import simple_headers
@@ -31,6 +32,7 @@ __all__ = [
     "BODY_LIMIT",
     "ApiError",
     "BodyReader",
+    "Busy",
     "ClientGone",
     "Conflict",
     "Forbidden",
@@ -44,6 +46,7 @@ __all__ = [
     "UnsupportedMediaType",
     "declared_length",
     "decode_json",
+    "envelope_document",
     "error_document",
     "error_response",
     "is_json_type",
@@ -151,6 +154,17 @@ class RedisUnavailable(ApiError):
     public_message = "the token store (redis) is unavailable; retry shortly"
 
 
+class Busy(ApiError):
+    """503 with ``Retry-After``: too many token verifications are queued."""
+
+    status = 503
+    code = "auth_overloaded"
+    public_message = AuthOverloaded.public_message
+
+    def headers(self) -> Headers:
+        return [(b"retry-after", str(AuthOverloaded.retry_after).encode("ascii"))]
+
+
 class ClientGone(Exception):
     """The client went away while its body was being read: nobody to answer."""
 
@@ -196,14 +210,24 @@ def error_document(error: ApiError, request_id: str) -> dict[str, Any]:
     return {"error": inner}
 
 
-def error_response(ex: Exchange, error: ApiError) -> None:
+def envelope_document(error: ApiError) -> dict[str, Any]:
+    """``error`` in the envelope of the project and PAT endpoints."""
+    field = error.field[:_FIELD_MAX] if error.field is not None else None
+    return {
+        "data": None,
+        "errors": [{"code": error.code, "message": error.public_message, "field": field}],
+    }
+
+
+def error_response(ex: Exchange, error: ApiError, *, envelope: bool = False) -> None:
     """Answer with ``error``'s JSON document, or abort if a response already started."""
     if ex.finished:
         return
     if ex.response_started:
         ex.conn.abort()
         return
-    json_response(ex, Response(error.status, error_document(error, ex.request_id), error.headers()))
+    document = envelope_document(error) if envelope else error_document(error, ex.request_id)
+    json_response(ex, Response(error.status, document, error.headers()))
 
 
 # ---------------------------------------------------------------------------- request bodies

@@ -22,7 +22,6 @@ from typing import Literal
 import msgspec
 
 from edge.api.http import Conflict, Response
-from edge.api.people_auth import people_context
 from edge.api.people_common import (
     DisplayName,
     member_not_found,
@@ -59,7 +58,7 @@ class PutMember(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 def _store(req: ApiRequest) -> PeopleStore:
-    return people_context(req.store).store
+    return req.people.store
 
 
 # ---------------------------------------------------------------------------- users

@@ -28,11 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import secrets
-import weakref
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +49,7 @@ from edge.api.people_store import (
     pat_key,
     valid_id,
 )
-from edge.api.store import RedisHandle, TokenStore, now_iso
+from edge.api.store import RedisHandle, now_iso
 from edge.auth.pat import PatVerifier, parse_pat
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
@@ -63,17 +60,13 @@ __all__ = [
     "PatAuthenticator",
     "PatIdentity",
     "PeopleContext",
-    "flush_interval_from_env",
-    "people_context",
 ]
 
 log = logging.getLogger("edge.api")
 
 ARGON2_THREADS = 2  # per worker: Argon2 computations at once (and the pool's size)
-VERIFY_CACHE_TTL = 30.0  # seconds a successful verification skips Argon2
 MAX_CANDIDATES = 4  # PATs checked under one prefix (58**8 prefixes: collisions are rare)
 DEFAULT_FLUSH_INTERVAL = 30.0
-FLUSH_INTERVAL_ENV = "PAT_LAST_USED_FLUSH_INTERVAL"
 LOCK_KEY = "lock:pat_last_used"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 PAT_UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <personal access token>'"
@@ -137,51 +130,22 @@ class PatAuthenticator:
 class PeopleContext:
     """What the people endpoints share in one worker: the store and the PAT verifier."""
 
-    def __init__(self, redis: RedisHandle, timeout: float) -> None:
+    def __init__(self, redis: RedisHandle, timeout: float, *, cache_ttl: float = 30.0) -> None:
         self.store = PeopleStore(redis, timeout)
         # Argon2 never runs on the loop, nor in the loop's default executor (where it could
         # delay DNS lookups): a pool of its own, as large as the verifier's bound
         self.executor = ThreadPoolExecutor(ARGON2_THREADS, thread_name_prefix="pat-argon2")
         self.verifier = PatVerifier(
-            max_concurrency=ARGON2_THREADS, cache_ttl=VERIFY_CACHE_TTL, executor=self.executor
+            max_concurrency=ARGON2_THREADS, cache_ttl=cache_ttl, executor=self.executor
         )
         self.auth = PatAuthenticator(self.store, self.verifier)
 
-
-_contexts: weakref.WeakKeyDictionary[TokenStore, PeopleContext] = weakref.WeakKeyDictionary()
-
-
-def people_context(tokens: TokenStore) -> PeopleContext:
-    """The context of the worker whose API uses ``tokens`` (made on first use)."""
-    context = _contexts.get(tokens)
-    if context is None:
-        context = _contexts[tokens] = PeopleContext(tokens.redis, tokens.timeout)
-    return context
+    def close(self) -> None:
+        """Stop the Argon2 pool (a computation under way finishes in its thread)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------- last_used_at
-
-
-def flush_interval_from_env(env: Mapping[str, str] = os.environ) -> float:
-    """``PAT_LAST_USED_FLUSH_INTERVAL`` (seconds, > 0 and <= 3600) or the default.
-
-    An invalid value is logged (the value is not secret) and the default used.
-    """
-    raw = env.get(FLUSH_INTERVAL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_FLUSH_INTERVAL
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        log.warning(
-            f"{FLUSH_INTERVAL_ENV} must be a number of seconds > 0 and <= 3600; using "
-            f"{DEFAULT_FLUSH_INTERVAL}",
-            extra={"fields": {"value": raw[:40]}},
-        )
-        return DEFAULT_FLUSH_INTERVAL
-    return value
 
 
 class LastUsedFlusher:

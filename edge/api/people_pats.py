@@ -3,36 +3,26 @@
     {"data": <document>, "errors": null}
     {"data": null, "errors": [{"code": "...", "message": "...", "field": "..." | null}]}
 
-These endpoints authenticate themselves (they are routed as ``Access.PUBLIC``, so the app
-runs no bearer lookup of its own): the token management endpoints with the admin token,
-acting for the user named by ``user_id``; ``/public-api/me`` with a PAT only, through the
-worker's :class:`~edge.api.people_auth.PatAuthenticator` (a mistyped PAT is refused before
-any Redis command). Every answer, authentication and Redis failures included, is an
-envelope; only the router's 404/405 (before any endpoint runs) are the standard error
-document.
+The token management endpoints take the admin token (``Access.ADMIN``) acting for the user
+named by ``user_id``; ``/public-api/me`` takes a PAT only (``Access.PAT``: the worker's
+:class:`~edge.api.people_auth.PatAuthenticator`, which refuses a mistyped PAT before any
+Redis command). Every answer, authentication and Redis failures included, is an envelope;
+only the router's 404/405 (before any endpoint runs) are the standard error document.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from redis.exceptions import RedisError
 
-from edge.api.auth import authenticate
 from edge.api.http import (
-    ApiError,
-    ClientGone,
-    Forbidden,
     InvalidBody,
-    RedisUnavailable,
     Response,
 )
-from edge.api.people_auth import PatIdentity, PeopleContext, people_context
+from edge.api.people_auth import PeopleContext
 from edge.api.people_common import (
     DisplayName,
     NotAMember,
@@ -55,19 +45,15 @@ from edge.api.people_store import (
     new_id,
     valid_id,
 )
-from edge.api.request import Access, ApiRequest, Endpoint, Handler
+from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.api.store import now_iso
 from edge.auth.pat import new_pat
 from edge.auth.roles import has_permission
-from edge.auth.secrets import AuthOverloaded
-from edge.http1.exchange import Headers
 
-__all__ = ["ME", "add_pat_routes", "envelope_error"]
+__all__ = ["ME", "add_pat_routes"]
 
-log = logging.getLogger("edge.api")
 ME = "/public-api/me"
-_FIELD_MAX = 100
 
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -76,101 +62,6 @@ class CreatePat(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     user_id: UserId
     name: DisplayName
     expires_at: AwareTime | None = None
-
-
-class Busy(ApiError):
-    status = 503
-    code = "auth_overloaded"
-    public_message = AuthOverloaded.public_message
-
-    def headers(self) -> Headers:
-        return [(b"retry-after", str(AuthOverloaded.retry_after).encode("ascii"))]
-
-
-# ---------------------------------------------------------------------------- envelope
-
-
-def envelope_error(error: ApiError) -> dict[str, Any]:
-    field = error.field[:_FIELD_MAX] if error.field is not None else None
-    return {
-        "data": None,
-        "errors": [{"code": error.code, "message": error.public_message, "field": field}],
-    }
-
-
-def _failed(req: ApiRequest, error: ApiError) -> Response:
-    level = logging.WARNING if error.status >= 500 else logging.INFO
-    fields = {
-        "request_id": req.ex.request_id,
-        "status": error.status,
-        "error": error.code,
-        "detail": str(error),  # fixed texts (and a PAT prefix, which is not secret)
-    }
-    log.log(level, "api request failed", extra={"fields": fields})
-    return Response(error.status, envelope_error(error), error.headers())
-
-
-async def _enveloped(req: ApiRequest, work: Awaitable[Response]) -> Response:
-    try:
-        response = await work
-    except ClientGone:
-        raise
-    except ApiError as err:
-        return _failed(req, err)
-    except AuthOverloaded:
-        return _failed(req, Busy("token verification queue full"))
-    except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-        fields = {
-            "request_id": req.ex.request_id,
-            "error": type(exc).__name__,
-            "detail": str(exc)[:200],
-        }
-        log.warning("api: redis unavailable", extra={"fields": fields})
-        return _failed(req, RedisUnavailable())
-    except Exception:
-        log.exception("api handler failed", extra={"fields": {"request_id": req.ex.request_id}})
-        return _failed(req, ApiError("handler failed"))
-    response.document = {"data": response.document, "errors": None}
-    return response
-
-
-AdminHandler = Callable[[ApiRequest, PeopleContext], Awaitable[Response]]
-PatHandler = Callable[[ApiRequest, PeopleContext, PatIdentity], Awaitable[Response]]
-
-
-def as_admin(handler: AdminHandler) -> Handler:
-    """``handler`` behind the admin token, answered in the envelope."""
-
-    async def guarded(req: ApiRequest) -> Response:
-        context = people_context(req.store)
-
-        async def work() -> Response:
-            identity = await authenticate(req.ex, req.store)
-            if not identity.is_admin:
-                raise Forbidden(f"token {identity.name!r} is not the admin token")
-            return await handler(req, context)
-
-        return await _enveloped(req, work())
-
-    return guarded
-
-
-def with_pat(handler: PatHandler) -> Handler:
-    """``handler`` behind a personal access token, answered in the envelope."""
-
-    async def guarded(req: ApiRequest) -> Response:
-        context = people_context(req.store)
-
-        async def work() -> Response:
-            caller = await context.auth.authenticate(req.ex)
-            return await handler(req, context, caller)
-
-        return await _enveloped(req, work())
-
-    return guarded
-
-
-# ---------------------------------------------------------------------------- token endpoints
 
 
 async def _acting_member(context: PeopleContext, pid: str, uid: str) -> str:
@@ -185,7 +76,8 @@ async def _acting_member(context: PeopleContext, pid: str, uid: str) -> str:
     return member.role
 
 
-async def create_pat(req: ApiRequest, context: PeopleContext) -> Response:
+async def create_pat(req: ApiRequest) -> Response:
+    context = req.people
     pid = project_param(req)
     body = await read_json(req, CreatePat)
     now = datetime.now(UTC)
@@ -221,14 +113,16 @@ async def create_pat(req: ApiRequest, context: PeopleContext) -> Response:
     return Response(201, {**record.public(now), "token": minted.token})
 
 
-async def list_pats(req: ApiRequest, context: PeopleContext) -> Response:
+async def list_pats(req: ApiRequest) -> Response:
+    context = req.people
     pid, uid = project_param(req), query_user(req)
     await _acting_member(context, pid, uid)
     now = datetime.now(UTC)
     return Response(200, [r.public(now) for r in await context.store.list_pats(pid, uid)])
 
 
-async def revoke_pat(req: ApiRequest, context: PeopleContext) -> Response:
+async def revoke_pat(req: ApiRequest) -> Response:
+    context = req.people
     pid, uid = project_param(req), query_user(req)
     tid = req.params["token_id"]
     role = await _acting_member(context, pid, uid)
@@ -243,7 +137,8 @@ async def revoke_pat(req: ApiRequest, context: PeopleContext) -> Response:
     return Response(200, revoked.public(datetime.now(UTC)))
 
 
-async def me(req: ApiRequest, context: PeopleContext, caller: PatIdentity) -> Response:
+async def me(req: ApiRequest) -> Response:
+    caller = req.pat_caller
     pat = caller.pat
     return Response(
         200,
@@ -257,10 +152,9 @@ async def me(req: ApiRequest, context: PeopleContext, caller: PatIdentity) -> Re
 
 
 def add_pat_routes(router: Router[Endpoint], projects: str) -> None:
-    # Access.PUBLIC: the app does no authentication; as_admin / with_pat do it themselves
-    public = Access.PUBLIC
+    admin, pat = Access.ADMIN, Access.PAT
     tokens = f"{projects}/{{project_id}}/tokens"
-    router.add("GET", tokens, Endpoint(public, as_admin(list_pats)))
-    router.add("POST", tokens, Endpoint(public, as_admin(create_pat)))
-    router.add("DELETE", f"{tokens}/{{token_id}}", Endpoint(public, as_admin(revoke_pat)))
-    router.add("GET", ME, Endpoint(public, with_pat(me)))
+    router.add("GET", tokens, Endpoint(admin, list_pats, envelope=True))
+    router.add("POST", tokens, Endpoint(admin, create_pat, envelope=True))
+    router.add("DELETE", f"{tokens}/{{token_id}}", Endpoint(admin, revoke_pat, envelope=True))
+    router.add("GET", ME, Endpoint(pat, me, envelope=True))

@@ -17,6 +17,7 @@ from edge.api.http import (
     is_json_type,
     read_body,
 )
+from edge.api.people_auth import PatIdentity, PeopleContext
 from edge.api.store import TokenStore
 from edge.http1.exchange import Exchange
 
@@ -29,6 +30,7 @@ class Access(enum.Enum):
     PUBLIC = "public"  # no token (``/health``)
     TOKEN = "token"  # any valid token, acting on itself
     ADMIN = "admin"  # the admin token only (403 for others)
+    PAT = "pat"  # a personal access token only (``/public-api/*``)
 
 
 @dataclass(slots=True)
@@ -39,13 +41,21 @@ class ApiRequest:
     params: dict[str, str]
     identity: Identity | None
     store: TokenStore
+    people: PeopleContext
     body_limit: int = BODY_LIMIT
+    pat: PatIdentity | None = None
 
     @property
     def caller(self) -> Identity:
-        """The authenticated identity (every endpoint but ``PUBLIC`` ones has one)."""
+        """The authenticated token (every ``TOKEN`` and ``ADMIN`` endpoint has one)."""
         assert self.identity is not None
         return self.identity
+
+    @property
+    def pat_caller(self) -> PatIdentity:
+        """The user, project and role behind the PAT (every ``PAT`` endpoint has one)."""
+        assert self.pat is not None
+        return self.pat
 
     async def json(self, kind: type[S], *, required: bool = True) -> S | None:
         """The JSON body decoded into the strict Struct ``kind``.
@@ -74,9 +84,13 @@ class Endpoint:
 
     ``handler`` runs in a task (it talks to Redis) after authentication. ``inline`` is for
     ``PUBLIC`` endpoints that only read memory: answered inside the connection's callback,
-    no task, no Redis (``/health``, which load balancers poll).
+    no task, no Redis (``/health``, which load balancers poll). ``envelope`` endpoints (the
+    project and PAT surface) answer ``{"data": ..., "errors": null}`` and fail with
+    ``{"data": null, "errors": [{"code", "message", "field"}]}``.
     """
 
     access: Access
     handler: Handler | None = None
     inline: Callable[[Exchange], None] | None = None
+    #: answers (errors included) in the ``{"data": ..., "errors": ...}`` envelope
+    envelope: bool = False

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +24,8 @@ from argon2 import PasswordHasher
 
 from edge.auth.pat import PAT_REGEX
 from edge.auth.secrets import BASE58_ALPHABET, new_admin_token
+from tests.api_client import Answer, call
+from tests.api_client import assert_error as assert_admin_error
 from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
 
 USERS = "/api/v1/users"
@@ -44,71 +45,6 @@ PAT_FIELDS = {
     "created_at",
     "revoked_at",
 }
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    raw: bytes
-    elapsed: float = 0.0
-
-    @property
-    def doc(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def data(self) -> Any:
-        doc = self.doc
-        assert set(doc) == {"data", "errors"}, doc
-        assert doc["errors"] is None, doc
-        return doc["data"]
-
-    @property
-    def worker(self) -> str:
-        """The answering worker process: request ids start with a per-process prefix."""
-        return self.headers["x-request-id"][:8]
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: Any = None,
-    *,
-    authorization: str | None = None,
-    raw: bytes | None = None,
-    content_type: str | None = "application/json",
-    timeout: float = 10.0,
-) -> Answer:
-    headers: dict[str, str] = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    if data is not None and content_type is not None:
-        headers["Content-Type"] = content_type
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    started = time.monotonic()
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
-        headers_in = {k.lower(): v for k, v in resp.getheaders()}
-        return Answer(resp.status, headers_in, payload, time.monotonic() - started)
-    finally:
-        conn.close()
-
-
-def assert_admin_error(answer: Answer, status: int, code: str, field: str | None = None) -> None:
-    """The standard error document of the admin API."""
-    assert answer.status == status, (answer.status, answer.raw)
-    err = answer.doc["error"]
-    assert err["code"] == code, err
-    assert err["request_id"] == answer.headers["x-request-id"]
-    assert err.get("field") == field, err
 
 
 def assert_envelope_error(

@@ -60,6 +60,8 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "SELF_SIGNED_CN": ("self_signed_cn", "localhost"),
     "SELF_SIGNED_DAYS": ("self_signed_days", 365),
     "RSA_KEY_SIZE": ("rsa_key_size", 2048),
+    "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", 30.0),
+    "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", 30.0),
     "ADMIN_TOKEN": ("admin_token", None),
 }
 
@@ -74,6 +76,7 @@ SECONDS = [
     "DRAIN_TIMEOUT",
     "CONFIG_RESYNC_INTERVAL",
     "UPSTREAM_IDLE_TIMEOUT",
+    "PAT_LAST_USED_FLUSH_INTERVAL",
 ]
 
 # every numeric and enumerated variable with values it must refuse
@@ -95,6 +98,7 @@ INVALID: list[tuple[str, str]] = [
     ("TLS_STRICT_SNI", "maybe"),
     ("SELF_SIGNED_DAYS", "0"),
     ("RSA_KEY_SIZE", "1024"),
+    *[("PAT_VERIFY_CACHE_TTL", bad) for bad in ("-1", "3601", "nan", "soon")],
     ("SELF_SIGNED_CN", "not a host"),
     *[
         (name, bad)
