@@ -24,6 +24,7 @@ import msgspec
 from edge.api.http import Conflict, Response
 from edge.api.people_common import (
     DisplayName,
+    LastOwnerConflict,
     member_not_found,
     project_not_found,
     project_param,
@@ -32,7 +33,7 @@ from edge.api.people_common import (
     user_param,
 )
 from edge.api.people_pats import add_pat_routes
-from edge.api.people_store import Duplicate, Missing, PeopleStore
+from edge.api.people_store import Duplicate, LastOwner, Missing, PeopleStore
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.api.store import Email, Name
@@ -138,13 +139,18 @@ async def put_member(req: ApiRequest) -> Response:
         member, created = await _store(req).put_member(pid, uid, body.role, body.accepted)
     except Missing as missing:
         raise (project_not_found() if missing.kind == "project" else user_not_found()) from None
+    except LastOwner:
+        raise LastOwnerConflict("last owner demoted") from None
     return Response(201 if created else 200, member.public(pid, uid))
 
 
 async def delete_member(req: ApiRequest) -> Response:
     pid, uid = project_param(req), user_param(req)
     store = _store(req)
-    revoked = await store.delete_member(pid, uid)
+    try:
+        revoked = await store.delete_member(pid, uid)
+    except LastOwner:
+        raise LastOwnerConflict("last owner removed") from None
     if revoked is None:
         project, user, _ = await store.lookup(pid, uid)
         if project is None:

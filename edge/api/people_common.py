@@ -53,6 +53,11 @@ class NotAMember(ApiError):
     public_message = "the user is not an accepted member of this project"
 
 
+class LastOwnerConflict(Conflict):
+    code = "last_owner"
+    public_message = "a project keeps at least one accepted owner: make another member owner first"
+
+
 class TokenLimit(Conflict):
     code = "token_limit_reached"
 

@@ -41,7 +41,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from edge.api.store import REDIS_TIMEOUT, RedisHandle, TooMuchContention, now_iso
-from edge.auth.roles import is_role
+from edge.auth.roles import OWNER, is_role
 from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
 
 __all__ = [
@@ -276,6 +276,10 @@ class NotMember(Exception):
     """The user is not an accepted member of the project."""
 
 
+class LastOwner(Exception):
+    """The change would leave the project without an accepted owner."""
+
+
 class LimitReached(Exception):
     """The user already has :data:`MAX_ACTIVE_PATS` active PATs in the project."""
 
@@ -473,12 +477,25 @@ class PeopleStore:
         raw_p, raw_u, raw_m = await self._bounded(self.redis.client.mget(keys))
         return decode_project(pid, raw_p), decode_user(uid, raw_u), decode_member(pid, uid, raw_m)
 
+    @staticmethod
+    async def _other_owners(pipe: Pipeline, pid: str, uid: str) -> int:
+        """Accepted owners of ``pid`` other than ``uid`` (their records watched too)."""
+        others = [o for o in _ids("u", await pipe.smembers(members_key(pid))) if o != uid]
+        if not others:
+            return 0
+        keys = [member_key(pid, o) for o in others]
+        await pipe.watch(*keys)
+        raws = await pipe.mget(keys)
+        found = (decode_member(pid, o, r) for o, r in zip(others, raws, strict=True))
+        return sum(1 for m in found if m is not None and m.active and m.role == OWNER)
+
     async def put_member(
         self, pid: str, uid: str, role: str, accepted: bool
     ) -> tuple[Membership, bool]:
         """Create or replace a membership: (the membership, whether it is new).
 
-        Raises :class:`Missing` (``project`` or ``user``).
+        Raises :class:`Missing` (``project`` or ``user``), and :class:`LastOwner` when the
+        change would take away the project's last accepted owner.
         """
         key = member_key(pid, uid)
 
@@ -489,6 +506,10 @@ class PeopleStore:
             if decode_user(uid, raw_u) is None:
                 raise Missing("user")
             old = decode_member(pid, uid, raw_m)
+            was_owner = old is not None and old.active and old.role == OWNER
+            if was_owner and not (accepted and role == OWNER):
+                if await self._other_owners(pipe, pid, uid) == 0:
+                    raise LastOwner()
             now = now_iso()
             member = Membership(
                 role=role,
@@ -502,20 +523,26 @@ class PeopleStore:
             pipe.sadd(user_projects_key(uid), pid)
             return member, old is None
 
-        watched = [key, project_key(pid), user_key(uid)]
+        watched = [key, project_key(pid), user_key(uid), members_key(pid)]
         return await self._bounded(self._transaction(watched, body))
 
     async def delete_member(self, pid: str, uid: str) -> list[str] | None:
         """Remove a membership and revoke the user's active PATs in the project.
 
-        The ids of the PATs revoked, or None if there was no membership.
+        The ids of the PATs revoked, or None if there was no membership. Raises
+        :class:`LastOwner` rather than remove the project's last accepted owner.
         """
         key = member_key(pid, uid)
         owned = owner_key(pid, uid)
 
         async def body(pipe: Pipeline) -> list[str] | None:
-            if not await pipe.exists(key):
+            raw = await pipe.get(key)
+            if raw is None:
                 return None
+            old = decode_member(pid, uid, raw)
+            if old is not None and old.active and old.role == OWNER:
+                if await self._other_owners(pipe, pid, uid) == 0:
+                    raise LastOwner()
             tids = _ids("t", await pipe.smembers(owned))
             records: list[PatRecord] = []
             if tids:
@@ -534,7 +561,7 @@ class PeopleStore:
                 pipe.srem(prefix_key(record.token_prefix), record.id)
             return [r.id for r in records]
 
-        return await self._bounded(self._transaction([key, owned], body))
+        return await self._bounded(self._transaction([key, owned, members_key(pid)], body))
 
     # ---------------------------------------------------------------- PATs
     async def create_pat(self, record: PatRecord, limit: int = MAX_ACTIVE_PATS) -> None:

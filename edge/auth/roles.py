@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 __all__ = [
+    "OWNER",
     "PERMISSIONS",
     "ROLES",
     "Role",
@@ -31,6 +32,8 @@ Role = Literal["owner", "maintainer", "modifier", "viewer"]
 
 #: Every role, least privileged first.
 ROLES: Final[tuple[Role, ...]] = ("viewer", "modifier", "maintainer", "owner")
+#: The role a project always keeps at least one accepted member in.
+OWNER: Final[Role] = "owner"
 _RANK: Final[dict[str, int]] = {role: rank for rank, role in enumerate(ROLES)}
 
 #: THE table: permission -> the least role that has it.

@@ -295,6 +295,54 @@ def test_projects_and_members(api: Api, redis_db: RedisServer) -> None:
     )
 
 
+def test_a_project_keeps_an_accepted_owner(api: Api, redis_db: RedisServer) -> None:
+    r = redis_db.client()
+    pid, first = api.team("owner")
+    member = f"{PROJECTS}/{pid}/members/{{}}"
+    stored = r.get(f"project:{pid}:member:{first}")
+    # the only owner can be neither demoted, nor left unaccepted, nor removed
+    for method, body in (
+        ("PUT", {"role": "maintainer", "accepted": True}),
+        ("PUT", {"role": "owner", "accepted": False}),
+        ("DELETE", None),
+    ):
+        answer = api(method, member.format(first), body)
+        assert_admin_error(answer, 409, "last_owner")
+        assert r.get(f"project:{pid}:member:{first}") == stored
+    # an invited (not accepted) owner does not count
+    second = api.user("Bob")
+    api.member(pid, second, "owner", accepted=False)
+    assert_admin_error(api("DELETE", member.format(first)), 409, "last_owner")
+    # once the second owner has accepted, the first can step down, then leave
+    api.member(pid, second, "owner")
+    assert api.member(pid, first, "viewer").doc["role"] == "viewer"
+    assert_admin_error(api("DELETE", member.format(second)), 409, "last_owner")
+    assert api("DELETE", member.format(first)).status == 204
+    # a project that never had an owner takes other members freely
+    empty = api.project()
+    viewer = api.user("Cy")
+    assert api.member(empty, viewer, "viewer").status == 201
+    assert api("DELETE", member.replace(pid, empty).format(viewer)).status == 204
+
+
+def test_two_owners_demoting_each_other_at_once_leave_one(api: Api, redis_db: RedisServer) -> None:
+    r = redis_db.client()
+
+    def step_down(path: str) -> Answer:
+        return api("PUT", path, {"role": "viewer", "accepted": True})
+
+    for _ in range(10):
+        pid, a = api.team("owner")
+        b = api.user("Bob")
+        api.member(pid, b, "owner")
+        paths = [f"{PROJECTS}/{pid}/members/{uid}" for uid in (a, b)]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(step_down, paths))
+        assert sorted(x.status for x in answers) == [200, 409], [x.raw for x in answers]
+        roles = [json.loads(r.get(f"project:{pid}:member:{u}"))["role"] for u in (a, b)]
+        assert sorted(roles) == ["owner", "viewer"]
+
+
 def test_people_endpoints_need_the_admin_token(api: Api) -> None:
     pid, uid = api.team()
     token = api.pat(pid, uid)["token"]
