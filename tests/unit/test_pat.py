@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -596,3 +597,22 @@ def test_verifier_repr_and_logs_never_show_tokens(
     for text in (repr(verifier), str(verifier), str(verifier.stats()), caplog.text):
         assert pat.token[14:] not in text
     assert pat.token[14:] not in repr(verifier.__dict__)  # not even HMAC inputs are kept
+
+
+def test_argon2_threads_yield_the_core_to_the_event_loop() -> None:
+    """The worker's Argon2 pool runs below the loop's priority; the caller keeps its own."""
+    from edge.api.people_auth import ARGON2_NICE, PeopleContext
+    from edge.api.store import RedisHandle
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    context = PeopleContext(RedisHandle("redis://127.0.0.1:1/0"), 1.0)
+    try:
+        in_pool = {context.executor.submit(nice).result(timeout=5) for _ in range(8)}
+    finally:
+        context.close()
+    assert in_pool == {max(before, ARGON2_NICE)}
+    assert ARGON2_NICE > before
+    assert nice() == before
