@@ -210,13 +210,16 @@ def error_document(error: ApiError, request_id: str) -> dict[str, Any]:
     return {"error": inner}
 
 
-def envelope_document(error: ApiError) -> dict[str, Any]:
+def envelope_document(error: ApiError, request_id: str) -> dict[str, Any]:
     """``error`` in the envelope of the project and PAT endpoints."""
     field = error.field[:_FIELD_MAX] if error.field is not None else None
-    return {
-        "data": None,
-        "errors": [{"code": error.code, "message": error.public_message, "field": field}],
+    inner = {
+        "code": error.code,
+        "message": error.public_message,
+        "field": field,
+        "request_id": request_id,
     }
+    return {"data": None, "errors": [inner]}
 
 
 def error_response(ex: Exchange, error: ApiError, *, envelope: bool = False) -> None:
@@ -226,7 +229,8 @@ def error_response(ex: Exchange, error: ApiError, *, envelope: bool = False) -> 
     if ex.response_started:
         ex.conn.abort()
         return
-    document = envelope_document(error) if envelope else error_document(error, ex.request_id)
+    rid = ex.request_id
+    document = envelope_document(error, rid) if envelope else error_document(error, rid)
     json_response(ex, Response(error.status, document, error.headers()))
 
 

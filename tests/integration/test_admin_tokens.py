@@ -174,7 +174,9 @@ def test_token_lifecycle(edge_factory: EdgeFactory, event_loop_name: str, admin:
         assert [t["name"] for t in tokens] == ["admin", "ci", "deploy.bot-2"]
         for t in tokens:
             assert set(t) == {"name", "cert_email", "created_at", "created_by"}
-    assert call(port, "HEAD", T, admin).raw == b""
+    head = call(port, "HEAD", T, admin)
+    assert (head.status, head.raw) == (200, b"")
+    assert head.headers["content-length"] == listed.headers["content-length"]
 
     # get one (percent-encoded and trailing-slash paths are the same resource)
     for path in (f"{T}/ci", f"{T}/ci/", f"{T}/%63i"):

@@ -58,7 +58,8 @@ def assert_envelope_error(
     assert set(doc) == {"data", "errors"}, doc
     assert doc["data"] is None
     [error] = doc["errors"]
-    assert set(error) == {"code", "message", "field"}, error
+    assert set(error) == {"code", "message", "field", "request_id"}, error
+    assert error["request_id"] == answer.headers["x-request-id"]
     assert error["code"] == code, error
     assert error["field"] == field, error
     assert isinstance(error["message"], str) and error["message"]
@@ -505,8 +506,10 @@ def test_envelope_errors(api: Api) -> None:
     assert_envelope_error(api.revoke(pid, elsewhere["id"], uid2), 404, "token_not_found")
     # the router's own 404/405 keep the standard document (no endpoint ran)
     assert_admin_error(api("PUT", tokens), 405, "method_not_allowed")
-    # HEAD answers without a body
-    assert api("HEAD", f"{tokens}?user_id={uid}").raw == b""
+    # HEAD answers like GET, without a body
+    head, get = api("HEAD", f"{tokens}?user_id={uid}"), api("GET", f"{tokens}?user_id={uid}")
+    assert (head.status, head.raw) == (200, b"")
+    assert head.headers["content-length"] == get.headers["content-length"] != "0"
 
 
 def test_non_members_get_no_tokens(api: Api, redis_db: RedisServer) -> None:
@@ -711,13 +714,19 @@ def test_bad_pats_do_not_stall_other_traffic(
     baseline = max(timed(edge.health) for _ in range(5))
     done = threading.Event()
     latencies: dict[str, list[float]] = {"health": [], "proxied": [], "valid": []}
+    failures: list[BaseException | int] = []  # checked here, not in the prober's thread
 
     def probe() -> None:
         while not done.is_set():
-            latencies["health"].append(timed(edge.health))
-            latencies["proxied"].append(proxied())
-            answer = api.me(token)
-            assert answer.status == 200
+            try:
+                latencies["health"].append(timed(edge.health))
+                latencies["proxied"].append(proxied())
+                answer = api.me(token)
+            except Exception as exc:  # reported by the test's own thread
+                failures.append(exc)
+                return
+            if answer.status != 200:
+                failures.append(answer.status)
             latencies["valid"].append(answer.elapsed)
 
     prober = threading.Thread(target=probe)
@@ -730,6 +739,7 @@ def test_bad_pats_do_not_stall_other_traffic(
         flood = time.monotonic() - started
         done.set()
         prober.join()
+    assert failures == []
     for answer in answers:
         assert_envelope_error(answer, 401, "unauthorized")
     # the flood really cost Argon2 time (30 verifies over 2 threads)...
