@@ -362,6 +362,11 @@ def test_people_endpoints_need_the_admin_token(api: Api) -> None:
         assert_admin_error(call(api.port, method, path), 401, "unauthorized")
         assert_admin_error(call(api.port, method, path, token), 401, "unauthorized")  # a PAT
         assert_admin_error(call(api.port, method, path, other), 403, "forbidden")
+    # nor does a PAT open any other admin endpoint, as a bearer token or bare
+    for path in ("/api/v1/proxy/targets/", "/api/v1/tokens/info", "/api/v1/routes/"):
+        assert_admin_error(call(api.port, "GET", path, token), 401, "unauthorized")
+        assert_admin_error(call(api.port, "GET", path, authorization=token), 401, "unauthorized")
+        assert call(api.port, "GET", path, other).status == 200  # the same path, a real token
     # the PAT endpoints: the same checks, in the envelope
     pat_paths = [
         ("GET", f"{PROJECTS}/{pid}/tokens?user_id={uid}"),
