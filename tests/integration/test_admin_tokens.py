@@ -216,6 +216,20 @@ def test_token_lifecycle(edge_factory: EdgeFactory, event_loop_name: str, admin:
     assert cleared.status == 200 and cleared.doc["cert_email"] is None
     # only its own record changed
     assert call(port, "GET", f"{T}/ci", admin).doc["cert_email"] == "new@example.com"
+    # bad bodies name the field and change nothing; no token is a 401
+    for body, field in (
+        ({"cert_email": "nope"}, "cert_email"),
+        ({"cert_email": 5}, "cert_email"),
+        ({"cert_email": "a@b.example", "x": 1}, "x"),
+        ({}, "cert_email"),
+    ):
+        assert_error(call(port, "PUT", f"{T}/email", ci, body), 400, "invalid_body", field)
+    for body, field in (({"cert_email": "nope"}, "cert_email"), ({"name": "x"}, "name")):
+        assert_error(call(port, "POST", f"{T}/generate", admin, body), 400, "invalid_body", field)
+    assert call(port, "GET", f"{T}/ci", admin).doc["cert_email"] == "new@example.com"
+    for method, path in (("PUT", f"{T}/email"), ("POST", f"{T}/generate")):
+        answer = call(port, method, path, None, {"cert_email": "a@b.example"})
+        assert_error(answer, 401, "unauthorized")
     for method, path, body in (
         ("GET", T, None),
         ("POST", T, {"name": "sneaky"}),
