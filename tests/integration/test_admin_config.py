@@ -461,7 +461,9 @@ def test_proxy_sub_resources(
     # the rest of the proxy is untouched by all of this
     assert stored()["target_url"] == ups["one"].url
     assert stored()["created_at"] == proxy["created_at"]
-    for method, sub in (("GET", "auth"), ("POST", "auth"), ("DELETE", "mcp"), ("PUT", "routes")):
+    every = [(m, sub) for sub in ("auth", "mcp") for m in ("GET", "POST", "DELETE")]
+    every += [("GET", "routes"), ("PUT", "routes")]
+    for method, sub in every:
         answer = call(port, method, f"{P}/none.test/{sub}", admin, {} if method != "GET" else None)
         assert_error(answer, 404, "proxy_not_found")
 
