@@ -475,6 +475,9 @@ def test_envelope_errors(api: Api) -> None:
     ):
         assert_envelope_error(api("POST", tokens, body), 400, "invalid_body", field)
     assert_envelope_error(api("POST", tokens, raw=b"{"), 400, "invalid_json")
+    big = b'{"user_id": "' + b"u" * (1 << 20) + b'", "name": "x"}'
+    assert_envelope_error(api("POST", tokens, raw=big), 413, "payload_too_large")
+    assert api.pats(pid, uid) == []
     assert_envelope_error(
         api("POST", tokens, {"user_id": uid, "name": "x"}, content_type="text/plain"),
         415,
