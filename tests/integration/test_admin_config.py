@@ -203,6 +203,24 @@ def test_every_config_endpoint_needs_a_token(api: EdgeProcess, rdb: redis.Redis)
 # ---------------------------------------------------------------------------- proxies
 
 
+def test_every_collection_answers_with_and_without_the_trailing_slash(
+    api: EdgeProcess, admin: str, rdb: redis.Redis
+) -> None:
+    rdb.set("proxy:a.test", proxy_doc("a.test", "http://127.0.0.1:9"))
+    port = api.api_port
+    collections = [P, R, S, C, RES, T, "/api/v1/users", "/api/v1/projects"]
+    for path in collections:
+        bare, slashed = call(port, "GET", path, admin), call(port, "GET", f"{path}/", admin)
+        assert (bare.status, slashed.status) == (200, 200), (path, bare.raw, slashed.raw)
+        assert bare.doc == slashed.doc, path
+    # and a create through either form lands in the same collection
+    for n, path in enumerate((S, f"{S}/")):
+        body = {"service_name": f"svc{n}", "target_url": "http://127.0.0.1:9"}
+        assert call(port, "POST", path, admin, body).status == 201, path
+    names = sorted(str(x) for x in rdb.smembers("services:external"))
+    assert names == ["b'svc0'", "b'svc1'"]
+
+
 def test_proxy_lifecycle_is_served_live(
     edge_factory: EdgeFactory,
     admin: str,
