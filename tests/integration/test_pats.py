@@ -819,6 +819,10 @@ def test_no_plaintext_pat_in_redis_or_logs(api: Api, redis_db: RedisServer) -> N
     assert api.me(pats[0]["token"]).status == 401
     time.sleep(1)  # a flush
     stored = b"\n".join(every_redis_byte(redis_db))
+    # every request is in the access log before it is read, and the edge has flushed all
+    wanted = 3 * 3 + 1  # the uses, the two refusals of each, the revoked use
+    wait_for(lambda: sum(1 for e in api.edge.access_log() if e.get("path") == ME) >= wanted, 5)
+    assert api.edge.stop() == 0
     logs = api.edge.stderr() + api.edge.stdout()
     for secret in secrets_seen:
         assert secret.encode() not in stored
