@@ -817,6 +817,9 @@ def test_no_plaintext_pat_in_redis_or_logs(api: Api, redis_db: RedisServer) -> N
         secrets_seen += [token, token[14:], mistype(token, 30)]
     api.revoke(pid, pats[0]["id"], uid)
     assert api.me(pats[0]["token"]).status == 401
+    # a client that puts its PAT in the query string is refused, and the log keeps no query
+    leaked = call(api.port, "GET", f"{ME}?access_token={pats[1]['token']}")
+    assert leaked.status == 401
     time.sleep(1)  # a flush
     stored = b"\n".join(every_redis_byte(redis_db))
     # every request is in the access log before it is read, and the edge has flushed all
