@@ -233,19 +233,6 @@ def caddy_config(port: int, hashed: str, cached: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((run.LOOPBACK, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise run.BenchError(f"port {port} did not open")
-
-
 # -------------------------------------------------------------------------------- measuring
 
 
@@ -313,7 +300,7 @@ def start_edge(w: World, d: Path, cache_ttl: str) -> tuple[run.Child, int]:
     argv = run.pin([sys.executable, "-m", "edge", "serve"], run.PROXY_CPU)
     child = w.children.spawn("edge", argv, env=env, cwd=d, stdout=d / "access.log",
                              stderr=d / "stderr.log")  # fmt: skip
-    wait_port(api_port)
+    run.wait_port(api_port)
     return child, api_port
 
 
@@ -333,7 +320,7 @@ def measure(w: World, case: Case, secs: int, rnd: int) -> Result:
                        XDG_CONFIG_HOME=str(d / "config"), GOMAXPROCS="1")  # fmt: skip
             argv = run.pin(["caddy", "run", "--config", str(conf)], run.PROXY_CPU)
             child = w.children.spawn("caddy", argv, env=env, cwd=d, stderr=d / "stderr.log")
-            wait_port(port)
+            run.wait_port(port)
             basic = "Basic " + base64.b64encode(b"bench:secret").decode()
             script = wrk_script(d, "/", [basic])
             if case.scenario == "caddy-cached":  # one verification fills the cache
@@ -521,14 +508,7 @@ def main() -> int:
     text = report(results, args.rounds, args.duration, command, costs)
     print(text)
     if args.write_results:
-        md = run.RESULTS_MD.read_text()
-        if SECTION_START in md:
-            head, _, rest = md.partition(SECTION_START)
-            _, _, tail = rest.partition(SECTION_END)
-            md = head + text + tail
-        else:
-            md = md.rstrip("\n") + "\n\n" + text + "\n"
-        run.RESULTS_MD.write_text(md)
+        run.replace_marked(text, SECTION_START, SECTION_END)
     return 0
 
 

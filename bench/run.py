@@ -1024,6 +1024,31 @@ def write_results(section: str) -> None:
     RESULTS_MD.write_text(text)
 
 
+def replace_marked(block: str, start: str, end: str) -> None:
+    """Put ``block`` (which begins with ``start`` and ends with ``end``) into RESULTS.md,
+    replacing the block between the same markers or appending it."""
+    md = RESULTS_MD.read_text()
+    if start in md:
+        head, _, rest = md.partition(start)
+        _, _, tail = rest.partition(end)
+        md = head + block + tail
+    else:
+        md = md.rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS_MD.write_text(md)
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    """Until something accepts connections on ``port`` (BenchError after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise BenchError(f"port {port} did not open")
+
+
 # --------------------------------------------------------------------------------------------
 # profiling the edge
 

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,19 +137,6 @@ listen front
 """
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((run.LOOPBACK, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise run.BenchError(f"port {port} did not open")
-
-
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-1500:] if path.exists() else ""
 
@@ -187,7 +173,7 @@ def measure(children: run.Children, st: run.Settings, case: Case, secs: int, rnd
         url_port = port
         if case.scheme == "http":
             try:
-                wait_port(backend)
+                run.wait_port(backend)
             except run.BenchError:
                 raise run.BenchError(f"edge did not listen:\n{_tail(launch.stderr)}") from None
             conf = d / "haproxy.cfg"
@@ -196,7 +182,7 @@ def measure(children: run.Children, st: run.Settings, case: Case, secs: int, rnd
                                                            run.LOAD_CPU), cwd=d,
                                         stderr=d / "haproxy.err"))  # fmt: skip
     try:
-        wait_port(url_port)
+        run.wait_port(url_port)
         url = f"{case.scheme}://{run.LOOPBACK}:{url_port}/small"
         wrk(url, run.WARMUP_SECS, case.close)
         before = run.tree_cpu(child.pid)
@@ -301,14 +287,7 @@ def main() -> int:
     text = report(results, args.rounds, args.duration, command)
     print(text)
     if args.write_results:
-        md = run.RESULTS_MD.read_text()
-        if SECTION_START in md:
-            head, _, rest = md.partition(SECTION_START)
-            _, _, tail = rest.partition(SECTION_END)
-            md = head + text + tail
-        else:
-            md = md.rstrip("\n") + "\n\n" + text + "\n"
-        run.RESULTS_MD.write_text(md)
+        run.replace_marked(text, SECTION_START, SECTION_END)
     return 0
 
 
