@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from edge.api.people_auth import LastUsedFlusher
-from edge.api.store import RedisHandle, TokenStore
+from edge.api.redis_store import RedisHandle
+from edge.api.store import TokenStore
 from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder

@@ -31,11 +31,12 @@ from urllib.parse import quote
 
 import msgspec
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, Unauthorized
+from edge.api.redis_store import watched_transaction
 from edge.api.request import ApiRequest
-from edge.api.store import TooMuchContention, now_iso, valid_name
+from edge.api.store import now_iso, valid_name
 from edge.auth.secrets import is_token_hash, same_hash
 from edge.config.schema import ConfigError, ConfigItem, decode_item
 
@@ -80,7 +81,6 @@ __all__ = [
 
 log = logging.getLogger("edge.api")
 
-TXN_ATTEMPTS = 8
 SCAN_COUNT = 500
 FETCH_BATCH = 500
 MESSAGE_MAX = 300  # a validation message shown to the client is cut here
@@ -112,24 +112,12 @@ async def transaction(
     marker = None if caller.is_admin else deleting_key(caller.token_hash)
     watched = [*keys, marker] if marker is not None else list(keys)
 
-    async def attempts() -> R:
-        async with req.store.redis.client.pipeline(transaction=True) as pipe:
-            for _ in range(TXN_ATTEMPTS):
-                try:
-                    await pipe.watch(*watched)
-                    if marker is not None and await pipe.exists(marker):
-                        raise Unauthorized("token being deleted")
-                    result = await body(pipe)
-                    if pipe.explicit_transaction:
-                        await pipe.execute()
-                    else:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return result
-                except WatchError:
-                    await pipe.reset()  # type: ignore[no-untyped-call]
-        raise TooMuchContention(f"{keys[0]}: transaction kept conflicting")
+    async def guarded(pipe: Pipeline) -> R:
+        if marker is not None and await pipe.exists(marker):
+            raise Unauthorized("token being deleted")
+        return await body(pipe)
 
-    return await read(req, attempts())
+    return await read(req, watched_transaction(req.store.redis.client, watched, guarded))
 
 
 def as_text(value: bytes | str) -> str:

@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 
 import msgspec
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from edge.api.http import Unauthorized
 from edge.api.people_store import (
@@ -51,7 +50,8 @@ from edge.api.people_store import (
     pat_key,
     valid_id,
 )
-from edge.api.store import RedisHandle, now_iso
+from edge.api.redis_store import RedisHandle, TooMuchContention, watched_transaction
+from edge.api.store import now_iso
 from edge.auth.pat import PatVerifier, parse_pat
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
@@ -228,25 +228,19 @@ class LastUsedFlusher:
 
     async def _flush_one(self, tid: str, used: str) -> bool:
         key = pat_key(tid)
-        async with self.redis.client.pipeline(transaction=True) as pipe:
-            for _ in range(4):
-                try:
-                    return await self._write(pipe, key, tid, used)
-                except WatchError:
-                    await pipe.reset()  # type: ignore[no-untyped-call]
-        return False  # revoked or rewritten four times meanwhile: the next flush retries
 
-    @staticmethod
-    async def _write(pipe: Pipeline, key: str, tid: str, used: str) -> bool:
-        await pipe.watch(key)
-        record = decode_pat(tid, await pipe.get(key))
-        if record is None or (record.last_used_at is not None and record.last_used_at >= used):
-            await pipe.unwatch()  # type: ignore[no-untyped-call]
-            return False
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.set(key, msgspec.json.encode(msgspec.structs.replace(record, last_used_at=used)))
-        await pipe.execute()
-        return True
+        async def write(pipe: Pipeline) -> bool:
+            record = decode_pat(tid, await pipe.get(key))
+            if record is None or (record.last_used_at is not None and record.last_used_at >= used):
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(key, msgspec.json.encode(msgspec.structs.replace(record, last_used_at=used)))
+            return True
+
+        try:
+            return await watched_transaction(self.redis.client, [key], write, attempts=4)
+        except TooMuchContention:
+            return False  # revoked or rewritten four times meanwhile: the next flush retries
 
 
 def _text(value: bytes | str) -> str:

@@ -28,11 +28,10 @@ skipped with a warning naming the key only.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -40,7 +39,8 @@ import msgspec
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from edge.api.store import REDIS_TIMEOUT, RedisHandle, TooMuchContention, now_iso
+from edge.api.redis_store import RedisStore
+from edge.api.store import now_iso
 from edge.auth.roles import OWNER, is_role
 from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
 
@@ -68,7 +68,6 @@ ID_RANDOM = 12
 MAX_ACTIVE_PATS = 10  # active (not revoked, not expired) PATs per user and project
 LAST_USED_PREFIX = "pat_last_used:"
 LAST_USED_TTL = 300
-_TXN_ATTEMPTS = 8
 _BATCH = 500
 _ID_RE = {kind: re.compile(rf"\A{kind}_{B58_CLASS}{{{ID_RANDOM}}}\Z") for kind in "upt"}
 # an Argon2 PHC string as new_pat() makes it; anything else in token_hash is corrupt
@@ -346,34 +345,8 @@ def _multi(pipe: Pipeline) -> None:
 R = TypeVar("R")
 
 
-class PeopleStore:
+class PeopleStore(RedisStore):
     """The records above. Every method may raise RedisError/OSError/TimeoutError."""
-
-    def __init__(self, redis: RedisHandle, timeout: float = REDIS_TIMEOUT) -> None:
-        self.redis = redis
-        self.timeout = timeout
-
-    async def _bounded(self, work: Awaitable[R]) -> R:
-        async with asyncio.timeout(self.timeout):
-            return await work
-
-    async def _transaction(
-        self, keys: Sequence[str], body: Callable[[Pipeline], Awaitable[R]]
-    ) -> R:
-        """Run ``body`` with ``keys`` watched (it may watch more before ``pipe.multi()``)."""
-        async with self.redis.client.pipeline(transaction=True) as pipe:
-            for _ in range(_TXN_ATTEMPTS):
-                try:
-                    await pipe.watch(*keys)
-                    result = await body(pipe)
-                    if pipe.explicit_transaction:
-                        await pipe.execute()
-                    else:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return result
-                except WatchError:
-                    await pipe.reset()  # type: ignore[no-untyped-call]
-        raise TooMuchContention(f"{keys[0]}: transaction kept conflicting")
 
     async def _mget(self, keys: list[str]) -> list[bytes | str | None]:
         client = self.redis.client

@@ -17,27 +17,21 @@ Every Redis call is bounded by :data:`REDIS_TIMEOUT`; callers map ``RedisError``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, WatchError
 
+from edge.api.redis_store import RedisStore
 from edge.auth.secrets import is_token_hash, same_hash, token_hash
-from edge.config.watcher import redis_client
 
 __all__ = [
     "ADMIN_NAME",
     "NAME_PATTERN",
-    "REDIS_TIMEOUT",
     "CorruptRecord",
-    "RedisHandle",
     "TokenExists",
     "TokenRecord",
     "TokenStore",
@@ -55,8 +49,6 @@ NAME_MAX = 64
 _NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 EMAIL_MAX = 254  # RFC 5321 path limit
-REDIS_TIMEOUT = 5.0  # each store operation, all its round trips included
-_TXN_ATTEMPTS = 8
 RECORD_PREFIX = "token:"
 HASH_PREFIX = "token:hash:"
 
@@ -96,10 +88,6 @@ class CorruptRecord(Exception):
 
 class TokenExists(Exception):
     """A record with that name exists already."""
-
-
-class TooMuchContention(RedisError):
-    """A transaction kept losing its WATCH race; treated like an unavailable Redis."""
 
 
 def valid_name(name: str) -> bool:
@@ -151,58 +139,8 @@ def _decode(key: str, raw: bytes | str) -> TokenRecord:
     return record
 
 
-class RedisHandle:
-    """One lazily created asyncio Redis client per worker (``decode_responses=False``)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._client: aioredis.Redis | None = None
-
-    @property
-    def client(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = redis_client(self.url)
-        return self._client
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-
-R = TypeVar("R")
-
-
-class TokenStore:
+class TokenStore(RedisStore):
     """Token records in Redis. Every method may raise RedisError/OSError/TimeoutError."""
-
-    def __init__(self, redis: RedisHandle, timeout: float = REDIS_TIMEOUT) -> None:
-        self.redis = redis
-        self.timeout = timeout
-
-    async def _bounded(self, work: Awaitable[R]) -> R:
-        async with asyncio.timeout(self.timeout):
-            return await work
-
-    async def _transaction(self, key: str, body: Callable[[Pipeline], Awaitable[R]]) -> R:
-        """Run ``body`` with ``key`` watched; it calls ``pipe.multi()`` and queues writes.
-
-        Retried on ``WatchError`` (someone else wrote ``key`` between our read and EXEC).
-        """
-        async with self.redis.client.pipeline(transaction=True) as pipe:
-            for _ in range(_TXN_ATTEMPTS):
-                try:
-                    await pipe.watch(key)
-                    result = await body(pipe)
-                    if pipe.explicit_transaction:
-                        await pipe.execute()
-                    else:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return result
-                except WatchError:
-                    await pipe.reset()  # type: ignore[no-untyped-call]
-                    continue
-        raise TooMuchContention(f"{key}: transaction kept conflicting")
 
     # ---------------------------------------------------------------- reads
     async def get(self, name: str) -> TokenRecord | None:
@@ -276,7 +214,7 @@ class TokenStore:
             pipe.set(key, _encode(record))
             pipe.set(hash_key(record.hash), record.name)
 
-        await self._bounded(self._transaction(key, body))
+        await self._bounded(self._transaction([key], body))
 
     async def delete(self, name: str) -> bool:
         """Delete a record, its index entry and (hook) what it owns; False if absent."""
@@ -296,7 +234,7 @@ class TokenStore:
             cascade_owned(pipe, record.hash)
             return True
 
-        return await self._bounded(self._transaction(key, body))
+        return await self._bounded(self._transaction([key], body))
 
     async def set_email(self, name: str, email: str | None) -> TokenRecord | None:
         """Replace ``cert_email``; the updated record, or None if the token is gone."""
@@ -311,7 +249,7 @@ class TokenStore:
             pipe.set(key, _encode(record))
             return record
 
-        return await self._bounded(self._transaction(key, body))
+        return await self._bounded(self._transaction([key], body))
 
     async def bootstrap_admin(self, value: str) -> bool:
         """Make ``value`` the ``admin`` token; True if Redis changed.
@@ -362,4 +300,4 @@ class TokenStore:
                 pipe.delete(stale)
             return True
 
-        return await self._bounded(self._transaction(key, body))
+        return await self._bounded(self._transaction([key], body))
