@@ -447,15 +447,3 @@ def test_redis_down_is_503(api: EdgeProcess, admin: str, redis_db: RedisServer) 
     redis_db.start()
     wait_for(lambda: call(api.api_port, "GET", f"{T}/info", admin).status == 401)
     # (the restarted redis is empty: the admin token is written again at the next start)
-
-
-def test_api_hostname_serves_the_api_on_the_public_listener(
-    edge_factory: EdgeFactory, admin: str
-) -> None:
-    edge = edge_factory(ADMIN_TOKEN=admin, API_HOSTNAME="edge-api.test")
-    answer = call(edge.http_port, "GET", f"{T}/info", admin, host="edge-api.test")
-    assert answer.status == 200 and answer.doc["name"] == "admin"
-    assert_error(
-        call(edge.http_port, "GET", f"{T}/info", host="edge-api.test"), 401, "unauthorized"
-    )
-    assert call(edge.http_port, "GET", "/health", host="edge-api.test").status == 200
