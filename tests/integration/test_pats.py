@@ -12,11 +12,13 @@ import http.client
 import json
 import re
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,14 @@ from edge.auth.pat import PAT_REGEX
 from edge.auth.secrets import BASE58_ALPHABET, new_admin_token
 from tests.api_client import Answer, call
 from tests.api_client import assert_error as assert_admin_error
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    proxy_doc,
+    require_tool,
+    wait_for,
+)
 
 USERS = "/api/v1/users"
 PROJECTS = "/api/v1/projects"
@@ -647,7 +656,10 @@ def test_revocation_reaches_every_worker_at_once(edge_factory: EdgeFactory, admi
 def test_mistyped_pats_never_reach_redis(
     edge_factory: EdgeFactory, admin: str, redis_db: RedisServer
 ) -> None:
-    edge = edge_factory(ADMIN_TOKEN=admin, CONFIG_RESYNC_INTERVAL=3600)
+    # nothing else of the edge's talks to Redis meanwhile: no resync, no last-used flush
+    edge = edge_factory(
+        ADMIN_TOKEN=admin, CONFIG_RESYNC_INTERVAL=3600, PAT_LAST_USED_FLUSH_INTERVAL=3600
+    )
     api = Api(edge, admin)
     pid, uid = api.team()
     token = api.pat(pid, uid)["token"]
@@ -828,6 +840,53 @@ def test_no_plaintext_pat_in_redis_or_logs(api: Api, redis_db: RedisServer) -> N
         assert secret.encode() not in stored
         assert secret not in logs
     assert pats[0]["token_prefix"] in logs  # the prefix (not secret) helps find failures
+
+
+def test_no_token_value_is_ever_sent_to_redis(
+    api: Api, redis_db: RedisServer, tmp_path: Path
+) -> None:
+    """Every command the edge sends to Redis, read with ``redis-cli monitor``, over the
+    whole life of an admin token and of PATs: created, used, refused, revoked, flushed."""
+    captured = tmp_path / "monitor.txt"
+    with captured.open("wb") as out:
+        monitor = subprocess.Popen(
+            [require_tool("redis-cli"), "-p", str(redis_db.port), "monitor"], stdout=out
+        )
+    try:
+        wait_for(lambda: captured.read_bytes().startswith(b"OK"), timeout=5)
+        # an admin token: created, used, deleted, then refused
+        made = api("POST", "/api/v1/tokens/", {"name": "ops"})
+        assert made.status == 201, made.raw
+        ops = made.doc["token"]
+        assert call(api.port, "GET", "/api/v1/tokens/info", ops).status == 200
+        assert api("DELETE", "/api/v1/tokens/ops").status == 204
+        assert call(api.port, "GET", "/api/v1/tokens/info", ops).status == 401
+        # PATs: created, used, mistyped, forged, revoked, then refused; last use flushed
+        pid, uid = api.team()
+        pats = [api.pat(pid, uid, f"m{i}") for i in range(2)]
+        for pat in pats:
+            assert api.me(pat["token"]).status == 200
+            assert api.me(mistype(pat["token"], 30)).status == 401
+            assert api.me(forge(pat["token_prefix"])).status == 401
+        r = redis_db.client()
+        wait_for(lambda: json.loads(r.get(f"pat:{pats[1]['id']}"))["last_used_at"], timeout=5)
+        assert api.revoke(pid, pats[0]["id"], uid).status == 200
+        assert api.me(pats[0]["token"]).status == 401
+        time.sleep(0.2)  # monitor output is written as Redis executes; let the last arrive
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=5)
+    seen = captured.read_text(errors="replace")
+    # the capture saw the traffic: the hashes and ids were sent, just never a value
+    assert hashlib.sha256(ops.encode()).hexdigest() in seen
+    assert hashlib.sha256(api.admin.encode()).hexdigest() in seen
+    assert f"pat:{pats[0]['id']}" in seen and "$argon2id$v=19$" in seen
+    assert pats[0]["token_prefix"] in seen and '\\"revoked_at\\":\\"' in seen
+    values = [ops, ops[5:], api.admin, api.admin[5:]]
+    for pat in pats:
+        values += [pat["token"], pat["token"][14:], mistype(pat["token"], 30)[14:]]
+    for value in values:
+        assert value not in seen
 
 
 def test_verification_overload_is_a_quick_503(edge_factory: EdgeFactory, admin: str) -> None:
