@@ -193,41 +193,33 @@ def _proxy_options(parser: argparse.ArgumentParser, create: bool) -> None:
     add_set_option(parser)
 
 
-# the proxy sub-resources: each replaces its group of fields as a whole
-AUTH_FLAGS = {
-    "auth_enabled": "--disabled",
-    "auth_proxy": "--auth-proxy",
-    "auth_mode": "--mode",
-    "auth_required_users": "--user",
-    "auth_required_emails": "--email",
-    "auth_required_groups": "--group",
-    "auth_allowed_scopes": "--scope",
-    "auth_allowed_audiences": "--audience",
-    "auth_excluded_paths": "--exclude",
-    "auth_pass_headers": "--pass-headers",
-    "auth_cookie_name": "--cookie-name",
-    "auth_header_prefix": "--header-prefix",
-}
-_AUTH_OPTIONS = {
-    "auth_proxy": "auth_proxy",
-    "mode": "auth_mode",
-    "users": "auth_required_users",
-    "emails": "auth_required_emails",
-    "groups": "auth_required_groups",
-    "scopes": "auth_allowed_scopes",
-    "audiences": "auth_allowed_audiences",
-    "excluded": "auth_excluded_paths",
-    "pass_headers": "auth_pass_headers",
-    "cookie_name": "auth_cookie_name",
-    "header_prefix": "auth_header_prefix",
-}
-ROUTES_FLAGS = {"route_mode": "--mode", "enabled_routes": "--use", "disabled_routes": "--skip"}
-MCP_FLAGS = {
-    "resource_endpoint": "--endpoint",
-    "resource_scopes": "--scope",
-    "resource_stateful": "--stateful",
-    "resource_versions": "--version",
-}
+# the proxy sub-resources: each replaces its group of fields as a whole.
+# (option, argparse dest, field): the field is what the API names in a 400
+Option = tuple[str, str, str]
+AUTH_OPTIONS: tuple[Option, ...] = (
+    ("--auth-proxy", "auth_proxy", "auth_proxy"),
+    ("--mode", "mode", "auth_mode"),
+    ("--user", "users", "auth_required_users"),
+    ("--email", "emails", "auth_required_emails"),
+    ("--group", "groups", "auth_required_groups"),
+    ("--scope", "scopes", "auth_allowed_scopes"),
+    ("--audience", "audiences", "auth_allowed_audiences"),
+    ("--exclude", "excluded", "auth_excluded_paths"),
+    ("--pass-headers", "pass_headers", "auth_pass_headers"),
+    ("--cookie-name", "cookie_name", "auth_cookie_name"),
+    ("--header-prefix", "header_prefix", "auth_header_prefix"),
+)
+ROUTES_OPTIONS: tuple[Option, ...] = (
+    ("--mode", "mode", "route_mode"),
+    ("--use", "use", "enabled_routes"),
+    ("--skip", "skip", "disabled_routes"),
+)
+MCP_OPTIONS: tuple[Option, ...] = (
+    ("--endpoint", "endpoint", "resource_endpoint"),
+    ("--scope", "scopes", "resource_scopes"),
+    ("--stateful", "stateful", "resource_stateful"),
+    ("--version", "versions", "resource_versions"),
+)
 
 
 def _group_show(part: str) -> Callable[[Context], int]:
@@ -246,39 +238,24 @@ def _group_clear(part: str, what: str) -> Callable[[Context], int]:
     return clear
 
 
-def proxy_auth_set(ctx: Context) -> int:
-    body: dict[str, Any] = {}
-    if ctx.args.disabled:
-        body["auth_enabled"] = False
-    _changes(ctx, body, _AUTH_OPTIONS)
-    set_fields(body, ctx.args.set)
-    path = _proxy_path(ctx.args.host, "auth")
-    return ctx.show(ctx.api.call("POST", path, body, flags=AUTH_FLAGS))
+def _group_set(
+    part: str, method: str, options: tuple[Option, ...], off: Option | None = None
+) -> Callable[[Context], int]:
+    """Send the group's fields that were given (``off``: a flag that sends ``False``)."""
+    flags = {field: flag for flag, _, field in options}
+    if off is not None:
+        flags[off[2]] = off[0]
 
+    def set_group(ctx: Context) -> int:
+        body: dict[str, Any] = {}
+        if off is not None and getattr(ctx.args, off[1]):
+            body[off[2]] = False
+        _changes(ctx, body, {dest: field for _, dest, field in options})
+        set_fields(body, ctx.args.set)
+        path = _proxy_path(ctx.args.host, part)
+        return ctx.show(ctx.api.call(method, path, body, flags=flags))
 
-def proxy_routes_set(ctx: Context) -> int:
-    body: dict[str, Any] = {}
-    _changes(ctx, body, {"mode": "route_mode", "use": "enabled_routes", "skip": "disabled_routes"})
-    set_fields(body, ctx.args.set)
-    path = _proxy_path(ctx.args.host, "routes")
-    return ctx.show(ctx.api.call("PUT", path, body, flags=ROUTES_FLAGS))
-
-
-def proxy_mcp_set(ctx: Context) -> int:
-    body: dict[str, Any] = {}
-    _changes(
-        ctx,
-        body,
-        {
-            "endpoint": "resource_endpoint",
-            "scopes": "resource_scopes",
-            "stateful": "resource_stateful",
-            "versions": "resource_versions",
-        },
-    )
-    set_fields(body, ctx.args.set)
-    path = _proxy_path(ctx.args.host, "mcp")
-    return ctx.show(ctx.api.call("POST", path, body, flags=MCP_FLAGS))
+    return set_group
 
 
 def _add_proxy_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -308,7 +285,7 @@ def _add_proxy_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
         auth,
         "set",
         "turn authentication on with these settings (replaces every auth_* field)",
-        proxy_auth_set,
+        _group_set("auth", "POST", AUTH_OPTIONS, ("--disabled", "disabled", "auth_enabled")),
         common,
     )
     auth_set.add_argument("host", metavar="HOST")
@@ -344,7 +321,11 @@ def _add_proxy_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
         routes, "show", "show route_mode and the route lists", _group_show("routes"), common
     ).add_argument("host", metavar="HOST")
     routes_set = command(
-        routes, "set", "set route_mode and the route lists (as a whole)", proxy_routes_set, common
+        routes,
+        "set",
+        "set route_mode and the route lists (as a whole)",
+        _group_set("routes", "PUT", ROUTES_OPTIONS),
+        common,
     )
     routes_set.add_argument("host", metavar="HOST")
     routes_set.add_argument("--mode", choices=("all", "selective", "none"), help="route_mode")
@@ -360,7 +341,13 @@ def _add_proxy_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     command(mcp, "show", "show the resource_* fields", _group_show("mcp"), common).add_argument(
         "host", metavar="HOST"
     )
-    mcp_set = command(mcp, "set", "set the resource_* fields (as a whole)", proxy_mcp_set, common)
+    mcp_set = command(
+        mcp,
+        "set",
+        "set the resource_* fields (as a whole)",
+        _group_set("mcp", "POST", MCP_OPTIONS),
+        common,
+    )
     mcp_set.add_argument("host", metavar="HOST")
     mcp_set.add_argument("--endpoint", metavar="PATH_OR_URL")
     mcp_set.add_argument("--scope", dest="scopes", action="append", help="repeatable")

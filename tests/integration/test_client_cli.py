@@ -282,6 +282,20 @@ def test_login_writes_a_0600_file_and_no_command_prints_the_token(
     assert saved["profiles"]["third"] == {"api_url": url(api), "token": admin}
     assert "token" not in saved["profiles"]["second"]
 
+    # unset takes one field out of one profile, and keeps the file 0600
+    ok(cli("config unset token --profile third", env=env))
+    saved = tomllib.loads(path.read_text())
+    assert saved["profiles"]["third"] == {"api_url": url(api)}
+    assert saved["profiles"]["default"]["token"] == admin
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "edge: no token" in failed(cli("token info", env=env), 2)
+    assert failed(cli("config unset colour --profile third", env=env), 2).startswith("usage:")
+    ok(cli("config unset api_url --profile third", env=env))
+    assert tomllib.loads(path.read_text())["profiles"]["third"] == {}
+    assert "is not set" in ok(cli("config unset api_url --profile third", env=env))
+    ok(cli(f"config set token {admin} --profile third", env=env))
+    ok(cli(f"config set api_url {url(api)} --profile third", env=env))
+
     # a file readable by others is reported (never its content) and rewritten 0600
     path.chmod(0o644)
     warned = cli("config show", env=env)
@@ -473,6 +487,70 @@ def test_colours_only_on_a_terminal(api: EdgeProcess, env: dict[str, str]) -> No
     assert ANSI not in ok(cli(pat, env=env))  # piped
 
 
+def test_proxy_groups_and_show_commands(api: EdgeProcess, env: dict[str, str]) -> None:
+    ok(cli("proxy create app.test --target http://127.0.0.1:1 --header X-A=1", env=env))
+    # --unset puts a field back to its default
+    unset = as_json(cli("proxy update app.test --unset custom_headers -o json", env=env))
+    assert unset["custom_headers"] == {}
+    assert as_json(cli("proxy show app.test -o json", env=env))["custom_headers"] == {}
+
+    # auth stored switched off, with a field only --set reaches
+    auth = as_json(
+        cli(
+            "proxy auth set app.test --auth-proxy auth.test --user bob --disabled "
+            "--set auth_cookie_name=sess -o json",
+            env=env,
+        )
+    )
+    assert auth["auth_enabled"] is False and auth["auth_required_users"] == ["bob"]
+    assert auth["auth_cookie_name"] == "sess" and auth["auth_proxy"] == "auth.test"
+    assert as_json(cli("proxy auth show app.test -o json", env=env)) == auth
+    bad = failed(cli("proxy auth set app.test --auth-proxy auth.test --set auth_mode=x", env=env))
+    assert bad.startswith("edge: invalid auth_mode (--mode): ")
+
+    # every route but the skipped ones
+    routes = as_json(
+        cli("proxy routes set app.test --mode all --skip r1 --skip r2 -o json", env=env)
+    )
+    assert routes == {"route_mode": "all", "enabled_routes": [], "disabled_routes": ["r1", "r2"]}
+    assert as_json(cli("proxy routes show app.test -o json", env=env)) == routes
+    assert failed(cli("proxy routes set app.test --mode most", env=env), 2).startswith("usage:")
+
+    mcp = as_json(
+        cli(
+            "proxy mcp set app.test --endpoint /mcp --scope read --scope write "
+            "--version 2025-06-18 --stateful -o json",
+            env=env,
+        )
+    )
+    assert mcp["resource_scopes"] == ["read", "write"] and mcp["resource_stateful"] is True
+    assert as_json(cli("proxy mcp show app.test -o json", env=env)) == mcp
+    assert "404 proxy_not_found" in failed(cli("proxy mcp show nope.test", env=env))
+
+    route = as_json(
+        cli("route create r1 --path /r --target-type port --target 9001 -o json", env=env)
+    )
+    assert as_json(cli("route show r1 -o json", env=env)) == route
+    assert "r1" in ok(cli("route show r1", env=env))
+    assert "404 route_not_found" in failed(cli("route show r9", env=env))
+
+
+def test_format_and_timeout_options(api: EdgeProcess, env: dict[str, str]) -> None:
+    # --format spelled out, on the command and on its group
+    listed = as_json(cli("token list --format json", env=env))
+    assert [t["name"] for t in listed] == ["admin"]
+    assert as_json(cli("token --format json list", env=env)) == listed
+    rows = list(csv.DictReader(io.StringIO(ok(cli("token list --format csv", env=env)))))
+    assert [r["name"] for r in rows] == ["admin"]
+    assert ok(cli("token show admin --format yaml", env=env)).startswith("name: admin\n")
+    assert "invalid choice: 'xml'" in failed(cli("token list --format xml", env=env), 2)
+    # a timeout must be a number of seconds, more than 0 and at most an hour
+    for value in ("0", "-1", "abc", "inf", "nan", "3601"):
+        error = failed(cli(f"token list --timeout {value}", env=env), 2)
+        assert error.startswith("usage:") and "argument --timeout" in error, value
+    assert as_json(cli("token list --timeout 3600 -o json", env=env)) == listed
+
+
 # ---------------------------------------------------------------------------- failures
 
 
@@ -630,6 +708,12 @@ def test_users_projects_members_and_pats(api: EdgeProcess, env: dict[str, str], 
     assert me["user"]["id"] == user["id"] and me["role"] == "maintainer"
     listed = as_json(cli(f"pat list {scope} -o json", env=env))
     assert [p["id"] for p in listed] == [created["id"]] and "token" not in listed[0]
+    later = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    stamp = later.isoformat().replace("+00:00", "Z")
+    dated = as_json(cli(f"pat create ci {scope} --expires {stamp} -o json", env=env))
+    assert dated["expires_at"] == stamp and dated["status"] == "active"
+    table = ok(cli(f"pat list {scope}", env=env))
+    assert re.search(rf"^{dated['id']}  ci +\w+  active  in 2d  ", table, re.M), table
     past = failed(cli(f"pat create old {scope} --expires 2000-01-01T00:00:00Z", env=env))
     assert past.startswith("edge: invalid expires_at")
     revoked = as_json(cli(f"pat revoke {created['id']} {scope} -o json", env=env))
