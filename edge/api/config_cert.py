@@ -20,6 +20,7 @@ from edge.api.config_store import (
     as_text,
     cert_key,
     encode,
+    fetch_visible,
     loose_doc,
     read,
     scan_values,
@@ -165,7 +166,7 @@ async def get_certificate(req: ApiRequest) -> Response:
     name = _name(req)
     key = cert_key(name)
     client = req.store.redis.client
-    raw = await read(req, visible_raw(client, req, key, _not_found))
+    raw = await fetch_visible(req, key, _not_found)
     item = await asyncio.to_thread(examine, key, raw)
     pointing = await read(req, _domain_keys(client, name))
     return Response(200, _without_key(_details(item, raw, pointing), item))

@@ -21,16 +21,17 @@ from edge.api.config_store import (
     as_text,
     body_object,
     check_owner,
+    delete_visible,
     encode,
+    exists_conflict,
+    fetch_visible,
     location,
-    loose_doc,
+    new_document,
     only_fields,
-    owner_of,
     proxy_key,
-    read,
-    requested_owner,
+    refuse_rename,
+    replacement,
     required_text,
-    server_fields,
     stored_item,
     transaction,
     validated,
@@ -117,19 +118,12 @@ async def create_proxy(req: ApiRequest) -> Response:
     body = await body_object(req)
     hostname = _body_hostname(body)
     key = proxy_key(hostname)
-    owner = requested_owner(req, body, req.caller.token_hash)
-    doc = {**body, "hostname": hostname, **server_fields(req, body, None)}
-    doc["owner_token_hash"] = owner
+    doc, owner = new_document(req, body, {"hostname": hostname})
     item = _proxy(validated(key, doc))
 
     async def write(pipe: Pipeline) -> None:
         if await pipe.exists(key) or await _hand_written_alias(pipe, hostname):
-            raise Conflict(
-                "proxy exists",
-                code="proxy_exists",
-                public_message="a proxy with this hostname exists",
-                field="hostname",
-            )
+            raise exists_conflict("proxy", "hostname")
         await check_owner(pipe, req, owner)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(item))
@@ -143,7 +137,7 @@ async def create_proxy(req: ApiRequest) -> Response:
 
 async def get_proxy(req: ApiRequest) -> Response:
     key = proxy_key(_hostname(req))
-    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    raw = await fetch_visible(req, key, _not_found)
     return Response(200, _document(_proxy(stored_item(key, raw))))
 
 
@@ -151,22 +145,15 @@ async def replace_proxy(req: ApiRequest) -> Response:
     hostname = _hostname(req)
     key = proxy_key(hostname)
     body = await body_object(req)
-    if "hostname" in body and _body_hostname(body) != hostname:
-        raise InvalidBody(
-            "hostname differs",
-            public_message="hostname does not match the path (a proxy cannot be renamed)",
-            field="hostname",
-        )
+    refuse_rename(
+        body, "hostname", "hostname" in body and _body_hostname(body) == hostname, "proxy"
+    )
 
     async def write(pipe: Pipeline) -> ProxyConfig:
-        raw = await visible_raw(pipe, req, key, _not_found)
-        stored = loose_doc(raw)
-        current = owner_of(raw)
-        owner = requested_owner(req, body, current)
-        doc = {**body, "hostname": hostname, **server_fields(req, body, stored)}
-        doc["owner_token_hash"] = owner
-        item = _proxy(validated(key, doc))
-        await check_owner(pipe, req, owner if owner != current else None)
+        identity = {"hostname": hostname}
+        _, item = await replacement(
+            pipe, req, key, body, identity, _not_found, lambda doc: _proxy(validated(key, doc))
+        )
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(item))
         return item
@@ -176,14 +163,7 @@ async def replace_proxy(req: ApiRequest) -> Response:
 
 
 async def delete_proxy(req: ApiRequest) -> Response:
-    key = proxy_key(_hostname(req))
-
-    async def write(pipe: Pipeline) -> None:
-        await visible_raw(pipe, req, key, _not_found)
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(key)
-
-    await transaction(req, [key], write)
+    await delete_visible(req, proxy_key(_hostname(req)), _not_found)
     return Response(204)
 
 
@@ -203,7 +183,7 @@ def _group_handlers(
 
     async def get(req: ApiRequest) -> Response:
         key = proxy_key(_hostname(req))
-        raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+        raw = await fetch_visible(req, key, _not_found)
         return Response(200, _group(_proxy(stored_item(key, raw)), fields))
 
     async def change(req: ApiRequest, body: dict[str, Any] | None) -> ProxyConfig:

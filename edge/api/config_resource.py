@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 import msgspec
@@ -22,19 +23,19 @@ from redis.asyncio.client import Pipeline
 from edge.api.config_store import (
     body_object,
     check_owner,
+    delete_visible,
     encode,
+    exists_conflict,
+    fetch_visible,
     invalid,
     invalid_document,
     location,
-    loose_doc,
-    owner_of,
-    read,
-    requested_owner,
+    new_document,
+    refuse_rename,
+    replacement,
     required_text,
     resource_key,
-    server_fields,
     transaction,
-    visible_raw,
     visible_values,
 )
 from edge.api.http import Conflict, InvalidBody, NotFound, Response
@@ -234,18 +235,12 @@ async def create_resource(req: ApiRequest) -> Response:
     body = await body_object(req)
     uri = _body_uri(body)
     key = resource_key(uri)
-    owner = requested_owner(req, body, req.caller.token_hash)
-    doc = {**body, "uri": uri, **server_fields(req, body, None), "owner_token_hash": owner}
+    doc, owner = new_document(req, body, {"uri": uri})
     record = _validated(key, doc)
 
     async def write(pipe: Pipeline) -> None:
         if await pipe.exists(key):
-            raise Conflict(
-                "resource exists",
-                code="resource_exists",
-                public_message="a resource with this uri exists",
-                field="uri",
-            )
+            raise exists_conflict("resource", "uri")
         await check_owner(pipe, req, owner)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(record))
@@ -256,7 +251,7 @@ async def create_resource(req: ApiRequest) -> Response:
 
 async def get_resource(req: ApiRequest) -> Response:
     key = resource_key(_uri(req))
-    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    raw = await fetch_visible(req, key, _not_found)
     return Response(200, _document(_stored(key, raw)))
 
 
@@ -264,21 +259,11 @@ async def replace_resource(req: ApiRequest) -> Response:
     uri = _uri(req)
     key = resource_key(uri)
     body = await body_object(req)
-    if "uri" in body and _body_uri(body) != uri:
-        raise InvalidBody(
-            "uri differs",
-            public_message="uri does not match the path (a resource cannot be renamed)",
-            field="uri",
-        )
+    refuse_rename(body, "uri", "uri" in body and _body_uri(body) == uri, "resource")
 
     async def write(pipe: Pipeline) -> ResourceRecord:
-        raw = await visible_raw(pipe, req, key, _not_found)
-        current = owner_of(raw)
-        owner = requested_owner(req, body, current)
-        doc = {**body, "uri": uri, **server_fields(req, body, loose_doc(raw))}
-        doc["owner_token_hash"] = owner
-        record = _validated(key, doc)
-        await check_owner(pipe, req, owner if owner != current else None)
+        validate = partial(_validated, key)
+        _, record = await replacement(pipe, req, key, body, {"uri": uri}, _not_found, validate)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(record))
         return record
@@ -288,14 +273,7 @@ async def replace_resource(req: ApiRequest) -> Response:
 
 
 async def delete_resource(req: ApiRequest) -> Response:
-    key = resource_key(_uri(req))
-
-    async def write(pipe: Pipeline) -> None:
-        await visible_raw(pipe, req, key, _not_found)
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(key)
-
-    await transaction(req, [key], write)
+    await delete_visible(req, resource_key(_uri(req)), _not_found)
     return Response(204)
 
 

@@ -27,18 +27,20 @@ from edge.api.config_store import (
     can_see,
     check_owner,
     encode,
+    exists_conflict,
+    fetch_visible,
     location,
     loose_doc,
+    new_document,
     owner_of,
     proxy_key,
-    read,
-    requested_owner,
+    refuse_rename,
+    replacement,
     required_text,
     route_index,
     route_key,
     route_priority_key,
     route_unique_key,
-    server_fields,
     stored_item,
     transaction,
     validated,
@@ -172,19 +174,13 @@ async def create_route(req: ApiRequest) -> Response:
     body = await body_object(req)
     route_id = _body_route_id(body)
     key = route_key(route_id)
-    owner = requested_owner(req, body, req.caller.token_hash)
-    doc = {**body, **server_fields(req, body, None), "owner_token_hash": owner}
+    doc, owner = new_document(req, body, {})
     route = _route(validated(key, doc, "route_id"))
     unique = route_unique_key(route.path_pattern, route.priority)
 
     async def write(pipe: Pipeline) -> None:
         if await pipe.exists(key):
-            raise Conflict(
-                "route exists",
-                code="route_exists",
-                public_message="a route with this id exists",
-                field="route_id",
-            )
+            raise exists_conflict("route", "route_id")
         await _claim(pipe, route)
         await _check_scope(pipe, req, route)
         await check_owner(pipe, req, owner)
@@ -198,7 +194,7 @@ async def create_route(req: ApiRequest) -> Response:
 
 async def get_route(req: ApiRequest) -> Response:
     key = route_key(_route_id(req))
-    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    raw = await fetch_visible(req, key, _not_found)
     return Response(200, _document(_route(stored_item(key, raw))))
 
 
@@ -206,25 +202,22 @@ async def replace_route(req: ApiRequest) -> Response:
     route_id = _route_id(req)
     key = route_key(route_id)
     body = await body_object(req)
-    if "route_id" in body and body["route_id"] != route_id:
-        raise InvalidBody(
-            "route_id differs",
-            public_message="route_id does not match the path (a route cannot be renamed)",
-            field="route_id",
-        )
+    refuse_rename(body, "route_id", body.get("route_id") == route_id, "route")
 
     async def write(pipe: Pipeline) -> RouteConfig:
-        raw = await visible_raw(pipe, req, key, _not_found)
-        current = owner_of(raw)
-        owner = requested_owner(req, body, current)
-        doc = {**body, "route_id": route_id, **server_fields(req, body, loose_doc(raw))}
-        doc["owner_token_hash"] = owner
-        route = _route(validated(key, doc))
+        raw, route = await replacement(
+            pipe,
+            req,
+            key,
+            body,
+            {"route_id": route_id},
+            _not_found,
+            lambda doc: _route(validated(key, doc)),
+        )
         old = await _old_index(pipe, route_id, raw)
         await pipe.watch(route_unique_key(route.path_pattern, route.priority))
         await _claim(pipe, route)
         await _check_scope(pipe, req, route)
-        await check_owner(pipe, req, owner if owner != current else None)
         pipe.multi()  # type: ignore[no-untyped-call]
         if old:
             pipe.delete(*old)

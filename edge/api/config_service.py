@@ -18,18 +18,18 @@ from edge.api.config_store import (
     SERVICES_SET,
     body_object,
     check_owner,
+    delete_visible,
     encode,
+    exists_conflict,
     external_key,
+    fetch_visible,
     location,
-    read,
-    requested_owner,
+    new_document,
     required_text,
-    server_fields,
     service_url_key,
     stored_item,
     transaction,
     validated,
-    visible_raw,
     visible_values,
 )
 from edge.api.http import Conflict, NotFound, Response
@@ -80,19 +80,13 @@ async def create_service(req: ApiRequest) -> Response:
     body = await body_object(req)
     name = required_text(body, "service_name")
     key, url_key = external_key(name), service_url_key(name)
-    owner = requested_owner(req, body, req.caller.token_hash)
-    doc = {**body, **server_fields(req, body, None), "owner_token_hash": owner}
+    doc, owner = new_document(req, body, {})
     service = _service(validated(key, doc, "service_name"))
     validated(url_key, service.target_url, "target_url")  # the loader reads this key too
 
     async def write(pipe: Pipeline) -> None:
         if await pipe.exists(key, url_key):
-            raise Conflict(
-                "service exists",
-                code="service_exists",
-                public_message="a service with this name exists",
-                field="service_name",
-            )
+            raise exists_conflict("service", "service_name")
         await check_owner(pipe, req, owner)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(service))
@@ -105,21 +99,19 @@ async def create_service(req: ApiRequest) -> Response:
 
 async def get_service(req: ApiRequest) -> Response:
     key = external_key(_name(req))
-    raw = await read(req, visible_raw(req.store.redis.client, req, key, _not_found))
+    raw = await fetch_visible(req, key, _not_found)
     return Response(200, _document(_service(stored_item(key, raw))))
 
 
 async def delete_service(req: ApiRequest) -> Response:
     name = _name(req)
-    key, url_key = external_key(name), service_url_key(name)
-
-    async def write(pipe: Pipeline) -> None:
-        await visible_raw(pipe, req, key, _not_found)
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(key, url_key)
-        pipe.srem(SERVICES_SET, name)
-
-    await transaction(req, [key, url_key], write)
+    await delete_visible(
+        req,
+        external_key(name),
+        _not_found,
+        also=[service_url_key(name)],
+        then=lambda pipe: pipe.srem(SERVICES_SET, name),
+    )
     return Response(204)
 
 

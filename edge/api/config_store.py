@@ -51,17 +51,23 @@ __all__ = [
     "can_see",
     "cert_key",
     "check_owner",
+    "delete_visible",
     "deleting_key",
     "encode",
+    "exists_conflict",
     "external_key",
+    "fetch_visible",
     "invalid",
     "invalid_document",
     "location",
     "loose_doc",
+    "new_document",
     "only_fields",
     "owner_of",
     "proxy_key",
     "read",
+    "refuse_rename",
+    "replacement",
     "requested_owner",
     "required_text",
     "resource_key",
@@ -87,6 +93,7 @@ MESSAGE_MAX = 300  # a validation message shown to the client is cut here
 READ_ONLY_FIELDS = ("created_at", "created_by")
 
 R = TypeVar("R")
+T = TypeVar("T")
 encode = msgspec.json.Encoder().encode
 
 
@@ -281,6 +288,84 @@ def server_fields(
     created_by = stored.get("created_by")
     kept["created_by"] = created_by if isinstance(created_by, str) else None
     return kept
+
+
+# ---------------------------------------------------------------------------- one record
+
+
+async def fetch_visible(req: ApiRequest, key: str, missing: Callable[[], ApiError]) -> bytes:
+    """GET: the value of ``key`` if the caller may see it, else ``missing()``."""
+    return await read(req, visible_raw(req.store.redis.client, req, key, missing))
+
+
+def new_document(
+    req: ApiRequest, body: dict[str, Any], identity: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """POST: the document to validate (the body, its normalized ``identity``, the server's
+    fields and the owner), and that owner (to :func:`check_owner` in the transaction)."""
+    owner = requested_owner(req, body, req.caller.token_hash)
+    doc = {**body, **identity, **server_fields(req, body, None), "owner_token_hash": owner}
+    return doc, owner
+
+
+def exists_conflict(what: str, field: str) -> Conflict:
+    return Conflict(
+        f"{what} exists",
+        code=f"{what}_exists",
+        public_message=f"a {what} with this {field} exists",
+        field=field,
+    )
+
+
+def refuse_rename(body: dict[str, Any], field: str, same: bool, what: str) -> None:
+    """PUT: the body may repeat its record's identity (``same``), never change it."""
+    if field in body and not same:
+        raise InvalidBody(
+            f"{field} differs",
+            public_message=f"{field} does not match the path (a {what} cannot be renamed)",
+            field=field,
+        )
+
+
+async def replacement(
+    pipe: Pipeline,
+    req: ApiRequest,
+    key: str,
+    body: dict[str, Any],
+    identity: dict[str, Any],
+    missing: Callable[[], ApiError],
+    validate: Callable[[dict[str, Any]], T],
+) -> tuple[bytes, T]:
+    """PUT, inside the transaction: the stored value, and the validated record that
+    replaces it (the body with the stored server fields; the owner kept unless the body
+    names another, which is checked and watched)."""
+    raw = await visible_raw(pipe, req, key, missing)
+    current = owner_of(raw)
+    owner = requested_owner(req, body, current)
+    doc = {**body, **identity, **server_fields(req, body, loose_doc(raw))}
+    doc["owner_token_hash"] = owner
+    record = validate(doc)
+    await check_owner(pipe, req, owner if owner != current else None)
+    return raw, record
+
+
+async def delete_visible(
+    req: ApiRequest,
+    key: str,
+    missing: Callable[[], ApiError],
+    also: Sequence[str] = (),
+    then: Callable[[Pipeline], object] | None = None,
+) -> None:
+    """DELETE: ``key`` and the keys ``also`` that belong to it (``then`` queues more)."""
+
+    async def write(pipe: Pipeline) -> None:
+        await visible_raw(pipe, req, key, missing)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(key, *also)
+        if then is not None:
+            then(pipe)
+
+    await transaction(req, [key, *also], write)
 
 
 # ---------------------------------------------------------------------------- validation
