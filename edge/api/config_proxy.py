@@ -27,18 +27,19 @@ from edge.api.config_store import (
     fetch_visible,
     location,
     new_document,
+    normalized_field,
+    normalized_param,
     only_fields,
     proxy_key,
     refuse_rename,
     replacement,
-    required_text,
     stored_item,
     transaction,
     validated,
     visible_raw,
     visible_values,
 )
-from edge.api.http import Conflict, InvalidBody, NotFound, Response
+from edge.api.http import Conflict, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint, Handler
 from edge.api.router import Router
 from edge.config.schema import ProxyConfig, classify_key, normalize_hostname
@@ -58,18 +59,11 @@ def _not_found() -> NotFound:
 
 def _hostname(req: ApiRequest) -> str:
     """The path's hostname, lowercased; one that cannot be valid is simply not found."""
-    try:
-        return normalize_hostname(req.params["hostname"])
-    except ValueError:
-        raise _not_found() from None
+    return normalized_param(req, "hostname", normalize_hostname, _not_found)
 
 
 def _body_hostname(body: dict[str, Any]) -> str:
-    value = required_text(body, "hostname")
-    try:
-        return normalize_hostname(value)
-    except ValueError as exc:
-        raise InvalidBody("bad hostname", public_message=str(exc)[:300], field="hostname") from None
+    return normalized_field(body, "hostname", normalize_hostname)
 
 
 def _any_case_glob(hostname: str) -> str:

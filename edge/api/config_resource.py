@@ -31,14 +31,15 @@ from edge.api.config_store import (
     invalid_document,
     location,
     new_document,
+    normalized_field,
+    normalized_param,
     refuse_rename,
     replacement,
-    required_text,
     resource_key,
     transaction,
     visible_values,
 )
-from edge.api.http import Conflict, InvalidBody, NotFound, Response
+from edge.api.http import Conflict, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.auth.secrets import is_token_hash
@@ -187,18 +188,11 @@ def _not_found() -> NotFound:
 
 
 def _uri(req: ApiRequest) -> str:
-    try:
-        return normalize_resource_uri(req.params["uri"])
-    except ValueError:
-        raise _not_found() from None
+    return normalized_param(req, "uri", normalize_resource_uri, _not_found)
 
 
 def _body_uri(body: dict[str, Any]) -> str:
-    value = required_text(body, "uri")
-    try:
-        return normalize_resource_uri(value)
-    except ValueError as exc:
-        raise InvalidBody("bad uri", public_message=str(exc)[:300], field="uri") from None
+    return normalized_field(body, "uri", normalize_resource_uri)
 
 
 def _validated(key: str, doc: dict[str, Any]) -> ResourceRecord:

@@ -62,6 +62,8 @@ __all__ = [
     "location",
     "loose_doc",
     "new_document",
+    "normalized_field",
+    "normalized_param",
     "only_fields",
     "owner_of",
     "proxy_key",
@@ -291,6 +293,27 @@ def server_fields(
 
 
 # ---------------------------------------------------------------------------- one record
+
+
+def normalized_param(
+    req: ApiRequest, name: str, normalize: Callable[[str], str], missing: Callable[[], ApiError]
+) -> str:
+    """A path parameter in its normal form; one that has none names nothing (404)."""
+    try:
+        return normalize(req.params[name])
+    except ValueError:
+        raise missing() from None
+
+
+def normalized_field(body: dict[str, Any], field: str, normalize: Callable[[str], str]) -> str:
+    """A required text field in its normal form; one that has none is a 400 naming it."""
+    value = required_text(body, field)
+    try:
+        return normalize(value)
+    except ValueError as exc:
+        raise InvalidBody(
+            f"bad {field}", public_message=str(exc)[:MESSAGE_MAX], field=field
+        ) from None
 
 
 async def fetch_visible(req: ApiRequest, key: str, missing: Callable[[], ApiError]) -> bytes:

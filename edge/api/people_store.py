@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -342,7 +342,7 @@ def _multi(pipe: Pipeline) -> None:
     pipe.multi()  # type: ignore[no-untyped-call]
 
 
-R = TypeVar("R")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class PeopleStore(RedisStore):
@@ -355,26 +355,44 @@ class PeopleStore(RedisStore):
             values.extend(await client.mget(keys[start : start + _BATCH]))
         return values
 
+    async def _create(
+        self,
+        kind: str,
+        key_of: Callable[[str], str],
+        ids: str,
+        unique: tuple[str, str],
+        make: Callable[[str], S],
+    ) -> S:
+        """A new record under a fresh id, listed in ``ids``; ``unique`` is the index key that
+        must not exist yet (raises :class:`Duplicate` naming its field) and maps to the id."""
+        index, field = unique
+
+        async def body(pipe: Pipeline) -> S:
+            if await pipe.exists(index):
+                raise Duplicate(field)
+            rid = new_id(kind)
+            await pipe.watch(key_of(rid))
+            if await pipe.exists(key_of(rid)):  # 2**-70: just pick another next time
+                raise WatchError("id collision")
+            record = make(rid)
+            _multi(pipe)
+            pipe.set(key_of(rid), _encode(record))
+            pipe.set(index, rid)
+            pipe.sadd(ids, rid)
+            return record
+
+        return await self._bounded(self._transaction([index], body))
+
     # ---------------------------------------------------------------- users
     async def create_user(self, name: str, email: str) -> User:
         """A new user; raises :class:`Duplicate` (``email``) if the address is taken."""
-        index = email_key(email)
-
-        async def body(pipe: Pipeline) -> User:
-            if await pipe.exists(index):
-                raise Duplicate("email")
-            uid = new_id("u")
-            await pipe.watch(user_key(uid))
-            if await pipe.exists(user_key(uid)):  # 2**-70: just pick another next time
-                raise WatchError("id collision")
-            user = User(id=uid, name=name, email=email, created_at=now_iso())
-            _multi(pipe)
-            pipe.set(user_key(uid), _encode(user))
-            pipe.set(index, uid)
-            pipe.sadd(USER_IDS, uid)
-            return user
-
-        return await self._bounded(self._transaction([index], body))
+        return await self._create(
+            "u",
+            user_key,
+            USER_IDS,
+            (email_key(email), "email"),
+            lambda uid: User(id=uid, name=name, email=email, created_at=now_iso()),
+        )
 
     async def get_user(self, uid: str) -> User | None:
         raw = await self._bounded(self.redis.client.get(user_key(uid)))
@@ -401,23 +419,13 @@ class PeopleStore(RedisStore):
     # ---------------------------------------------------------------- projects
     async def create_project(self, name: str) -> Project:
         """A new project; raises :class:`Duplicate` (``name``) if the name is taken."""
-        index = project_name_key(name)
-
-        async def body(pipe: Pipeline) -> Project:
-            if await pipe.exists(index):
-                raise Duplicate("name")
-            pid = new_id("p")
-            await pipe.watch(project_key(pid))
-            if await pipe.exists(project_key(pid)):
-                raise WatchError("id collision")
-            project = Project(id=pid, name=name, created_at=now_iso())
-            _multi(pipe)
-            pipe.set(project_key(pid), _encode(project))
-            pipe.set(index, pid)
-            pipe.sadd(PROJECT_IDS, pid)
-            return project
-
-        return await self._bounded(self._transaction([index], body))
+        return await self._create(
+            "p",
+            project_key,
+            PROJECT_IDS,
+            (project_name_key(name), "name"),
+            lambda pid: Project(id=pid, name=name, created_at=now_iso()),
+        )
 
     async def get_project(self, pid: str) -> Project | None:
         raw = await self._bounded(self.redis.client.get(project_key(pid)))
