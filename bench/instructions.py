@@ -30,25 +30,11 @@ import time
 from pathlib import Path
 from threading import Thread
 
+import run
+from run import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"port {port} did not open within {timeout}s")
 
 
 def client(port: int, count: int) -> None:
@@ -78,7 +64,7 @@ def run_once(requests: int, connections: int, env: dict[str, str], port: int, ou
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, 300)
+        run.wait_port(port, 300)
         time.sleep(2)
         per = requests // connections
         threads = [Thread(target=client, args=(port, per)) for _ in range(connections)]
@@ -177,8 +163,8 @@ def main() -> None:
         ),
     ]  # fmt: skip
     try:
-        wait_port(up_port, 10)
-        wait_port(redis_port, 10)
+        run.wait_port(up_port, 10)
+        run.wait_port(redis_port, 10)
         doc = f'{{"hostname":"bench.local","target_url":"http://127.0.0.1:{up_port}"}}'
         subprocess.run(
             ["redis-cli", "-p", str(redis_port), "SET", "proxy:bench.local", doc],
@@ -208,4 +194,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except run.BenchError as exc:
+        raise SystemExit(f"bench: {exc}") from None

@@ -153,10 +153,7 @@ class HttpConnection(asyncio.Protocol):
             self.tls = transport.get_extra_info("ssl_object")
         stage = self.proxy_stage
         if stage is not None and self.client_ip not in stage.trusted:
-            stage.refused += 1
-            log.warning(
-                "untrusted peer on a PROXY listener", extra={"fields": {"peer": self.client_ip}}
-            )
+            stage.refuse_peer(self.client_ip)
             cast(asyncio.Transport, transport).abort()  # nothing sent
             return
         self.hub.connections.add(self)
@@ -226,9 +223,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _proxy_refused(self, reason: str) -> None:
         if self.proxy_stage is not None:
-            self.proxy_stage.invalid += 1
-        fields = {"peer": self.client_ip, "reason": reason}
-        log.info("PROXY header refused", extra={"fields": fields})
+            self.proxy_stage.refuse_header(self.client_ip, reason)
         self._pp_buf = None
         self._disarm()
         if self.transport is not None:

@@ -82,6 +82,16 @@ class ProxyStage:
         self.refused = 0  # untrusted peers
         self.invalid = 0  # bad headers, timeouts, early close
 
+    def refuse_peer(self, peer: str) -> None:
+        """Count and log a connection from a peer not trusted to send PROXY headers."""
+        self.refused += 1
+        log.warning("untrusted peer on a PROXY listener", extra={"fields": {"peer": peer}})
+
+    def refuse_header(self, peer: str, reason: str) -> None:
+        """Count and log a connection whose PROXY header was bad, late or cut short."""
+        self.invalid += 1
+        log.info("PROXY header refused", extra={"fields": {"peer": peer, "reason": reason}})
+
 
 def client_address(header: ProxyHeader, peer: tuple[str, int]) -> tuple[str, int]:
     """The request's client: the header's source, or the socket peer for LOCAL/UNKNOWN."""
@@ -141,10 +151,7 @@ class ProxyListener:
                 log.warning("accept failed", extra={"fields": {"error": exc.strerror}})
                 return
             if addr[0] not in self.trusted:
-                self.stage.refused += 1
-                log.warning(
-                    "untrusted peer on a PROXY listener", extra={"fields": {"peer": addr[0]}}
-                )
+                self.stage.refuse_peer(addr[0])
                 conn.close()
                 continue
             conn.setblocking(False)
@@ -239,8 +246,7 @@ class _PendingHeader:
         self._fail("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
 
     def _fail(self, reason: str) -> None:
-        self.listener.stage.invalid += 1
-        log.info("PROXY header refused", extra={"fields": {"peer": self.peer[0], "reason": reason}})
+        self.listener.stage.refuse_header(self.peer[0], reason)
         self.drop()
 
     def drop(self) -> None:
