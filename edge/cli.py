@@ -18,7 +18,7 @@ from edge.tls.cli import add_cert_parser, run_cert
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="HTTP edge server")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the edge (supervisor and workers)")
     serve.add_argument("--env-file", help="read settings from this .env file first")
     serve.add_argument("--workers", type=int, help="worker processes (EDGE_WORKERS)")
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--env-file", help="read settings from this .env file first")
     add_cert_parser(sub)
     add_client_parsers(sub)
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker = sub.add_parser("worker")  # internal: no help, so not listed
     worker.add_argument("--id", type=int, default=0)
     worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
     return parser

@@ -300,3 +300,12 @@ def test_version_and_usage(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout.startswith("edge ")
     done, _ = run_edge(env=clean_env(), cwd=tmp_path)
     assert done.returncode != 0 and "usage" in done.stderr
+
+
+def test_help_lists_every_command_but_the_internal_worker(tmp_path: Path) -> None:
+    done, _ = run_edge("--help", env=clean_env(), cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: edge [-h] [--version] COMMAND ...")
+    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ")]
+    assert listed[:3] == ["serve", "check", "cert"] and "pat" in listed
+    assert "worker" not in listed and "SUPPRESS" not in done.stdout
