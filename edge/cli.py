@@ -9,10 +9,9 @@ import argparse
 import sys
 
 from edge import __version__
-from edge.accesslog import setup_logging
 from edge.client import CLIENT_COMMANDS, add_client_parsers, run_client
 from edge.settings import Settings, SettingsError, environment, load_settings
-from edge.tls.cli import add_cert_parser, run_cert
+from edge.tls.cli_parser import add_cert_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +43,8 @@ def _settings(env: dict[str, str], **overrides: object) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cert":
+        from edge.tls.cli import run_cert
+
         return run_cert(args)  # its own settings and messages ("edge cert: ...")
     if args.command in CLIENT_COMMANDS:
         return run_client(args)  # settings from flags, API_URL/TOKEN, the config file
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 2
+    from edge.accesslog import setup_logging
+
     if args.command == "worker":
         settings = _settings(env)
         setup_logging(settings.log_level, worker=args.id)

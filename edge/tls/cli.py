@@ -49,7 +49,7 @@ from edge.tls.material import (
     validate_material,
 )
 
-__all__ = ["add_cert_parser", "run_cert"]
+__all__ = ["run_cert"]
 
 PROG = "edge cert"
 SCAN_COUNT = 1000
@@ -80,42 +80,6 @@ class CliError(Exception):
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-
-
-def add_cert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cert`` and its subcommands to the ``edge`` subparsers ``sub``."""
-    cert = sub.add_parser("cert", help="import, list, show and delete TLS certificates in Redis")
-    commands = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--env-file", help="read settings (REDIS_URL) from this .env file")
-        return parser
-
-    imp = command("import", "validate a certificate and its key and store them in Redis")
-    imp.add_argument("name", metavar="NAME", help="certificate name (the key is cert:NAME)")
-    imp.add_argument("--cert", required=True, help="PEM file: the leaf, then its issuers")
-    imp.add_argument("--key", required=True, help="PEM file: the unencrypted private key")
-    imp.add_argument(
-        "--domains",
-        help="comma-separated domains to serve (default: the certificate's SAN DNS names)",
-    )
-    imp.add_argument("--email", help="contact email stored with the record")
-    imp.add_argument("--force", action="store_true", help="replace an existing cert:NAME")
-    imp.add_argument(
-        "--allow-expired", action="store_true", help="import even if the certificate expired"
-    )
-
-    lst = command("list", "list the certificate records (cert:*)")
-    lst.add_argument("--json", action="store_true", help="print a JSON array")
-
-    show = command("show", "show one certificate (never its private key)")
-    show.add_argument("name", metavar="NAME")
-    show.add_argument("--pem", action="store_true", help="also print the certificate chain")
-    show.add_argument("--json", action="store_true", help="print a JSON object")
-
-    delete = command("delete", "delete cert:NAME and the cert:domain: keys pointing at it")
-    delete.add_argument("name", metavar="NAME")
 
 
 def run_cert(args: argparse.Namespace) -> int:
