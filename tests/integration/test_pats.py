@@ -653,6 +653,33 @@ def test_revocation_reaches_every_worker_at_once(edge_factory: EdgeFactory, admi
     assert after == before
 
 
+def test_revocation_and_membership_changes_reach_another_node_at_once(
+    edge_factory: EdgeFactory, admin: str
+) -> None:
+    """Two edges (nodes) on one Redis: what one node changes, the other's cache never hides."""
+    first = Api(edge_factory(ADMIN_TOKEN=admin), admin)
+    second = Api(edge_factory(ADMIN_TOKEN=admin), admin)
+    pid, uid = first.team("maintainer")
+    pat = first.pat(pid, uid)
+    token = pat["token"]
+    other = first.pat(pid, uid, "other")
+    for node in (first, second):
+        for _ in range(3):  # verified, then cached on each node
+            answer = node.me(token)
+            assert answer.status == 200 and answer.data["role"] == "maintainer"
+    # a role change on one node is the next answer's role on the other
+    first.member(pid, uid, "viewer")
+    assert second.me(token).data["role"] == "viewer"
+    # revoked on the first node: the second refuses the very next request
+    assert first.revoke(pid, pat["id"], uid).status == 200
+    assert_envelope_error(second.me(token), 401, "unauthorized")
+    assert second.me(other["token"]).status == 200
+    # membership removed on the second node: the first refuses the other token at once
+    assert first.me(other["token"]).status == 200
+    assert second("DELETE", f"{PROJECTS}/{pid}/members/{uid}").status in (200, 204)
+    assert_envelope_error(first.me(other["token"]), 401, "unauthorized")
+
+
 def test_mistyped_pats_never_reach_redis(
     edge_factory: EdgeFactory, admin: str, redis_db: RedisServer
 ) -> None:
