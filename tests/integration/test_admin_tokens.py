@@ -303,6 +303,7 @@ INVALID_CREATE: list[tuple[dict[str, Any], str]] = [
     ({"name": "a:b"}, "name"),
     ({"name": "info"}, "name"),  # reserved: /tokens/info is another endpoint
     ({"name": "generate"}, "name"),
+    ({"name": "email"}, "name"),
     ({"name": 7}, "name"),
     ({"name": None}, "name"),
     ({}, "name"),

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -616,3 +617,16 @@ def test_argon2_threads_yield_the_core_to_the_event_loop() -> None:
     assert in_pool == {max(before, ARGON2_NICE)}
     assert ARGON2_NICE > before
     assert nice() == before
+
+
+def test_the_docs_publish_the_token_patterns_the_code_uses() -> None:
+    from edge.auth.secrets import ADMIN_TOKEN_PATTERN, new_admin_token
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert f"`{PAT_PATTERN}`" in docs
+    assert f"`{ADMIN_TOKEN_PATTERN}`" in docs
+    # and they find real tokens in text, neither one mistaken for the other
+    pat, admin = new_pat_token(), new_admin_token()
+    text = f"x {pat} y {admin} z"
+    assert re.findall(rf"\b{PAT_PATTERN}\b", text) == [pat]
+    assert re.findall(rf"\b{ADMIN_TOKEN_PATTERN}\b", text) == [admin]
