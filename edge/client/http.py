@@ -15,11 +15,13 @@ personal access token endpoints, ``{"data": null, "errors": [{...}]}``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +42,13 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+class AnswerTooSlow(TimeoutError):
+    """The answer kept coming, but not all of it within twice the timeout."""
+
+
 def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, AnswerTooSlow):
+        return f"the answer did not arrive whole within {2 * timeout:g}s (timed out)"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"no answer within {timeout:g}s (timed out)"
     if isinstance(exc, ConnectionRefusedError):
@@ -93,26 +101,41 @@ class Api:
     def _exchange(
         self, method: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, str, dict[str, str], bytes]:
-        deadline = time.monotonic() + 2 * self.timeout
         conn = self._connection()
+        # each socket operation waits at most the timeout; the whole exchange, twice that:
+        # past it the watchdog shuts the socket, which ends any read a trickle keeps alive
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(2 * self.timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             conn.request(method, target, body=body, headers=headers)
             resp = conn.getresponse()
             chunks: list[bytes] = []
             size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("answer too slow")
-                chunk = resp.read(_CHUNK)
-                if not chunk:
-                    break
+            while chunk := resp.read1(_CHUNK):
                 size += len(chunk)
                 if size > MAX_ANSWER:
                     raise ClientError(f"the answer from {self.base_url} is too large")
                 chunks.append(chunk)
+            if expired.is_set():  # cut short by the watchdog: not the whole answer
+                raise AnswerTooSlow()
             found = {k.lower(): v for k, v in resp.getheaders()}
             return resp.status, resp.reason, found, b"".join(chunks)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise AnswerTooSlow() from None
+            raise
         finally:
+            watchdog.cancel()
             conn.close()
 
     def call(

@@ -19,9 +19,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -566,6 +567,72 @@ def test_unreachable_api_is_one_line_and_exit_1(home: Path, silent_port: int) ->
     assert "cannot reach the edge API" in slow and "timed out" in slow
     # no token anywhere: said before any call
     assert "edge: no token" in failed(cli("token list", env=cli_env(home, API_URL=where)), 2)
+
+
+def trickle_server(at_once: bytes, trickled: bytes, gap: float) -> tuple[int, Callable[[], None]]:
+    """A server that reads a request, sends ``at_once``, then ``trickled`` one byte every
+    ``gap`` seconds."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(at_once)
+                    for i in range(len(trickled)):
+                        if stop.wait(gap):
+                            return
+                        conn.sendall(trickled[i : i + 1])
+                except OSError:
+                    continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+    return listener.getsockname()[1], close
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_an_answer_trickling_in_is_cut_at_twice_the_timeout(home: Path, part: str) -> None:
+    body = b'{"tokens": []}' + b" " * 200
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n" % len(body) + b"X-Pad: " + b"p" * 200 + b"\r\n\r\n"
+    # every byte comes well within the timeout (0.5 s); the whole would take over 10 s
+    if part == "head":
+        port, close = trickle_server(b"", head + body, 0.04)
+    else:
+        port, close = trickle_server(head, body, 0.04)
+    try:
+        env = cli_env(home, API_URL=f"http://127.0.0.1:{port}", TOKEN=new_admin_token())
+        started = time.monotonic()
+        error = failed(cli("token list --timeout 0.5", env=env))
+        took = time.monotonic() - started
+    finally:
+        close()
+    assert "the answer did not arrive whole within 1s (timed out)" in error, error
+    assert took < 4, took  # the interpreter's start-up, plus one second
+    # a short answer trickling in, whole within the deadline: served
+    short = b'{"tokens": []}'
+    short_head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(short)
+    port, close = trickle_server(b"", short_head + short, 0.01)
+    try:
+        env = cli_env(home, API_URL=f"http://127.0.0.1:{port}", TOKEN=new_admin_token())
+        assert as_json(cli("token list --timeout 0.5 -o json", env=env)) == []
+    finally:
+        close()
 
 
 def test_refused_token_is_one_line_and_exit_1(api: EdgeProcess, home: Path) -> None:
