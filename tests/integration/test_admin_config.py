@@ -1006,6 +1006,106 @@ def test_tokens_see_and_change_only_their_own_records(
     assert_error(call(port, "GET", T, alice), 403, "forbidden")
 
 
+def test_a_token_replaces_hands_over_and_deletes_its_own_records(
+    api: EdgeProcess, admin: str, ups: dict[str, Upstream], rdb: redis.Redis
+) -> None:
+    port = api.api_port
+    one = ups["one"].url
+    alice, bob = new_token(port, admin, "alice"), new_token(port, admin, "bob")
+    ok(call(port, "POST", P, alice, {"hostname": "alice.test", "target_url": one}), 201)
+
+    # a route: replaced by its owner (its index keys move), never by another token
+    scoped = route("r", "/r", 5, one, scope="proxy", proxy_hostnames=["alice.test"])
+    ok(call(port, "POST", R, alice, scoped), 201)
+    assert rdb.get("route:unique:/r:5") == b"r" and rdb.get("route:priority:5:r") == b"r"
+    moved = ok(call(port, "PUT", f"{R}/r", alice, {**scoped, "path_pattern": "/r2", "priority": 6}))
+    assert moved["owner_token_hash"] == sha256(alice) and moved["created_by"] == "alice"
+    assert not rdb.exists("route:unique:/r:5", "route:priority:5:r")
+    assert rdb.get("route:unique:/r2:6") == b"r" and rdb.get("route:priority:6:r") == b"r"
+    assert_error(call(port, "PUT", f"{R}/r", bob, scoped), 404, "route_not_found")
+    # only the admin gives a record another owner
+    given = {**scoped, "owner_token_hash": sha256(bob)}
+    assert_error(call(port, "PUT", f"{R}/r", alice, given), 403, "forbidden", "owner_token_hash")
+    same = ok(call(port, "PUT", f"{R}/r", alice, {**moved, "owner_token_hash": sha256(alice)}))
+    assert same["owner_token_hash"] == sha256(alice)
+    ok(call(port, "PUT", f"{R}/r", admin, {**moved, "owner_token_hash": sha256(bob)}))
+    assert_error(call(port, "GET", f"{R}/r", alice), 404, "route_not_found")
+    assert ok(call(port, "GET", f"{R}/r", bob))["path_pattern"] == "/r2"
+    assert call(port, "DELETE", f"{R}/r", bob).status == 204
+    assert not rdb.exists("route:r", "route:unique:/r2:6", "route:priority:6:r")
+
+    # a service: its owner deletes it, with its URL key and its set member
+    svc = {"service_name": "svc", "target_url": one}
+    refused = call(port, "POST", S, alice, {**svc, "owner_token_hash": sha256(bob)})
+    assert_error(refused, 403, "forbidden", "owner_token_hash")
+    assert ok(call(port, "POST", S, alice, svc), 201)["owner_token_hash"] == sha256(alice)
+    assert call(port, "DELETE", f"{S}/svc", alice).status == 204
+    assert not rdb.exists("service:external:svc", "service:url:svc")
+    assert not rdb.sismember("services:external", "svc")
+    handed = ok(call(port, "POST", S, admin, {**svc, "owner_token_hash": sha256(bob)}), 201)
+    assert handed["owner_token_hash"] == sha256(bob)
+    assert [x["service_name"] for x in ok(call(port, "GET", S, bob))["services"]] == ["svc"]
+    assert ok(call(port, "GET", S, alice)) == {"services": []}
+
+    # a resource: replaced (owner kept), handed over by the admin, deleted by the new owner
+    uri = "https://alice.test/mcp"
+    path = f"{RES}/{enc(uri)}"
+    ok(call(port, "POST", RES, alice, {"uri": uri, "name": "tools"}), 201)
+    changed = ok(call(port, "PUT", path, alice, {"name": "tools", "description": "d"}))
+    assert changed["description"] == "d" and changed["owner_token_hash"] == sha256(alice)
+    refused = call(port, "PUT", path, alice, {"name": "t", "owner_token_hash": sha256(bob)})
+    assert_error(refused, 403, "forbidden", "owner_token_hash")
+    ok(call(port, "PUT", path, admin, {"name": "tools", "owner_token_hash": sha256(bob)}))
+    assert_error(call(port, "DELETE", path, alice), 404, "resource_not_found")
+    assert call(port, "DELETE", path, bob).status == 204
+    assert not rdb.exists(f"resource:{uri}")
+
+
+def test_the_admin_cannot_give_a_record_to_a_token_being_deleted(
+    api: EdgeProcess, admin: str, rdb: redis.Redis
+) -> None:
+    port = api.api_port
+    bob = new_token(port, admin, "bob")
+    doc = {
+        "hostname": "x.test",
+        "target_url": "http://127.0.0.1:9",
+        "owner_token_hash": sha256(bob),
+    }
+    rdb.set(f"edge:token-deleting:{sha256(bob)}", "1", ex=30)  # bob's delete is running
+    assert_error(call(port, "POST", P, admin, doc), 400, "invalid_body", "owner_token_hash")
+    assert not rdb.exists("proxy:x.test")
+    rdb.delete(f"edge:token-deleting:{sha256(bob)}")  # the delete failed: bob is whole again
+    assert ok(call(port, "POST", P, admin, doc), 201)["owner_token_hash"] == sha256(bob)
+
+
+def test_route_index_keys_around_hand_written_routes(
+    api: EdgeProcess, admin: str, rdb: redis.Redis
+) -> None:
+    port = api.api_port
+    target = "http://127.0.0.1:9"
+    # a route written by hand has no index keys; replacing it through the API adds them
+    rdb.set("route:hand", json.dumps(route("hand", "/hand", 4, target)))
+    replaced = ok(call(port, "PUT", f"{R}/hand", admin, route("hand", "/hand", 4, target)))
+    assert replaced["route_id"] == "hand"
+    assert rdb.get("route:unique:/hand:4") == b"hand"
+    assert rdb.get("route:priority:4:hand") == b"hand"
+    # ...and a route written by hand is not in the index, so the API cannot see it is taken
+    # (docs/api.md: the index covers routes written through the API)
+    rdb.set("route:hand2", json.dumps(route("hand2", "/same", 4, target)))
+    ok(call(port, "POST", R, admin, route("api", "/same", 4, target)), 201)
+    assert rdb.get("route:unique:/same:4") == b"api"
+
+    # deleting a token leaves a unique key that no longer names its route alone
+    alice = new_token(port, admin, "alice")
+    ok(call(port, "POST", P, alice, {"hostname": "a.test", "target_url": target}), 201)
+    scoped = route("ar", "/a", 2, target, scope="proxy", proxy_hostnames=["a.test"])
+    ok(call(port, "POST", R, alice, scoped), 201)
+    rdb.set("route:unique:/a:2", "taken-by-hand")  # re-pointed by hand
+    assert call(port, "DELETE", f"{T}/alice", admin).status == 204
+    assert not rdb.exists("route:ar", "route:priority:2:ar")
+    assert rdb.get("route:unique:/a:2") == b"taken-by-hand"
+
+
 class Monitor(threading.Thread):
     """Every command Redis executes while it runs (MONITOR), until ``stop()``."""
 
