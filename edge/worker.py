@@ -19,7 +19,7 @@ from typing import Any
 
 from edge.api.people_auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
-from edge.api.store import TokenStore
+from edge.api.store import ADMIN_NAME, CorruptRecord, TokenStore
 from edge.config.watcher import ConfigWatcher, redis_client
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
@@ -37,6 +37,7 @@ log = logging.getLogger("edge.worker")
 
 FIRST_SYNC_WAIT = 5.0  # serve after the first config sync, or after this long without one
 ADMIN_RETRY_CAP = 30.0  # seconds between attempts to store the ADMIN_TOKEN hash
+ADMIN_CHECK_INTERVAL = 5.0  # seconds between checks that the stored admin token is there
 
 
 class Worker:
@@ -227,24 +228,28 @@ class Worker:
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
 
     async def _bootstrap_admin(self) -> None:
-        """Store the ADMIN_TOKEN hash as the ``admin`` token before the API listens.
+        """Store the ADMIN_TOKEN hash as the ``admin`` token before the API listens, then
+        keep it there.
 
         Every worker does it (the transaction is idempotent). If Redis is not reachable
-        yet, serve anyway and keep trying in the background.
+        yet, serve anyway and keep trying in the background. Once stored, a record that
+        disappears (a Redis restarted without persistence, a flush) is stored again.
         """
         if self.settings.admin_token is None:
             log.info("ADMIN_TOKEN not set: the admin token in redis (if any) is unchanged")
             return
+        stored = True
         try:
             await self._store_admin_token()
         except Exception as exc:
+            stored = False
             log.warning(
                 "admin token not stored yet; retrying",
                 extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200]}},
             )
-            retry = asyncio.create_task(self._retry_admin(), name="admin-token")
-            self.tasks.add(retry)
-            retry.add_done_callback(self.tasks.discard)
+        keeper = asyncio.create_task(self._keep_admin(stored), name="admin-token")
+        self.tasks.add(keeper)
+        keeper.add_done_callback(self.tasks.discard)
 
     async def _store_admin_token(self) -> None:
         assert self.settings.admin_token is not None
@@ -252,19 +257,35 @@ class Worker:
         # never the token, nor its hash: only whether redis changed
         log.info("admin token ready", extra={"fields": {"changed": changed}})
 
-    async def _retry_admin(self) -> None:
+    async def _admin_present(self) -> bool:
+        try:
+            return await self.tokens.get(ADMIN_NAME) is not None
+        except CorruptRecord:
+            return False  # stored again (the bootstrap replaces a corrupt record)
+
+    async def _keep_admin(self, stored: bool) -> None:
         delay = 1.0
+        failing = not stored
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(ADMIN_CHECK_INTERVAL if stored else delay)
             try:
+                if stored and await self._admin_present():
+                    failing = False
+                    continue
+                if stored:
+                    log.warning("admin token missing from redis; storing it again")
                 await self._store_admin_token()
-                return
             except Exception as exc:
-                delay = min(delay * 2, ADMIN_RETRY_CAP)
-                log.warning(
-                    "admin token not stored yet; retrying",
-                    extra={"fields": {"error": type(exc).__name__, "retry_in": delay}},
-                )
+                if not stored:
+                    delay = min(delay * 2, ADMIN_RETRY_CAP)
+                if not failing or not stored:
+                    log.warning(
+                        "admin token not stored yet; retrying",
+                        extra={"fields": {"error": type(exc).__name__, "retry_in": delay}},
+                    )
+                failing = True
+            else:
+                stored, failing, delay = True, False, 1.0
 
     async def _prepare_tls(self) -> None:
         """Certificates built and the default certificate loaded before TLS listeners open."""

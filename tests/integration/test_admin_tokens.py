@@ -446,5 +446,22 @@ def test_redis_down_is_503(api: EdgeProcess, admin: str, redis_db: RedisServer) 
         assert_error(answer, 503, "redis_unavailable")
     assert call(api.api_port, "GET", "/health").status == 200  # degraded, still serving
     redis_db.start()
-    wait_for(lambda: call(api.api_port, "GET", f"{T}/info", admin).status == 401)
-    # (the restarted redis is empty: the admin token is written again at the next start)
+    # the restarted redis is empty: the edge stores the admin token again by itself
+    wait_for(lambda: call(api.api_port, "GET", f"{T}/info", admin).status == 200, timeout=15)
+    assert "admin token missing from redis; storing it again" in api.stderr()
+    assert admin not in api.stderr() + api.stdout()
+
+
+def test_admin_token_stored_once_redis_comes_up(
+    edge_factory: EdgeFactory, admin: str, redis_db: RedisServer
+) -> None:
+    redis_db.stop()
+    edge = edge_factory(ADMIN_TOKEN=admin, EDGE_WORKERS=2)
+    assert_error(call(edge.api_port, "GET", f"{T}/info", admin), 503, "redis_unavailable")
+    assert call(edge.api_port, "GET", "/health").status == 200
+    redis_db.start()
+    wait_for(lambda: call(edge.api_port, "GET", f"{T}/info", admin).status == 200, timeout=15)
+    record = json.loads(redis_db.client().get("token:admin"))
+    assert record["hash"] == sha256(admin) and record["created_by"] == "ADMIN_TOKEN"
+    assert "admin token not stored yet; retrying" in edge.stderr()
+    assert admin not in edge.stderr() + edge.stdout()
