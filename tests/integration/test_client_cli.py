@@ -575,14 +575,18 @@ def trickle_server(at_once: bytes, trickled: bytes, gap: float) -> tuple[int, Ca
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
+    listener.settimeout(0.05)  # a close from another thread does not wake accept()
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(5)
             with conn:
                 conn.recv(65536)
                 try:
@@ -599,8 +603,9 @@ def trickle_server(at_once: bytes, trickled: bytes, gap: float) -> tuple[int, Ca
 
     def close() -> None:
         stop.set()
-        listener.close()
         thread.join(5)
+        assert not thread.is_alive()
+        listener.close()
 
     return listener.getsockname()[1], close
 
