@@ -9,12 +9,15 @@ import argparse
 import sys
 
 from edge import __version__
-from edge.client import CLIENT_COMMANDS, add_client_parsers, run_client
 from edge.settings import Settings, SettingsError, environment, load_settings
 from edge.tls.cli_parser import add_cert_parser
 
+SERVER_COMMANDS = ("serve", "check", "cert", "worker")
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(with_client: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without the client commands (and their imports) when the
+    command is known to be one of the server's: every worker process starts this way."""
     parser = argparse.ArgumentParser(prog="edge", description="HTTP edge server")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -25,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and the config keys in Redis")
     check.add_argument("--env-file", help="read settings from this .env file first")
     add_cert_parser(sub)
-    add_client_parsers(sub)
+    if with_client:
+        from edge.client import add_client_parsers
+
+        add_client_parsers(sub)
     worker = sub.add_parser("worker")  # internal: no help, so not listed
     worker.add_argument("--id", type=int, default=0)
     worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
@@ -41,12 +47,15 @@ def _settings(env: dict[str, str], **overrides: object) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(with_client=not argv or argv[0] not in SERVER_COMMANDS).parse_args(argv)
     if args.command == "cert":
         from edge.tls.cli import run_cert
 
         return run_cert(args)  # its own settings and messages ("edge cert: ...")
-    if args.command in CLIENT_COMMANDS:
+    if args.command not in SERVER_COMMANDS:
+        from edge.client import run_client
+
         return run_client(args)  # settings from flags, API_URL/TOKEN, the config file
     try:
         env = environment(getattr(args, "env_file", None))

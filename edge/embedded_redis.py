@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 log = logging.getLogger("edge.redis")
 
 START_TIMEOUT = 10.0
@@ -116,6 +114,8 @@ class EmbeddedRedis:
     def _answers(sock: Path) -> bool:
         if not sock.exists():
             return False
+        import redis  # only an embedded Redis needs it in the supervisor
+
         try:
             client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1)
             try:
@@ -155,6 +155,8 @@ def seed(url: str, path: str) -> int:
     keys = data.get("keys", data) if isinstance(data, dict) else None
     if not isinstance(keys, dict):
         raise SeedError(f'seed file {path}: expected a JSON object {{"keys": {{key: value}}}}')
+    import redis  # only a seed file needs it in the supervisor
+
     client = redis.Redis.from_url(url, socket_timeout=5)
     written = 0
     try:

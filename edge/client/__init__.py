@@ -21,24 +21,7 @@ from edge.client.people import add_people_parsers
 from edge.client.session import add_session_parsers
 from edge.client.tokens import add_token_parsers
 
-__all__ = ["CLIENT_COMMANDS", "add_client_parsers", "run_client"]
-
-CLIENT_COMMANDS = frozenset(
-    {
-        "login",
-        "logout",
-        "config",
-        "token",
-        "proxy",
-        "route",
-        "service",
-        "certs",
-        "resource",
-        "user",
-        "project",
-        "pat",
-    }
-)
+__all__ = ["add_client_parsers", "run_client"]
 
 
 def add_client_parsers(sub: Sub) -> None:
