@@ -139,9 +139,7 @@ async def replace_proxy(req: ApiRequest) -> Response:
     hostname = _hostname(req)
     key = proxy_key(hostname)
     body = await body_object(req)
-    refuse_rename(
-        body, "hostname", "hostname" in body and _body_hostname(body) == hostname, "proxy"
-    )
+    refuse_rename(body, "hostname", hostname, "proxy", _body_hostname)
 
     async def write(pipe: Pipeline) -> ProxyConfig:
         identity = {"hostname": hostname}

@@ -253,7 +253,7 @@ async def replace_resource(req: ApiRequest) -> Response:
     uri = _uri(req)
     key = resource_key(uri)
     body = await body_object(req)
-    refuse_rename(body, "uri", "uri" in body and _body_uri(body) == uri, "resource")
+    refuse_rename(body, "uri", uri, "resource", _body_uri)
 
     async def write(pipe: Pipeline) -> ResourceRecord:
         validate = partial(_validated, key)

@@ -202,7 +202,7 @@ async def replace_route(req: ApiRequest) -> Response:
     route_id = _route_id(req)
     key = route_key(route_id)
     body = await body_object(req)
-    refuse_rename(body, "route_id", body.get("route_id") == route_id, "route")
+    refuse_rename(body, "route_id", route_id, "route")
 
     async def write(pipe: Pipeline) -> RouteConfig:
         raw, route = await replacement(

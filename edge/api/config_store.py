@@ -340,9 +340,19 @@ def exists_conflict(what: str, field: str) -> Conflict:
     )
 
 
-def refuse_rename(body: dict[str, Any], field: str, same: bool, what: str) -> None:
-    """PUT: the body may repeat its record's identity (``same``), never change it."""
-    if field in body and not same:
+def refuse_rename(
+    body: dict[str, Any],
+    field: str,
+    current: str,
+    what: str,
+    normalized: Callable[[dict[str, Any]], str] | None = None,
+) -> None:
+    """PUT: the body may repeat its record's identity ``current`` (compared in its
+    ``normalized`` form when given), never change it."""
+    if field not in body:
+        return
+    given = body[field] if normalized is None else normalized(body)
+    if given != current:
         raise InvalidBody(
             f"{field} differs",
             public_message=f"{field} does not match the path (a {what} cannot be renamed)",
