@@ -264,28 +264,34 @@ class Worker:
             return False  # stored again (the bootstrap replaces a corrupt record)
 
     async def _keep_admin(self, stored: bool) -> None:
+        """Until the token is stored, retry with back-off, logging each failure; then check
+        every ADMIN_CHECK_INTERVAL and store it again if it is gone (an outage logged once)."""
         delay = 1.0
-        failing = not stored
+        outage = False
         while True:
             await asyncio.sleep(ADMIN_CHECK_INTERVAL if stored else delay)
             try:
                 if stored and await self._admin_present():
-                    failing = False
+                    outage = False
                     continue
                 if stored:
                     log.warning("admin token missing from redis; storing it again")
                 await self._store_admin_token()
+                stored, outage = True, False
             except Exception as exc:
+                error = type(exc).__name__
                 if not stored:
                     delay = min(delay * 2, ADMIN_RETRY_CAP)
-                if not failing or not stored:
                     log.warning(
                         "admin token not stored yet; retrying",
-                        extra={"fields": {"error": type(exc).__name__, "retry_in": delay}},
+                        extra={"fields": {"error": error, "retry_in": delay}},
                     )
-                failing = True
-            else:
-                stored, failing, delay = True, False, 1.0
+                elif not outage:
+                    outage = True
+                    log.warning(
+                        "admin token check failed; retrying",
+                        extra={"fields": {"error": error, "retry_in": ADMIN_CHECK_INTERVAL}},
+                    )
 
     async def _prepare_tls(self) -> None:
         """Certificates built and the default certificate loaded before TLS listeners open."""
