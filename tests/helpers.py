@@ -88,6 +88,49 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=5)
 
 
+class Monitor(threading.Thread):
+    """Every command Redis executes while it runs (MONITOR), until ``stop()``."""
+
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.commands: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with self.server.client().monitor() as monitor:
+            self.ready.set()
+            for command in monitor.listen():
+                self.commands.append(command)
+                if command["command"] == "ECHO monitor-stop":
+                    return
+
+    def __enter__(self) -> Monitor:
+        self.start()
+        assert self.ready.wait(5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.client().echo("monitor-stop")
+        self.join(5)
+
+    def transactions(self) -> list[list[str]]:
+        """The commands of each MULTI ... EXEC block (by client connection)."""
+        blocks: list[list[str]] = []
+        open_blocks: dict[str, list[str]] = {}
+        for entry in self.commands:
+            client = f"{entry.get('client_address')}:{entry.get('client_port')}"
+            text = entry["command"]
+            name = text.split(" ", 1)[0].upper()
+            if name == "MULTI":
+                open_blocks[client] = []
+            elif name == "EXEC" and client in open_blocks:
+                blocks.append(open_blocks.pop(client))
+            elif client in open_blocks:
+                open_blocks[client].append(text)
+        return blocks
+
+
 def proxy_doc(hostname: str, target_url: str, **fields: Any) -> str:
     return json.dumps({"hostname": hostname, "target_url": target_url, **fields})
 

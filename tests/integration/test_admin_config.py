@@ -24,7 +24,7 @@ import trustme
 from edge.auth.secrets import new_admin_token
 from edge.config.schema import ProxyConfig
 from tests.api_client import Answer, assert_error, call, sha256
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.helpers import EdgeProcess, Monitor, RedisServer, Upstream, proxy_doc, wait_for
 
 P = "/api/v1/proxy/targets"
 R = "/api/v1/routes"
@@ -1104,49 +1104,6 @@ def test_route_index_keys_around_hand_written_routes(
     assert call(port, "DELETE", f"{T}/alice", admin).status == 204
     assert not rdb.exists("route:ar", "route:priority:2:ar")
     assert rdb.get("route:unique:/a:2") == b"taken-by-hand"
-
-
-class Monitor(threading.Thread):
-    """Every command Redis executes while it runs (MONITOR), until ``stop()``."""
-
-    def __init__(self, server: RedisServer) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.commands: list[dict[str, Any]] = []
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        with self.server.client().monitor() as monitor:
-            self.ready.set()
-            for command in monitor.listen():
-                self.commands.append(command)
-                if command["command"] == "ECHO monitor-stop":
-                    return
-
-    def __enter__(self) -> Monitor:
-        self.start()
-        assert self.ready.wait(5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.client().echo("monitor-stop")
-        self.join(5)
-
-    def transactions(self) -> list[list[str]]:
-        """The commands of each MULTI ... EXEC block (by client connection)."""
-        blocks: list[list[str]] = []
-        open_blocks: dict[str, list[str]] = {}
-        for entry in self.commands:
-            client = f"{entry.get('client_address')}:{entry.get('client_port')}"
-            text = entry["command"]
-            name = text.split(" ", 1)[0].upper()
-            if name == "MULTI":
-                open_blocks[client] = []
-            elif name == "EXEC" and client in open_blocks:
-                blocks.append(open_blocks.pop(client))
-            elif client in open_blocks:
-                open_blocks[client].append(text)
-        return blocks
 
 
 def test_deleting_a_token_deletes_what_it_owns_in_one_transaction(
