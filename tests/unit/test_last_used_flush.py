@@ -8,7 +8,7 @@ The flush must then start again from the revoked record, never write back the on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import pytest
@@ -58,20 +58,32 @@ def flush_once(redis_db: RedisServer) -> int | None:
     return asyncio.run(run())
 
 
+def race_each_read(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[str, int], None]
+) -> list[PatRecord | None]:
+    """After the flusher's n-th read of a record, ``meanwhile(tid, n)`` writes to it (another
+    node, before the flusher writes). Returns what each read saw."""
+    reads: list[PatRecord | None] = []
+
+    def read_then_race(tid: str, raw: bytes | str | None) -> PatRecord | None:
+        reads.append(decode_pat(tid, raw))
+        meanwhile(tid, len(reads))
+        return reads[-1]
+
+    monkeypatch.setattr(people_auth, "decode_pat", read_then_race)
+    return reads
+
+
 def test_a_revocation_between_read_and_write_is_kept(
     stored: str, redis_db: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = redis_db.client()
-    reads: list[PatRecord | None] = []
 
-    def read_then_revoke(tid: str, raw: bytes | str | None) -> PatRecord | None:
-        seen = decode_pat(tid, raw)
-        reads.append(seen)
-        if len(reads) == 1:  # the flusher has read; another node revokes before it writes
+    def revoke(tid: str, n: int) -> None:
+        if n == 1:  # the flusher has read; another node revokes before it writes
             r.set(pat_key(tid), record(tid, revoked_at=REVOKED))
-        return seen
 
-    monkeypatch.setattr(people_auth, "decode_pat", read_then_revoke)
+    reads = race_each_read(monkeypatch, revoke)
     assert flush_once(redis_db) == 1
     after = decode_pat(stored, r.get(pat_key(stored)))
     assert after is not None
@@ -85,36 +97,28 @@ def test_a_record_deleted_meanwhile_is_not_recreated(
     stored: str, redis_db: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = redis_db.client()
-    calls = 0
 
-    def read_then_delete(tid: str, raw: bytes | str | None) -> PatRecord | None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+    def delete(tid: str, n: int) -> None:
+        if n == 1:
             r.delete(pat_key(tid))
-        return decode_pat(tid, raw)
 
-    monkeypatch.setattr(people_auth, "decode_pat", read_then_delete)
+    reads = race_each_read(monkeypatch, delete)
     assert flush_once(redis_db) == 0
     assert r.get(pat_key(stored)) is None
-    assert calls == 2
+    assert len(reads) == 2
 
 
 def test_a_flush_that_keeps_losing_gives_up_and_writes_nothing(
     stored: str, redis_db: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = redis_db.client()
-    calls = 0
 
-    def read_then_rewrite(tid: str, raw: bytes | str | None) -> PatRecord | None:
-        nonlocal calls
-        calls += 1
-        r.set(pat_key(tid), record(tid, revoked_at=f"2026-01-02T03:04:{calls:02d}Z"))
-        return decode_pat(tid, raw)
+    def rewrite(tid: str, n: int) -> None:
+        r.set(pat_key(tid), record(tid, revoked_at=f"2026-01-02T03:04:{n:02d}Z"))
 
-    monkeypatch.setattr(people_auth, "decode_pat", read_then_rewrite)
+    reads = race_each_read(monkeypatch, rewrite)
     assert flush_once(redis_db) == 0
-    assert calls == 4  # a bounded number of attempts; the next flush tries again
+    assert len(reads) == 4  # a bounded number of attempts; the next flush tries again
     after = decode_pat(stored, r.get(pat_key(stored)))
     assert after is not None and after.last_used_at is None
     assert after.revoked_at == "2026-01-02T03:04:04Z"
