@@ -4,8 +4,8 @@ Roles are ordered ``viewer < modifier < maintainer < owner``; every permission n
 least role that holds it, so a higher role always has everything a lower one has:
 
 - ``viewer``: read (``*.read``);
-- ``modifier``: read and write (``*.write``);
-- ``maintainer``: most things, including secrets and port-forwarding;
+- ``modifier``: read and write (``*.write``), see database secrets and port-forward;
+- ``maintainer``: all that and the project's settings;
 - ``owner``: everything, including members, other members' tokens and deleting the project.
 
 A role read from Redis that is not one of the four has no permission at all (fail closed).
@@ -46,11 +46,11 @@ PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
         # databases
         "databases.read": "viewer",
         "databases.write": "modifier",
-        "databases.show-secrets": "maintainer",
+        "databases.show-secrets": "modifier",
         # resources (proxies, routes, services, certificates of the project)
         "resources.read": "viewer",
         "resources.write": "modifier",
-        "resources.port-forward": "maintainer",
+        "resources.port-forward": "modifier",
         # people
         "members.read": "viewer",
         "members.manage": "owner",

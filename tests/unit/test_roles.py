@@ -12,6 +12,9 @@ ALL = frozenset(PERMISSIONS)
 READS = frozenset(p for p in ALL if p.endswith(".read"))
 WRITES = frozenset(p for p in ALL if p.endswith((".write", ".deploy")))
 OWNER_ONLY = frozenset({"members.manage", "tokens.manage", "project.delete"})
+#: What a modifier may do beyond reading and writing: reveal a database's credentials and
+#: open a port-forward tunnel to a resource (the seed specification's role table).
+MODIFIER_EXTRAS = frozenset({"databases.show-secrets", "resources.port-forward"})
 
 
 def test_the_four_roles_least_privileged_first() -> None:
@@ -54,17 +57,27 @@ def test_maintainer_has_most_but_not_people_nor_deletion() -> None:
     assert not has_permission("maintainer", "members.manage")
 
 
-def test_modifier_reads_and_writes() -> None:
-    assert permissions_of("modifier") == READS | WRITES
+def test_modifier_reads_writes_shows_secrets_and_port_forwards() -> None:
+    assert permissions_of("modifier") == READS | WRITES | MODIFIER_EXTRAS
     assert has_permission("modifier", "apps.write")
-    assert not has_permission("modifier", "databases.show-secrets")
-    assert not has_permission("modifier", "resources.port-forward")
+    assert has_permission("modifier", "databases.show-secrets")
+    assert has_permission("modifier", "resources.port-forward")
+    assert not has_permission("modifier", "project.settings")
+    assert not has_permission("modifier", "members.manage")
+
+
+def test_secrets_and_port_forward_are_for_modifier_and_above_only() -> None:
+    for permission in MODIFIER_EXTRAS:
+        holders = [role for role in ROLES if has_permission(role, permission)]
+        assert holders == ["modifier", "maintainer", "owner"], permission
 
 
 def test_viewer_only_reads() -> None:
     assert permissions_of("viewer") == READS
     assert has_permission("viewer", "apps.read")
     assert not has_permission("viewer", "apps.write")
+    assert not has_permission("viewer", "databases.show-secrets")
+    assert not has_permission("viewer", "resources.port-forward")
 
 
 def test_higher_roles_have_everything_lower_roles_have() -> None:
