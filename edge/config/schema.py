@@ -123,6 +123,10 @@ class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     resource_bearer_methods: tuple[str, ...] = ("header",)
     resource_documentation_suffix: str = "/docs"
     resource_custom_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # ACME account of the proxy's certificate (validated and stored; acted on by automatic
+    # HTTPS): the contact address, and the CA's directory (null: the edge's default CA).
+    cert_email: str | None = None
+    acme_directory_url: str | None = None
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -574,9 +578,63 @@ def _validate_proxy(key: str, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
     _check_optional_timestamp(key, cfg.created_at)
     _validate_proxy_auth(key, cfg)
     _validate_proxy_resource(key, cfg)
+    _validate_proxy_acme(key, cfg)
     if hostname != cfg.hostname:
         return msgspec.structs.replace(cfg, hostname=hostname)
     return cfg
+
+
+def _validate_proxy_acme(key: str, cfg: ProxyConfig) -> None:
+    if cfg.cert_email is not None:
+        _check(key, "cert_email", _validate_email, cfg.cert_email)
+    if cfg.acme_directory_url is not None:
+        _check(key, "acme_directory_url", _validate_acme_directory, cfg.acme_directory_url)
+
+
+def _validate_email(value: str) -> str:
+    """``user@domain``: the ACME account contact (a ``mailto:`` URI, RFC 8555 section 7.3)."""
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "@" in local or "," in value or _CONTROL_OR_SPACE_RE.search(value):
+        raise ValueError(f"invalid e-mail address {value!r}: expected user@domain")
+    if len(value) > 254:  # RFC 5321 section 4.5.3.1.3
+        raise ValueError(f"invalid e-mail address {value!r}: longer than 254 characters")
+    try:
+        normalize_hostname(domain, allow_wildcard=False)
+    except ValueError:
+        ok = False
+    else:
+        ok = "." in domain
+    if not ok:
+        raise ValueError(
+            f"invalid e-mail address {value!r}: the domain must be a host name with a dot"
+        )
+    return value
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_acme_directory(value: str) -> str:
+    """An ``https://`` URL; ``http://`` only for a loopback host (a local test CA)."""
+    validate_url(value)
+    scheme, _, rest = value.partition("://")
+    authority = rest.partition("/")[0]
+    if authority.startswith("["):
+        host = authority[1 : authority.index("]")]
+    else:
+        host = authority.partition(":")[0]
+    if scheme != "https" and not _is_loopback_host(host):
+        raise ValueError(
+            f"must be an https:// URL (http:// only for a loopback host), got {value!r}"
+        )
+    return value
 
 
 def _validate_proxy_auth(key: str, cfg: ProxyConfig) -> None:
