@@ -140,7 +140,7 @@ class Worker:
             if port == 0 and name not in ("HTTP_PORT", "API_PORT"):
                 continue  # 0 disables the optional listeners
             try:
-                socks[name] = reuseport_socket(host, port)
+                socks[name] = reuseport_socket(host, port, s.listen_backlog)
             except OSError as exc:
                 fields = {"address": f"{host}:{port}", "setting": name, "error": exc.strerror}
                 log.critical("cannot listen", extra={"fields": fields})
@@ -151,14 +151,19 @@ class Worker:
                     await watch
                 return EXIT_LISTEN_FAILED
         loop = self.loop
+        # create_server listens again, with its own default backlog (100) unless given one
+        backlog = s.listen_backlog
         self.servers.append(
-            await loop.create_server(lambda: HttpConnection(hub, dispatch), sock=socks["HTTP_PORT"])
+            await loop.create_server(
+                lambda: HttpConnection(hub, dispatch), sock=socks["HTTP_PORT"], backlog=backlog
+            )
         )
         if "HTTPS_PORT" in socks and self.tls is not None:
             self.servers.append(
                 await loop.create_server(
                     lambda: HttpConnection(hub, dispatch, "https"),
                     sock=socks["HTTPS_PORT"],
+                    backlog=backlog,
                     ssl=self.tls.listener,
                     ssl_handshake_timeout=s.tls_handshake_timeout,
                 )
@@ -172,6 +177,7 @@ class Worker:
                 await loop.create_server(
                     lambda: HttpConnection(hub, dispatch, proxy_stage=plain),
                     sock=socks["PROXY_PROTOCOL_PORT"],
+                    backlog=backlog,
                 )
             )
         if "PROXY_PROTOCOL_TLS_PORT" in socks and self.tls is not None:
@@ -193,7 +199,9 @@ class Worker:
             listener.start()
             self.proxy_listeners.append(listener)
         self.servers.append(
-            await loop.create_server(lambda: HttpConnection(hub, api), sock=socks["API_PORT"])
+            await loop.create_server(
+                lambda: HttpConnection(hub, api), sock=socks["API_PORT"], backlog=backlog
+            )
         )
         log.info(
             "worker serving",
