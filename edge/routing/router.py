@@ -8,10 +8,10 @@ use and cached for the life of the snapshot.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edge.config.pathregex import PathRegex, compile_path_regex
 from edge.config.schema import ExternalService, ProxyConfig, RouteConfig
 from edge.routing.target import Target, parse_target
 
@@ -20,7 +20,7 @@ from edge.routing.target import Target, parse_target
 class CompiledRoute:
     route: RouteConfig
     prefix: str | None
-    regex: re.Pattern[str] | None
+    regex: PathRegex | None  # RE2: linear in the path length, never backtracks
     methods: frozenset[bytes] | None
 
     def matches(self, path: str, method: bytes) -> bool:
@@ -29,7 +29,7 @@ class CompiledRoute:
         if self.prefix is not None:
             return path.startswith(self.prefix)
         assert self.regex is not None
-        return self.regex.match(path) is not None
+        return self.regex.matches(path)
 
 
 EncodedHeaders = tuple[tuple[bytes, bytes], ...]
@@ -51,7 +51,7 @@ def _encode(headers: dict[str, str]) -> EncodedHeaders:
 def compile_route(route: RouteConfig) -> CompiledRoute:
     methods = frozenset(m.encode("ascii") for m in route.methods) if route.methods else None
     if route.is_regex:
-        return CompiledRoute(route, None, re.compile(route.path_pattern), methods)
+        return CompiledRoute(route, None, compile_path_regex(route.path_pattern), methods)
     return CompiledRoute(route, route.path_pattern, None, methods)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -477,6 +478,61 @@ def test_routes_and_services_change_live(
     )
     all_fresh(port, "app.test", "C", path="/svc")
     all_fresh(port, "other.test", "B", path="/api")
+
+
+# ---------------------------------------------------------------------------
+# a regex route cannot stall the worker
+# ---------------------------------------------------------------------------
+
+# Python's re tries about 2**n ways to split n 'a's over this pattern's groups before it
+# gives up on the '!' (a 26-byte path took 2.4 s; this one would take minutes). A
+# linear-time engine answers at once.
+EVIL_PATTERN = "^/(a+)+$"
+EVIL_PATH = "/" + "a" * 28 + "!"
+STALL_LIMIT = 1.0  # seconds for the evil request and another host's request together
+
+
+def test_a_backtracking_regex_route_does_not_stall_other_hosts(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    upstreams: dict[str, Upstream],
+) -> None:
+    r = redis_db.client()
+    r.set("proxy:evil.test", proxy_doc("evil.test", upstreams["A"].url))
+    r.set("proxy:calm.test", proxy_doc("calm.test", upstreams["B"].url))
+    edge = edge_factory(EDGE_WORKERS=1, CONFIG_RESYNC_INTERVAL=30)  # one worker to stall
+    port = edge.http_port
+    r.set(
+        "route:evil",
+        route_doc(
+            "evil", EVIL_PATTERN, "url", upstreams["C"].url,
+            is_regex=True, scope="proxy", proxy_hostnames=["evil.test"],
+        ),
+    )  # fmt: skip
+    wait_for(lambda: served_by(port, "evil.test", "/aaa") == "C", timeout=PROPAGATION_LIMIT)
+
+    def ask(host: str, path: str, answers: dict[str, object]) -> None:
+        # a bounded wait: on a stalled worker this times out instead of hanging the test
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3 * STALL_LIMIT)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            answers[host] = json.loads(resp.read())["upstream"]
+        except OSError as exc:
+            answers[host] = exc
+        finally:
+            conn.close()
+
+    answers: dict[str, object] = {}
+    t0 = time.monotonic()
+    evil = threading.Thread(target=ask, args=("evil.test", EVIL_PATH, answers))
+    evil.start()
+    time.sleep(0.1)  # the evil request reaches the worker first
+    ask("calm.test", "/", answers)
+    evil.join()
+    elapsed = time.monotonic() - t0
+    assert answers == {"calm.test": "B", "evil.test": "A"}, answers
+    assert elapsed <= STALL_LIMIT, f"both answered after {elapsed:.2f}s"
 
 
 # ---------------------------------------------------------------------------

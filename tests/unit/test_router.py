@@ -198,6 +198,22 @@ def test_regex_route() -> None:
     assert route_id(resolve(router, "a.test", "/x/reports/42")) is None
 
 
+def test_regex_route_matches_from_the_start_of_the_path() -> None:
+    router = build(
+        proxy("a.test"),
+        route("php", r".*\.php", is_regex=True, target_value="9005"),
+        route("ci", r"(?i)/Admin/", is_regex=True, target_value="9006"),
+        route("uni", "/caf\u00e9/[0-9]+", is_regex=True, target_value="9007"),
+    )
+    assert route_id(resolve(router, "a.test", "/x/index.php")) == "php"
+    assert route_id(resolve(router, "a.test", "/x/index.php/more")) == "php"  # no end anchor
+    assert route_id(resolve(router, "a.test", "/x/index.phq")) is None
+    assert route_id(resolve(router, "a.test", "/admin/users")) == "ci"
+    assert route_id(resolve(router, "a.test", "/x/admin/")) is None  # anchored at the start
+    assert route_id(resolve(router, "a.test", "/caf\u00e9/12")) == "uni"
+    assert route_id(resolve(router, "a.test", "/cafe/12")) is None
+
+
 def test_method_filter() -> None:
     router = build(
         proxy("a.test"),

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge.config.pathregex import MAX_PATH_REGEX_LENGTH
 from edge.config.schema import (
     CONFIG_KEY_PATTERNS,
     CertDomain,
@@ -555,10 +556,50 @@ def test_route_regex_need_not_start_with_slash() -> None:
     assert _route_cfg(_route(path_pattern=r".*\.php$", is_regex=True)).is_regex
 
 
-def test_route_bad_regex_reports_re_message() -> None:
+def test_route_bad_regex_reports_the_compiler_message() -> None:
     err = _reject("route:r1", _route(path_pattern="/a(b", is_regex=True))
     assert err.field == "path_pattern"
-    assert "missing ), unterminated subpattern" in err.message
+    assert "missing )" in err.message
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^/(a+)\1$",  # backreference
+        r"^/(?P<x>a)(?P=x)$",  # named backreference
+        r"^/(?=api)",  # lookahead
+        r"^/(?!api)",  # negative lookahead
+        r"(?<=/)api",  # lookbehind
+        r"^/api\Z",  # Python's end anchor (RE2 spells it \z)
+        r"^/(?>a+)",  # atomic group
+        r"^/a++",  # possessive repeat
+    ],
+)
+def test_route_regex_refuses_what_a_linear_time_engine_cannot_run(pattern: str) -> None:
+    err = _reject("route:r1", _route(path_pattern=pattern, is_regex=True))
+    assert err.field == "path_pattern"
+    assert "RE2" in err.message, err.message
+    assert repr(pattern) in err.message
+
+
+def test_route_regex_length_is_capped() -> None:
+    longest = "^/" + "a" * (MAX_PATH_REGEX_LENGTH - 2)
+    assert _route_cfg(_route(path_pattern=longest, is_regex=True)).path_pattern == longest
+    err = _reject("route:r1", _route(path_pattern=longest + "b", is_regex=True))
+    assert err.field == "path_pattern"
+    assert f"longer than {MAX_PATH_REGEX_LENGTH} characters" in err.message
+
+
+def test_route_regex_program_size_is_capped() -> None:
+    # short to write, but compiles to a program larger than the memory a route may use
+    err = _reject("route:r1", _route(path_pattern=r"^/[\p{L}]{1000}", is_regex=True))
+    assert err.field == "path_pattern"
+    assert "too large" in err.message
+
+
+def test_route_regex_python_features_kept() -> None:
+    for pattern in (r"^/v(?P<n>[0-9]+)/", r"(?i)^/API", r"^/a{2,5}$", r"\.php$", r"^/\d+$"):
+        assert _route_cfg(_route(path_pattern=pattern, is_regex=True)).is_regex
 
 
 def test_route_methods_normalised_to_uppercase() -> None:
