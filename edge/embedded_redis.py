@@ -86,7 +86,7 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfilename", "edge.aof",
             "--save", "",
-            "--notify-keyspace-events", "Kg$x",
+            "--notify-keyspace-events", "Kg$xlshzt",  # edge.config.watcher.REQUIRED_FLAGS
             "--logfile", str((self.state_dir / "redis.log").resolve()),
             "--daemonize", "no",
         ]  # fmt: skip

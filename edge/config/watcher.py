@@ -1,7 +1,8 @@
 """Keeps a worker's config snapshot in step with Redis.
 
 Keyspace notifications are hints: each names a key that changed (SET, DEL, EXPIRE,
-RENAME, expiry), and only that key is fetched and applied. Notifications are lost while
+RENAME, expiry, or a write of another type such as HSET, which is reported as a key of the
+wrong type), and only that key is fetched and applied. Notifications are lost while
 disconnected and may be disabled on managed servers, so the watcher also resyncs the
 whole key space on (re)connect and every ``CONFIG_RESYNC_INTERVAL`` seconds, applying only
 the differences. While Redis is unreachable the last good snapshot keeps serving.
@@ -27,7 +28,10 @@ log = logging.getLogger("edge.config")
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
 BATCH_WINDOW = 0.01  # gather notifications for this long before fetching
-REQUIRED_FLAGS = "Kg$x"  # keyspace channel; generic (DEL, EXPIRE, RENAME), string, expired
+# keyspace channel; generic (DEL, EXPIRE, RENAME), string, expired; and the commands of the
+# other types (list, set, hash, sorted set, stream): a config key written with HSET or
+# RPUSH is reported when it is written, not at the next full resync
+REQUIRED_FLAGS = "Kg$xlshzt"
 WATCHED_PREFIXES = ("proxy:", "route:", "service:", "cert:")
 
 

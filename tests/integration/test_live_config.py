@@ -590,7 +590,7 @@ def test_bad_values_are_reported_and_skipped(
         pipe = r.pipeline(transaction=True)
         pipe.set("proxy:bad.test", bad_field)
         pipe.set("proxy:fixme.test", wrong_type)
-        # (HSET itself raises no keyspace event the edge listens to; RENAME does)
+        # a hash renamed onto a config key (HSET on one is covered by the test above)
         pipe.rename("tmp:hash", "proxy:hash.test")
         pipe.execute()
 
@@ -661,6 +661,51 @@ def test_bad_values_are_reported_and_skipped(
     all_fresh(port, "hash.test", "B")
     all_fresh(port, "good.test", "A")
     assert run_check(redis_db.url).returncode == 0
+
+
+def test_a_key_of_another_type_is_reported_at_once(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    upstreams: dict[str, Upstream],
+) -> None:
+    r = redis_db.client()
+    r.set("proxy:good.test", proxy_doc("good.test", upstreams["A"].url))
+    edge = start_edge(edge_factory)
+    port = edge.http_port
+    wrong = {
+        "proxy:h.test": ("hash", lambda: r.hset("proxy:h.test", "a", "b")),
+        "route:y": ("list", lambda: r.rpush("route:y", "x", "z")),
+        "service:url:s": ("set", lambda: r.sadd("service:url:s", "http://127.0.0.1:1")),
+        "service:external:z": ("zset", lambda: r.zadd("service:external:z", {"m": 1})),
+        "cert:c": ("stream", lambda: r.xadd("cert:c", {"f": "v"})),
+    }
+    for key, (kind, write) in wrong.items():
+        # well before the next full resync (30 s): on the keyspace notification
+        propagate(
+            edge,
+            write,
+            lambda: served_by(port, "good.test") == "A",
+            lambda now, before, key=key: key in now["rejected"],  # type: ignore[misc]
+        )
+        for h in per_worker(edge).values():
+            assert f"holds a {kind}" in h["rejected"][key], h["rejected"]
+            assert h["status"] == "degraded"
+    # index keys next to the routes are not config documents, whatever their type
+    r.zadd("route:priority:50", {"y": 1})
+    r.hset("route:unique:/x", "a", "b")
+    result = run_check(redis_db.url)
+    assert result.returncode != 0
+    for key, (kind, _) in wrong.items():
+        assert f"error: {key}: holds a {kind}, expected a string" in result.stdout, result.stdout
+    assert f"{len(wrong)} problem(s)" in result.stdout, result.stdout
+    # deleted: the reports go, on the notification too
+    propagate(
+        edge,
+        lambda: r.delete(*wrong),
+        lambda: served_by(port, "good.test") == "A",
+        lambda now, before: not now["rejected"] and now["status"] == "ok",
+    )
+    assert all(h["rejected"] == {} for h in per_worker(edge).values())
 
 
 # ---------------------------------------------------------------------------
