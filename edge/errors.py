@@ -18,6 +18,10 @@ class EdgeError(Exception):
         if public_message is not None:
             self.public_message = public_message
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Fields sent with the error response (``Allow``, ``Retry-After``...)."""
+        return []
+
 
 class ClientError(EdgeError):
     """The downstream peer sent something we refuse."""
@@ -45,6 +49,16 @@ class RequestTimeout(ClientError):
 class NotImplementedByEdge(ClientError):
     status = 501
     public_message = "not implemented"
+
+
+class MethodNotAllowed(ClientError):
+    """CONNECT and friends: a reverse proxy tunnels nothing on request (RFC 9110 §9.3.6)."""
+
+    status = 405
+    public_message = "method not allowed"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
 
 
 class NoRoute(EdgeError):

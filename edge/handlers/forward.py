@@ -54,6 +54,7 @@ REPLACED = frozenset(
         b"x-real-ip",
         b"host",
         b"expect",
+        b"x-request-id",
     }
 )
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -89,7 +90,7 @@ def upstream_request_headers(
     out: FullItems = []
     tokens: set[bytes] = set()
     xff = b""
-    host = b""
+    host = ex.host_header
     upgrade_value = b""
     chunked = False
     custom_names = {n for n, _ in custom} if custom else ()
@@ -104,8 +105,6 @@ def upstream_request_headers(
                 chunked = True
             continue
         if name in REPLACED:
-            if name == b"host":
-                host = item[2]
             continue
         if name == b"x-forwarded-for":
             xff = item[2] if not xff else xff + b", " + item[2]
@@ -124,20 +123,33 @@ def upstream_request_headers(
     out.append((b"X-Forwarded-Port", b"x-forwarded-port", str(ex.server_port).encode("ascii")))
     out.append((b"X-Real-IP", b"x-real-ip", client))
     out.append((b"Via", b"via", VIA))
+    out.append((b"X-Request-Id", b"x-request-id", ex.request_id.encode("ascii")))
     out.extend((name, name, value) for name, value in custom)
     if chunked:
         out.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
-    upgrade = b"upgrade" in tokens and bool(upgrade_value)
+    # only WebSocket is tunnelled (RFC 6455); any other upgrade token is dropped, so that
+    # e.g. h2c (deprecated by RFC 9113 §3.1) never turns the connection into an unrouted
+    # raw pipe to the upstream
+    upgrade = b"upgrade" in tokens and _is_websocket(upgrade_value)
     if upgrade:
         out.append((b"Connection", b"connection", b"upgrade"))
-        out.append((b"Upgrade", b"upgrade", upgrade_value))
+        out.append((b"Upgrade", b"upgrade", b"websocket"))
     return out, upgrade
+
+
+def _is_websocket(upgrade: bytes) -> bool:
+    if not upgrade:
+        return False
+    if upgrade == b"websocket":
+        return True
+    return any(t.strip().lower() == b"websocket" for t in upgrade.split(b","))
 
 
 def downstream_response_headers(
     headers: Sequence[tuple[bytes, bytes]],
     custom: tuple[tuple[bytes, bytes], ...],
     switching: bool,
+    request_id: bytes,
 ) -> FullItems:
     """Response headers for the client, in h11's triple form (see upstream_request_headers)."""
     out: FullItems = []
@@ -151,12 +163,16 @@ def downstream_response_headers(
             if switching and name in (b"upgrade", b"connection"):
                 out.append(item)
             continue
-        if name in custom_names:
+        if name in custom_names or name == b"x-request-id":
             continue
         out.append(item)
     if tokens - _PLAIN_TOKENS:
+        # Content-Length frames this very response: an upstream naming it in Connection
+        # does not get to unframe it
+        tokens.discard(b"content-length")
         out = [item for item in out if item[1] not in tokens]
     out.append((b"Via", b"via", VIA))
+    out.append((b"X-Request-Id", b"x-request-id", request_id))
     out.extend((name, name, value) for name, value in custom)
     return out
 
@@ -184,10 +200,8 @@ class ProxyCall:
         headers, self.upgrade = upstream_request_headers(
             ex, target, proxy.preserve_host_header, res.request_headers
         )
-        path = ex.target
-        if not path.startswith(b"/"):
-            path = _origin_form(path)
-        if target.base_path:
+        path = ex.target  # origin-form, or "*" for OPTIONS (kept as is)
+        if target.base_path and path != b"*":
             path = target.base_path.encode() + path
         self.head = outgoing_request(ex.method, path, headers)
         self._response_custom = res.response_headers
@@ -269,7 +283,9 @@ class ProxyCall:
         assert conn is not None
         self._disarm()
         ex = self.ex
-        full = downstream_response_headers(response.headers, self._response_custom, True)
+        full = downstream_response_headers(
+            response.headers, self._response_custom, True, self.ex.request_id.encode("ascii")
+        )
         leftover_up = conn.switch_to_pipe(ex.conn)
         leftover_down = ex.switch_protocols([(raw, value) for raw, _, value in full], conn)
         if leftover_down:
@@ -279,7 +295,9 @@ class ProxyCall:
 
     def on_response(self, response: h11.Response) -> None:
         self._touch()
-        full = downstream_response_headers(response.headers, self._response_custom, False)
+        full = downstream_response_headers(
+            response.headers, self._response_custom, False, self.ex.request_id.encode("ascii")
+        )
         self.ex.start_prepared_response(response.status_code, full, response.reason, flush=False)
 
     def on_batch_end(self) -> None:
@@ -346,17 +364,6 @@ class ProxyCall:
         self._disarm()
         if not self.ex.finished:
             self.ex.fail(error)
-
-
-def _origin_form(target: bytes) -> bytes:
-    """absolute-form (RFC 9112 §3.2.2) -> origin-form for the upstream."""
-    if target == b"*":
-        return target
-    scheme_end = target.find(b"://")
-    if scheme_end < 0:
-        return b"/" + target
-    slash = target.find(b"/", scheme_end + 3)
-    return target[slash:] if slash >= 0 else b"/"
 
 
 class Forwarder:

@@ -45,6 +45,7 @@ class Exchange:
         "has_body",
         "headers",
         "host",
+        "host_header",
         "method",
         "path",
         "producer",
@@ -67,15 +68,20 @@ class Exchange:
         request: h11.Request,
         request_id: str,
         host: str,
+        target: bytes | None = None,
+        host_header: bytes = b"",
     ) -> None:
         self.conn = conn
         self.request = request
         self.request_id = request_id
         self.method: bytes = request.method
-        self.target: bytes = request.target
+        # origin-form (or "*"): an absolute-form target was split into this and its
+        # authority, which replaced the Host header (RFC 9112 §3.2.2)
+        self.target: bytes = request.target if target is None else target
         self.headers = request.headers
         self.host = host
-        raw_path = request.target.split(b"?", 1)[0]
+        self.host_header = host_header  # the Host value as received (for the upstream)
+        raw_path = self.target.split(b"?", 1)[0]
         self.path = raw_path.decode("latin-1")
         self.client_ip = conn.client_ip
         self.client_port = conn.client_port

@@ -178,7 +178,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = _NONE
         user.on_end()
         conn = self.h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if conn.trailing_data[0]:
+            # bytes past the end of the message (a HEAD, 204 or 304 answer with a body, a
+            # Content-Length shorter than what was sent, RFC 9112 §6.3): reused, they would
+            # be read as the next client's response. Never reuse such a connection.
+            self.pool.extra_bytes_closed += 1
+            self.abort()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             if self._reading_paused:
                 # paused for a slow client: idle in the pool, it must read to see a close

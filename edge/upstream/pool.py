@@ -43,6 +43,8 @@ class UpstreamPool:
         self.tls = tls or upstream_tls_context()
         self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self.closing = False
+        # connections closed because the upstream sent bytes past the end of a response
+        self.extra_bytes_closed = 0
 
     def checkout(self, key: tuple[str, str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
