@@ -104,6 +104,7 @@ class Worker:
             "connections": len(self.hub.connections),
             "requests": self.hub.requests,
             "tls": self.tls.health() if self.tls is not None else None,
+            "upstream": {"closed_with_extra_bytes": self.pool.extra_bytes_closed},
             "proxy_protocol": {
                 "refused_peers": sum(p.refused for p in self.proxy_stages),
                 "invalid_headers": sum(p.invalid for p in self.proxy_stages),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from time import monotonic
@@ -20,7 +21,13 @@ import h11
 
 from edge.accesslog import AccessRecord
 from edge.deadline import LazyTimer
-from edge.errors import ClientError, EdgeError, NotImplementedByEdge, RequestTimeout
+from edge.errors import (
+    ClientError,
+    EdgeError,
+    MethodNotAllowed,
+    NotImplementedByEdge,
+    RequestTimeout,
+)
 from edge.http1.exchange import Exchange, Headers, TunnelPeer
 from edge.http1.guard import HeadGuard
 from edge.http1.h11compat import (
@@ -340,25 +347,47 @@ class HttpConnection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._disarm()
         host = b""
-        has_te = has_cl = False
+        length = b""
+        has_te = False
+        connection = b""
+        client_rid = b""
         for _, name, value in full_items(request.headers):
             if name == b"host":
                 host = value
             elif name == b"transfer-encoding":
                 has_te = True
             elif name == b"content-length":
-                has_cl = True
-        rid = self.hub.next_request_id()
-        ex = Exchange(self, request, rid, normalize_host(host))
-        ex.has_body = has_te or (has_cl and _content_length(request) != 0)
+                length = value  # h11 checked: digits, and duplicates agree
+            elif name == b"connection":
+                connection = value if not connection else connection + b"," + value
+            elif name == b"x-request-id":
+                client_rid = value
+        # the client's own id when it is a sane token, so one id follows the request
+        # through the edge, the upstream and every log
+        if client_rid and _REQUEST_ID_RE.fullmatch(client_rid):
+            rid = client_rid.decode("ascii")
+        else:
+            rid = self.hub.next_request_id()
+        target = request.target
+        error: ClientError | None = None
+        if target[:1] != b"/" and target != b"*":
+            if request.method == b"CONNECT":
+                error = MethodNotAllowed("CONNECT")
+            else:
+                # absolute-form (RFC 9112 §3.2.2): the target's authority wins over Host
+                target, authority = _absolute_form(target)
+                if authority is None:
+                    error = ClientError(public_message="invalid absolute-form request target")
+                else:
+                    host = authority
+        ex = Exchange(self, request, rid, normalize_host(host), target, host)
+        ex.has_body = has_te or (bool(length) and length.strip(b"0") != b"")
         self.current = ex
         self.hub.requests += 1
-        # RFC 9112 §6.1 / §11.2: refuse what could be read two ways by the next hop
-        if has_te and has_cl:
-            self.fail(ex, ClientError(public_message="both Content-Length and Transfer-Encoding"))
-            return
-        if has_te and request.http_version == b"1.0":
-            self.fail(ex, ClientError(public_message="Transfer-Encoding in an HTTP/1.0 request"))
+        if error is None:
+            error = _framing_error(request, has_te, length, connection)
+        if error is not None:
+            self.fail(ex, error)
             return
         try:
             self.dispatch(ex)
@@ -483,6 +512,7 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
             return
         extra: Headers = [(b"connection", b"close")] if error.close_connection else []
+        extra.extend(error.headers())
         body = error_body(error, ex.request_id)
         self.respond_whole(ex, error.status, body, b"application/json", extra)
         if error.close_connection and self.transport is not None:
@@ -694,11 +724,56 @@ class HttpConnection(asyncio.Protocol):
         self.hub.access_log.write(record)
 
 
-def _content_length(request: h11.Request) -> int:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return 0
+# X-Request-Id values taken from the client; anything else gets the edge's own id
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
+# RFC 9110 §8.6: a Content-Length that does not fit a signed 64-bit integer is refused
+# (HAProxy does the same): an upstream that wraps it would read a small length and take
+# the rest of the body for a request of its own (RFC 9112 §11.2)
+MAX_CONTENT_LENGTH = 2**63 - 1
+# fields that frame or route the message: a Connection header naming them would make a
+# hop-by-hop stripper remove them (RFC 9110 §7.6.1), so the edge refuses it
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_COMMON_CONNECTION = frozenset(
+    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
+)
+
+
+def _framing_error(
+    request: h11.Request, has_te: bool, length: bytes, connection: bytes
+) -> ClientError | None:
+    """What could be read two ways by the next hop (RFC 9112 §6.1, §11.2), as an error."""
+    if has_te and length:
+        return ClientError(public_message="both Content-Length and Transfer-Encoding")
+    if has_te and request.http_version == b"1.0":
+        return ClientError(public_message="Transfer-Encoding in an HTTP/1.0 request")
+    if length and (len(length) > 19 or int(length) > MAX_CONTENT_LENGTH):
+        return ClientError(public_message="Content-Length too large")
+    if connection and connection not in _COMMON_CONNECTION:
+        tokens = {t.strip().lower() for t in connection.split(b",")}
+        if tokens & _FRAMING_FIELDS:
+            return ClientError(public_message="Connection names a framing header")
+    return None
+
+
+def _absolute_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """absolute-form -> (origin-form, authority); authority None if the target is unusable.
+
+    Only http and https URIs, with a host and no userinfo (RFC 9110 §4.2.4).
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target, None
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        at = rest.find(stop)
+        if 0 <= at < end:
+            end = at
+    authority, tail = rest[:end], rest[end:]
+    if not authority or b"@" in authority:
+        return target, None
+    if not tail.startswith(b"/"):
+        tail = b"/" + tail
+    return tail, authority
 
 
 class _Discard:
