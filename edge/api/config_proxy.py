@@ -4,7 +4,9 @@ Documents are validated by :func:`edge.config.schema.decode_item`, exactly as th
 loader will read them, and stored normalised (every field written, hostnames lowercased).
 The workers' keyspace watcher applies a write within a second, like any ``redis-cli SET``.
 
-``PUT`` replaces the document: fields left out take their defaults. Three groups of fields
+``PUT`` replaces the document: fields left out take their defaults. ``PATCH`` changes only
+the fields it sends (:func:`~edge.api.config_store.merged`), in one transaction, so two
+PATCHes of different fields never lose each other's change. Three groups of fields
 also have their own sub-resource, each replaced as a whole: ``auth`` (``auth_*``), ``mcp``
 (``resource_*``) and ``routes`` (``route_mode``, ``enabled_routes``, ``disabled_routes``).
 """
@@ -17,6 +19,7 @@ import msgspec
 from redis.asyncio.client import Pipeline
 
 from edge.api.config_store import (
+    MESSAGE_MAX,
     SCAN_COUNT,
     as_text,
     body_object,
@@ -39,7 +42,7 @@ from edge.api.config_store import (
     visible_raw,
     visible_values,
 )
-from edge.api.http import Conflict, NotFound, Response
+from edge.api.http import Conflict, InvalidBody, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint, Handler
 from edge.api.router import Router
 from edge.config.schema import ProxyConfig, classify_key, normalize_hostname
@@ -154,6 +157,45 @@ async def replace_proxy(req: ApiRequest) -> Response:
     return Response(200, _document(item))
 
 
+def _known_fields(body: dict[str, Any]) -> None:
+    """400 naming every field of ``body`` that a proxy does not have."""
+    unknown = [name for name in body if name not in _FIELDS]
+    if unknown:
+        names = ", ".join(unknown)
+        raise InvalidBody(
+            "unknown fields",
+            public_message=f"unknown field(s) for a proxy: {names}"[:MESSAGE_MAX],
+            field=unknown[0],
+        )
+
+
+async def patch_proxy(req: ApiRequest) -> Response:
+    hostname = _hostname(req)
+    key = proxy_key(hostname)
+    body = await body_object(req)
+    _known_fields(body)
+    refuse_rename(body, "hostname", hostname, "proxy", _body_hostname)
+
+    async def write(pipe: Pipeline) -> ProxyConfig:
+        identity = {"hostname": hostname}
+        _, item = await replacement(
+            pipe,
+            req,
+            key,
+            body,
+            identity,
+            _not_found,
+            lambda doc: _proxy(validated(key, doc)),
+            merge=True,
+        )
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.set(key, encode(item))
+        return item
+
+    item = await transaction(req, [key], write)
+    return Response(200, _document(item))
+
+
 async def delete_proxy(req: ApiRequest) -> Response:
     await delete_visible(req, proxy_key(_hostname(req)), _not_found)
     return Response(204)
@@ -215,6 +257,7 @@ def add_proxy_routes(router: Router[Endpoint]) -> None:
     one = f"{PREFIX}/{{hostname}}"
     router.add("GET", one, Endpoint(token, get_proxy))
     router.add("PUT", one, Endpoint(token, replace_proxy))
+    router.add("PATCH", one, Endpoint(token, patch_proxy))
     router.add("DELETE", one, Endpoint(token, delete_proxy))
     groups: tuple[tuple[str, tuple[str, ...], str, dict[str, Any], str], ...] = (
         ("auth", AUTH_FIELDS, "the auth sub-resource", {"auth_enabled": True}, "POST"),

@@ -43,6 +43,7 @@ from edge.config.schema import ConfigError, ConfigItem, decode_item
 __all__ = [
     "DELETING_TTL",
     "FETCH_BATCH",
+    "MESSAGE_MAX",
     "READ_ONLY_FIELDS",
     "SCAN_COUNT",
     "SERVICES_SET",
@@ -61,6 +62,7 @@ __all__ = [
     "invalid_document",
     "location",
     "loose_doc",
+    "merged",
     "new_document",
     "normalized_field",
     "normalized_param",
@@ -360,6 +362,25 @@ def refuse_rename(
         )
 
 
+def merged(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """PATCH: the ``stored`` document with each field ``patch`` names replaced as a whole.
+
+    Like RFC 7396 (JSON Merge Patch) at the top level: ``null`` removes a field, so it
+    takes its default, except ``owner_token_hash`` whose ``null`` is a value ("no owner",
+    checked like a PUT's). Unlike RFC 7396, an object value replaces the stored object
+    instead of being merged into it (a header map sent is the header map stored). The
+    server and owner fields are left for :func:`replacement` to fill in.
+    """
+    kept = (*READ_ONLY_FIELDS, "owner_token_hash")
+    doc = {name: value for name, value in stored.items() if name not in kept}
+    for name, value in patch.items():
+        if value is None and name != "owner_token_hash":
+            doc.pop(name, None)
+        else:
+            doc[name] = value
+    return doc
+
+
 async def replacement(
     pipe: Pipeline,
     req: ApiRequest,
@@ -368,14 +389,21 @@ async def replacement(
     identity: dict[str, Any],
     missing: Callable[[], ApiError],
     validate: Callable[[dict[str, Any]], T],
+    *,
+    merge: bool = False,
 ) -> tuple[bytes, T]:
     """PUT, inside the transaction: the stored value, and the validated record that
     replaces it (the body with the stored server fields; the owner kept unless the body
-    names another, which is checked and watched)."""
+    names another, which is checked and watched). With ``merge`` (PATCH) the body is
+    :func:`merged` onto the stored document first, and the result validated as a whole."""
     raw = await visible_raw(pipe, req, key, missing)
     current = owner_of(raw)
+    stored = loose_doc(raw)
+    if merge:
+        server_fields(req, body, stored)  # the read-only fields sent, checked as a PUT's
+        body = merged(stored, body)
     owner = requested_owner(req, body, current)
-    doc = {**body, **identity, **server_fields(req, body, loose_doc(raw))}
+    doc = {**body, **identity, **server_fields(req, body, stored)}
     doc["owner_token_hash"] = owner
     record = validate(doc)
     await check_owner(pipe, req, owner if owner != current else None)

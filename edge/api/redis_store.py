@@ -3,12 +3,13 @@
 A write that reads before it writes runs as ``WATCH``/``MULTI``/``EXEC``: the body reads
 the watched keys (and may watch more), calls ``pipe.multi()`` and queues its writes. If
 another client changed a watched key before ``EXEC``, Redis refuses the whole transaction
-and it runs again from the start, a bounded number of times.
+and it runs again from the start after a short random pause, a bounded number of times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -29,6 +30,8 @@ __all__ = [
 
 REDIS_TIMEOUT = 5.0  # each store operation, all its round trips included
 TXN_ATTEMPTS = 8
+_BACKOFF = 0.002  # seconds: the longest pause after the first lost race, doubling after each
+_BACKOFF_MAX = 0.05
 
 R = TypeVar("R")
 
@@ -69,7 +72,7 @@ async def watched_transaction(
     :class:`TooMuchContention` when every attempt lost its race.
     """
     async with client.pipeline(transaction=True) as pipe:
-        for _ in range(attempts):
+        for attempt in range(attempts):
             try:
                 await pipe.watch(*keys)
                 result = await body(pipe)
@@ -80,6 +83,9 @@ async def watched_transaction(
                 return result
             except WatchError:
                 await pipe.reset()  # type: ignore[no-untyped-call]
+                # a random pause before the next try: writers that lost together to the
+                # same winner would otherwise collide again on their very next attempt
+                await asyncio.sleep(random.uniform(0, min(_BACKOFF * 2**attempt, _BACKOFF_MAX)))
     raise TooMuchContention(f"{keys[0]}: transaction kept conflicting")
 
 

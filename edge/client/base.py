@@ -76,11 +76,17 @@ def group(sub: Sub, name: str, help_text: str, common: argparse.ArgumentParser) 
 
 
 def command(
-    sub: Sub, name: str, help_text: str, handler: Handler, common: argparse.ArgumentParser
+    sub: Sub,
+    name: str,
+    help_text: str,
+    handler: Handler,
+    common: argparse.ArgumentParser,
+    *,
+    aliases: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
-    """A leaf command that runs ``handler(context)``."""
+    """A leaf command that runs ``handler(context)`` (also called by its ``aliases``)."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=help_text, parents=[common]
+        name, help=help_text, description=help_text, parents=[common], aliases=list(aliases)
     )
     parser.set_defaults(handler=handler)
     return parser

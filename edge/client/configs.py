@@ -1,15 +1,16 @@
 """``edge proxy|route|service|certs|resource ...``: the configuration endpoints.
 
-``update`` commands read the record, change what the flags say and send the whole document
-back with ``PUT`` (the API replaces documents: fields left out would take their defaults).
-A change made by someone else between the read and the write is overwritten.
+``proxy set`` (or ``proxy update``) sends only the fields its flags change, with ``PATCH``:
+a change someone else makes to other fields meanwhile is kept. The other ``update``
+commands read the record, change what the flags say and send the whole document back with
+``PUT`` (fields left out would take their defaults), so a change made by someone else
+between the read and the write is overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from typing import Any
 
 from edge.client.base import Context, Sub, add_set_option, command, group, key_values, set_fields
@@ -39,6 +40,13 @@ def _unset(ctx: Context, doc: dict[str, Any]) -> None:
         doc.pop(name, None)
 
 
+def _require_changes(ctx: Context, options: Iterable[str]) -> None:
+    # not "falsy": --disable is False and --priority 0 is 0, both changes
+    given = [getattr(ctx.args, name, None) for name in (*options, "set", "unset")]
+    if all(value is None or value == [] for value in given):
+        raise ClientError("nothing to change: give at least one option (see --help)", 2)
+
+
 def _replace(
     ctx: Context,
     path: str,
@@ -47,9 +55,7 @@ def _replace(
     options: Iterable[str],
 ) -> int:
     """``GET path``, ``change`` the document, ``PUT`` it back and show the result."""
-    given = [*options, "set", "unset"]
-    if all(getattr(ctx.args, name, None) in (None, False, []) for name in given):
-        raise ClientError("nothing to change: give at least one option (see --help)", 2)
+    _require_changes(ctx, options)
     doc = ctx.api.call("GET", path)
     if not isinstance(doc, dict):
         raise ClientError("unexpected answer from the API: not a JSON object")
@@ -96,6 +102,8 @@ PROXY_FLAGS = {
     "custom_headers": "--header",
     "custom_response_headers": "--response-header",
     "cert_name": "--cert-name",
+    "cert_email": "--cert-email",
+    "acme_directory_url": "--acme-directory-url",
 }
 _PROXY_OPTIONS = {
     "target": "target_url",
@@ -104,6 +112,8 @@ _PROXY_OPTIONS = {
     "https": "enable_https",
     "preserve_host": "preserve_host_header",
     "cert_name": "cert_name",
+    "cert_email": "cert_email",
+    "acme_directory_url": "acme_directory_url",
 }
 
 _HEADERS = (
@@ -117,8 +127,10 @@ def _proxy_path(host: str, *rest: str) -> str:
     return "/".join([PROXIES, segment(host), *rest])
 
 
-def _proxy_change(ctx: Context, doc: dict[str, Any]) -> None:
-    _changes(ctx, doc, _PROXY_OPTIONS)
+def _header_changes(ctx: Context, doc: dict[str, Any]) -> list[str]:
+    """Apply ``--header``/``--remove-header`` (and the response ones) to ``doc``'s maps
+    (names compare case-insensitively, as in HTTP); the fields changed."""
+    changed = []
     for option, name, removing in _HEADERS:
         added = key_values(getattr(ctx.args, option), f"--{option.replace('_', '-')}")
         removed = {n.lower() for n in getattr(ctx.args, removing, None) or ()}
@@ -130,6 +142,12 @@ def _proxy_change(ctx: Context, doc: dict[str, Any]) -> None:
         lowered = {n.lower() for n in added} | removed
         kept = {k: v for k, v in current.items() if k.lower() not in lowered}
         doc[name] = {**kept, **added}
+        changed.append(name)
+    return changed
+
+
+def _header_edits(ctx: Context) -> bool:
+    return any(getattr(ctx.args, option, None) for option in _HEADER_OPTIONS)
 
 
 def proxy_list(ctx: Context) -> int:
@@ -142,15 +160,29 @@ def proxy_show(ctx: Context) -> int:
 
 def proxy_create(ctx: Context) -> int:
     doc: dict[str, Any] = {"hostname": ctx.args.host}
-    _proxy_change(ctx, doc)
+    _changes(ctx, doc, _PROXY_OPTIONS)
+    _header_changes(ctx, doc)
     set_fields(doc, ctx.args.set)
     return ctx.show(ctx.api.call("POST", f"{PROXIES}/", doc, flags=PROXY_FLAGS))
 
 
-def proxy_update(ctx: Context) -> int:
-    options = [*_PROXY_OPTIONS, *_HEADER_OPTIONS]
-    change = partial(_proxy_change, ctx)
-    return _replace(ctx, _proxy_path(ctx.args.host), change, PROXY_FLAGS, options)
+def proxy_set(ctx: Context) -> int:
+    """``PATCH`` the fields the flags change (``--unset``: null, the field's default)."""
+    _require_changes(ctx, [*_PROXY_OPTIONS, *_HEADER_OPTIONS])
+    path = _proxy_path(ctx.args.host)
+    patch: dict[str, Any] = {}
+    _changes(ctx, patch, _PROXY_OPTIONS)
+    if _header_edits(ctx):
+        # adding or removing one header changes the whole map: read it, send it back
+        current = ctx.api.call("GET", path)
+        if not isinstance(current, dict):
+            raise ClientError("unexpected answer from the API: not a JSON object")
+        for name in _header_changes(ctx, current):
+            patch[name] = current[name]
+    set_fields(patch, ctx.option("set"))
+    for name in getattr(ctx.args, "unset", None) or ():
+        patch[name] = None
+    return ctx.show(ctx.api.call("PATCH", path, patch, flags=PROXY_FLAGS))
 
 
 def proxy_delete(ctx: Context) -> int:
@@ -186,6 +218,14 @@ def _proxy_options(parser: argparse.ArgumentParser, create: bool) -> None:
         help="add a header to responses (custom_response_headers); repeatable",
     )
     parser.add_argument("--cert-name", metavar="NAME", help="certificate name recorded")
+    parser.add_argument(
+        "--cert-email", metavar="EMAIL", help="ACME account e-mail for its certificate"
+    )
+    parser.add_argument(
+        "--acme-directory-url",
+        metavar="URL",
+        help="ACME directory of the CA to get its certificate from (https://)",
+    )
     if not create:
         parser.add_argument("--remove-header", action="append", metavar="NAME")
         parser.add_argument("--remove-response-header", action="append", metavar="NAME")
@@ -267,10 +307,11 @@ def _add_proxy_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     _proxy_options(
         command(
             proxies,
-            "update",
-            "change a proxy (read, change, write back the whole document)",
-            proxy_update,
+            "set",
+            "change the given fields of a proxy, the others kept (PATCH)",
+            proxy_set,
             common,
+            aliases=("update",),
         ),
         False,
     )
@@ -481,7 +522,11 @@ def _route_options(parser: argparse.ArgumentParser, create: bool) -> None:
     )
     if not create:
         parser.add_argument(
-            "--global", dest="global_scope", action="store_true", help="apply to every proxy"
+            "--global",
+            dest="global_scope",
+            action="store_true",
+            default=None,
+            help="apply to every proxy",
         )
         _unset_option(parser)
     parser.add_argument("--description")

@@ -161,6 +161,7 @@ ENDPOINTS = [
     ("POST", P),
     ("GET", f"{P}/a.test"),
     ("PUT", f"{P}/a.test"),
+    ("PATCH", f"{P}/a.test"),
     ("DELETE", f"{P}/a.test"),
     ("GET", f"{P}/a.test/auth"),
     ("POST", f"{P}/a.test/auth"),
@@ -375,9 +376,150 @@ def test_proxy_validation_conflicts_and_missing(
     )
     for method in ("GET", "DELETE"):
         assert_error(call(port, method, f"{P}/missing.test", admin), 404, "proxy_not_found")
-    answer = call(port, "PATCH", f"{P}/a.test", admin, {})
+    answer = call(port, "POST", f"{P}/a.test", admin, {})
     assert_error(answer, 405, "method_not_allowed")
-    assert answer.headers["allow"] == "DELETE, GET, HEAD, PUT"
+    assert answer.headers["allow"] == "DELETE, GET, HEAD, PATCH, PUT"
+
+
+def test_proxy_patch_changes_only_the_given_fields(
+    api: EdgeProcess, admin: str, ups: dict[str, Upstream], rdb: redis.Redis
+) -> None:
+    port = api.api_port
+    one, two = ups["one"].url, ups["two"].url
+    body = {
+        "hostname": "app.test",
+        "target_url": one,
+        "enable_https": False,
+        "custom_headers": {"X-Env": "test"},
+        "cert_email": "ops@example.com",
+    }
+    created = ok(call(port, "POST", P, admin, body), 201)
+    assert created["cert_email"] == "ops@example.com" and created["acme_directory_url"] is None
+    becomes(api, "app.test", "one")
+
+    def stored() -> dict[str, Any]:
+        doc = json.loads(rdb.get("proxy:app.test"))
+        assert isinstance(doc, dict)
+        return doc
+
+    # only the fields sent change; the rest (enable_https, headers, created_*) is kept
+    patch = {"target_url": two, "acme_directory_url": "https://ca.example.com/dir"}
+    patched = ok(call(port, "PATCH", f"{P}/App.Test", admin, patch))
+    assert patched == {**created, **patch}
+    assert stored() == patched
+    becomes(api, "app.test", "two")
+    # an object value replaces the field as a whole; null puts a field back to its default
+    patched = ok(
+        call(
+            port,
+            "PATCH",
+            f"{P}/app.test/",
+            admin,
+            {"custom_headers": {"X-Other": "1"}, "enable_https": None, "cert_email": None},
+            content_type="application/merge-patch+json",
+        )
+    )
+    assert patched["custom_headers"] == {"X-Other": "1"}
+    assert patched["enable_https"] is True and patched["cert_email"] is None
+    assert patched["acme_directory_url"] == "https://ca.example.com/dir"
+    # the same identity and read-only values may be repeated; an empty patch changes nothing
+    same = {"hostname": "APP.test", "created_at": created["created_at"], "created_by": "admin"}
+    assert ok(call(port, "PATCH", f"{P}/app.test", admin, same)) == patched
+    assert ok(call(port, "PATCH", f"{P}/app.test", admin, {})) == patched
+
+    # refusals, and a refused PATCH changes nothing
+    before = rdb.get("proxy:app.test")
+    for change, field in (
+        ({"hostname": "other.test"}, "hostname"),
+        ({"target_url": "gopher://x.test"}, "target_url"),
+        ({"target_url": None}, "target_url"),  # required: no default to go back to
+        ({"enabled": "yes"}, "enabled"),
+        ({"cert_email": "nobody"}, "cert_email"),
+        ({"acme_directory_url": "http://ca.example.com/dir"}, "acme_directory_url"),
+        ({"created_at": "2020-01-01T00:00:00Z"}, "created_at"),
+        ({"custom_headers": {"Host": "x"}}, "custom_headers"),
+        ({"route_mode": "selective", "tagret_url": 1, "zz": 2}, "tagret_url"),
+    ):
+        answer = call(port, "PATCH", f"{P}/app.test", admin, change)
+        assert_error(answer, 400, "invalid_body", field)
+    unknown = call(port, "PATCH", f"{P}/app.test", admin, {"tagret_url": 1, "zz": 2}).error
+    assert "tagret_url" in unknown["message"] and "zz" in unknown["message"]
+    assert rdb.get("proxy:app.test") == before
+    assert_error(call(port, "PATCH", f"{P}/app.test", admin, raw=b"[1]"), 400, "invalid_body")
+    answer = call(port, "PATCH", f"{P}/app.test", admin, {"enabled": False}, content_type=None)
+    assert_error(answer, 415, "unsupported_media_type")
+    for host in ("missing.test", "bad_host"):
+        answer = call(port, "PATCH", f"{P}/{host}", admin, {"enabled": False})
+        assert_error(answer, 404, "proxy_not_found")
+    assert not rdb.exists("proxy:missing.test")
+
+    # PUT still replaces the whole document: what it leaves out takes its default
+    replaced = ok(call(port, "PUT", f"{P}/app.test", admin, {"target_url": one}))
+    assert replaced["custom_headers"] == {} and replaced["acme_directory_url"] is None
+    assert replaced["created_at"] == created["created_at"]
+    becomes(api, "app.test", "one")
+
+
+def test_proxy_patch_follows_the_ownership_rules_of_put(
+    api: EdgeProcess, admin: str, rdb: redis.Redis
+) -> None:
+    port = api.api_port
+    alice, bob = new_token(port, admin, "alice"), new_token(port, admin, "bob")
+    body = {"hostname": "a.test", "target_url": "http://127.0.0.1:9"}
+    mine = ok(call(port, "POST", P, alice, body), 201)
+    # bob: alice's proxy does not exist for him
+    answer = call(port, "PATCH", f"{P}/a.test", bob, {"enabled": False})
+    assert_error(answer, 404, "proxy_not_found")
+    assert json.loads(rdb.get("proxy:a.test")) == mine
+    # alice changes her own, keeps it, and may not give it away
+    changed = ok(call(port, "PATCH", f"{P}/a.test", alice, {"enabled": False}))
+    assert changed["enabled"] is False and changed["owner_token_hash"] == sha256(alice)
+    answer = call(port, "PATCH", f"{P}/a.test", alice, {"owner_token_hash": sha256(bob)})
+    assert_error(answer, 403, "forbidden", "owner_token_hash")
+    # the admin may hand it over (to a token that exists), and take the owner away
+    answer = call(port, "PATCH", f"{P}/a.test", admin, {"owner_token_hash": sha256("x")})
+    assert_error(answer, 400, "invalid_body", "owner_token_hash")
+    moved = ok(call(port, "PATCH", f"{P}/a.test", admin, {"owner_token_hash": sha256(bob)}))
+    assert moved["owner_token_hash"] == sha256(bob) and moved["enabled"] is False
+    assert_error(call(port, "PATCH", f"{P}/a.test", alice, {}), 404, "proxy_not_found")
+    assert ok(call(port, "PATCH", f"{P}/a.test", bob, {"enabled": True}))["enabled"] is True
+    unowned = ok(call(port, "PATCH", f"{P}/a.test", admin, {"owner_token_hash": None}))
+    assert unowned["owner_token_hash"] is None
+    assert_error(call(port, "PATCH", f"{P}/a.test", bob, {}), 404, "proxy_not_found")
+
+
+def test_concurrent_patches_keep_each_others_fields(
+    edge_factory: EdgeFactory, admin: str, rdb: redis.Redis
+) -> None:
+    edge = edge_factory(ADMIN_TOKEN=admin, EDGE_WORKERS=2)
+    port = edge.api_port
+    ok(call(port, "POST", P, admin, {"hostname": "race.test", "target_url": "http://x.test"}), 201)
+    # each writer owns one field and sets it several times, all at once over two workers
+    rounds = 5
+    writers: dict[str, Callable[[int], Any]] = {
+        "cert_name": lambda i: f"cert{i}",
+        "cert_email": lambda i: f"ops{i}@example.com",
+        "acme_directory_url": lambda i: f"https://ca.example.com/{i}",
+        "custom_headers": lambda i: {"X-Round": str(i)},
+        "enabled_routes": lambda i: [f"r{i}"],
+        "auth_cookie_name": lambda i: f"c{i}",
+    }
+
+    def patch(field: str) -> list[int]:
+        return [
+            call(port, "PATCH", f"{P}/race.test", admin, {field: value(i)}).status
+            for i in range(rounds)
+            for value in (writers[field],)
+        ]
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        statuses = list(pool.map(patch, writers))
+    assert statuses == [[200] * rounds] * len(writers)
+    doc = json.loads(rdb.get("proxy:race.test"))
+    last = rounds - 1
+    assert {f: doc[f] for f in writers} == {
+        f: json.loads(json.dumps(value(last))) for f, value in writers.items()
+    }
 
 
 def test_proxy_sub_resources(

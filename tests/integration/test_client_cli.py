@@ -399,6 +399,56 @@ def test_proxy_created_with_the_cli_is_served(
     assert "404 proxy_not_found" in failed(cli("proxy show app.test", env=env))
 
 
+def test_proxy_set_sends_only_the_changed_fields_with_patch(
+    api: EdgeProcess, env: dict[str, str], upstream: Upstream
+) -> None:
+    created = as_json(
+        cli(
+            f"proxy create app.test --target {upstream.url} --header X-Env=test --no-https "
+            "--cert-email ops@example.com --acme-directory-url http://127.0.0.1:14000/dir "
+            "-o json",
+            env=env,
+        )
+    )
+    assert created["cert_email"] == "ops@example.com"
+    assert created["acme_directory_url"] == "http://127.0.0.1:14000/dir"
+
+    def calls(done: Done) -> list[str]:
+        """The requests a command made (``--debug``): method and path."""
+        found = re.findall(r"^edge: debug: (\w+) http://[^/]+(\S+) -> \d+", done.stderr, re.M)
+        return [f"{method} {path}" for method, path in found]
+
+    one = "/api/v1/proxy/targets/app.test"
+    # one PATCH of the fields given: no read first, no whole document written back
+    done = cli("proxy set app.test --cert-email dev@example.com --disable --debug -o json", env=env)
+    assert calls(done) == [f"PATCH {one}"]
+    changed = as_json(done)
+    assert changed["cert_email"] == "dev@example.com" and changed["enabled"] is False
+    assert changed["enable_https"] is False and changed["custom_headers"] == {"X-Env": "test"}
+    # update is the same command; --unset sends null: the field back to its default
+    done = cli(
+        "proxy update app.test --unset enable_https --unset acme_directory_url "
+        "--acme-directory-url https://ca.example.com/dir --debug -o json",
+        env=env,
+    )
+    assert calls(done) == [f"PATCH {one}"]
+    changed = as_json(done)
+    assert changed["enable_https"] is True and changed["acme_directory_url"] is None
+    # header edits need the current map: one read, then a PATCH of that field only
+    done = cli("proxy set app.test --header X-New=1 --remove-header x-env --debug -o json", env=env)
+    assert calls(done) == [f"GET {one}", f"PATCH {one}"]
+    assert as_json(done)["custom_headers"] == {"X-New": "1"}
+    assert as_json(cli("proxy show app.test -o json", env=env))["cert_email"] == "dev@example.com"
+
+    # errors name the flag; an unknown proxy is a 404
+    bad = failed(cli("proxy set app.test --cert-email nobody", env=env))
+    assert bad.startswith("edge: invalid cert_email (--cert-email): "), bad
+    bad = failed(cli("proxy set app.test --acme-directory-url http://ca.example.com/d", env=env))
+    assert bad.startswith("edge: invalid acme_directory_url (--acme-directory-url): "), bad
+    assert "404 proxy_not_found" in failed(cli("proxy set nope.test --disable", env=env))
+    assert "nothing to change" in failed(cli("proxy set app.test", env=env), 2)
+
+
 # ---------------------------------------------------------------------------- output
 
 
