@@ -8,14 +8,23 @@ which is what turns a desync on one of them into someone else's response).
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.haproxy import HAProxy, Listen
-from tests.helpers import EdgeProcess, RedisServer, http_request, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    http_request,
+    proxy_doc,
+    wait_for,
+)
 from tests.integration.test_upstream_pool import ScriptedUpstream, UpConn
 
 HOST = "app.test"
@@ -268,3 +277,80 @@ def test_the_largest_signed_64_bit_length_is_still_a_length(
         assert b"content-length: 9223372036854775807" in seen[0].lower()
     finally:
         up.close()
+
+
+def echo_stack(stack: tuple[EdgeProcess, RedisServer], upstream: Upstream, *hosts: str) -> int:
+    edge, redis_db = stack
+    client = redis_db.client()
+    for host in hosts or (HOST,):
+        client.set(f"proxy:{host}", proxy_doc(host, upstream.url + "/base"))
+    edge.wait_generation(lambda h: h["proxies"] >= len(hosts or (HOST,)))
+    return edge.http_port
+
+
+def echoed(raw: bytes) -> dict[str, Any]:
+    assert raw.startswith(b"HTTP/1.1 200 "), raw
+    return json.loads(body_of(raw))  # type: ignore[no-any-return]
+
+
+def test_connect_is_refused_with_405(
+    stack: tuple[EdgeProcess, RedisServer], upstream: Upstream
+) -> None:
+    port = echo_stack(stack, upstream)
+    raw = http_request(
+        port,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: app.test\r\n\r\nSSH-2.0-probe\r\n",
+        read_until_close=True,
+    )
+    assert raw.startswith(b"HTTP/1.1 405 "), raw
+    assert b"\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in raw
+    assert raw.count(b"HTTP/1.1 ") == 1  # the bytes after it were not read as a request
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [b"content-length", b"keep-alive, Content-Length", b"transfer-encoding", b"close, host"],
+)
+def test_connection_naming_a_framing_header_is_a_400(
+    stack: tuple[EdgeProcess, RedisServer], upstream: Upstream, connection: bytes
+) -> None:
+    port = echo_stack(stack, upstream)
+    raw = http_request(
+        port,
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nConnection: " + connection + b"\r\n"
+        b"Content-Length: 5\r\n\r\nhello",
+        read_until_close=True,
+    )
+    assert raw.startswith(b"HTTP/1.1 400 "), raw
+    assert b"Connection names a framing header" in raw
+    assert b"Traceback" not in raw
+    edge = stack[0]
+    edge.stop()
+    assert "Traceback" not in edge.stderr()
+
+
+def test_absolute_form_routes_by_the_targets_authority(
+    stack: tuple[EdgeProcess, RedisServer], upstream: Upstream
+) -> None:
+    port = echo_stack(stack, upstream, HOST, OTHER)
+    doc = echoed(
+        http_request(port, b"GET http://other.test/x?q=1 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    )
+    headers = {k.lower(): v for k, v in doc["headers"]}
+    assert doc["path"] == "/base/x?q=1"
+    assert headers["host"] == "other.test"  # preserve_host: the authority, not the Host field
+    assert headers["x-forwarded-host"] == "other.test"
+    logged = wait_for(lambda: [r for r in stack[0].access_log() if r["path"] == "/x"])
+    assert logged[0]["host"] == "other.test"
+    for bad in (b"ftp://other.test/x", b"http://user@other.test/x", b"http:///x"):
+        raw = http_request(port, b"GET " + bad + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 400 "), (bad, raw)
+
+
+def test_options_asterisk_keeps_the_asterisk_form(
+    stack: tuple[EdgeProcess, RedisServer], upstream: Upstream
+) -> None:
+    port = echo_stack(stack, upstream)
+    doc = echoed(http_request(port, b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+    assert doc["method"] == "OPTIONS"
+    assert doc["path"] == "*"

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
-from tests.helpers import EdgeProcess, RedisServer, Upstream, http_request, proxy_doc
+from tests.helpers import EdgeProcess, RedisServer, Upstream, http_request, proxy_doc, wait_for
 
 HOST = "app.test"
 
@@ -160,5 +160,41 @@ def test_custom_response_headers_and_hop_by_hop_response_headers(
         assert values(headers, "x-app") == ["kept"]
         assert any("1.1 edge" in v for v in values(headers, "via"))
         assert len(up.requests) == 1
+    finally:
+        up.close()
+
+
+def test_one_request_id_follows_the_request_across_edge_upstream_and_logs(
+    edge: EdgeProcess, redis_db: RedisServer
+) -> None:
+    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        seen = [v for k, v in req.headers.items() if k.lower() == "x-request-id"]
+        # an upstream that sets its own id does not get to replace the edge's
+        return 200, [("X-Request-Id", "upstream-own")], json.dumps(seen).encode()
+
+    up = Upstream(answer)
+    try:
+        configure(redis_db, edge, up.url)
+
+        def exchange(extra: str, path: str) -> tuple[list[str], list[str], str]:
+            raw = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{extra}\r\n".encode()
+            status, headers, body = parse(http_request(edge.http_port, raw))
+            assert status == 200
+            logged = wait_for(lambda: [r for r in edge.access_log() if r["path"] == path])
+            return json.loads(body), values(headers, "x-request-id"), logged[0]["request_id"]
+
+        # the client's id, when it is a sane token, is the one everybody sees
+        upstream_saw, returned, logged = exchange("X-Request-Id: trace-42.a:b/c=\r\n", "/mine")
+        assert upstream_saw == returned == [logged] == ["trace-42.a:b/c="]
+        # none, or one that is not a sane token: the edge's own id, the same everywhere
+        for extra, path in (
+            ("", "/none"),
+            ("X-Request-Id: has spaces in it\r\n", "/spaces"),
+            (f"X-Request-Id: {'x' * 129}\r\n", "/long"),
+            ("X-Request-Id: \r\n", "/empty"),
+        ):
+            upstream_saw, returned, logged = exchange(extra, path)
+            assert upstream_saw == returned == [logged], (path, upstream_saw, returned, logged)
+            assert logged not in ("has spaces in it", "x" * 129, "")
     finally:
         up.close()
