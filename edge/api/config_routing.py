@@ -9,6 +9,10 @@ The edge ignores both (they are not route documents). A ``route:unique:`` key na
 route that no longer has that path and priority (a hand edit or delete) is stale and is
 taken over.
 
+A create without ``route_id`` gets a generated one (``r_`` and 12 base58 characters). Lists
+(JSON, and the text table of ``/formatted``) come in evaluation order, the router's own
+sort key (:func:`edge.routing.router.evaluation_order`), optionally filtered by ``?scope=``.
+
 A token other than the admin may only write routes of ``scope: "proxy"`` whose
 ``proxy_hostnames`` are all proxies it owns: a global route, or one on someone else's
 proxy, would change how other tokens' hosts are served.
@@ -16,11 +20,14 @@ proxy, would change how other tokens' hosts are served.
 
 from __future__ import annotations
 
-from typing import Any
+import secrets
+from typing import Any, get_args
+from urllib.parse import parse_qsl
 
 import msgspec
 from redis.asyncio.client import Pipeline
 
+from edge.api.config_route_table import format_routes
 from edge.api.config_store import (
     as_text,
     body_object,
@@ -50,12 +57,18 @@ from edge.api.config_store import (
 from edge.api.http import Conflict, Forbidden, InvalidBody, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
-from edge.config.schema import RouteConfig, classify_key
+from edge.auth.secrets import BASE58_ALPHABET
+from edge.config.schema import RouteConfig, RouteScope, classify_key
+from edge.routing.router import evaluation_order
 
 __all__ = ["PREFIX", "add_routing_routes"]
 
 PREFIX = "/api/v1/routes"
 _INDEX_PREFIXES = ("unique:", "priority:")
+FORMATTED = "formatted"  # GET /api/v1/routes/formatted: no route can be addressed by this id
+_SCOPES: tuple[str, ...] = get_args(RouteScope)
+_ID_RANDOM = 12  # base58 characters of a generated id: ~70 bits
+_ID_TRIES = 3  # a generated id that exists (never seen in practice) is drawn again
 
 
 def _not_found() -> NotFound:
@@ -73,6 +86,11 @@ def _route_id(req: ApiRequest) -> str:
     return route_id
 
 
+def _new_route_id() -> str:
+    """A fresh id: ``r_`` and 12 base58 characters (URL-safe, no look-alike characters)."""
+    return "r_" + "".join(secrets.choice(BASE58_ALPHABET) for _ in range(_ID_RANDOM))
+
+
 def _body_route_id(body: dict[str, Any]) -> str:
     route_id = required_text(body, "route_id")
     if route_id.startswith(_INDEX_PREFIXES):
@@ -82,7 +100,42 @@ def _body_route_id(body: dict[str, Any]) -> str:
             "(those are index keys)",
             field="route_id",
         )
+    if route_id == FORMATTED:
+        raise InvalidBody(
+            "reserved route id",
+            public_message=f"the route id '{FORMATTED}' is reserved "
+            f"({PREFIX}/{FORMATTED} is the routes as a text table)",
+            field="route_id",
+        )
     return route_id
+
+
+def _invalid_query(field: str, message: str) -> InvalidBody:
+    return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
+
+
+def _scope_filter(req: ApiRequest) -> str | None:
+    """``?scope=global|proxy`` (once), or None: the only query parameter of the lists."""
+    _, _, query = req.ex.target.partition(b"?")
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidBody(
+            "undecodable query",
+            code="invalid_query",
+            public_message="the query string is not valid",
+        ) from None
+    scopes: list[str] = []
+    for name, value in pairs:
+        if name != "scope":
+            raise _invalid_query(name, "unknown query parameter (only scope is accepted)")
+        scopes.append(value)
+    if not scopes:
+        return None
+    if len(scopes) > 1 or scopes[0] not in _SCOPES:
+        allowed = " or ".join(f"'{s}'" for s in _SCOPES)
+        raise _invalid_query("scope", f"scope must be {allowed}, given once")
+    return scopes[0]
 
 
 def _route(item: object) -> RouteConfig:
@@ -158,20 +211,44 @@ async def _old_index(pipe: Pipeline, route_id: str, raw: bytes) -> list[str]:
 # ---------------------------------------------------------------------------- endpoints
 
 
-async def list_routes(req: ApiRequest) -> Response:
+async def _listed(req: ApiRequest) -> list[RouteConfig]:
+    """The routes the caller may see, of the ``?scope=`` asked for, in evaluation order."""
+    scope = _scope_filter(req)
     found = await visible_values(req, "route:*", lambda k: classify_key(k) == "route")
     routes = []
     for key, raw in found.items():
         try:
-            routes.append(_document(_route(stored_item(key, raw))))
+            route = _route(stored_item(key, raw))
         except Conflict:
-            continue
-    routes.sort(key=lambda r: str(r["route_id"]))
-    return Response(200, {"routes": routes})
+            continue  # refused by the loader too (edge check, /health list it)
+        if scope is None or route.scope == scope:
+            routes.append(route)
+    routes.sort(key=evaluation_order)
+    return routes
+
+
+async def list_routes(req: ApiRequest) -> Response:
+    return Response(200, {"routes": [_document(r) for r in await _listed(req)]})
+
+
+async def formatted_routes(req: ApiRequest) -> Response:
+    return Response(200, text=format_routes(await _listed(req)))
 
 
 async def create_route(req: ApiRequest) -> Response:
     body = await body_object(req)
+    if body.get("route_id") is None:
+        for _ in range(_ID_TRIES - 1):
+            try:
+                return await _create(req, {**body, "route_id": _new_route_id()})
+            except Conflict as exc:
+                if exc.code != "route_exists":
+                    raise
+        body = {**body, "route_id": _new_route_id()}
+    return await _create(req, body)
+
+
+async def _create(req: ApiRequest, body: dict[str, Any]) -> Response:
     route_id = _body_route_id(body)
     key = route_key(route_id)
     doc, owner = new_document(req, body, {})
@@ -247,6 +324,7 @@ def add_routing_routes(router: Router[Endpoint]) -> None:
     token = Access.TOKEN
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_routes))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_route))
+    router.add("GET", f"{PREFIX}/{FORMATTED}", Endpoint(token, formatted_routes))
     one = f"{PREFIX}/{{route_id}}"
     router.add("GET", one, Endpoint(token, get_route))
     router.add("PUT", one, Endpoint(token, replace_route))

@@ -58,6 +58,7 @@ BODY_LIMIT = 1 << 20  # 1 MiB: far above any admin API document
 
 _encode = msgspec.json.Encoder().encode
 JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
 _FIELD_MAX = 100  # a field name echoed back is cut here (it may come from the client)
 
 
@@ -174,11 +175,13 @@ class ClientGone(Exception):
 
 @dataclass(slots=True)
 class Response:
-    """What an endpoint returns: a status and a JSON-encodable document (None: no body)."""
+    """What an endpoint returns: a status and a JSON-encodable document (None: no body),
+    or ``text``: a ``text/plain`` body instead (a table for people to read)."""
 
     status: int
     document: Any = None
     headers: Headers = field(default_factory=list)
+    text: str | None = None
 
 
 def _common(extra: Headers) -> Headers:
@@ -187,8 +190,13 @@ def _common(extra: Headers) -> Headers:
 
 
 def json_response(ex: Exchange, response: Response) -> None:
-    """Send ``response`` on ``ex`` (a no-op if the client is already gone)."""
+    """Send ``response`` on ``ex`` as JSON, or its ``text`` as plain text (a no-op if the
+    client is already gone)."""
     if ex.finished:
+        return
+    if response.text is not None:
+        body = response.text.encode("utf-8")
+        ex.respond(response.status, body, TEXT, _common(response.headers))
         return
     if response.document is None:
         # RFC 9110 section 8.6: no Content-Length (nor a body) on a 204

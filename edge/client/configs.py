@@ -467,7 +467,9 @@ def _route_path(route_id: str) -> str:
 
 
 def route_list(ctx: Context) -> int:
-    return ctx.list(ctx.api.call("GET", f"{ROUTES}/"), "routes", ROUTE_COLUMNS)
+    """The routes in the order the edge tries them (the API's order)."""
+    query = {"scope": ctx.args.scope} if ctx.args.scope else None
+    return ctx.list(ctx.api.call("GET", f"{ROUTES}/", query=query), "routes", ROUTE_COLUMNS)
 
 
 def route_show(ctx: Context) -> int:
@@ -475,7 +477,9 @@ def route_show(ctx: Context) -> int:
 
 
 def route_create(ctx: Context) -> int:
-    doc: dict[str, Any] = {"route_id": ctx.args.route_id}
+    doc: dict[str, Any] = {}
+    if ctx.args.route_id is not None:  # else the edge generates one (r_...)
+        doc["route_id"] = ctx.args.route_id
     _route_change(ctx, doc)
     set_fields(doc, ctx.args.set)
     return ctx.show(ctx.api.call("POST", f"{ROUTES}/", doc, flags=ROUTE_FLAGS))
@@ -494,7 +498,12 @@ def route_delete(ctx: Context) -> int:
 
 
 def _route_options(parser: argparse.ArgumentParser, create: bool) -> None:
-    parser.add_argument("route_id", metavar="ID")
+    if create:
+        parser.add_argument(
+            "route_id", metavar="ID", nargs="?", help="the route's id (default: generated)"
+        )
+    else:
+        parser.add_argument("route_id", metavar="ID")
     parser.add_argument("--path", required=create, help="path prefix, or a regex with --regex")
     parser.add_argument(
         "--target-type", required=create, choices=("port", "service", "hostname", "url")
@@ -535,7 +544,12 @@ def _route_options(parser: argparse.ArgumentParser, create: bool) -> None:
 
 def _add_route_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     routes = group(sub, "route", "manage routes (/api/v1/routes)", common)
-    command(routes, "list", "list the routes", route_list, common)
+    listing = command(
+        routes, "list", "list the routes in the order they are tried", route_list, common
+    )
+    listing.add_argument(
+        "--scope", choices=("global", "proxy"), help="only the global or the proxy-scoped routes"
+    )
     command(routes, "show", "show one route", route_show, common).add_argument(
         "route_id", metavar="ID"
     )

@@ -55,9 +55,15 @@ def compile_route(route: RouteConfig) -> CompiledRoute:
     return CompiledRoute(route, route.path_pattern, None, methods)
 
 
+def evaluation_order(route: RouteConfig) -> tuple[int, int, str]:
+    """The sort key of the order routes are tried in: higher ``priority`` first, then the
+    longer ``path_pattern`` (the more specific prefix), then ``route_id``. The API lists
+    routes in this order too."""
+    return (-route.priority, -len(route.path_pattern), route.route_id)
+
+
 def _order(route: CompiledRoute) -> tuple[int, int, str]:
-    r = route.route
-    return (-r.priority, -len(r.path_pattern), r.route_id)
+    return evaluation_order(route.route)
 
 
 class Router:

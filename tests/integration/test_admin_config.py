@@ -717,7 +717,8 @@ def test_routes_with_their_index_keys(
         (route("unique:/x", "/x", 1, one), "route_id"),
         (route("priority:1", "/x", 1, one), "route_id"),
         (route("has space", "/x", 1, one), "route_id"),
-        ({"path_pattern": "/x", "target_type": "url", "target_value": one}, "route_id"),
+        (route("formatted", "/x", 1, one), "route_id"),  # the path of the text table
+        ({**route("x", "/x", 1, one), "route_id": 5}, "route_id"),
         ({"route_id": "bad", "target_type": "url", "target_value": one}, "path_pattern"),
     ):
         assert_error(call(port, "POST", R, admin, body), 400, "invalid_body", field)
@@ -750,6 +751,98 @@ def test_routes_with_their_index_keys(
     assert rdb.exists("route:unique:/api:10")
     listed = ok(call(port, "GET", R, admin))["routes"]
     assert [r["route_id"] for r in listed] == ["api-low", "fresh"]
+
+
+def test_route_ids_are_generated_when_none_is_given(api: EdgeProcess, admin: str) -> None:
+    port = api.api_port
+    body = {"path_pattern": "/x", "target_type": "port", "target_value": "9001"}
+    ids = set()
+    for n, extra in enumerate(({}, {"route_id": None})):
+        created = call(port, "POST", R, admin, {**body, "priority": n, **extra})
+        doc = ok(created, 201)
+        route_id = doc["route_id"]
+        assert re.fullmatch(r"r_[1-9A-HJ-NP-Za-km-z]{12}", route_id), route_id
+        assert created.headers["location"] == f"{R}/{route_id}"  # nothing to percent-encode
+        assert ok(call(port, "GET", f"{R}/{route_id}", admin)) == doc
+        ids.add(route_id)
+    assert len(ids) == 2
+    # a generated id is still one route per path and priority
+    answer = call(port, "POST", R, admin, {**body, "priority": 0})
+    assert_error(answer, 409, "route_conflict", "path_pattern")
+    assert len(ok(call(port, "GET", R, admin))["routes"]) == 2
+
+
+def test_routes_are_listed_in_evaluation_order(
+    api: EdgeProcess, admin: str, ups: dict[str, Upstream]
+) -> None:
+    port = api.api_port
+    one, two = ups["one"].url, ups["two"].url
+    ok(call(port, "POST", P, admin, {"hostname": "app.test", "target_url": one}), 201)
+    ok(call(port, "POST", P, admin, {"hostname": "other.test", "target_url": one}), 201)
+    # created out of order on purpose
+    for body in (
+        route("b-short", "/api", 50, one),
+        route("z-low", "/", 1, one, enabled=False),
+        route("a-long", "/api/v2", 50, two, methods=["GET", "POST"]),
+        route("c-short", "/api", 60, two, scope="proxy", proxy_hostnames=["other.test"]),
+        route("a-same", "/apx", 50, one, description="same length as /api: by id"),
+        route("top", r"^/v\d+/", 900, two, is_regex=True),
+    ):
+        ok(call(port, "POST", R, admin, body), 201)
+    # priority first (higher first), then the longer path_pattern, then route_id: the
+    # order in which the edge tries them
+    expected = ["top", "c-short", "a-long", "a-same", "b-short", "z-low"]
+    listed = ok(call(port, "GET", f"{R}/", admin))["routes"]
+    assert [r["route_id"] for r in listed] == expected
+    becomes(api, "app.test", "two", "/api/v2/x")  # a-long before b-short: same priority
+    becomes(api, "app.test", "one", "/api/x")
+
+    # ?scope= filters, keeping the order; anything else is refused naming the parameter
+    scoped = ok(call(port, "GET", f"{R}?scope=proxy", admin))["routes"]
+    assert [r["route_id"] for r in scoped] == ["c-short"]
+    glob = ok(call(port, "GET", f"{R}/?scope=global", admin))["routes"]
+    assert [r["route_id"] for r in glob] == [i for i in expected if i != "c-short"]
+    for query, field in (
+        ("scope=local", "scope"),
+        ("scope=", "scope"),
+        ("scope=global&scope=proxy", "scope"),
+        ("sort=id", "sort"),
+    ):
+        assert_error(call(port, "GET", f"{R}?{query}", admin), 400, "invalid_query", field)
+
+    # the same routes as a text table, in the same order
+    text = call(port, "GET", f"{R}/formatted", admin)
+    assert text.status == 200, text.raw
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    lines = text.raw.decode().splitlines()
+    assert lines[0].split() == [
+        "PRIORITY", "ID", "PATTERN", "METHODS", "TARGET", "SCOPE", "ENABLED"
+    ]  # fmt: skip
+    assert [line.split()[1] for line in lines[1:]] == expected
+    rows = {line.split()[1]: line for line in lines[1:]}
+    assert rows["top"].split()[:3] == ["900", "top", "~^/v\\d+/"]  # a regex is marked with ~
+    assert rows["a-long"].split()[2:5] == ["/api/v2", "GET,POST", f"url:{two}"]
+    assert rows["b-short"].split()[3] == "*"  # every method
+    assert rows["c-short"].split()[5:] == ["proxy:other.test", "yes"]
+    assert rows["z-low"].split()[5:] == ["global", "no"]
+    # the columns line up: each starts where its heading does
+    start = lines[0].index("PATTERN")
+    assert all(line[start - 2 : start] == "  " and line[start] != " " for line in lines[1:])
+    only = call(port, "GET", f"{R}/formatted?scope=proxy", admin).raw.decode().splitlines()
+    assert [line.split()[1] for line in only[1:]] == ["c-short"]
+    answer = call(port, "GET", f"{R}/formatted?scope=x", admin)
+    assert_error(answer, 400, "invalid_query", "scope")
+    assert_error(call(port, "GET", f"{R}/formatted", None), 401, "unauthorized")
+
+    # another token sees only its own routes, in the same order
+    alice = new_token(port, admin, "alice")
+    ok(call(port, "POST", P, alice, {"hostname": "alice.test", "target_url": one}), 201)
+    for rid, prio in (("s1", 5), ("s2", 7)):
+        body = route(rid, f"/{rid}", prio, one, scope="proxy", proxy_hostnames=["alice.test"])
+        ok(call(port, "POST", R, alice, body), 201)
+    assert [r["route_id"] for r in ok(call(port, "GET", R, alice))["routes"]] == ["s2", "s1"]
+    mine = call(port, "GET", f"{R}/formatted", alice).raw.decode().splitlines()
+    assert [line.split()[1] for line in mine[1:]] == ["s2", "s1"]
 
 
 def test_racing_writes_have_one_winner(

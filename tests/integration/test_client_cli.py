@@ -776,6 +776,33 @@ def test_routes_services_resources(api: EdgeProcess, env: dict[str, str]) -> Non
     assert as_json(cli("resource list -o json", env=env)) == []
 
 
+def test_route_list_in_evaluation_order_by_scope_and_generated_ids(
+    api: EdgeProcess, env: dict[str, str]
+) -> None:
+    ok(cli("proxy create app.test --target http://127.0.0.1:1", env=env))
+    generated = as_json(
+        cli("route create --path /gen --target-type port --target 9000 -o json", env=env)
+    )
+    assert re.fullmatch(r"r_[1-9A-HJ-NP-Za-km-z]{12}", generated["route_id"])
+    ok(cli("route create low --path /low --target-type port --target 9001 --priority 1", env=env))
+    ok(
+        cli(
+            "route create high --path /h --target-type port --target 9002 --priority 99 "
+            "--proxy app.test",
+            env=env,
+        )
+    )
+    ids = [r["route_id"] for r in as_json(cli("route list -o json", env=env))]
+    assert ids == ["high", generated["route_id"], "low"]  # priority 99, 50, 1
+    table = ok(cli("route list", env=env)).splitlines()
+    assert [line.split()[0] for line in table[1:]] == ids
+    only = as_json(cli("route list --scope proxy -o json", env=env))
+    assert [r["route_id"] for r in only] == ["high"]
+    glob = as_json(cli("route list --scope global -o json", env=env))
+    assert [r["route_id"] for r in glob] == [generated["route_id"], "low"]
+    assert "invalid choice: 'local'" in failed(cli("route list --scope local", env=env), 2)
+
+
 def test_certs_through_the_api_next_to_the_local_cert_command(
     api: EdgeProcess, env: dict[str, str], tmp_path: Path
 ) -> None:
