@@ -180,6 +180,8 @@ class Settings:
     client_body_timeout: float = 60.0
     keepalive_timeout: float = 60.0
     drain_timeout: float = 30.0
+    linger_timeout: float = 5.0
+    linger_time: float = 30.0
     listen_backlog: int = 4096
     max_header_bytes: int = 16384
     max_header_count: int = 100
@@ -227,6 +229,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLIENT_BODY_TIMEOUT": ("client_body_timeout", _seconds),
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", _seconds),
     "DRAIN_TIMEOUT": ("drain_timeout", _seconds),
+    "LINGER_TIMEOUT": ("linger_timeout", _seconds),
+    "LINGER_TIME": ("linger_time", _seconds),
     "LISTEN_BACKLOG": ("listen_backlog", _int(1, 65535)),
     "MAX_HEADER_BYTES": ("max_header_bytes", _int(256, 1 << 20)),
     "MAX_HEADER_COUNT": ("max_header_count", _int(1, 10000)),

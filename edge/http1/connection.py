@@ -60,6 +60,12 @@ class _Deadline(enum.Enum):
     BODY = enum.auto()  # waiting for request body bytes (idle timer): 408
     KEEPALIVE = enum.auto()  # between requests: close silently
     PROXY = enum.auto()  # PROXY listener, header not complete: close silently
+    LINGER = enum.auto()  # half-closed after the last answer: see _close
+
+
+# at most this much is read and dropped while lingering: far more than a client sends
+# before it notices the answer, and a bound on what one that never stops can cost
+LINGER_MAX_BYTES = 64 * 1024 * 1024
 
 
 _EMPTY_LINE_START = (b"\r", b"\n")
@@ -87,7 +93,9 @@ class HttpConnection(asyncio.Protocol):
         "_activity",
         "_deadline",
         "_deadline_at",
+        "_discarded",
         "_head",
+        "_lingering",
         "_paused",
         "_pp_buf",
         "_timer",
@@ -144,6 +152,8 @@ class HttpConnection(asyncio.Protocol):
         self._activity = 0.0
         self._tunnel: TunnelPeer | None = None
         self._head = b""
+        self._lingering = False  # our last answer is out: incoming bytes are dropped
+        self._discarded = 0
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +184,12 @@ class HttpConnection(asyncio.Protocol):
         self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._discarded += len(data)
+            self._activity = self.hub.loop.time()
+            if self._discarded > LINGER_MAX_BYTES:
+                self.abort()
+            return
         if self._pp_buf is not None:
             data = self._proxy_header(data)
             if not data:
@@ -237,6 +253,8 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()  # nothing sent
 
     def eof_received(self) -> bool | None:
+        if self._lingering:
+            return False  # the client is done too: close
         if self._pp_buf is not None:
             self._proxy_refused("closed before the PROXY header was complete")
             return False
@@ -515,8 +533,8 @@ class HttpConnection(asyncio.Protocol):
         extra.extend(error.headers())
         body = error_body(error, ex.request_id)
         self.respond_whole(ex, error.status, body, b"application/json", extra)
-        if error.close_connection and self.transport is not None:
-            self.transport.close()
+        if error.close_connection:
+            self._close()
 
     def switch_protocols(self, ex: Exchange, headers: Headers, tunnel: TunnelPeer) -> bytes:
         """Answer 101, then the socket carries raw bytes between the client and ``tunnel``."""
@@ -570,14 +588,14 @@ class HttpConnection(asyncio.Protocol):
             try:
                 conn.next_event()
             except h11.RemoteProtocolError:
-                transport.close()
+                self._close()
                 return
         if conn.our_state in _STATUS_CLOSE or conn.their_state is not h11.DONE:
             # MUST_CLOSE, or the request body was never read: no keep-alive
-            transport.close()
+            self._close()
             return
         if self.hub.draining:
-            transport.close()
+            self._close()
             return
         conn.start_next_cycle()
         self.guard.reset()
@@ -609,6 +627,8 @@ class HttpConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Called when the worker starts draining: idle connections close now."""
+        if self._lingering:
+            return  # already closing, within its own bounds
         if self.current is None and self._tunnel is None and self.transport is not None:
             if self._deadline is not _Deadline.HEAD:
                 self.transport.close()
@@ -616,6 +636,43 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _close(self) -> None:
+        """Close after our last answer without letting a reset destroy it (RFC 9112 §9.6).
+
+        A socket closed with unread bytes, or that receives more afterwards, makes the
+        kernel send RST: a client still sending (the body of a request we refused, a
+        pipelined request) fails its send, and most clients then report an error instead
+        of reading our answer. So while the client may still be sending, half-close: the
+        answer and a FIN go out, what still comes is dropped, and the socket closes when
+        the client closes its side, after LINGER_TIMEOUT without a byte or LINGER_TIME in
+        all, or after LINGER_MAX_BYTES (nginx's lingering_close). TLS cannot half-close:
+        there the connection only keeps reading within the same bounds.
+        """
+        transport = self.transport
+        if transport is None or self._lingering or transport.is_closing():
+            return
+        if not self._client_may_send():
+            transport.close()
+            return
+        self._lingering = True
+        s = self.hub.settings
+        now = self.hub.loop.time()
+        self._activity = now
+        self._arm(_Deadline.LINGER, s.linger_time)
+        self._timer.wake_by(now + s.linger_timeout)
+        if transport.can_write_eof():
+            transport.write_eof()  # once the buffered answer is out
+        self._resume(_PAUSE_PIPELINE | _PAUSE_BODY | _PAUSE_TUNNEL)
+
+    def _client_may_send(self) -> bool:
+        """Is more of the client's data to be expected, or on its way, before its EOF?"""
+        conn = self.h11
+        pending, eof = conn.trailing_data
+        if eof or conn.their_state is h11.CLOSED:
+            return False
+        # DONE/MUST_CLOSE: the request is complete; only a pipelining client sends on
+        return conn.their_state not in (h11.DONE, h11.MUST_CLOSE) or bool(pending)
 
     def _reject(self, error: ClientError) -> None:
         """A malformed or oversized request: answer if we still can, then close."""
@@ -632,8 +689,7 @@ class HttpConnection(asyncio.Protocol):
             sink.downstream_lost()
         if self.h11.our_state in _STATE_CAN_RESPOND and not ex.response_started:
             self.fail(ex, error)
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
         else:
             self.current = None
             self._log(ex)
@@ -655,7 +711,10 @@ class HttpConnection(asyncio.Protocol):
         if kind is _Deadline.NONE or self.transport is None:
             return
         at = self._deadline_at
-        if kind is _Deadline.BODY:
+        if kind is _Deadline.LINGER:
+            # LINGER_TIME in all, LINGER_TIMEOUT since the last byte
+            at = min(at, self._activity + self.hub.settings.linger_timeout)
+        elif kind is _Deadline.BODY:
             # idle timer: the deadline moves with every body byte received
             at = self._activity + self.hub.settings.client_body_timeout
             if self._paused & _PAUSE_BODY:
@@ -672,8 +731,7 @@ class HttpConnection(asyncio.Protocol):
                 if sink is not None:
                     sink.downstream_lost()
                 self.fail(ex, RequestTimeout("request body idle"))
-                if self.transport is not None:
-                    self.transport.close()
+                self._close()
             else:
                 self.abort()
         elif kind is _Deadline.HEAD:
@@ -682,6 +740,11 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
         elif kind is _Deadline.PROXY:
             self._proxy_refused("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
+        elif kind is _Deadline.LINGER:
+            if self.transport.get_write_buffer_size():
+                self.abort()  # a client that does not read either: drop the rest
+            else:
+                self.transport.close()
 
     # ------------------------------------------------------------------ helpers
     def _write(self, data: bytes) -> None:
