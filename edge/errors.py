@@ -95,6 +95,11 @@ class UpstreamResponseTimeout(UpstreamError):
     public_message = "gateway timeout: upstream did not respond in time"
 
 
+class UpstreamTotalTimeout(UpstreamError):
+    status = 504
+    public_message = "gateway timeout: the exchange took longer than allowed"
+
+
 class ServiceUnavailable(EdgeError):
     status = 503
     public_message = "service unavailable"

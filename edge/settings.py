@@ -40,6 +40,13 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _optional_seconds(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0 <= value <= 86400 or value != value:
+        raise ValueError("must be a number of seconds >= 0 (0: off) and <= 86400")
+    return value
+
+
 def _cache_seconds(raw: str) -> float:
     value = float(raw.strip())
     if not 0 <= value <= 3600 or value != value:
@@ -228,6 +235,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", _seconds),
     "CLIENT_BODY_TIMEOUT": ("client_body_timeout", _seconds),
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", _seconds),
+    proxy_total_timeout: float = 0.0  # 0: no cap on a whole exchange
     "DRAIN_TIMEOUT": ("drain_timeout", _seconds),
     "LINGER_TIMEOUT": ("linger_timeout", _seconds),
     "LINGER_TIME": ("linger_time", _seconds),
@@ -298,6 +306,7 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+    "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", _optional_seconds),
         elif value[:1] in ("'", '"'):
             # a quoted value followed by a comment: NAME="a b"  # note
             close = value.find(value[0], 1)

@@ -54,7 +54,9 @@ class Worker:
             settings.upstream_idle_timeout,
             settings.proxy_connect_timeout,
         )
-        self.forwarder = Forwarder(self.pool, settings.proxy_request_timeout)
+        self.forwarder = Forwarder(
+            self.pool, settings.proxy_request_timeout, settings.proxy_total_timeout
+        )
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_url))
         self.api = ApiApp(self.health, self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)

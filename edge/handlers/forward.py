@@ -22,6 +22,7 @@ from edge.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamResponseTimeout,
+    UpstreamTotalTimeout,
 )
 from edge.http1.exchange import Exchange
 from edge.http1.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
@@ -182,6 +183,7 @@ class ProxyCall:
 
     __slots__ = (
         "_body_done",
+        "_cap",
         "_response_custom",
         "conn",
         "ex",
@@ -208,6 +210,9 @@ class ProxyCall:
         self.conn: UpstreamConnection | None = None
         self.retried = False
         self._body_done = False
+        self._cap: asyncio.TimerHandle | None = None
+        if forwarder.total_timeout:
+            self._cap = forwarder.loop.call_later(forwarder.total_timeout, self._total_expired)
         ex.upstream = f"{target.host}:{target.port}"
         ex.route = res.route.route_id if res.route is not None else ""
 
@@ -238,11 +243,11 @@ class ProxyCall:
             conn.abort()
             self._fail(UpstreamError(str(exc)))
             return
-        self._arm()
         self.ex.producer = conn
         if self._body_done:
             # a retry: the client's (empty) body already ended on the first attempt
             conn.send(END_OF_MESSAGE)
+            self._arm()
             return
         self.ex.read_body(self)
 
@@ -262,9 +267,12 @@ class ProxyCall:
                 # e.g. fewer bytes than the Content-Length the client announced
                 conn.abort()
                 self._fail(UpstreamError(str(exc)))
+                return
+            self._arm()  # the whole request is out: the wait for the answer starts
 
     def downstream_lost(self) -> None:
         self._disarm()
+        self._cancel_cap()
         conn, self.conn = self.conn, None
         if conn is not None and conn.user is self:
             conn.abort()
@@ -272,8 +280,12 @@ class ProxyCall:
     # ------------------------------------------------------------------ UpstreamUser
     def upstream_writable(self, writable: bool) -> None:
         if writable:
+            if not self._body_done:
+                self._disarm()  # taking the body again: the client sets the pace
             self.ex.conn.resume_body()
         else:
+            if not self._body_done:
+                self._arm()  # the upstream stopped taking the body: its idle time counts
             self.ex.conn.pause_body()
 
     def on_informational(self, response: h11.InformationalResponse) -> None:
@@ -282,6 +294,7 @@ class ProxyCall:
         conn = self.conn
         assert conn is not None
         self._disarm()
+        self._cancel_cap()  # a tunnel lives as long as both ends want it
         ex = self.ex
         full = downstream_response_headers(
             response.headers, self._response_custom, True, self.ex.request_id.encode("ascii")
@@ -310,6 +323,7 @@ class ProxyCall:
 
     def on_end(self) -> None:
         self._disarm()
+        self._cancel_cap()
         self.ex.producer = None
         self.ex.end_response()
 
@@ -341,8 +355,11 @@ class ProxyCall:
             self._fail(UpstreamClosed("upstream closed the connection"))
 
     # ------------------------------------------------------------------ deadline
-    # PROXY_REQUEST_TIMEOUT is an idle deadline kept by the upstream connection's timer:
-    # armed when the request is out, pushed back by every byte of the response.
+    # PROXY_REQUEST_TIMEOUT is an idle deadline kept by the upstream connection's timer,
+    # one per direction as nginx and HAProxy do: while the request body flows it runs only
+    # when the upstream stops taking it (the client's own pace is CLIENT_BODY_TIMEOUT's);
+    # from the end of the request it is armed and pushed back by every byte of the
+    # response. PROXY_TOTAL_TIMEOUT, when set, caps the whole exchange on its own timer.
     def _arm(self) -> None:
         if self.conn is not None:
             self.conn.expect_response(self.forwarder.response_timeout)
@@ -360,8 +377,24 @@ class ProxyCall:
         self.conn = None  # aborted by the connection itself
         self._fail(UpstreamResponseTimeout("upstream response timed out"))
 
+    def _total_expired(self) -> None:
+        self._cap = None
+        if self.ex.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None and conn.user is self:
+            conn.clear_deadline()
+            conn.abort()
+        self._fail(UpstreamTotalTimeout("exchange exceeded PROXY_TOTAL_TIMEOUT"))
+
+    def _cancel_cap(self) -> None:
+        if self._cap is not None:
+            self._cap.cancel()
+            self._cap = None
+
     def _fail(self, error: EdgeError) -> None:
         self._disarm()
+        self._cancel_cap()
         if not self.ex.finished:
             self.ex.fail(error)
 
@@ -369,10 +402,13 @@ class ProxyCall:
 class Forwarder:
     """The forwarding handler of one worker: owns the pool and the tasks it starts."""
 
-    def __init__(self, pool: UpstreamPool, response_timeout: float) -> None:
+    def __init__(
+        self, pool: UpstreamPool, response_timeout: float, total_timeout: float = 0.0
+    ) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.response_timeout = response_timeout
+        self.total_timeout = total_timeout  # 0: no cap
         self.tasks: set[asyncio.Task[None]] = set()
 
     def forward(self, ex: Exchange, res: Resolution) -> None:

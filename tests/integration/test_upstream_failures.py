@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import select
 import socket
 import ssl
 import time
@@ -227,3 +230,112 @@ def test_https_upstream_trusted_ca_is_200(
         assert status == 200, body
         assert json.loads(body) == {"conn": 0, "n": i + 1, "path": f"/tls{i}"}
     assert tls_upstream.connections == 1  # TLS connections are pooled too
+
+
+def _trickle_upload(port: int, seconds: float, step: float = 0.2) -> tuple[int, bytes]:
+    """POST a chunked body that keeps flowing for ``seconds``; the status and body back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        end = time.monotonic() + seconds
+        answered = False
+        while time.monotonic() < end:
+            if select.select([s], [], [], 0)[0]:
+                answered = True  # an early answer: stop sending, read it
+                break
+            s.sendall(b"400\r\n" + b"u" * 1024 + b"\r\n")
+            time.sleep(step)
+        if not answered:
+            s.sendall(b"0\r\n\r\n")
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        return resp.status, resp.read()
+
+
+def test_upload_longer_than_the_request_timeout_is_served_while_bytes_flow(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    """PROXY_REQUEST_TIMEOUT is an idle timer: body progress keeps the exchange alive."""
+    edge = edge_factory(PROXY_REQUEST_TIMEOUT=1)
+    up = scripted(keepalive_json)
+    configure(redis_db, edge, up.url)
+    status, body = _trickle_upload(edge.http_port, seconds=3.0)
+    assert status == 200, body
+    assert json.loads(body)["path"] == "/upload"
+
+
+def test_upstream_that_stops_reading_the_upload_is_504(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    """The idle timer runs while the upstream does not take the body (its buffers full)."""
+
+    def stalled(conn: UpConn) -> None:
+        conn.sock.recv(1024)  # the head, then never another read
+        time.sleep(20)
+
+    edge = edge_factory(PROXY_REQUEST_TIMEOUT=1)
+    up = scripted(stalled)
+    configure(redis_db, edge, up.url)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", edge.http_port), timeout=15) as s:
+        s.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 200000000\r\n\r\n".encode()
+        )
+        s.settimeout(0.05)
+        data = b""
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 12 and b"\r\n\r\n" not in data:
+                with contextlib.suppress(TimeoutError):
+                    s.sendall(b"x" * 65536)
+                with contextlib.suppress(TimeoutError):
+                    data += s.recv(65536)
+    elapsed = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 504 "), data[:200]
+    assert elapsed < 10, elapsed
+
+
+def test_total_timeout_caps_a_response_that_keeps_trickling(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    def trickle(conn: UpConn) -> None:
+        assert conn.next_request() is not None
+        conn.send_raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                conn.send_raw(b"1\r\nx\r\n")
+                time.sleep(0.2)
+
+    edge = edge_factory(PROXY_REQUEST_TIMEOUT=1, PROXY_TOTAL_TIMEOUT=2)
+    up = scripted(trickle)
+    configure(redis_db, edge, up.url)
+    started = time.monotonic()
+    data, _how = _read_until_end(
+        edge.http_port, f"GET /s HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    )
+    elapsed = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert not data.endswith(b"0\r\n\r\n")  # cut, not completed
+    assert 1.5 <= elapsed < 6, elapsed
+    record = wait_for(lambda: [r for r in edge.access_log() if r["path"] == "/s"])[0]
+    assert record.get("aborted") is True
+
+
+def test_total_timeout_before_the_response_is_504(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    edge = edge_factory(PROXY_REQUEST_TIMEOUT=5, PROXY_TOTAL_TIMEOUT=1.5)
+    up = scripted(keepalive_json)
+    configure(redis_db, edge, up.url)
+    started = time.monotonic()
+    status, body = _trickle_upload(edge.http_port, seconds=4.0)
+    assert status == 504, body
+    assert 1.0 <= time.monotonic() - started < 6

@@ -36,6 +36,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", 10.0),
     "CLIENT_BODY_TIMEOUT": ("client_body_timeout", 60.0),
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", 60.0),
+    "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", 0.0),
     "DRAIN_TIMEOUT": ("drain_timeout", 30.0),
     "LINGER_TIMEOUT": ("linger_timeout", 5.0),
     "LINGER_TIME": ("linger_time", 30.0),
