@@ -104,7 +104,8 @@ class Dispatcher:
                 ex.fail(Misdirected(f"certificate does not cover {ex.host!r}"))
                 return
         res = router.resolve(proxy, path, ex.method)
-        if proxy.auth_enabled:
+        # res.proxy: the request's proxy, or the one a hostname route led to (its auth)
+        if res.proxy.auth_enabled:
             if self.auth is None:
                 # fail closed: never forward a protected host without its check
                 ex.fail(AuthUnavailable())

@@ -8,6 +8,7 @@ use and cached for the life of the snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -46,6 +47,13 @@ class Resolution:
 
 def _encode(headers: dict[str, str]) -> EncodedHeaders:
     return tuple((k.lower().encode("ascii"), v.encode("ascii")) for k, v in headers.items())
+
+
+def _host_only(host_port: str) -> str:
+    """``host`` of a validated ``host[:port]`` target value (IPv6 literals in brackets)."""
+    if host_port.startswith("["):
+        return host_port[: host_port.index("]") + 1]
+    return host_port.rsplit(":", 1)[0] if ":" in host_port else host_port
 
 
 def compile_route(route: RouteConfig) -> CompiledRoute:
@@ -99,7 +107,7 @@ class Router:
                     scoped.setdefault(host, []).append(r)
         self._scoped = scoped
         self._by_proxy: dict[str, tuple[CompiledRoute, ...]] = {}
-        self._resolved: dict[tuple[str, str], Resolution] = {}
+        self._resolved: dict[tuple[str, ...], Resolution] = {}
 
     def find_proxy(self, host: str) -> ProxyConfig | None:
         proxy = self.exact.get(host)
@@ -133,15 +141,50 @@ class Router:
 
     def resolve(self, proxy: ProxyConfig, path: str, method: bytes) -> Resolution:
         """The route (if any) and target for a request; results are memoised per snapshot."""
-        route_id = ""
-        for compiled in self.routes_for(proxy):
-            if compiled.matches(path, method):
-                route_id = compiled.route.route_id
-                break
+        compiled = self._match(proxy, path, method, hop=False)
+        if compiled is None:
+            route_id = ""
+        elif compiled.route.target_type == "hostname":
+            return self._hostname_hop(proxy, compiled.route, path, method)
+        else:
+            route_id = compiled.route.route_id
         key = (proxy.hostname, route_id)
         found = self._resolved.get(key)
         if found is None or found.proxy is not proxy:
             found = self._resolution(proxy, route_id)
+            self._resolved[key] = found
+        return found
+
+    def _match(
+        self, proxy: ProxyConfig, path: str, method: bytes, hop: bool
+    ) -> CompiledRoute | None:
+        for compiled in self.routes_for(proxy):
+            if compiled.matches(path, method):
+                if hop and compiled.route.target_type == "hostname":
+                    continue  # one hop only: a hostname route never leads to another
+                return compiled
+        return None
+
+    def _hostname_hop(
+        self, proxy: ProxyConfig, route: RouteConfig, path: str, method: bytes
+    ) -> Resolution:
+        """A ``hostname`` route: served as if the request had been sent to that host.
+
+        The hostname's proxy gives the target (its own path routes included, hostname routes
+        excepted), its custom headers and its auth; the route stays the one that matched,
+        for the logs. A hostname with no enabled proxy has no target (502): the edge never
+        dials the name itself.
+        """
+        name = _host_only(route.target_value)
+        inner = self.find_proxy(name)
+        if inner is None or not inner.enabled:
+            return Resolution(proxy, route, None, (), ())
+        inner_route = self._match(inner, path, method, hop=True)
+        inner_id = inner_route.route.route_id if inner_route is not None else ""
+        key = (proxy.hostname, route.route_id, inner.hostname, inner_id)
+        found = self._resolved.get(key)
+        if found is None or found.proxy is not inner:
+            found = dataclasses.replace(self._resolution(inner, inner_id), route=route)
             self._resolved[key] = found
         return found
 
@@ -160,7 +203,7 @@ class Router:
         if kind == "port":
             return parse_target(f"http://127.0.0.1:{value}")
         if kind == "hostname":
-            return parse_target(f"http://{value}")
+            return None  # resolved through that host's proxy (_hostname_hop), never dialled
         url = self.urls.get(value)
         if url is None:
             service = self.services.get(value)

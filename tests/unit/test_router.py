@@ -292,16 +292,28 @@ def test_port_target() -> None:
     assert (t.scheme, t.host, t.port, t.base_path) == ("http", "127.0.0.1", 9123, "")
 
 
-def test_hostname_target() -> None:
+def test_hostname_target_is_that_hosts_proxy() -> None:
     router = build(
         proxy("a.test"),
+        proxy("backend.internal", "https://10.0.0.7:8443/app", custom_headers={"X-B": "1"}),
+        proxy("*.wild.test", "http://10.0.0.8:81"),
         route("h", "/h", "hostname", "Backend.Internal:8081"),
-        route("h80", "/n", "hostname", "backend.internal"),
+        route("w", "/w", "hostname", "x.wild.test"),
+        route("gone", "/gone", "hostname", "unknown.test"),
     )
-    t = _target(resolve(router, "a.test", "/h"))
-    assert (t.scheme, t.host, t.port) == ("http", "backend.internal", 8081)
-    t = _target(resolve(router, "a.test", "/n"))
-    assert (t.scheme, t.host, t.port) == ("http", "backend.internal", 80)
+    res = resolve(router, "a.test", "/h")
+    t = _target(res)
+    assert (t.scheme, t.host, t.port, t.base_path) == ("https", "10.0.0.7", 8443, "/app")
+    assert res.proxy.hostname == "backend.internal"  # its headers and auth apply
+    assert res.request_headers == ((b"x-b", b"1"),)
+    assert route_id(res) == "h"  # logged as the route that matched
+    assert _target(resolve(router, "a.test", "/w")).port == 81  # wildcards count
+    # the hop happens once: on backend.internal itself the global route is not followed
+    res = resolve(router, "backend.internal", "/h")
+    assert res.proxy.hostname == "backend.internal"
+    assert _target(res).host == "10.0.0.7"
+    # no proxy for the name: no target (502), never a connection to the name itself
+    assert resolve(router, "a.test", "/gone").target is None
 
 
 def test_url_target_with_base_path() -> None:
