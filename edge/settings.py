@@ -183,6 +183,7 @@ class Settings:
     log_level: str = "INFO"
     proxy_connect_timeout: float = 30.0
     proxy_request_timeout: float = 120.0
+    proxy_total_timeout: float = 0.0  # 0: no cap on a whole exchange
     client_header_timeout: float = 10.0
     client_body_timeout: float = 60.0
     keepalive_timeout: float = 60.0
@@ -232,10 +233,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_LEVEL": ("log_level", _level),
     "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", _seconds),
     "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", _seconds),
+    "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", _optional_seconds),
     "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", _seconds),
     "CLIENT_BODY_TIMEOUT": ("client_body_timeout", _seconds),
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", _seconds),
-    proxy_total_timeout: float = 0.0  # 0: no cap on a whole exchange
     "DRAIN_TIMEOUT": ("drain_timeout", _seconds),
     "LINGER_TIMEOUT": ("linger_timeout", _seconds),
     "LINGER_TIME": ("linger_time", _seconds),
@@ -306,7 +307,6 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-    "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", _optional_seconds),
         elif value[:1] in ("'", '"'):
             # a quoted value followed by a comment: NAME="a b"  # note
             close = value.find(value[0], 1)
