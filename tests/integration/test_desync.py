@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tests.helpers import (
     proxy_doc,
     wait_for,
 )
+from tests.integration.test_live_config import EVIL_PATH, EVIL_PATTERN, STALL_LIMIT
 from tests.integration.test_upstream_pool import ScriptedUpstream, UpConn
 
 HOST = "app.test"
@@ -354,3 +357,49 @@ def test_options_asterisk_keeps_the_asterisk_form(
     doc = echoed(http_request(port, b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\n\r\n"))
     assert doc["method"] == "OPTIONS"
     assert doc["path"] == "*"
+
+
+def test_a_backtracking_regex_route_through_haproxy_does_not_stall_other_hosts(
+    stack: tuple[EdgeProcess, RedisServer], upstream: Upstream, tmp_path: Path
+) -> None:
+    """The regex attack of test_live_config, with HAProxy sharing its connections in front."""
+    edge, redis_db = stack
+    r = redis_db.client()
+    r.set("proxy:evil.test", proxy_doc("evil.test", upstream.url))
+    r.set("proxy:calm.test", proxy_doc("calm.test", upstream.url))
+    r.set(
+        "route:evil",
+        json.dumps(
+            {
+                "route_id": "evil",
+                "path_pattern": EVIL_PATTERN,
+                "is_regex": True,
+                "target_type": "url",
+                "target_value": upstream.url + "/evil",
+                "scope": "proxy",
+                "proxy_hostnames": ["evil.test"],
+            }
+        ),
+    )
+    edge.wait_generation(lambda h: h["proxies"] >= 2 and h["routes"] >= 1)
+    haproxy = haproxy_http(tmp_path / "haproxy", edge.http_port)
+    try:
+        port = haproxy.port("front")
+        answers: dict[str, bytes] = {}
+
+        def ask(host: str, path: str) -> None:
+            raw = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            answers[host] = http_request(port, raw, timeout=3 * STALL_LIMIT)
+
+        started = time.monotonic()
+        evil = threading.Thread(target=ask, args=("evil.test", EVIL_PATH))
+        evil.start()
+        time.sleep(0.1)  # the evil request reaches the worker first
+        ask("calm.test", "/calm")
+        evil.join()
+        elapsed = time.monotonic() - started
+        assert echoed(answers["calm.test"])["path"] == "/calm"
+        assert echoed(answers["evil.test"])["path"] == EVIL_PATH  # no match: the proxy's target
+        assert elapsed <= STALL_LIMIT, f"both answered after {elapsed:.2f}s"
+    finally:
+        haproxy.stop()
