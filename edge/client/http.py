@@ -1,8 +1,17 @@
 """A small JSON client for the admin API (stdlib :mod:`http.client`, no dependency).
 
 Every call has a timeout (``--timeout``, default 10 s) on connecting and on each read, and
-the whole answer must arrive within twice that. Every failure becomes a
-:class:`~edge.client.errors.ClientError` with one line that says what went wrong:
+the whole answer must arrive within twice that, retries included.
+
+An idempotent call (``GET``, ``HEAD``, ``PUT``, ``DELETE``, ``OPTIONS``: RFC 9110 section
+9.2.2) that got no answer at all (the connection refused, reset, or closed before a byte of
+an answer) is tried again, 3 tries in all, after 0.2 s then 0.4 s. ``POST`` and ``PATCH``
+are never retried: the edge may have acted on a request whose answer was lost. Nothing is
+retried once an answer started, whatever its status (a ``503`` is shown, not retried: the
+edge's own are answered after its Redis timeout, and retrying would only multiply the wait).
+
+Every failure becomes a :class:`~edge.client.errors.ClientError` with one line that says
+what went wrong:
 
 * unreachable (refused, timed out, DNS, TLS): ``cannot reach the edge API at URL: reason``
 * ``401``: ``the token was refused (401)``
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import socket
 import ssl
@@ -24,17 +34,26 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from edge import __version__
 from edge.client.errors import ClientError, one_line
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["DEFAULT_TIMEOUT", "Api", "segment"]
 
 DEFAULT_TIMEOUT = 10.0
 MAX_ANSWER = 64 << 20  # far above any admin API answer
 _CHUNK = 65536
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+TRIES = 3
+FIRST_PAUSE = 0.2  # seconds before the second try; doubled before each next one
+# no answer at all: refused, reset, aborted, or closed before the status line
+# (http.client.RemoteDisconnected is a ConnectionResetError)
+_NO_ANSWER = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
 def segment(value: str) -> str:
@@ -44,6 +63,15 @@ def segment(value: str) -> str:
 
 class AnswerTooSlow(TimeoutError):
     """The answer kept coming, but not all of it within twice the timeout."""
+
+
+class NoAnswer(Exception):
+    """The connection failed before any byte of an answer (``cause``): safe to try an
+    idempotent request again."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -66,6 +94,52 @@ def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
     return str(exc) or type(exc).__name__  # pragma: no cover
+
+
+class _Arrival:
+    """Whether a byte of the answer arrived on one connection: after one, the request was
+    read and acted on, so a failure is never retried."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+class _NotingReader(io.RawIOBase):
+    """The socket's raw reader, noting in ``arrival`` the first byte that arrives."""
+
+    def __init__(self, raw: io.RawIOBase, arrival: _Arrival) -> None:
+        super().__init__()
+        self._raw = raw
+        self._arrival = arrival
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None:
+        count = self._raw.readinto(buffer)
+        if count:
+            self._arrival.seen = True
+        return count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _noting_response(arrival: _Arrival) -> type[http.client.HTTPResponse]:
+    """An ``HTTPResponse`` class whose reads note in ``arrival`` that an answer came: a
+    reset while the head is read (``getresponse`` has not returned) is after an answer."""
+
+    class NotingResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            raw = self.fp.detach()  # the socket's reader; nothing was read from it yet
+            assert isinstance(raw, io.RawIOBase)
+            self.fp = io.BufferedReader(_NotingReader(raw, arrival))
+
+    return NotingResponse
 
 
 class Api:
@@ -99,11 +173,20 @@ class Api:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def _exchange(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        deadline: float,
     ) -> tuple[int, str, dict[str, str], bytes]:
+        """One try. Raises :class:`NoAnswer` when it failed before any answer."""
         conn = self._connection()
-        # each socket operation waits at most the timeout; the whole exchange, twice that:
-        # past it the watchdog shuts the socket, which ends any read a trickle keeps alive
+        arrival = _Arrival()
+        conn.response_class = _noting_response(arrival)
+        # each socket operation waits at most the timeout; the whole call, up to
+        # ``deadline``: past it the watchdog shuts the socket, which ends any read a
+        # trickle keeps alive
         expired = threading.Event()
 
         def expire() -> None:
@@ -113,7 +196,7 @@ class Api:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-        watchdog = threading.Timer(2 * self.timeout, expire)
+        watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -130,13 +213,41 @@ class Api:
                 raise AnswerTooSlow()
             found = {k.lower(): v for k, v in resp.getheaders()}
             return resp.status, resp.reason, found, b"".join(chunks)
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as exc:
             if expired.is_set():
                 raise AnswerTooSlow() from None
+            if not arrival.seen and isinstance(exc, _NO_ANSWER):
+                raise NoAnswer(exc) from None
             raise
         finally:
             watchdog.cancel()
             conn.close()
+
+    def _tries(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str, dict[str, str], bytes]:
+        """The exchange, tried again (idempotent methods only) while no answer comes, as
+        long as the next try can start within twice the timeout of the first."""
+        deadline = time.monotonic() + 2 * self.timeout
+        pause = FIRST_PAUSE
+        tries = TRIES if method in IDEMPOTENT else 1
+        for attempt in range(1, tries + 1):
+            try:
+                return self._exchange(method, target, body, headers, deadline)
+            except NoAnswer as failure:
+                last = attempt == tries or time.monotonic() + pause >= deadline
+                if last:
+                    raise failure.cause from None
+                if self.debug:
+                    reason = _reason(failure.cause, self.timeout)
+                    print(
+                        f"edge: debug: {method} {self.base_url}{target[len(self.prefix) :]}: "
+                        f"{reason} (try {attempt} of {tries}, again in {pause:g}s)",
+                        file=sys.stderr,
+                    )
+                time.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def call(
         self,
@@ -170,7 +281,7 @@ class Api:
             headers["Content-Type"] = "application/json"
         started = time.monotonic()
         try:
-            status, reason, answer_headers, raw = self._exchange(method, target, data, headers)
+            status, reason, answer_headers, raw = self._tries(method, target, data, headers)
         except ClientError:
             raise
         except ValueError:

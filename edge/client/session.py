@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import sys
 from typing import Any
 
@@ -24,7 +25,18 @@ from edge.client.errors import ClientError
 from edge.client.http import Api
 from edge.client.output import Column
 
-__all__ = ["add_session_parsers"]
+__all__ = ["add_session_parsers", "looks_like_pat"]
+
+# A personal access token is edge_{8 base58}_{33 base58} (edge.auth.pat, not imported here:
+# it loads Argon2, which the client never needs); an admin token has no second underscore.
+_PAT_SHAPE = re.compile(r"\Aedge_[1-9A-HJ-NP-Za-km-z]{8}_[1-9A-HJ-NP-Za-km-z]{33}\Z")
+TOKEN_INFO = "/api/v1/tokens/info"  # who an admin API token is
+PAT_ME = "/public-api/me"  # who a personal access token is
+
+
+def looks_like_pat(token: str) -> bool:
+    """Whether ``token`` has the shape of a personal access token."""
+    return _PAT_SHAPE.match(token) is not None
 
 
 def _read_token(value: str) -> str:
@@ -61,6 +73,26 @@ def _profile(doc: dict[str, Any], name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- login, logout
 
 
+def _whoami(api: Api, token: str) -> str:
+    """Ask the edge who ``token`` is, where that kind of token may ask (401: refused).
+
+    A personal access token opens the public API only, so it is checked with
+    ``/public-api/me``; an API token (the admin's or another) with ``/api/v1/tokens/info``.
+    """
+    if looks_like_pat(token):
+        me = api.call("GET", PAT_ME)
+        if not isinstance(me, dict):
+            return "personal access token accepted"
+        user, project = me.get("user") or {}, me.get("project") or {}
+        return (
+            f"as {user.get('email')} in project {project.get('name')!r} ({me.get('role')}) "
+            "with a personal access token"
+        )
+    info = api.call("GET", TOKEN_INFO)
+    name = info.get("name") if isinstance(info, dict) else None
+    return f"as token {name!r}" if name else "token accepted"
+
+
 def login(ctx: Context) -> int:
     base = resolve(
         ctx.env,
@@ -84,9 +116,7 @@ def login(ctx: Context) -> int:
     who = "token not checked (--no-verify)"
     if not ctx.args.no_verify:
         api = Api(base.api_url, token, timeout=ctx.option("timeout", 10.0), debug=ctx.debug)
-        info = api.call("GET", "/api/v1/tokens/info")
-        name = info.get("name") if isinstance(info, dict) else None
-        who = f"as token {name!r}" if name else "token accepted"
+        who = _whoami(api, token)
     doc = read_config(base.config_path, warn=False)
     profile = _profile(doc, base.profile)
     profile["api_url"] = base.api_url
@@ -189,7 +219,8 @@ def add_session_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     log_in = command(
         sub,
         "login",
-        "check a token against an edge and save both in a profile of the config file",
+        "check a token (an API token or a personal access token) against an edge and "
+        "save both in a profile of the config file",
         login,
         common,
     )

@@ -31,6 +31,7 @@ import pytest
 import trustme
 
 from edge.auth.secrets import new_admin_token
+from tests.api_client import call as api_call
 from tests.helpers import ROOT, EdgeProcess, Upstream, free_port, http_request, wait_for
 
 Done = subprocess.CompletedProcess[str]
@@ -303,6 +304,46 @@ def test_login_writes_a_0600_file_and_no_command_prints_the_token(
     assert "readable by others" in warned.stderr and admin not in warned.stderr
     ok(cli(f"config set api_url {url(api)}", env=env))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_login_with_a_personal_access_token(api: EdgeProcess, admin: str, home: Path) -> None:
+    port = api.api_port
+    # a user, a project, a membership and a PAT, through the API
+    body = {"name": "Ann", "email": "ann@example.com"}
+    uid = api_call(port, "POST", "/api/v1/users/", admin, body).doc["id"]
+    pid = api_call(port, "POST", "/api/v1/projects/", admin, {"name": "shop"}).doc["id"]
+    member = {"role": "maintainer", "accepted": True}
+    api_call(port, "PUT", f"/api/v1/projects/{pid}/members/{uid}", admin, member)
+    tokens = f"/api/v1/projects/{pid}/tokens"
+    pat = api_call(port, "POST", tokens, admin, {"user_id": uid, "name": "laptop"}).data
+    token = pat["token"]
+
+    env = cli_env(home)
+    path = config_file(home)
+    done = cli(f"login --api-url {url(api)} --token -", env=env, stdin=token + "\n")
+    out = ok(done)
+    assert "as ann@example.com in project 'shop' (maintainer)" in out, out
+    assert token not in out + done.stderr
+    saved = tomllib.loads(path.read_text())
+    assert saved["profiles"]["default"] == {"api_url": url(api), "token": token}
+    # later commands send it
+    me = as_json(cli("pat me -o json", env=env))
+    assert me["user"]["id"] == uid and me["project"]["id"] == pid
+    # it opens no admin endpoint: a PAT is checked where a PAT can be used
+    assert "(401)" in failed(cli("token info", env=env))
+
+    # a mistyped PAT and a revoked one are refused, and not saved
+    mistyped = token[:-1] + ("2" if token[-1] != "2" else "3")
+    for wrong in (mistyped, "revoked"):
+        if wrong == "revoked":
+            revoked = api_call(port, "DELETE", f"{tokens}/{pat['id']}?user_id={uid}", admin)
+            assert revoked.status == 200, revoked.raw
+            wrong = token
+        refused = cli(f"login --profile other --api-url {url(api)} --token -", env=env, stdin=wrong)
+        assert "(401)" in failed(refused)
+        assert "other" not in tomllib.loads(path.read_text())["profiles"]
+    # an admin token is still checked against the token endpoint
+    assert "as token 'admin'" in ok(cli(f"login --api-url {url(api)} --token {admin}", env=env))
 
 
 # ---------------------------------------------------------------------------- tokens
