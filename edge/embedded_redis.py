@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.settings import RedisTarget
+
 log = logging.getLogger("edge.redis")
 
 START_TIMEOUT = 10.0
@@ -142,7 +144,7 @@ class SeedError(RuntimeError):
     """The seed file cannot be read or applied; the message says why, without secrets."""
 
 
-def seed(url: str, path: str) -> int:
+def seed(redis_target: RedisTarget, path: str) -> int:
     """Write the keys of a seed file (``{"keys": {key: value}}``) that do not exist yet."""
     import json
 
@@ -157,7 +159,9 @@ def seed(url: str, path: str) -> int:
         raise SeedError(f'seed file {path}: expected a JSON object {{"keys": {{key: value}}}}')
     import redis  # only a seed file needs it in the supervisor
 
-    client = redis.Redis.from_url(url, socket_timeout=5)
+    client = redis.Redis.from_url(
+        redis_target.url, socket_timeout=5, **redis_target.client_kwargs()
+    )
     written = 0
     try:
         for key, value in keys.items():

@@ -78,6 +78,12 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _secret_text(raw: str) -> str | None:
+    # a Redis password may hold any character; only the surrounding whitespace an env
+    # file or a shell leaves is dropped, as for every other setting
+    return raw.strip() or None
+
+
 def _loop(raw: str) -> str:
     value = raw.strip().lower()
     if value not in {"uvloop", "asyncio"}:
@@ -108,6 +114,49 @@ def redact_url(url: str) -> str:
             parts.append(f"{name}=***" if eq and secret else item)
         query = "&".join(parts)
     return f"{scheme}://{userinfo}{location}{qsep}{query}"
+
+
+def _url_credentials(url: str) -> tuple[bool, bool]:
+    """Whether ``url`` carries a username, a password: where redis-py finds them (the
+    userinfo, or ``?username=``/``?password=``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    return bool(parts.username or query.get("username")), bool(
+        parts.password or query.get("password")
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A Redis to connect to and how to log in: every client the edge makes starts here.
+
+    The credentials of ``REDIS_USERNAME``/``REDIS_PASSWORD`` travel as client arguments,
+    never inside :attr:`url`, so the URL stays fit to print; ``str()`` and ``repr()``
+    also hide a password that the URL itself carries.
+    """
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+
+    def client_kwargs(self) -> dict[str, str]:
+        """``username``/``password`` for ``Redis.from_url`` (only those that are set)."""
+        kwargs = {}
+        if self.username is not None:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password
+        return kwargs
+
+    def __str__(self) -> str:
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        password = "<redacted>" if self.password is not None else "None"
+        return (
+            f"RedisTarget(url={redact_url(self.url)!r}, username={self.username!r}, "
+            f"password={password})"
+        )
 
 
 def _bool(raw: str) -> bool:
@@ -175,6 +224,9 @@ class Settings:
     """Immutable static settings of one edge process."""
 
     redis_url: str | None = None
+    redis_username: str | None = None
+    # secret: kept out of repr, like admin_token
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
     server_host: str = "0.0.0.0"
     http_port: int = 80
     api_host: str = "127.0.0.1"
@@ -221,10 +273,31 @@ class Settings:
     # secret: kept out of repr (and so out of any log line or traceback that prints Settings)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # the generated repr, less the secrets (repr=False) and a password in REDIS_URL
+        shown = []
+        for field in dataclasses.fields(self):
+            if field.repr:
+                value = getattr(self, field.name)
+                if field.name == "redis_url" and value is not None:
+                    value = redact_url(value)
+                shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def redis_target(self, url: str | None = None) -> RedisTarget:
+        """The Redis at ``url`` (default ``REDIS_URL``; the embedded server's socket is
+        the other), logged in with ``REDIS_USERNAME``/``REDIS_PASSWORD``."""
+        url = url if url is not None else self.redis_url
+        if url is None:
+            raise ValueError("REDIS_URL is not set")
+        return RedisTarget(url, self.redis_username, self.redis_password)
+
 
 # variable name -> (field, parser)
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", _redis_url),
+    "REDIS_USERNAME": ("redis_username", _optional_text),
+    "REDIS_PASSWORD": ("redis_password", _secret_text),
     "SERVER_HOST": ("server_host", _host),
     "HTTP_PORT": ("http_port", _int(0, 65535)),
     "API_HOST": ("api_host", _host),
@@ -267,7 +340,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 #: Variables whose values are never shown, not even in an error about them.
-SECRET_NAMES = frozenset({"ADMIN_TOKEN"})
+SECRET_NAMES = frozenset({"ADMIN_TOKEN", "REDIS_PASSWORD"})
 
 ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)
 
@@ -287,7 +360,44 @@ def load_settings(env: Mapping[str, str], **overrides: Any) -> Settings:
             shown = redact_url(raw) if name == "REDIS_URL" else raw
             raise SettingsError(f"{name}={shown!r}: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _check_redis_credentials(values)
     return Settings(**values)
+
+
+def _check_redis_credentials(values: Mapping[str, Any]) -> None:
+    """Refuse a username or password given twice, or given for no Redis at all.
+
+    Twice (in ``REDIS_URL`` and in its own setting) is refused rather than resolved by a
+    precedence rule: a deployment that changes one of the two places would keep logging
+    in with the other, and which one is used would be a surprise either way.
+    """
+    url = values.get("redis_url")
+    given = [
+        (name, field)
+        for name, field in (
+            ("REDIS_USERNAME", "redis_username"),
+            ("REDIS_PASSWORD", "redis_password"),
+        )
+        if values.get(field) is not None
+    ]
+    if not given:
+        return
+    if url is None:
+        names = " and ".join(name for name, _ in given)
+        raise SettingsError(
+            f"{names} {'is' if len(given) == 1 else 'are'} set but REDIS_URL is not: without "
+            "REDIS_URL the edge runs its own Redis, which has no users or password; set "
+            "REDIS_URL to the Redis these credentials are for"
+        )
+    has_username, has_password = _url_credentials(url)
+    for name, field in given:
+        twice = has_username if field == "redis_username" else has_password
+        if twice:
+            part = "username" if field == "redis_username" else "password"
+            raise SettingsError(
+                f"{name} is set and REDIS_URL={redact_url(url)!r} carries a {part} too: "
+                f"give the {part} in one place only"
+            )
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:

@@ -47,7 +47,7 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(settings, self.loop, worker_id)
-        self.watcher = ConfigWatcher(settings.redis_url, settings.config_resync_interval)
+        self.watcher = ConfigWatcher(settings.redis_target(), settings.config_resync_interval)
         self.pool = UpstreamPool(
             self.loop,
             settings.upstream_idle_limit,
@@ -58,7 +58,7 @@ class Worker:
             self.pool, settings.proxy_request_timeout, settings.proxy_total_timeout
         )
         # the API's own Redis client (commands with deadlines), created on first use
-        self.tokens = TokenStore(RedisHandle(settings.redis_url))
+        self.tokens = TokenStore(RedisHandle(settings.redis_target()))
         self.api = ApiApp(self.health, self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
@@ -310,7 +310,7 @@ class Worker:
         tls = self.tls
         with contextlib.suppress(Exception):
             await asyncio.wait_for(tls.settled(), FIRST_SYNC_WAIT)
-        client = redis_client(self.settings.redis_url)
+        client = redis_client(self.settings.redis_target())
         try:
             await asyncio.wait_for(tls.load_default(client), FIRST_SYNC_WAIT * 2)
         except Exception as exc:  # serve configured certificates; retry the default later
@@ -327,7 +327,7 @@ class Worker:
         while self.tls.default is None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-            client = redis_client(self.settings.redis_url)
+            client = redis_client(self.settings.redis_target())
             try:
                 await self.tls.load_default(client)
                 log.info("default certificate loaded")

@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from edge.config.watcher import redis_client
+from edge.settings import RedisTarget
 
 __all__ = [
     "REDIS_TIMEOUT",
@@ -43,14 +44,14 @@ class TooMuchContention(RedisError):
 class RedisHandle:
     """One lazily created asyncio Redis client per worker (``decode_responses=False``)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, redis: RedisTarget) -> None:
+        self.redis = redis
         self._client: aioredis.Redis | None = None
 
     @property
     def client(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = redis_client(self.url)
+            self._client = redis_client(self.redis)
         return self._client
 
     async def close(self) -> None:

@@ -10,13 +10,13 @@ from edge.config.redis_source import WrongType, scan_all
 from edge.config.schema import ConfigError, decode_item
 from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
-from edge.settings import Settings, redact_url
+from edge.settings import RedisTarget, Settings, redact_url
 from edge.tls.material import CertRecord, validate_record
 
 
-async def check_redis(url: str, out: TextIO) -> int:
+async def check_redis(redis: RedisTarget, out: TextIO) -> int:
     """Decode every config key; print each problem with its key and field. Returns count."""
-    client = redis_client(url)
+    client = redis_client(redis)
     try:
         values = await scan_all(client)
     finally:
@@ -53,7 +53,7 @@ def run_check(settings: Settings, out: TextIO = sys.stdout) -> int:
             return 0
         url = socket_url(settings.state_dir)
     try:
-        problems = asyncio.run(check_redis(url, out))
+        problems = asyncio.run(check_redis(settings.redis_target(url), out))
     except Exception as exc:  # any connection failure is a check failure, said plainly
         print(f"error: redis at {redact_url(url)}: {exc}", file=out)
         return 1

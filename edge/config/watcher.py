@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from edge.config.redis_source import fetch, scan_all
 from edge.config.snapshot import Snapshot, apply, resync_updates
+from edge.settings import RedisTarget
 
 log = logging.getLogger("edge.config")
 
@@ -46,21 +47,22 @@ def merge_flags(current: str) -> str | None:
     return current + "".join(missing)
 
 
-def redis_client(url: str) -> aioredis.Redis:
+def redis_client(redis: RedisTarget) -> aioredis.Redis:
     options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry_on_timeout": False}
-    if not url.startswith("unix://"):
+    if not redis.url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
-    return aioredis.Redis.from_url(url, **options)
+    options.update(redis.client_kwargs())
+    return aioredis.Redis.from_url(redis.url, **options)
 
 
 class ConfigWatcher:
     def __init__(
         self,
-        url: str,
+        redis: RedisTarget,
         resync_interval: float,
         on_change: Callable[[Snapshot], None] | None = None,
     ) -> None:
-        self.url = url
+        self.redis = redis
         self.resync_interval = resync_interval
         self.snapshot = Snapshot()
         # called with every snapshot installed (e.g. the TLS store rebuilding contexts)
@@ -112,7 +114,7 @@ class ConfigWatcher:
     async def run(self) -> None:
         backoff = BACKOFF_START
         while True:
-            client = redis_client(self.url)
+            client = redis_client(self.redis)
             try:
                 await self._session(client)
             except asyncio.CancelledError:

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, WatchError
 from edge.config.schema import ConfigError
 from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
-from edge.settings import SettingsError, environment, load_settings, redact_url
+from edge.settings import RedisTarget, SettingsError, environment, load_settings, redact_url
 from edge.tls.contexts import server_context
 from edge.tls.material import (
     CERT_DOMAIN_PREFIX,
@@ -101,7 +101,7 @@ def run_cert(args: argparse.Namespace) -> int:
         return exc.status
 
 
-def _redis_url(env_file: str | None) -> str:
+def _redis_target(env_file: str | None) -> RedisTarget:
     try:
         env = environment(env_file)
     except SettingsError as exc:
@@ -111,21 +111,22 @@ def _redis_url(env_file: str | None) -> str:
     except SettingsError as exc:
         raise CliError(f"invalid setting: {exc}", 2) from None
     if settings.redis_url is not None:
-        return settings.redis_url
+        return settings.redis_target()
     if not socket_path(settings.state_dir).exists():
         raise CliError(
             "REDIS_URL is not set and the embedded redis is not running (no socket at "
             f"{socket_path(settings.state_dir)}); start the edge or set REDIS_URL"
         )
-    return socket_url(settings.state_dir)
+    return settings.redis_target(socket_url(settings.state_dir))
 
 
 def _run(work: Work, args: argparse.Namespace) -> int:
     """Run ``work(client)`` against the configured Redis; the exit status."""
-    url = _redis_url(args.env_file)
+    redis = _redis_target(args.env_file)
+    url = redis.url
 
     async def main() -> int:
-        client = redis_client(url)
+        client = redis_client(redis)
         try:
             await client.ping()
             return await work(client)

@@ -17,6 +17,7 @@ from edge.api import people_auth
 from edge.api.people_auth import LastUsedFlusher
 from edge.api.people_store import PatRecord, decode_pat, last_used_key, new_id, pat_key
 from edge.api.redis_store import RedisHandle
+from edge.settings import RedisTarget
 from tests.helpers import RedisServer
 
 USED = "2026-01-02T03:04:05Z"
@@ -49,7 +50,7 @@ def stored(redis_db: RedisServer) -> Iterator[str]:
 
 def flush_once(redis_db: RedisServer) -> int | None:
     async def run() -> int | None:
-        handle = RedisHandle(redis_db.url)
+        handle = RedisHandle(RedisTarget(redis_db.url))
         try:
             return await LastUsedFlusher(handle, interval=3600).flush()
         finally:

@@ -604,12 +604,13 @@ def test_argon2_threads_yield_the_core_to_the_event_loop() -> None:
     """The worker's Argon2 pool runs below the loop's priority; the caller keeps its own."""
     from edge.api.people_auth import ARGON2_NICE, PeopleContext
     from edge.api.redis_store import RedisHandle
+    from edge.settings import RedisTarget
 
     def nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     before = nice()
-    context = PeopleContext(RedisHandle("redis://127.0.0.1:1/0"), 1.0)
+    context = PeopleContext(RedisHandle(RedisTarget("redis://127.0.0.1:1/0")), 1.0)
     try:
         in_pool = {context.executor.submit(nice).result(timeout=5) for _ in range(8)}
     finally:

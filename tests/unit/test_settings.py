@@ -12,6 +12,7 @@ import pytest
 
 from edge.settings import (
     ENV_NAMES,
+    RedisTarget,
     Settings,
     SettingsError,
     environment,
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # variable -> (Settings field, built-in default), as documented for existing deployments
 EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "REDIS_URL": ("redis_url", None),
+    "REDIS_USERNAME": ("redis_username", None),
+    "REDIS_PASSWORD": ("redis_password", None),
     "SERVER_HOST": ("server_host", "0.0.0.0"),
     "HTTP_PORT": ("http_port", 80),
     "API_HOST": ("api_host", "127.0.0.1"),
@@ -263,6 +266,87 @@ def test_admin_token_is_never_shown() -> None:
         load_settings({"ADMIN_TOKEN": bad})
     assert str(info.value).startswith("ADMIN_TOKEN=<redacted>: ")
     assert token not in str(info.value)
+
+
+# ---------------------------------------------------------------- Redis credentials
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def test_redis_credentials_are_client_arguments_not_part_of_the_url() -> None:
+    s = load_settings(
+        {"REDIS_URL": REDIS, "REDIS_USERNAME": " edge ", "REDIS_PASSWORD": "p@ss:w/rd"}
+    )
+    target = s.redis_target()
+    assert target.url == REDIS
+    assert target.client_kwargs() == {"username": "edge", "password": "p@ss:w/rd"}
+    only_password = load_settings({"REDIS_URL": REDIS, "REDIS_PASSWORD": "pw"}).redis_target()
+    assert only_password.client_kwargs() == {"password": "pw"}
+    assert load_settings({"REDIS_URL": REDIS}).redis_target().client_kwargs() == {}
+
+
+def test_redis_target_of_another_url_keeps_the_credentials() -> None:
+    s = load_settings({"REDIS_URL": REDIS, "REDIS_PASSWORD": "pw"})
+    other = s.redis_target("unix:///run/edge/redis.sock")
+    assert other == RedisTarget("unix:///run/edge/redis.sock", None, "pw")
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        load_settings({}).redis_target()
+
+
+def test_redis_password_is_never_shown() -> None:
+    s = load_settings({"REDIS_URL": REDIS, "REDIS_USERNAME": "edge", "REDIS_PASSWORD": "hunter2"})
+    target = s.redis_target()
+    for text in (repr(s), str(s), repr(target), str(target)):
+        assert "hunter2" not in text
+    assert "edge" in repr(target)
+
+
+def test_settings_repr_redacts_a_password_in_redis_url() -> None:
+    s = load_settings({"REDIS_URL": "redis://admin:hunter2@10.0.0.1:6379/0"})
+    assert s.redis_url == "redis://admin:hunter2@10.0.0.1:6379/0"
+    for text in (repr(s), repr(s.redis_target()), str(s.redis_target())):
+        assert "hunter2" not in text
+        assert "redis://admin:***@10.0.0.1:6379/0" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "names"),
+    [
+        ("redis://:hunter1@127.0.0.1:6379/0", {"REDIS_PASSWORD": "hunter2"}, "REDIS_PASSWORD"),
+        ("redis://u:hunter1@127.0.0.1/0", {"REDIS_PASSWORD": "hunter2"}, "REDIS_PASSWORD"),
+        ("redis://127.0.0.1/0?password=hunter1", {"REDIS_PASSWORD": "hunter2"}, "REDIS_PASSWORD"),
+        ("unix:///run/r.sock?password=hunter1", {"REDIS_PASSWORD": "hunter2"}, "REDIS_PASSWORD"),
+        ("redis://ann@127.0.0.1/0", {"REDIS_USERNAME": "bob"}, "REDIS_USERNAME"),
+        ("redis://127.0.0.1/0?username=ann", {"REDIS_USERNAME": "bob"}, "REDIS_USERNAME"),
+        # the same password twice is still two places to change it
+        ("redis://:hunter2@127.0.0.1:6379/0", {"REDIS_PASSWORD": "hunter2"}, "REDIS_PASSWORD"),
+    ],
+)
+def test_credentials_in_both_redis_url_and_a_setting_are_refused(
+    url: str, env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"REDIS_URL": url, **env})
+    message = str(info.value)
+    assert message.startswith(f"{names} ") and "REDIS_URL" in message
+    assert "hunter1" not in message and "hunter2" not in message
+
+
+def test_username_in_the_url_and_password_from_the_setting_combine() -> None:
+    s = load_settings({"REDIS_URL": "redis://ann@127.0.0.1/0", "REDIS_PASSWORD": "pw"})
+    assert s.redis_target().client_kwargs() == {"password": "pw"}
+    s = load_settings({"REDIS_URL": "redis://:pw@127.0.0.1/0", "REDIS_USERNAME": "ann"})
+    assert s.redis_target().client_kwargs() == {"username": "ann"}
+
+
+@pytest.mark.parametrize("name", ["REDIS_PASSWORD", "REDIS_USERNAME"])
+def test_redis_credentials_without_redis_url_are_refused(name: str) -> None:
+    # without REDIS_URL the edge runs its own Redis, which has no users nor password:
+    # more likely a forgotten REDIS_URL than something to ignore
+    with pytest.raises(SettingsError) as info:
+        load_settings({name: "hunter2"})
+    assert str(info.value).startswith(f"{name} ")
+    assert "REDIS_URL" in str(info.value) and "hunter2" not in str(info.value)
 
 
 def test_redact_url_keeps_urls_without_secrets() -> None:
