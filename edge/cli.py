@@ -6,11 +6,16 @@ and the client commands that call an edge's admin API (:mod:`edge.client`: ``log
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING
 
 from edge import __version__
 from edge.settings import Settings, SettingsError, environment, load_settings
 from edge.tls.cli_parser import add_cert_parser
+
+if TYPE_CHECKING:
+    from edge.env_typos import UnknownSetting
 
 SERVER_COMMANDS = ("serve", "check", "cert", "worker")
 
@@ -38,12 +43,33 @@ def _parser(with_client: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _log_unknown_settings(env_file: str | None) -> None:
+    """One warning per variable that looks like a mistyped setting (the supervisor's only:
+    workers read the same environment)."""
+    import logging
+
+    log = logging.getLogger("edge.settings")
+    for unknown in _unknown_settings(env_file):
+        fields = {
+            "variable": unknown.name,
+            "suggestion": unknown.suggestion,
+            "source": unknown.source or "environment",
+        }
+        log.warning(str(unknown), extra={"fields": fields})
+
+
 def _settings(env: dict[str, str], **overrides: object) -> Settings:
     try:
         return load_settings(env, **overrides)
     except SettingsError as exc:
         print(f"edge: invalid setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _unknown_settings(env_file: str | None) -> list[UnknownSetting]:
+    from edge.env_typos import unknown_settings
+
+    return unknown_settings(os.environ, env_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         from edge.config.check import run_check
 
         settings = _settings(env)
+        for unknown in _unknown_settings(args.env_file):
+            print(f"warning: {unknown}")
         return run_check(settings)
     if args.workers is not None and args.workers < 1:
         print("edge: invalid setting: --workers must be >= 1", file=sys.stderr)
         return 2
     settings = _settings(env, workers=args.workers, seed_file=args.seed)
     setup_logging(settings.log_level)
+    _log_unknown_settings(args.env_file)
     from edge.embedded_redis import EmbeddedRedisError, SeedError
     from edge.supervisor import Supervisor
 
