@@ -1,8 +1,9 @@
 """One worker process: its own uvloop loop, listeners, config watcher and upstream pool.
 
 Shutdown (SIGTERM, or a first SIGINT) drains: stop accepting, ``Connection: close`` on
-the next responses, close idle keep-alives, wait for in-flight exchanges up to
-``DRAIN_TIMEOUT``, then abort what is left. A second SIGINT exits at once.
+the next responses, close idle keep-alives after ``DRAIN_IDLE_GRACE`` (lingeringly), wait
+for in-flight exchanges up to ``DRAIN_TIMEOUT``, then abort what is left. A second SIGINT
+exits at once.
 """
 
 from __future__ import annotations
@@ -229,8 +230,12 @@ class Worker:
             listener.close()
         self.hub.start_drain()
         deadline = self.loop.time() + self.settings.drain_timeout
-        while self.hub.connections and self.loop.time() < deadline:  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            self.hub.connections or any(listener.busy for listener in self.proxy_listeners)
+        ) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        for listener in self.proxy_listeners:
+            listener.abort()
         for conn in list(self.hub.connections):
             conn.abort()
         self.pool.close_all()

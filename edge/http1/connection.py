@@ -66,6 +66,9 @@ class _Deadline(enum.Enum):
 # at most this much is read and dropped while lingering: far more than a client sends
 # before it notices the answer, and a bound on what one that never stops can cost
 LINGER_MAX_BYTES = 64 * 1024 * 1024
+# an idle connection we close owes the client nothing: its linger only has to absorb a
+# request that crossed our FIN, which arrives within a round trip
+IDLE_LINGER = 1.0
 
 
 _EMPTY_LINE_START = (b"\r", b"\n")
@@ -174,14 +177,15 @@ class HttpConnection(asyncio.Protocol):
             cast(asyncio.Transport, transport).abort()  # nothing sent
             return
         self.hub.connections.add(self)
-        if self.hub.draining:
-            transport.close()
-            return
         if stage is not None:
             self._pp_buf = b""
             self._arm(_Deadline.PROXY, stage.timeout)
             return
         self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
+        if self.hub.draining:
+            # accepted as the listeners closed: the client may already have sent its
+            # request, which is served (with Connection: close) like on an idle connection
+            self.drain()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -594,9 +598,9 @@ class HttpConnection(asyncio.Protocol):
             # MUST_CLOSE, or the request body was never read: no keep-alive
             self._close()
             return
-        if self.hub.draining:
-            self._close()
-            return
+        # still keep-alive while draining: this answer's head left before the drain began
+        # and promised the client it may send again, perhaps at once; the connection is
+        # idle now and gets the drain's grace like the others
         conn.start_next_cycle()
         self.guard.reset()
         leftover, closed = conn.trailing_data
@@ -621,23 +625,33 @@ class HttpConnection(asyncio.Protocol):
             return
         else:
             self._arm(_Deadline.KEEPALIVE, self.hub.settings.keepalive_timeout)
+            if self.hub.draining:
+                self.drain()
         self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
         if leftover:
             self._drive()
 
     def drain(self) -> None:
-        """Called when the worker starts draining: idle connections close now."""
-        if self._lingering:
-            return  # already closing, within its own bounds
-        if self.current is None and self._tunnel is None and self.transport is not None:
-            if self._deadline is not _Deadline.HEAD:
-                self.transport.close()
+        """The worker is draining: an idle connection closes after DRAIN_IDLE_GRACE.
+
+        Closing an idle keep-alive connection at once resets the request a client may
+        have sent on it just before (RFC 9112 §9.3.1 leaves the retry to the client, and
+        one that is not idempotent cannot be retried). So, like HAProxy's
+        idle-close-on-response, a request arriving within the grace is served with
+        ``Connection: close`` (``_last_response``), and the connection closes after it;
+        only a connection still idle then is closed, lingeringly (``_close``). A partial
+        head is served the same way; a PROXY header keeps its own deadline.
+        """
+        if self._deadline in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
+            grace = self.hub.settings.drain_idle_grace
+            if self.hub.loop.time() + grace < self._deadline_at:
+                self._arm(self._deadline, grace)
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
-    def _close(self) -> None:
+    def _close(self, idle: bool = False) -> None:
         """Close after our last answer without letting a reset destroy it (RFC 9112 §9.6).
 
         A socket closed with unread bytes, or that receives more afterwards, makes the
@@ -648,18 +662,25 @@ class HttpConnection(asyncio.Protocol):
         the client closes its side, after LINGER_TIMEOUT without a byte or LINGER_TIME in
         all, or after LINGER_MAX_BYTES (nginx's lingering_close). TLS cannot half-close:
         there the connection only keeps reading within the same bounds.
+
+        ``idle``: no request in progress (keep-alive timeout, drain): the linger lasts
+        IDLE_LINGER at most, so that a drain does not wait on clients that leave a closed
+        pooled connection alone. Over TLS, the close_notify of a plain close tells the
+        client as a FIN would, and the TLS layer keeps reading until the client's own; a
+        request racing it is dropped either way.
         """
         transport = self.transport
         if transport is None or self._lingering or transport.is_closing():
             return
-        if not self._client_may_send():
+        if not self._client_may_send() or (idle and not transport.can_write_eof()):
+            self._lingering = idle  # nothing more is parsed
             transport.close()
             return
         self._lingering = True
         s = self.hub.settings
         now = self.hub.loop.time()
         self._activity = now
-        self._arm(_Deadline.LINGER, s.linger_time)
+        self._arm(_Deadline.LINGER, min(s.linger_time, IDLE_LINGER) if idle else s.linger_time)
         self._timer.wake_by(now + s.linger_timeout)
         if transport.can_write_eof():
             transport.write_eof()  # once the buffered answer is out
@@ -737,7 +758,7 @@ class HttpConnection(asyncio.Protocol):
         elif kind is _Deadline.HEAD:
             self._reject(RequestTimeout("request head not complete in time"))
         elif kind in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
-            self.transport.close()
+            self._close(idle=True)
         elif kind is _Deadline.PROXY:
             self._proxy_refused("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
         elif kind is _Deadline.LINGER:

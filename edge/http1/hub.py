@@ -46,7 +46,8 @@ class Hub:
         return f"{self._prefix}{next(self._ids):08x}"
 
     def start_drain(self) -> None:
-        """Stop keep-alive everywhere: idle connections close now, busy ones after a response."""
+        """Stop keep-alive everywhere: busy connections close after their response, idle
+        ones after DRAIN_IDLE_GRACE (a request arriving first is served)."""
         self.draining = True
         for conn in list(self.connections):
             conn.drain()

@@ -133,11 +133,20 @@ class ProxyListener:
         self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting; connections still reading their header are dropped."""
+        """Stop accepting. A connection still reading its header goes on (within
+        PROXY_PROTOCOL_TIMEOUT): a draining worker serves its request like any other."""
         if self._serving:
             self._serving = False
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
+
+    @property
+    def busy(self) -> bool:
+        """Connections accepted that have no HTTP connection yet (header, TLS handshake)."""
+        return bool(self.pending or self.tasks)
+
+    def abort(self) -> None:
+        """Drop the connections still reading their header (a drain that ran out of time)."""
         for pending in list(self.pending):
             pending.drop()
 

@@ -7,17 +7,21 @@ not a timing guess.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 
+from tests.haproxy import HAProxy, Listen
 from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
 
 HOST = "app.test"
@@ -111,6 +115,16 @@ class Client:
         except (OSError, ValueError, IndexError, KeyError) as exc:
             return Outcome(error=type(exc).__name__, received=received[0])
         return Outcome(response=response, finished_at=time.monotonic())
+
+    def peer_closed(self) -> bool:
+        """Without waiting: has the edge closed this idle connection (EOF or reset)?"""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def closed_by_peer(self, timeout: float) -> bool:
         """True when the edge closes the connection within ``timeout`` (EOF or reset)."""
@@ -221,6 +235,35 @@ def test_request_head_in_progress_at_sigterm_is_served(
     assert edge.proc.wait(timeout=10) == 0
     for client in (partial, probe, idle):
         client.close()
+
+
+def test_an_idle_connection_is_served_during_the_drain_grace_then_closed(
+    edge_factory: Callable[..., EdgeProcess], redis_db: RedisServer, gated: GatedUpstream
+) -> None:
+    gated.gate.set()
+    edge = edge_factory(DRAIN_TIMEOUT=10, DRAIN_IDLE_GRACE=3)
+    configure(redis_db, gated, edge)
+    assert edge.proc is not None
+    late, idle = Client(edge.http_port), Client(edge.http_port)
+    for client in (late, idle):
+        warm = client.request("/warm-up")
+        assert warm.response is not None and warm.response.status == 200
+        assert warm.response.headers.get("connection", "").lower() != "close"
+    signalled = time.monotonic()
+    edge.signal(signal.SIGTERM)
+    wait_for(lambda: refused(edge.http_port), timeout=5)  # the drain has begun
+    # a request on an idle connection within the grace: served, and the last one
+    outcome = late.request("/late")
+    assert outcome.response is not None, outcome
+    assert outcome.response.status == 200 and outcome.response.body == b"done /late"
+    assert outcome.response.headers.get("connection", "").lower() == "close"
+    assert late.closed_by_peer(timeout=5)
+    # the connection that stays idle is closed once the grace is over
+    assert idle.closed_by_peer(timeout=10)
+    assert time.monotonic() - signalled >= 2.7
+    for client in (late, idle):
+        client.close()
+    assert edge.proc.wait(timeout=10) == 0
 
 
 def test_drain_timeout_aborts_a_stuck_request(
@@ -377,3 +420,162 @@ def _load(
     # a client loses at most the request racing the close of its idle connection, once
     # per worker it reconnects to
     assert not_accepted <= 16
+
+
+# ---------------------------------------------------------------- keep-alive clients
+class KeepAliveLoad:
+    """Clients that each send requests back to back on one keep-alive connection.
+
+    Like a careful client (HAProxy's idle pool, a browser): before reusing an idle
+    connection it checks that the edge has not closed it, and opens a new one if it has.
+    A request sent on an open connection must then get its whole response: one that gets
+    a reset, or an EOF instead, is *lost* (the client cannot know whether it was served).
+    Connections refused once ``stopping`` is set end a client: the edge stopped listening.
+    """
+
+    def __init__(self, port: int, clients: int) -> None:
+        self.port = port
+        self.stopping = threading.Event()  # the edge may refuse new connections now
+        self.stop = threading.Event()  # end every client now
+        self.lock = threading.Lock()
+        self.statuses: Counter[int] = Counter()
+        self.lost: list[str] = []
+        self.reopened = 0  # idle connections found closed before a request was sent
+        self.pool = ThreadPoolExecutor(max_workers=clients)
+        self.futures = [self.pool.submit(self._client, n) for n in range(clients)]
+
+    @property
+    def answered(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values())
+
+    def _client(self, n: int) -> None:
+        conn: Client | None = None
+        i = 0
+        while not self.stop.is_set():
+            if conn is None:
+                try:
+                    conn = Client(self.port, timeout=10)
+                except ConnectionRefusedError:
+                    if self.stopping.is_set():
+                        return
+                    raise
+            elif conn.peer_closed():
+                with self.lock:
+                    self.reopened += 1
+                conn.close()
+                conn = None
+                continue
+            i += 1
+            outcome = conn.request(f"/c{n}-{i}")
+            response = outcome.response
+            with self.lock:
+                if response is None:
+                    self.lost.append(f"/c{n}-{i}: {outcome.error}, {outcome.received} bytes")
+                else:
+                    self.statuses[response.status] += 1
+            if response is None or response.headers.get("connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for future in self.futures:
+            future.result(timeout=20)
+        self.pool.shutdown()
+
+
+def quick_upstream() -> Upstream:
+    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        return 200, [("Content-Type", "text/plain")], b"ok " + req.path.encode()
+
+    return Upstream(answer)
+
+
+def test_sigterm_loses_no_request_sent_on_a_keep_alive_connection(
+    edge_factory: Callable[..., EdgeProcess], redis_db: RedisServer
+) -> None:
+    """Requests racing the drain on idle keep-alive connections are served, not reset.
+
+    A request that reaches an idle connection as the drain starts is answered with
+    ``Connection: close`` during DRAIN_IDLE_GRACE; only connections still idle after it are
+    closed. Each round drains an edge under load; one round is usually enough to lose
+    requests when idle connections are closed at once.
+    """
+    upstream = quick_upstream()
+    try:
+        for _ in range(3):
+            edge = edge_factory(DRAIN_TIMEOUT=10, CONFIG_RESYNC_INTERVAL=30)
+            configure(redis_db, upstream, edge)
+            assert edge.proc is not None
+            load = KeepAliveLoad(edge.http_port, clients=16)
+            try:
+                wait_for(lambda load=load: load.answered >= 300, timeout=15)
+                load.stopping.set()
+                edge.signal(signal.SIGTERM)
+                assert edge.proc.wait(timeout=15) == 0
+            finally:
+                load.finish()
+            assert load.lost == [], f"{len(load.lost)} lost: {load.lost[:5]}"
+            assert set(load.statuses) == {200}, load.statuses
+            assert not [r for r in edge.access_log() if r.get("aborted")]
+    finally:
+        upstream.close()
+
+
+def test_sigterm_behind_haproxy_http_reuse_fails_no_request(
+    edge_factory: Callable[..., EdgeProcess], redis_db: RedisServer, tmp_path: Path
+) -> None:
+    """HAProxy shares its idle connections to two edges between clients; one edge drains.
+
+    A connection the drain closed must never take a request from HAProxy: HAProxy then
+    answers 502, or closes the client's connection without an answer (so that the client
+    may retry), which the client counts as lost. A refused connection is retried on the
+    other edge, so clients see neither.
+    """
+    upstream = quick_upstream()
+    draining = edge_factory(DRAIN_TIMEOUT=10, CONFIG_RESYNC_INTERVAL=30)
+    other = edge_factory(DRAIN_TIMEOUT=10, CONFIG_RESYNC_INTERVAL=30)
+    configure(redis_db, upstream, draining)
+    other.wait_generation(lambda h: h["proxies"] == 1)
+    assert draining.proc is not None
+    listen = Listen(
+        "front",
+        draining.http_port,
+        send_proxy="",
+        section_lines=(
+            "mode http",
+            "http-reuse always",
+            "option http-keep-alive",
+            "balance roundrobin",
+            "retries 3",
+            "option redispatch 1",
+            f"server other 127.0.0.1:{other.http_port}",
+        ),
+    )
+    (tmp_path / "haproxy").mkdir()
+    haproxy = HAProxy(tmp_path / "haproxy", [listen]).start()
+    try:
+        load = KeepAliveLoad(haproxy.port("front"), clients=16)
+        try:
+            for _ in range(2):
+                # both edges busy with shared connections, then one drains
+                wait_for(lambda: draining.health()["requests"] >= 200, timeout=15)
+                draining.signal(signal.SIGTERM)
+                assert draining.proc.wait(timeout=15) == 0
+                served = load.answered
+                wait_for(lambda served=served: load.answered >= served + 100, timeout=10)
+                # the drained edge comes back on the same port for the next round
+                draining.start()
+                assert draining.proc is not None
+                draining.wait_generation(lambda h: h["proxies"] == 1)
+        finally:
+            load.finish()
+    finally:
+        haproxy.stop()
+        upstream.close()
+    failed = {status: n for status, n in load.statuses.items() if status >= 500}
+    assert failed == {} and load.lost == [], (failed, load.lost[:5], haproxy.log()[-2000:])
+    assert load.statuses[200] > 0
