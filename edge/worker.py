@@ -101,6 +101,8 @@ class Worker:
             "routes": len(snap.routes),
             "services": len(snap.services) + len(snap.urls),
             "rejected": dict(snap.rejected),
+            # the rejected keys still served by their last good value (the others are not)
+            "last_good": sorted(snap.kept),
             "worker": self.worker_id,
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 3),

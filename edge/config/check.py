@@ -15,7 +15,11 @@ from edge.tls.material import CertRecord, validate_record
 
 
 async def check_redis(redis: RedisTarget, out: TextIO) -> int:
-    """Decode every config key; print each problem with its key and field. Returns count."""
+    """Decode every config key; print each problem with its key and field. Returns count.
+
+    A rejected value is reported whether or not the edge still serves the key's last good
+    value: this reads Redis, not what the workers hold.
+    """
     client = redis_client(redis)
     try:
         values = await scan_all(client)
@@ -34,8 +38,10 @@ async def check_redis(redis: RedisTarget, out: TextIO) -> int:
                 if info.expired:
                     print(f"warning: {key}: certificate expired on {info.not_after}", file=out)
         except ConfigError as exc:
-            problems += 1
-            print(f"error: {exc}", file=out)
+            # every problem of the document, one a line: "error: key: field 'f': message"
+            for problem in exc.problems:
+                problems += 1
+                print(f"error: {key}: {problem.describe()}", file=out)
     print(f"{len(values)} config keys checked, {problems} problem(s)", file=out)
     return problems
 

@@ -9,8 +9,9 @@ Every configuration item lives under its own Redis key:
 
 :func:`decode_item` is the single entry point: it decodes the raw Redis value with a
 module-level msgspec decoder (unknown fields and wrong types are rejected), then applies
-semantic validation and normalisation.  Any problem is reported as a :class:`ConfigError`
-naming the key, the offending field and a human readable message.
+semantic validation and normalisation.  Problems are reported as one :class:`ConfigError`
+naming the key and, for each problem of the document, the offending field and a human
+readable message (see :mod:`edge.config.problems`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, get_args
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
 
 from edge.config.pathregex import compile_path_regex
+from edge.config.problems import ConfigError, Problems, decode_struct
 
 if TYPE_CHECKING:
     from edge.tls.material import CertRecord
@@ -47,30 +50,6 @@ __all__ = [
     "validate_header_value",
     "validate_url",
 ]
-
-
-# ---------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------
-
-
-class ConfigError(Exception):
-    """A configuration document stored under ``key`` is invalid."""
-
-    key: str
-    field: str | None
-    message: str
-
-    def __init__(self, key: str, field: str | None, message: str) -> None:
-        super().__init__(key, field, message)
-        self.key = key
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.field is None:
-            return f"{self.key}: {self.message}"
-        return f"{self.key}: field '{self.field}': {self.message}"
 
 
 # ---------------------------------------------------------------------------
@@ -194,15 +173,6 @@ CONFIG_KEY_PATTERNS: tuple[str, ...] = (
 _PROXY_DECODER = msgspec.json.Decoder(ProxyConfig)
 _ROUTE_DECODER = msgspec.json.Decoder(RouteConfig)
 _EXTERNAL_DECODER = msgspec.json.Decoder(ExternalService)
-
-# Allowed values of Literal fields, used to make "invalid enum value" errors helpful.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "route_mode": get_args(RouteMode),
-    "auth_mode": get_args(AuthMode),
-    "target_type": get_args(TargetType),
-    "scope": get_args(RouteScope),
-}
-
 
 # ---------------------------------------------------------------------------
 # Key classification
@@ -542,52 +512,38 @@ def _validate_route_id(value: str) -> str:
 # Per-document validation
 # ---------------------------------------------------------------------------
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def _check(key: str, field: str, func: Callable[[_T], _R], value: _T) -> _R:
-    """Run a value validator, turning ValueError into a ConfigError for ``field``."""
-    try:
-        return func(value)
-    except ValueError as exc:
-        raise ConfigError(key, field, str(exc)) from None
-
-
-def _check_optional_timestamp(key: str, value: str | float | None) -> None:
+def _check_optional_timestamp(problems: Problems, value: str | float | None) -> None:
     if value is not None:
-        _check(key, "created_at", _validate_timestamp, value)
+        problems.check("created_at", _validate_timestamp, value)
 
 
-def _validate_proxy(key: str, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
-    hostname = _check(key, "hostname", normalize_hostname, cfg.hostname)
-    if not suffix.isascii() or hostname != suffix.lower():
-        raise ConfigError(
-            key,
-            "hostname",
-            f"hostname {cfg.hostname!r} does not match the key (expected {suffix!r})",
-        )
-    _check(key, "target_url", validate_url, cfg.target_url)
-    _check(key, "custom_headers", validate_header_map, cfg.custom_headers)
-    _check(key, "custom_response_headers", validate_header_map, cfg.custom_response_headers)
-    _check(key, "enabled_routes", lambda v: _validate_words(v, "route id"), cfg.enabled_routes)
-    _check(key, "disabled_routes", lambda v: _validate_words(v, "route id"), cfg.disabled_routes)
+def _validate_proxy(problems: Problems, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
+    p = problems
+    hostname = p.check("hostname", normalize_hostname, cfg.hostname)
+    if hostname is not None and (not suffix.isascii() or hostname != suffix.lower()):
+        p.add("hostname", f"hostname {cfg.hostname!r} does not match the key (expected {suffix!r})")
+    p.check("target_url", validate_url, cfg.target_url)
+    p.check("custom_headers", validate_header_map, cfg.custom_headers)
+    p.check("custom_response_headers", validate_header_map, cfg.custom_response_headers)
+    p.check("enabled_routes", lambda v: _validate_words(v, "route id"), cfg.enabled_routes)
+    p.check("disabled_routes", lambda v: _validate_words(v, "route id"), cfg.disabled_routes)
     if cfg.cert_name is not None:
-        _check(key, "cert_name", _validate_cert_name, cfg.cert_name)
-    _check_optional_timestamp(key, cfg.created_at)
-    _validate_proxy_auth(key, cfg)
-    _validate_proxy_resource(key, cfg)
-    _validate_proxy_acme(key, cfg)
-    if hostname != cfg.hostname:
+        p.check("cert_name", _validate_cert_name, cfg.cert_name)
+    _check_optional_timestamp(p, cfg.created_at)
+    _validate_proxy_auth(p, cfg)
+    _validate_proxy_resource(p, cfg)
+    _validate_proxy_acme(p, cfg)
+    p.raise_any()
+    if hostname is not None and hostname != cfg.hostname:
         return msgspec.structs.replace(cfg, hostname=hostname)
     return cfg
 
 
-def _validate_proxy_acme(key: str, cfg: ProxyConfig) -> None:
+def _validate_proxy_acme(p: Problems, cfg: ProxyConfig) -> None:
     if cfg.cert_email is not None:
-        _check(key, "cert_email", _validate_email, cfg.cert_email)
+        p.check("cert_email", _validate_email, cfg.cert_email)
     if cfg.acme_directory_url is not None:
-        _check(key, "acme_directory_url", _validate_acme_directory, cfg.acme_directory_url)
+        p.check("acme_directory_url", _validate_acme_directory, cfg.acme_directory_url)
 
 
 def _validate_email(value: str) -> str:
@@ -636,9 +592,9 @@ def _validate_acme_directory(value: str) -> str:
     return value
 
 
-def _validate_proxy_auth(key: str, cfg: ProxyConfig) -> None:
+def _validate_proxy_auth(p: Problems, cfg: ProxyConfig) -> None:
     if cfg.auth_proxy is not None:
-        _check(key, "auth_proxy", _validate_auth_proxy, cfg.auth_proxy)
+        p.check("auth_proxy", _validate_auth_proxy, cfg.auth_proxy)
     word_lists: tuple[tuple[str, tuple[str, ...] | None, str], ...] = (
         ("auth_required_users", cfg.auth_required_users, "user"),
         ("auth_required_emails", cfg.auth_required_emails, "email"),
@@ -648,22 +604,17 @@ def _validate_proxy_auth(key: str, cfg: ProxyConfig) -> None:
     )
     for field, values, what in word_lists:
         if values is not None:
-            try:
-                _validate_words(values, what)
-            except ValueError as exc:
-                raise ConfigError(key, field, str(exc)) from None
+            p.check(field, partial(_validate_words, what=what), values)
     if cfg.auth_required_emails is not None:
         for email in cfg.auth_required_emails:
             local, at, domain = email.rpartition("@")
             if not at or not local or not domain:
-                raise ConfigError(
-                    key, "auth_required_emails", f"invalid email {email!r}: expected user@domain"
-                )
-    _check(key, "auth_cookie_name", _validate_cookie_name, cfg.auth_cookie_name)
-    _check(key, "auth_header_prefix", validate_header_name, cfg.auth_header_prefix)
+                p.add("auth_required_emails", f"invalid email {email!r}: expected user@domain")
+    p.check("auth_cookie_name", _validate_cookie_name, cfg.auth_cookie_name)
+    p.check("auth_header_prefix", validate_header_name, cfg.auth_header_prefix)
     if cfg.auth_excluded_paths is not None:
         for path in cfg.auth_excluded_paths:
-            _check(key, "auth_excluded_paths", lambda p: _validate_path(p, "path"), path)
+            p.check("auth_excluded_paths", lambda v: _validate_path(v, "path"), path)
 
 
 def _validate_cookie_name(value: str) -> str:
@@ -672,59 +623,53 @@ def _validate_cookie_name(value: str) -> str:
     return value
 
 
-def _validate_proxy_resource(key: str, cfg: ProxyConfig) -> None:
+def _validate_proxy_resource(p: Problems, cfg: ProxyConfig) -> None:
     if cfg.resource_endpoint is not None:
-        _check(key, "resource_endpoint", _validate_resource_endpoint, cfg.resource_endpoint)
-    _check(key, "resource_scopes", lambda v: _validate_words(v, "scope"), cfg.resource_scopes)
-    _check(key, "resource_versions", lambda v: _validate_texts(v, "version"), cfg.resource_versions)
-    _check(key, "resource_bearer_methods", _validate_bearer_methods, cfg.resource_bearer_methods)
-    _check(
-        key,
+        p.check("resource_endpoint", _validate_resource_endpoint, cfg.resource_endpoint)
+    p.check("resource_scopes", lambda v: _validate_words(v, "scope"), cfg.resource_scopes)
+    p.check("resource_versions", lambda v: _validate_texts(v, "version"), cfg.resource_versions)
+    p.check("resource_bearer_methods", _validate_bearer_methods, cfg.resource_bearer_methods)
+    p.check(
         "resource_documentation_suffix",
         lambda v: _validate_path(v, "documentation suffix"),
         cfg.resource_documentation_suffix,
     )
 
 
-def _validate_route(key: str, suffix: str, cfg: RouteConfig) -> RouteConfig:
-    _check(key, "route_id", _validate_route_id, cfg.route_id)
-    if cfg.route_id != suffix:
-        raise ConfigError(
-            key,
-            "route_id",
-            f"route_id {cfg.route_id!r} does not match the key (expected {suffix!r})",
-        )
-    if cfg.is_regex:
-        _check(key, "path_pattern", _validate_regex, cfg.path_pattern)
-    else:
-        _check(key, "path_pattern", lambda p: _validate_path(p, "path pattern"), cfg.path_pattern)
-    if not _PRIORITY_MIN <= cfg.priority <= _PRIORITY_MAX:
-        raise ConfigError(
-            key,
-            "priority",
-            f"must be between {_PRIORITY_MIN} and {_PRIORITY_MAX}, got {cfg.priority}",
-        )
+def _validate_priority(value: int) -> int:
+    if not _PRIORITY_MIN <= value <= _PRIORITY_MAX:
+        raise ValueError(f"must be between {_PRIORITY_MIN} and {_PRIORITY_MAX}, got {value}")
+    return value
+
+
+def _validate_route(p: Problems, suffix: str, cfg: RouteConfig) -> RouteConfig:
+    route_id = p.check("route_id", _validate_route_id, cfg.route_id)
+    if route_id is not None and route_id != suffix:
+        p.add("route_id", f"route_id {cfg.route_id!r} does not match the key (expected {suffix!r})")
+    if p.usable("is_regex"):
+        if cfg.is_regex:
+            p.check("path_pattern", _validate_regex, cfg.path_pattern)
+        else:
+            p.check("path_pattern", lambda v: _validate_path(v, "path pattern"), cfg.path_pattern)
+    p.check("priority", _validate_priority, cfg.priority)
     methods = cfg.methods
     if methods is not None:
-        methods = _check(key, "methods", _validate_methods, methods)
-    target_value = _check(
-        key,
-        "target_value",
-        lambda v: _validate_route_target(cfg.target_type, v),
-        cfg.target_value,
-    )
+        methods = p.check("methods", _validate_methods, methods)
+    target_value: str | None = cfg.target_value
+    if p.usable("target_type"):  # target_value is read by its type
+        target_value = p.check(
+            "target_value", lambda v: _validate_route_target(cfg.target_type, v), cfg.target_value
+        )
     hostnames = tuple(
-        _check(key, "proxy_hostnames", normalize_hostname, h) for h in cfg.proxy_hostnames
+        p.check("proxy_hostnames", normalize_hostname, h) or "" for h in cfg.proxy_hostnames
     )
-    if cfg.scope == "proxy" and not hostnames:
-        raise ConfigError(
-            key, "proxy_hostnames", "must list at least one hostname when scope is 'proxy'"
-        )
-    if cfg.scope == "global" and hostnames:
-        raise ConfigError(
-            key, "proxy_hostnames", "is only allowed when scope is 'proxy' (scope is 'global')"
-        )
-    _check_optional_timestamp(key, cfg.created_at)
+    if p.usable("scope", "proxy_hostnames"):
+        if cfg.scope == "proxy" and not hostnames:
+            p.add("proxy_hostnames", "must list at least one hostname when scope is 'proxy'")
+        if cfg.scope == "global" and hostnames:
+            p.add("proxy_hostnames", "is only allowed when scope is 'proxy' (scope is 'global')")
+    _check_optional_timestamp(p, cfg.created_at)
+    p.raise_any()
     if (
         methods != cfg.methods
         or target_value != cfg.target_value
@@ -736,21 +681,24 @@ def _validate_route(key: str, suffix: str, cfg: RouteConfig) -> RouteConfig:
     return cfg
 
 
-def _validate_external(key: str, suffix: str, cfg: ExternalService) -> ExternalService:
-    _check(key, "service_name", _validate_service_name, cfg.service_name)
-    if cfg.service_name != suffix:
-        raise ConfigError(
-            key,
+def _validate_external(p: Problems, suffix: str, cfg: ExternalService) -> ExternalService:
+    name = p.check("service_name", _validate_service_name, cfg.service_name)
+    if name is not None and name != suffix:
+        p.add(
             "service_name",
             f"service_name {cfg.service_name!r} does not match the key (expected {suffix!r})",
         )
-    _check(key, "target_url", validate_url, cfg.target_url)
-    _check_optional_timestamp(key, cfg.created_at)
+    p.check("target_url", validate_url, cfg.target_url)
+    _check_optional_timestamp(p, cfg.created_at)
+    p.raise_any()
     return cfg
 
 
 def _decode_service_url(key: str, suffix: str, raw: bytes | str) -> ServiceURL:
-    _check(key, "name", _validate_service_name, suffix)
+    try:
+        _validate_service_name(suffix)
+    except ValueError as exc:
+        raise ConfigError(key, "name", str(exc)) from None
     if isinstance(raw, str):
         text = raw
     else:
@@ -761,67 +709,11 @@ def _decode_service_url(key: str, suffix: str, raw: bytes | str) -> ServiceURL:
     url = text.strip()
     if not url:
         raise ConfigError(key, "url", "value is empty; expected a plain http(s) URL")
-    _check(key, "url", validate_url, url)
-    return ServiceURL(name=suffix, url=url)
-
-
-# ---------------------------------------------------------------------------
-# msgspec error translation
-# ---------------------------------------------------------------------------
-
-_AT_PATH_RE = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-_FIELD_IN_MSG_RE = re.compile(
-    r"^Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]*)`$"
-)
-_ENUM_RE = re.compile(r"^Invalid enum value (?P<value>.*)$")
-_PATH_HEAD_RE = re.compile(r"^\.(?P<name>[^.\[]+)")
-
-
-def _translate_validation_error(key: str, exc: msgspec.ValidationError) -> ConfigError:
-    text = str(exc)
-    path = ""
-    match = _AT_PATH_RE.match(text)
-    if match:
-        text, path = match.group("msg"), match.group("path")
-    field: str | None = None
-    head = _PATH_HEAD_RE.match(path)
-    if head:
-        field = head.group("name")
-    location = f" (at {path[1:]})" if head and path[1:] != field else ""
-
-    named = _FIELD_IN_MSG_RE.match(text)
-    if named:
-        name = named.group("name")
-        unknown = named.group("kind") == "contains unknown"
-        if field is None:
-            message = f"unknown field {name!r}" if unknown else "required field is missing"
-            return ConfigError(key, name, message)
-        message = f"unknown field {name!r}" if unknown else f"missing required field {name!r}"
-        return ConfigError(key, field, f"{message} (at {path[1:]})")
-
-    enum = _ENUM_RE.match(text)
-    if enum:
-        message = f"invalid value {enum.group('value')}"
-        choices = _CHOICES.get(field or "")
-        if choices and not location:
-            message += " (allowed: " + ", ".join(repr(c) for c in choices) + ")"
-        return ConfigError(key, field, message + location)
-
-    message = text.replace("`", "")
-    if message[:1].isupper() and message[1:2].islower():
-        message = message[0].lower() + message[1:]
-    if field is None and message.startswith("expected object"):
-        message = message.replace("expected object", "expected a JSON object", 1)
-    return ConfigError(key, field, message + location)
-
-
-def _decode_json(key: str, decoder: msgspec.json.Decoder[_T], raw: bytes | str) -> _T:
     try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise _translate_validation_error(key, exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, None, f"invalid JSON: {exc}") from None
+        validate_url(url)
+    except ValueError as exc:
+        raise ConfigError(key, "url", str(exc)) from None
+    return ServiceURL(name=suffix, url=url)
 
 
 # ---------------------------------------------------------------------------
@@ -837,14 +729,14 @@ def decode_item(key: str, raw: bytes | str) -> ConfigItem:
     """
     kind = classify_key(key)
     if kind == "proxy":
-        suffix = key[len(_PROXY_PREFIX) :]
-        return _validate_proxy(key, suffix, _decode_json(key, _PROXY_DECODER, raw))
+        proxy, problems = decode_struct(key, _PROXY_DECODER, raw)
+        return _validate_proxy(problems, key[len(_PROXY_PREFIX) :], proxy)
     if kind == "route":
-        suffix = key[len(_ROUTE_PREFIX) :]
-        return _validate_route(key, suffix, _decode_json(key, _ROUTE_DECODER, raw))
+        route, problems = decode_struct(key, _ROUTE_DECODER, raw)
+        return _validate_route(problems, key[len(_ROUTE_PREFIX) :], route)
     if kind == "service_external":
-        suffix = key[len(_SERVICE_EXTERNAL_PREFIX) :]
-        return _validate_external(key, suffix, _decode_json(key, _EXTERNAL_DECODER, raw))
+        external, problems = decode_struct(key, _EXTERNAL_DECODER, raw)
+        return _validate_external(problems, key[len(_SERVICE_EXTERNAL_PREFIX) :], external)
     if kind == "service_url":
         return _decode_service_url(key, key[len(_SERVICE_URL_PREFIX) :], raw)
     if kind == "cert":

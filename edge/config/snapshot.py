@@ -5,6 +5,12 @@ items, the keys rejected with their error, and a ``Router`` built for it. ``appl
 a new snapshot from a batch of changed keys: only the changed keys are decoded and only the
 maps they belong to are copied; nothing is re-read from Redis.
 
+A rejected value never takes down what works: the key keeps serving its last good value
+(as certificates do), and the rejection is reported (log, ``/health``, ``edge check``) until
+the key is fixed, or deleted or expired, which forgets both. A key that never held a good
+value is not served; a host left without a proxy that way is named in ``unserved`` so that
+its 404 can say why.
+
 Keys that differ only in case (``proxy:App.test``, ``proxy:app.test``) name the same host.
 The host is served by the first valid one of them, the all-lowercase key first, then the
 others in sorted order, so every worker picks the same one whatever order keys arrive in,
@@ -13,14 +19,14 @@ and deleting or breaking one of them hands the host over to the other.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from edge.config.redis_source import WrongType
 from edge.config.schema import (
     CertDomain,
     ConfigError,
+    ConfigItem,
     ExternalService,
     ProxyConfig,
     RouteConfig,
@@ -30,8 +36,6 @@ from edge.config.schema import (
 )
 from edge.routing.router import CompiledRoute, Router, compile_route
 from edge.tls.material import CertRecord
-
-log = logging.getLogger("edge.config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,10 @@ class Snapshot:
     services: Mapping[str, ExternalService] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
+    # rejected keys still served by their last good value -> that value
+    kept: Mapping[str, bytes] = field(default_factory=dict)
+    # host ("a.test", "*.a.test") with no good proxy value -> the rejected key it would use
+    unserved: Mapping[str, str] = field(default_factory=dict)
     # cert:{name} (shape-checked; the PEM material is checked where contexts are built)
     certs: Mapping[str, CertRecord] = field(default_factory=dict)
     # cert:domain:{domain} -> certificate name
@@ -69,18 +77,51 @@ def _proxy_slot(key: str) -> tuple[bool, str]:
     return False, host
 
 
+# kind -> (snapshot map, how a key names its entry there)
+_MAPS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "route": ("routes", lambda key: key[len("route:") :]),
+    "service_url": ("urls", lambda key: key[len("service:url:") :]),
+    "service_external": ("services", lambda key: key[len("service:external:") :]),
+    "cert": ("certs", lambda key: key[len("cert:") :]),
+    "cert_domain": ("cert_domains", lambda key: key[len("cert:domain:") :].lower()),
+}
+
+
 def _same(old: bytes | None, new: bytes | None) -> bool:
     """Equal values; a WrongType marker never equals a string value with the same bytes."""
     return old == new and type(old) is type(new)
 
 
-def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
-    """A new snapshot with ``updates`` (key -> raw value, None = deleted) applied."""
+def _decode(key: str, value: bytes) -> ConfigItem:
+    if isinstance(value, WrongType):
+        raise ConfigError(key, None, f"holds a {value.decode()}, expected a string")
+    return decode_item(key, value)
+
+
+def _last_good(snapshot: Snapshot, key: str) -> bytes | None:
+    """The value ``key`` serves in ``snapshot``, if any: its kept value or its accepted one."""
+    if key in snapshot.rejected:
+        return snapshot.kept.get(key)
+    return snapshot.raw.get(key)
+
+
+def apply(
+    snapshot: Snapshot,
+    updates: Mapping[str, bytes | None],
+    last_good: Mapping[str, bytes] | None = None,
+) -> Snapshot:
+    """A new snapshot with ``updates`` (key -> raw value, None = deleted) applied.
+
+    A rejected key keeps the value it served in ``snapshot``; one that served none there
+    takes its value in ``last_good`` (kept by another worker, shared through Redis), if
+    that value is valid.
+    """
     changes = {k: v for k, v in updates.items() if not _same(snapshot.raw.get(k), v)}
     if not changes:
         return snapshot
     raw = dict(snapshot.raw)
     rejected = dict(snapshot.rejected)
+    kept = dict(snapshot.kept)
     maps: dict[str, dict[str, object]] = {}
     aliases: dict[str, frozenset[str]] | None = None
     touched_proxies: set[str] = set()  # lowercased proxy keys whose host must be re-owned
@@ -95,8 +136,6 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         kind = classify_key(key)
         if kind is None:
             continue
-        # drop whatever the key held before
-        rejected.pop(key, None)
         if kind == "proxy":
             canonical = key.lower()
             touched_proxies.add(canonical)
@@ -109,28 +148,36 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
                     aliases[canonical] = names
                 else:
                     aliases.pop(canonical, None)
-        elif kind == "route":
-            edit("routes").pop(key[len("route:") :], None)
-        elif kind == "service_url":
-            edit("urls").pop(key[len("service:url:") :], None)
-        elif kind == "cert":
-            edit("certs").pop(key[len("cert:") :], None)
-        elif kind == "cert_domain":
-            edit("cert_domains").pop(key[len("cert:domain:") :].lower(), None)
-        else:
-            edit("services").pop(key[len("service:external:") :], None)
         if value is None:
+            # DEL, expiry, or gone at resync: forget the value, good or not
             raw.pop(key, None)
+            rejected.pop(key, None)
+            kept.pop(key, None)
+            if kind != "proxy":
+                name, entry = _MAPS[kind]
+                edit(name).pop(entry(key), None)
             continue
         raw[key] = value
         try:
-            if isinstance(value, WrongType):
-                raise ConfigError(key, None, f"holds a {value.decode()}, expected a string")
-            item = decode_item(key, value)
+            item = _decode(key, value)
         except ConfigError as exc:
             rejected[key] = str(exc)
-            log.warning("config key rejected", extra={"fields": {"key": key, "error": str(exc)}})
-            continue
+            good = _last_good(snapshot, key)
+            if good is not None:
+                kept[key] = good  # its item stays in its map (a proxy's is re-decoded below)
+                continue
+            kept.pop(key, None)
+            shared = (last_good or {}).get(key)
+            if shared is None:
+                continue
+            try:
+                item = _decode(key, shared)
+            except ConfigError:
+                continue  # never served: a bad shared value is no better than none
+            kept[key] = shared
+        else:
+            rejected.pop(key, None)
+            kept.pop(key, None)
         if isinstance(item, ProxyConfig):
             decoded[key] = item
         elif isinstance(item, RouteConfig):
@@ -144,20 +191,38 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         elif isinstance(item, CertDomain):
             edit("cert_domains")[item.domain] = item.cert_name
     proxy_aliases = snapshot.proxy_aliases if aliases is None else aliases
+    unserved: dict[str, str] | None = None
     for canonical in touched_proxies:
-        owner = _proxy_owner(canonical, proxy_aliases, raw, rejected, decoded)
+        keys = (canonical, *sorted(proxy_aliases.get(canonical, ())))
+        owner = _proxy_owner(keys, raw, rejected, kept, decoded)
         wildcard, slot = _proxy_slot(canonical)
         target = edit("wildcards" if wildcard else "exact")
-        if owner is None:
-            target.pop(slot, None)
-        else:
+        if unserved is None:
+            unserved = dict(snapshot.unserved)
+        host = canonical[len("proxy:") :]
+        unserved.pop(host, None)
+        if owner is not None:
             target[slot] = owner
+            continue
+        target.pop(slot, None)
+        refused = next((k for k in keys if k in rejected), None)
+        if refused is not None:
+            unserved[host] = refused
     exact = maps.get("exact", snapshot.exact)
     wildcards = maps.get("wildcards", snapshot.wildcards)
     routes = maps.get("routes", snapshot.routes)
     services = maps.get("services", snapshot.services)
     urls = maps.get("urls", snapshot.urls)
-    router = Router(exact, wildcards, routes, services, urls)  # type: ignore[arg-type]
+    hosts_unserved = snapshot.unserved if unserved is None else unserved
+    router = Router(
+        exact,  # type: ignore[arg-type]
+        wildcards,  # type: ignore[arg-type]
+        routes,  # type: ignore[arg-type]
+        services,  # type: ignore[arg-type]
+        urls,  # type: ignore[arg-type]
+        rejected=rejected,
+        unserved=hosts_unserved,
+    )
     return Snapshot(
         generation=snapshot.generation + 1,
         raw=raw,
@@ -167,6 +232,8 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
         services=services,  # type: ignore[arg-type]
         urls=urls,  # type: ignore[arg-type]
         rejected=rejected,
+        kept=kept,
+        unserved=hosts_unserved,
         certs=maps.get("certs", snapshot.certs),  # type: ignore[arg-type]
         cert_domains=maps.get("cert_domains", snapshot.cert_domains),  # type: ignore[arg-type]
         proxy_aliases=proxy_aliases,
@@ -174,21 +241,44 @@ def apply(snapshot: Snapshot, updates: Mapping[str, bytes | None]) -> Snapshot:
     )
 
 
+def adopt(snapshot: Snapshot, shared: Mapping[str, bytes]) -> Snapshot:
+    """Serve the ``shared`` last good values of rejected keys that serve none here."""
+    wanted = {
+        k: v
+        for k, v in shared.items()
+        if k in snapshot.rejected and k not in snapshot.kept and _valid(k, v)
+    }
+    if not wanted:
+        return snapshot
+    # such a key serves nothing: dropped and read again, it takes the shared value
+    dropped = apply(snapshot, dict.fromkeys(wanted))
+    return apply(dropped, {k: snapshot.raw[k] for k in wanted}, last_good=wanted)
+
+
+def _valid(key: str, value: bytes) -> bool:
+    try:
+        _decode(key, value)
+    except ConfigError:
+        return False
+    return True
+
+
 def _proxy_owner(
-    canonical: str,
-    aliases: Mapping[str, frozenset[str]],
+    keys: tuple[str, ...],
     raw: Mapping[str, bytes],
     rejected: Mapping[str, str],
+    kept: Mapping[str, bytes],
     decoded: Mapping[str, ProxyConfig],
 ) -> ProxyConfig | None:
-    """The document serving the host of ``canonical``: its first valid key, if any."""
-    for key in (canonical, *sorted(aliases.get(canonical, ()))):
-        value = raw.get(key)
-        if value is None or key in rejected:
+    """The document serving the host of ``keys``: the first one with a good value."""
+    for key in keys:
+        value = kept.get(key) if key in rejected else raw.get(key)
+        if value is None:
             continue
         item = decoded.get(key)
         if item is None:
-            # accepted by an earlier apply; decoding is deterministic
+            # accepted earlier (now, or before its value was rejected); decoding is
+            # deterministic
             try:
                 found = decode_item(key, value)
             except ConfigError:

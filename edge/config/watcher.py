@@ -20,8 +20,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from edge.config.last_good import apply_shared, settle
 from edge.config.redis_source import fetch, scan_all
-from edge.config.snapshot import Snapshot, apply, resync_updates
+from edge.config.snapshot import Snapshot, resync_updates
 from edge.settings import RedisTarget
 
 log = logging.getLogger("edge.config")
@@ -106,7 +107,9 @@ class ConfigWatcher:
                 extra={"fields": {"keys_served": len(self.snapshot.raw)}},
             )
         else:
-            self._install(apply(self.snapshot, resync_updates(self.snapshot, current)))
+            updates = resync_updates(self.snapshot, current)
+            snapshot = await apply_shared(client, self.snapshot, updates)
+            self._install(await settle(client, snapshot))
         self.last_sync = time.time()
         self.synced.set()
 
@@ -203,7 +206,7 @@ class ConfigWatcher:
                 await asyncio.sleep(timeout)
             if dirty:
                 values = await fetch(client, dirty)
-                self._install(apply(self.snapshot, values))
+                self._install(await apply_shared(client, self.snapshot, values))
             if time.monotonic() >= next_resync:
                 if not self.notifications:
                     self.notifications = await self._enable_notifications(client)

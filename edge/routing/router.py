@@ -43,6 +43,9 @@ class Resolution:
     target: Target | None  # None: the route names a service that is not registered
     request_headers: EncodedHeaders  # the proxy's custom_headers, ready for the wire
     response_headers: EncodedHeaders  # its custom_response_headers
+    # target None because the service's key holds a rejected value (and never a good one):
+    # that key, for the 502 to name
+    problem: str | None = None
 
 
 def _encode(headers: dict[str, str]) -> EncodedHeaders:
@@ -78,8 +81,10 @@ class Router:
     __slots__ = (
         "_by_proxy",
         "_global",
+        "_rejected",
         "_resolved",
         "_scoped",
+        "_unserved",
         "exact",
         "services",
         "urls",
@@ -93,11 +98,16 @@ class Router:
         routes: Mapping[str, CompiledRoute],
         services: Mapping[str, ExternalService],
         urls: Mapping[str, str],
+        *,
+        rejected: Mapping[str, str] | None = None,
+        unserved: Mapping[str, str] | None = None,
     ) -> None:
         self.exact = exact
         self.wildcards = wildcards  # ".example.com" -> proxy of "*.example.com"
         self.services = services
         self.urls = urls
+        self._rejected = rejected or {}  # config key -> why its value was refused
+        self._unserved = unserved or {}  # "a.test" / "*.a.test" -> its rejected proxy key
         enabled = [r for r in routes.values() if r.route.enabled]
         self._global = sorted((r for r in enabled if r.route.scope == "global"), key=_order)
         scoped: dict[str, list[CompiledRoute]] = {}
@@ -118,6 +128,25 @@ class Router:
             proxy = self.wildcards.get(host[dot:])
             if proxy is not None:
                 return proxy
+            dot = host.find(".", dot + 1)
+        return None
+
+    def rejected_proxy(self, host: str) -> str | None:
+        """For a host with no proxy: the rejected key that would have served it, if any.
+
+        The same order as :meth:`find_proxy` (exact, then the most specific wildcard), so a
+        404 names the key the user meant to write.
+        """
+        if not self._unserved:
+            return None
+        key = self._unserved.get(host)
+        if key is not None:
+            return key
+        dot = host.find(".")
+        while dot >= 0:
+            key = self._unserved.get("*" + host[dot:])
+            if key is not None:
+                return key
             dot = host.find(".", dot + 1)
         return None
 
@@ -192,8 +221,17 @@ class Router:
         headers = (_encode(proxy.custom_headers), _encode(proxy.custom_response_headers))
         if route_id:
             route = next(r.route for r in self.routes_for(proxy) if r.route.route_id == route_id)
-            return Resolution(proxy, route, self.route_target(route), *headers)
+            target = self.route_target(route)
+            problem = self._rejected_service(route) if target is None else None
+            return Resolution(proxy, route, target, *headers, problem)
         return Resolution(proxy, None, parse_target(proxy.target_url), *headers)
+
+    def _rejected_service(self, route: RouteConfig) -> str | None:
+        """The rejected key of the service a route names but cannot reach, if any."""
+        for key in (f"service:url:{route.target_value}", f"service:external:{route.target_value}"):
+            if key in self._rejected:
+                return key
+        return None
 
     def route_target(self, route: RouteConfig) -> Target | None:
         kind = route.target_type

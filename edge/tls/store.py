@@ -7,11 +7,11 @@ one in a single assignment. The SNI callback only ever reads ``self.index``: cho
 certificate during a handshake never waits on I/O. Connections already established keep
 the context they were given.
 
-A new value that is refused, whether as a document (bad JSON, a missing or unknown field)
-or for its material (PEM that does not parse, a key that does not match, a domain the
-certificate does not cover), is reported (log, ``/health``, ``edge check``) and skipped;
-the certificate built from the previous good value stays in use. Deleting the key
-removes the certificate.
+A new value that is refused, whether as a document (bad JSON, a missing or unknown field:
+the config snapshot keeps the last good record) or for its material (PEM that does not
+parse, a key that does not match, a domain the certificate does not cover: refused here),
+is reported (log, ``/health``, ``edge check``) and skipped; the certificate built from the
+previous good value stays in use. Deleting the key removes the certificate.
 
 The default certificate (served for unknown or missing SNI unless ``TLS_STRICT_SNI``) is
 self-signed for ``SELF_SIGNED_CN`` and shared through Redis under ``DEFAULT_CERT_KEY``, so
@@ -33,7 +33,14 @@ from edge.config.schema import ConfigError
 from edge.config.snapshot import Snapshot
 from edge.settings import Settings
 from edge.tls.contexts import listener_context, server_context
-from edge.tls.material import CertInfo, CertRecord, MaterialError, validate_record
+from edge.tls.material import (
+    CERT_DOMAIN_PREFIX,
+    CERT_PREFIX,
+    CertInfo,
+    CertRecord,
+    MaterialError,
+    validate_record,
+)
 from edge.tls.selfsigned import generate_self_signed
 from edge.tls.sni import CertIndex, make_sni_callback, selected_cert
 
@@ -81,6 +88,8 @@ class TlsStore:
         self._source: dict[str, CertRecord] = {}  # the snapshot record each was built from
         self._failed: dict[str, CertRecord] = {}  # records refused (not retried until changed)
         self._seen: tuple[object, object] | None = None
+        # cert name -> why its document in Redis is refused (the last good one is served)
+        self._refused: Mapping[str, str] = {}
         self._pending: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
         strict = settings.tls_strict_sni
@@ -91,6 +100,13 @@ class TlsStore:
     # ------------------------------------------------------------------ certificates
     def update(self, snapshot: Snapshot) -> None:
         """Called with every installed snapshot; rebuilds only when certificates changed."""
+        # a refused document leaves the snapshot's record (the last good one) unchanged,
+        # so nothing is rebuilt; it is reported with the refused material
+        self._refused = {
+            key[len(CERT_PREFIX) :]: error
+            for key, error in snapshot.rejected.items()
+            if key.startswith(CERT_PREFIX) and not key.startswith(CERT_DOMAIN_PREFIX)
+        }
         seen = (snapshot.certs, snapshot.cert_domains)
         if self._seen is not None and seen[0] is self._seen[0] and seen[1] is self._seen[1]:
             return
@@ -188,7 +204,9 @@ class TlsStore:
         return {
             "certificates": len(self.index),
             "hosts": len(self.index.hosts),
-            "rejected": dict(self.errors),
+            # a refused document is the current value: it says more than the material
+            # problem of the record before it
+            "rejected": {**self.errors, **self._refused},
             "mapping_problems": list(self.index.problems),
             "default": self.default_info or None,
         }

@@ -224,7 +224,7 @@ def test_check_reports_one_line_per_problem(tmp_path: Path, redis_db: RedisServe
     assert done.returncode != 0
     assert_no_traceback(done)
     errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 4, done.stdout
+    assert len(errors) == 5, done.stdout
     by_key = {line.split()[1].rstrip(":"): line for line in errors}
     assert set(by_key) == {
         "proxy:typo.test",
@@ -232,11 +232,16 @@ def test_check_reports_one_line_per_problem(tmp_path: Path, redis_db: RedisServe
         "service:url:broken",
         "proxy:list.test",
     }
-    assert "tagret_url" in by_key["proxy:typo.test"]
+    # every problem of a document, one a line: the typo is an unknown field and leaves the
+    # required one missing
+    assert [line for line in errors if "proxy:typo.test" in line] == [
+        "error: proxy:typo.test: field 'tagret_url': unknown field 'tagret_url'",
+        "error: proxy:typo.test: field 'target_url': required field is missing",
+    ]
     assert "field 'target_url'" in by_key["proxy:ftp.test"]
     assert "ftp://files.test" in by_key["proxy:ftp.test"]
     assert "list" in by_key["proxy:list.test"] and "string" in by_key["proxy:list.test"]
-    assert "5 config keys checked, 4 problem(s)" in done.stdout
+    assert "5 config keys checked, 5 problem(s)" in done.stdout
 
 
 def test_check_unreachable_redis_is_one_line_without_password(tmp_path: Path) -> None:

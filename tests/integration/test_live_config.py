@@ -597,7 +597,7 @@ def test_bad_values_are_reported_and_skipped(
     propagate(
         edge,
         write_bad,
-        lambda: served_by(port, "fixme.test") == 404,
+        lambda: "proxy:fixme.test" in health(edge.api_port)["rejected"],
         lambda now, before: len(now["rejected"]) == 3,
     )
     for h in per_worker(edge).values():
@@ -607,9 +607,11 @@ def test_bad_values_are_reported_and_skipped(
         assert "colour" in rejected["proxy:bad.test"]
         assert "enabled" in rejected["proxy:fixme.test"]
         assert "holds a hash" in rejected["proxy:hash.test"]
-        assert h["proxies"] == 1
-    # the good proxy keeps serving; the rejected ones are not served at all
+        assert h["proxies"] == 2
+    # the good proxy keeps serving, and so does the last good value of fixme.test; the
+    # keys that never held a good value are not served
     all_fresh(port, "good.test", "A")
+    all_fresh(port, "fixme.test", "A")
     all_fresh(port, "bad.test", 404)
     all_fresh(port, "hash.test", 404)
 
@@ -661,6 +663,165 @@ def test_bad_values_are_reported_and_skipped(
     all_fresh(port, "hash.test", "B")
     all_fresh(port, "good.test", "A")
     assert run_check(redis_db.url).returncode == 0
+
+
+def test_a_bad_write_keeps_the_last_good_value_serving(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    upstreams: dict[str, Upstream],
+) -> None:
+    r = redis_db.client()
+    a, b, c = upstreams["A"], upstreams["B"], upstreams["C"]
+    good = {
+        "proxy:web.test": proxy_doc("web.test", a.url),
+        "proxy:*.wild.test": proxy_doc("*.wild.test", a.url),
+        "route:api": route_doc("api", "/api", "port", str(b.port)),
+        "route:svc": route_doc("svc", "/svc", "service", "billing"),
+        "route:ext": route_doc("ext", "/ext", "service", "partner"),
+        "service:url:billing": c.url,
+        "service:external:partner": json.dumps({"service_name": "partner", "target_url": b.url}),
+    }
+    r.mset(good)
+    edge = start_edge(edge_factory)
+    port = edge.http_port
+    served = {("web.test", "/"): "A", ("x.wild.test", "/"): "A", ("web.test", "/api"): "B",
+              ("web.test", "/svc"): "C", ("web.test", "/ext"): "B"}  # fmt: skip
+
+    def all_served() -> None:
+        for (host, path), tag in served.items():
+            all_fresh(port, host, tag, path, n=6)
+
+    all_served()
+    bad = {
+        # two unknown fields (a typo among them) and a bad URL: three problems
+        "proxy:web.test": json.dumps(
+            {"hostname": "web.test", "tagret_url": a.url, "target_url": "ftp://x", "colour": 1}
+        ),
+        "proxy:*.wild.test": proxy_doc("*.wild.test", a.url)[:-1] + ",}",  # trailing comma
+        "route:api": route_doc("api", "/api", "port", str(b.port), priority="high"),
+        "route:svc": route_doc("svc", "/svc", "service", "billing", methods="GET"),
+        "service:url:billing": "ftp://billing",
+        "service:external:partner": json.dumps({"service_name": "partner", "target_url": 5}),
+    }
+    propagate(
+        edge,
+        lambda: r.mset(bad),
+        lambda: set(bad) <= set(health(edge.api_port)["rejected"]),
+        lambda now, before: set(bad) <= set(now["rejected"]),
+    )
+    all_served()  # every worker keeps serving every last good value
+    for h in per_worker(edge).values():
+        assert h["status"] == "degraded"
+        assert (h["proxies"], h["routes"], h["services"]) == (2, 3, 2)
+        message = h["rejected"]["proxy:web.test"]
+        for words in ("'tagret_url'", "'colour'", "'target_url': must be an http"):
+            assert words in message, message
+    logged = [
+        rec for rec in stderr_records(edge)
+        if rec.get("message") == "config key rejected" and rec.get("key") == "route:api"
+    ]  # fmt: skip
+    assert logged and all(rec["action"] == "last good value kept" for rec in logged), logged
+
+    result = run_check(redis_db.url)
+    assert result.returncode != 0
+    lines = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    web = [line for line in lines if line.startswith("error: proxy:web.test: ")]
+    assert len(web) == 3, result.stdout  # every problem of the document, one a line
+    assert f"{len(lines)} problem(s)" in result.stdout
+    assert {line.split()[1].rstrip(":") for line in lines} == set(bad)
+
+    # a key whose value never was good is not served
+    r.set("proxy:new.test", json.dumps({"hostname": "new.test", "target": a.url}))
+    wait_for(lambda: "proxy:new.test" in health(edge.api_port)["rejected"], timeout=1.0)
+    all_fresh(port, "new.test", 404, n=4)
+
+    # DEL forgets both the rejected value and the last good one
+    propagate(
+        edge,
+        lambda: r.delete("proxy:web.test", "route:api", "proxy:new.test"),
+        lambda: served_by(port, "web.test") == 404,
+        lambda now, before: not {"proxy:web.test", "route:api"} & set(now["rejected"]),
+    )
+    all_fresh(port, "web.test", 404, n=4)
+    all_fresh(port, "x.wild.test", "A", "/api", n=4)  # route:api gone: the proxy's target
+    # a good value replaces the kept one
+    propagate(
+        edge,
+        lambda: r.set("service:url:billing", b.url),
+        lambda: served_by(port, "x.wild.test", "/svc") == "B",
+        lambda now, before: "service:url:billing" not in now["rejected"],
+    )
+
+
+LAST_GOOD_KEY = "edge:config:last-good"
+
+
+def test_a_worker_started_after_a_bad_write_serves_the_last_good_value(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    upstreams: dict[str, Upstream],
+) -> None:
+    r = redis_db.client()
+    r.set("proxy:web.test", proxy_doc("web.test", upstreams["A"].url))
+    r.set("proxy:other.test", proxy_doc("other.test", upstreams["A"].url))
+    r.set("service:url:billing", upstreams["B"].url)
+    r.set("route:svc", route_doc("svc", "/svc", "service", "billing"))
+    first = edge_factory(EDGE_WORKERS=1, CONFIG_RESYNC_INTERVAL=30)
+    all_fresh(first.http_port, "web.test", "A", n=4)
+    r.set("proxy:web.test", proxy_doc("web.test", upstreams["C"].url, colour="red"))
+    r.set("service:url:billing", "ftp://nope")
+    wait_for(lambda: len(first.health()["last_good"]) == 2, timeout=PROPAGATION_LIMIT)
+    # another node (or a restarted worker) never saw the good values: it is told them
+    second = edge_factory(EDGE_WORKERS=1, CONFIG_RESYNC_INTERVAL=30)
+    for edge in (first, second):
+        all_fresh(edge.http_port, "web.test", "A", n=4)
+        all_fresh(edge.http_port, "web.test", "B", "/svc", n=4)
+        h = edge.health()
+        assert h["last_good"] == ["proxy:web.test", "service:url:billing"], h
+        assert set(h["rejected"]) == {"proxy:web.test", "service:url:billing"}
+    # a DEL forgets the rejected value and the last good one, for every node
+    r.delete("proxy:web.test")
+    for edge in (first, second):
+        wait_for(lambda edge=edge: served_by(edge.http_port, "web.test") == 404, timeout=1.0)
+    wait_for(lambda: r.hkeys(LAST_GOOD_KEY) == [b"service:url:billing"], timeout=1.0)
+    r.set("proxy:web.test", proxy_doc("web.test", upstreams["C"].url, colour="red"))
+    third = edge_factory(EDGE_WORKERS=1, CONFIG_RESYNC_INTERVAL=30)
+    for edge in (first, second, third):
+        all_fresh(edge.http_port, "web.test", 404, n=4)
+    # a good value replaces the shared one
+    r.set("service:url:billing", upstreams["C"].url)
+    for edge in (first, second, third):
+        wait_for(lambda edge=edge: served_by(edge.http_port, "other.test", "/svc") == "C", 1.0)
+    wait_for(lambda: r.hkeys(LAST_GOOD_KEY) == [], timeout=1.0)
+
+
+def test_without_notifications_a_bad_value_keeps_the_last_good_one(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_without_config: int,
+    upstreams: dict[str, Upstream],
+) -> None:
+    r = redis.Redis(port=redis_without_config, socket_timeout=5)
+    r.set("proxy:web.test", proxy_doc("web.test", upstreams["A"].url))
+    # (a resync finding no config key at all is not applied)
+    r.set("proxy:other.test", proxy_doc("other.test", upstreams["B"].url))
+    edge = edge_factory(
+        redis_url=f"redis://127.0.0.1:{redis_without_config}/0",
+        EDGE_WORKERS=WORKERS,
+        CONFIG_RESYNC_INTERVAL=1,
+    )
+    port = edge.http_port
+    wait_for(lambda: all(h["proxies"] == 2 for h in per_worker(edge).values()), timeout=5.0)
+    all_fresh(port, "web.test", "A", n=6)
+    r.set("proxy:web.test", '{"hostname": "web.test", "target_url": 8080}')
+    # applied by the full resync, every second
+    wait_for(
+        lambda: all(h["last_good"] == ["proxy:web.test"] for h in per_worker(edge).values()),
+        timeout=3.0,
+    )
+    all_fresh(port, "web.test", "A", n=6)
+    r.delete("proxy:web.test")
+    wait_for(lambda: all(h["rejected"] == {} for h in per_worker(edge).values()), timeout=3.0)
+    all_fresh(port, "web.test", 404, n=6)
 
 
 def test_a_key_of_another_type_is_reported_at_once(

@@ -838,3 +838,71 @@ def test_non_ascii_that_lowercases_to_ascii_is_rejected() -> None:
         decode_item(
             "proxy:k.test", '{"hostname":"\u212a.test","target_url":"http://127.0.0.1:1"}'.encode()
         )
+
+
+# ---------------------------------------------------------------------------
+# every problem of a document, not only the first
+# ---------------------------------------------------------------------------
+
+
+def _problems(err: ConfigError) -> list[tuple[str | None, str]]:
+    return [(p.field, p.message) for p in err.problems]
+
+
+def test_every_problem_of_a_proxy_is_reported() -> None:
+    # two unknown fields and a bad URL: three problems; the document's shape first
+    raw = _proxy(colour="blue", size=3, target_url="ftp://x")
+    err = _reject("proxy:app.example.com", raw)
+    assert [field for field, _ in _problems(err)] == ["colour", "size", "target_url"]
+    assert (err.field, err.message) == _problems(err)[0]  # the first, as before
+    assert str(err) == (
+        "proxy:app.example.com: field 'colour': unknown field 'colour'; field 'size': unknown "
+        "field 'size'; field 'target_url': must be an http:// or https:// URL, got 'ftp://x'"
+    )
+
+
+def test_type_errors_and_field_checks_are_reported_together() -> None:
+    raw = _proxy(
+        enabled="yes",
+        custom_headers={"Host": "x"},
+        auth_excluded_paths=["nope", "/ok", "also-bad"],
+        route_mode="some",
+    )
+    fields = [field for field, _ in _problems(_reject("proxy:app.example.com", raw))]
+    assert sorted(fields) == sorted(
+        ["enabled", "route_mode", "custom_headers", "auth_excluded_paths", "auth_excluded_paths"]
+    )
+
+
+def test_a_missing_field_does_not_hide_the_others() -> None:
+    raw = json.dumps({"hostname": "app.example.com", "enabled": 2}).encode()
+    problems = _problems(_reject("proxy:app.example.com", raw))
+    assert ("target_url", "required field is missing") in problems
+    assert [f for f, _ in problems if f != "target_url"] == ["enabled"]
+
+
+def test_every_problem_of_a_route_is_reported() -> None:
+    doc = {"route_id": "r1", "path_pattern": "api", "target_value": "x", "priority": "high"}
+    problems = _problems(_reject("route:r1", json.dumps(doc).encode()))
+    assert sorted(f for f, _ in problems if f) == ["path_pattern", "priority", "target_type"]
+    # target_value is not judged without a valid target_type to read it by
+    bad_type = {**doc, "target_type": "ftp", "priority": 1}
+    problems = _problems(_reject("route:r1", json.dumps(bad_type).encode()))
+    assert sorted(f for f, _ in problems if f) == ["path_pattern", "target_type"]
+    scoped = _route(scope="proxy", methods=["G T"], priority=10**6, created_at=-1)
+    problems = _problems(_reject("route:r1", scoped))
+    assert sorted(f for f, _ in problems if f) == [
+        "created_at", "methods", "priority", "proxy_hostnames",
+    ]  # fmt: skip
+
+
+def test_every_problem_of_an_external_service_is_reported() -> None:
+    raw = _external("other", target_url="nope", port=80)
+    problems = _problems(_reject("service:external:billing", raw))
+    assert sorted(f for f, _ in problems if f) == ["port", "service_name", "target_url"]
+
+
+def test_one_problem_reads_as_before() -> None:
+    err = _reject("proxy:app.example.com", _proxy(target="http://x"))
+    assert len(err.problems) == 1 and err.problems[0] is err
+    assert str(err) == "proxy:app.example.com: field 'target': unknown field 'target'"

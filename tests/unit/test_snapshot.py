@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from edge.config.redis_source import WrongType
-from edge.config.snapshot import Snapshot, apply, resync_updates
+from edge.config.snapshot import Snapshot, adopt, apply, resync_updates
 
 
 def proxy(hostname: str, target_url: str = "http://127.0.0.1:8000", **extra: Any) -> bytes:
@@ -183,18 +183,140 @@ def test_service_delete_leaves_route_without_target() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_rejected_key_is_reported_and_removed_while_others_stay() -> None:
-    old = apply(base(), {"proxy:b.test": proxy("b.test")})
+def test_rejected_key_is_reported_and_its_last_good_value_kept() -> None:
+    old = apply(base(), {"proxy:b.test": proxy("b.test", "http://127.0.0.1:8123")})
     bad = json.dumps({"hostname": "b.test", "target_url": "http://x.test", "colour": 1}).encode()
     new = apply(old, {"proxy:b.test": bad})
     assert set(new.rejected) == {"proxy:b.test"}
     assert "colour" in new.rejected["proxy:b.test"]
-    # the previous good value is not kept
-    assert new.router.find_proxy("b.test") is None
-    assert "b.test" not in new.exact
+    # the previous good value keeps serving; the bad one is what Redis holds
+    assert target_port(new, "b.test") == 8123
+    assert new.exact["b.test"] == old.exact["b.test"]
     assert new.router.find_proxy("a.test") is not None
     assert new.router.find_proxy("x.w.test") is not None
     assert new.raw["proxy:b.test"] == bad
+    assert set(new.kept) == {"proxy:b.test"}
+    assert new.router.rejected_proxy("b.test") is None  # served: nothing to explain
+
+
+def test_rejected_key_without_a_good_value_is_not_served_and_named() -> None:
+    new = apply(base(), {"proxy:n.test": b"{", "proxy:*.z.test": b"{"})
+    assert new.router.find_proxy("n.test") is None
+    assert not new.kept
+    assert new.router.rejected_proxy("n.test") == "proxy:n.test"
+    assert new.router.rejected_proxy("x.z.test") == "proxy:*.z.test"
+    assert new.router.rejected_proxy("x.y.z.test") == "proxy:*.z.test"
+    assert new.router.rejected_proxy("other.test") is None
+    # a good wildcard serves a host whose exact key was rejected
+    covered = apply(base(), {"proxy:x.w.test": b"{"})
+    assert covered.router.find_proxy("x.w.test") is not None
+    # deleting the key forgets the rejection
+    gone = apply(new, {"proxy:n.test": None})
+    assert gone.router.rejected_proxy("n.test") is None
+    assert gone.router.rejected_proxy("x.z.test") == "proxy:*.z.test"
+
+
+CERT_PEM = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"
+
+
+def cert(name: str, domain: str) -> bytes:
+    doc = {"cert_name": name, "domains": [domain], "fullchain_pem": CERT_PEM,
+           "private_key_pem": KEY_PEM}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+GOOD_AND_BAD: dict[str, tuple[bytes, bytes, str]] = {
+    # key: (good value, rejected value, the map that keeps serving the good one)
+    "proxy:a.test": (proxy("a.test", "http://127.0.0.1:8001"), b'{"hostname": "a.test",}', "exact"),
+    "proxy:*.w.test": (proxy("*.w.test"), proxy("*.w.test", enabled="no"), "wildcards"),
+    "route:r1": (route("r1", "/good"), route("r1", "/bad", priority="high"), "routes"),
+    "service:url:s1": (b"http://10.0.0.9:80", b"ftp://x", "urls"),
+    "service:external:e1": (external("e1"), external("e1", "nope"), "services"),
+    "cert:c1": (cert("c1", "c.test"), cert("c1", "bad domain"), "certs"),
+    "cert:domain:c.test": (b"c1", b"two words", "cert_domains"),
+}
+
+
+def test_every_kind_keeps_its_last_good_value_until_deleted() -> None:
+    start = apply(Snapshot(), {k: good for k, (good, _, _) in GOOD_AND_BAD.items()})
+    assert not start.rejected
+    maps = {name: dict(getattr(start, name)) for _, _, name in GOOD_AND_BAD.values()}
+    bad = apply(start, {k: rejected for k, (_, rejected, _) in GOOD_AND_BAD.items()})
+    assert set(bad.rejected) == set(GOOD_AND_BAD) == set(bad.kept)
+    for _, _, name in GOOD_AND_BAD.values():
+        assert dict(getattr(bad, name)) == maps[name], name
+    assert target_port(bad, "a.test", "/good") == 9000  # route r1 as it was
+    # a second bad value: still the last good one
+    worse = apply(bad, {"route:r1": b"[]", "proxy:a.test": WrongType(b"hash")})
+    assert target_port(worse, "a.test", "/good") == 9000
+    assert target_port(worse, "a.test") == 8001
+    assert "holds a hash" in worse.rejected["proxy:a.test"]
+    # a full resync reading the same bad values changes nothing
+    assert resync_updates(worse, worse.raw) == {}
+    # DEL (or expiry) clears both the rejection and the last good value
+    gone = apply(worse, {k: None for k in GOOD_AND_BAD})
+    assert not gone.rejected and not gone.kept
+    for _, _, name in GOOD_AND_BAD.values():
+        assert not getattr(gone, name), name
+    # a fixed value replaces the kept one and clears the report
+    fixed = apply(worse, {"route:r1": route("r1", "/fixed", "9100")})
+    assert "route:r1" not in fixed.rejected and "route:r1" not in fixed.kept
+    assert target_port(fixed, "a.test", "/fixed") == 9100
+    assert target_port(fixed, "a.test", "/good") == 8001
+
+
+def test_a_full_resync_keeps_the_last_good_value() -> None:
+    snap = base()
+    current = {**snap.raw, "service:url:s1": b"not a url"}
+    after = apply(snap, resync_updates(snap, current))
+    assert after.urls["s1"] == "http://10.0.0.1:80"
+    assert "service:url:s1" in after.rejected
+    # the key gone from Redis at the next resync: gone from the snapshot too
+    del current["service:url:s1"]
+    later = apply(after, resync_updates(after, current))
+    assert "s1" not in later.urls and not later.rejected and not later.kept
+
+
+def test_a_last_good_value_shared_by_another_worker_is_adopted() -> None:
+    shared = {
+        "proxy:late.test": proxy("late.test", "http://127.0.0.1:8301"),
+        "route:r9": route("r9", "/nine", "9009"),
+        "service:url:s9": b"not a url",  # a bad shared value is never served
+    }
+    bad = {"proxy:late.test": b"{", "route:r9": b"{", "service:url:s9": b"{"}
+    snap = apply(base(), bad, last_good=shared)
+    assert set(snap.rejected) == set(bad)
+    assert set(snap.kept) == {"proxy:late.test", "route:r9"}
+    assert target_port(snap, "late.test") == 8301
+    assert target_port(snap, "a.test", "/nine") == 9009
+    assert "s9" not in snap.urls
+    # or later, once another worker has shared it
+    late = apply(base(), bad)
+    assert not late.kept
+    adopted = adopt(late, shared)
+    assert set(adopted.kept) == {"proxy:late.test", "route:r9"}
+    assert target_port(adopted, "late.test") == 8301
+    assert dict(adopted.rejected) == dict(late.rejected)
+    assert adopt(adopted, shared) is adopted
+    # a worker's own last good value comes first
+    own = apply(base(), {"route:r1": b"{"}, last_good={"route:r1": route("r1", "/r", "9999")})
+    assert target_port(own, "a.test", "/r") == 9000
+
+
+def test_a_route_to_a_rejected_service_says_so() -> None:
+    svc_route = json.dumps(
+        {"route_id": "sv", "path_pattern": "/sv", "target_type": "service", "target_value": "nw"}
+    ).encode()
+    snap = apply(base(), {"route:sv": svc_route, "service:url:nw": b"ftp://x"})
+    found = snap.router.find_proxy("a.test")
+    assert found is not None
+    res = snap.router.resolve(found, "/sv", b"GET")
+    assert res.target is None
+    assert res.problem == "service:url:nw"
+    missing = apply(snap, {"service:url:nw": None})
+    res = missing.router.resolve(found, "/sv", b"GET")
+    assert res.target is None and res.problem is None
 
 
 def test_wrong_type_field_and_bad_route_are_rejected() -> None:
@@ -216,13 +338,15 @@ def test_wrong_type_field_and_bad_route_are_rejected() -> None:
     assert set(new.rejected) == {"proxy:t.test", "route:r1"}
     assert "target_url" in new.rejected["proxy:t.test"]
     assert "priority" in new.rejected["route:r1"]
-    assert "r1" not in new.routes
+    assert new.routes["r1"].route.priority == 50 and "route:r1" in new.kept  # the last good
+    assert "proxy:t.test" not in new.kept  # never good: not served
+    assert new.router.find_proxy("t.test") is None
 
 
 def test_replacing_a_bad_value_by_a_good_one_clears_the_rejection() -> None:
     bad = apply(base(), {"proxy:a.test": b"{not json"})
     assert "proxy:a.test" in bad.rejected
-    assert bad.router.find_proxy("a.test") is None
+    assert target_port(bad, "a.test") == 8000  # the last good value
     good = apply(bad, {"proxy:a.test": proxy("a.test", "http://127.0.0.1:8222")})
     assert not good.rejected
     assert target_port(good, "a.test") == 8222
@@ -290,9 +414,16 @@ def test_deleting_one_of_two_keys_for_the_same_host_keeps_the_other() -> None:
     assert target_port(lower_left, "app.test") == 8001
     upper_left = apply(snap, {"proxy:app.test": None})
     assert target_port(upper_left, "app.test") == 8002
-    # rejecting one of them also leaves the other serving
+    # rejecting one of them keeps its last good value serving
     rejected = apply(snap, {"proxy:app.test": b"{"})
-    assert target_port(rejected, "app.test") == 8002
+    assert target_port(rejected, "app.test") == 8001
+    # one never good hands the host to the other
+    fresh = apply(
+        apply(Snapshot(), {"proxy:App.test": proxy("App.test", "http://127.0.0.1:8002")}),
+        {"proxy:app.test": b"{"},
+    )
+    assert target_port(fresh, "app.test") == 8002
+    assert fresh.router.rejected_proxy("app.test") is None
     both_gone = apply(upper_left, {"proxy:App.test": None})
     assert target_port(both_gone, "app.test") is None
     assert not both_gone.proxy_aliases
