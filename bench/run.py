@@ -10,12 +10,16 @@ Rounds are interleaved (round -> scenario -> proxy) so slow drifts of the machin
 proxy alike; medians over rounds are reported, together with the CPU time each proxy spent
 per request (read from /proc), which is much less sensitive to machine noise than req/s.
 
+``--edge-ref REV`` adds the edge as it was at another git revision (checked out in a temporary
+``git worktree``) as a row of its own, so a change can be measured before/after in one run.
+
 Python 3.11 standard library only.  See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -67,6 +71,122 @@ SECTION_END = "<!-- bench/run.py:end -->"
 
 class BenchError(RuntimeError):
     """A proxy or tool misbehaved; the message says how."""
+
+
+def is_edge(proxy: str) -> bool:
+    """``edge`` (this checkout) or ``edge@<rev>`` (another revision, see ``edge_worktree``)."""
+    return proxy == "edge" or proxy.startswith("edge@")
+
+
+def label(proxy: str) -> str:
+    return LABELS.get(proxy, proxy)
+
+
+# --------------------------------------------------------------------------------------------
+# the edge at another git revision
+
+
+@dataclass(frozen=True)
+class EdgeSource:
+    """The edge's source tree at one git revision, checked out in a temporary worktree."""
+
+    ref: str  # as given on the command line
+    commit: str  # full hash
+    short: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"edge@{self.short}"
+
+
+def git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"git {shlex.join(args)}: {exc}") from exc
+    if done.returncode != 0:
+        raise BenchError(f"git {shlex.join(args)} failed: {done.stderr.strip() or done.stdout}")
+    return done.stdout.strip()
+
+
+def _remove_worktree(path: Path) -> None:
+    try:
+        git("worktree", "remove", "--force", str(path))
+    except BenchError:
+        # half-created or already deleted: drop the files, then git's record of them
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(BenchError):
+            git("worktree", "prune")
+
+
+@contextlib.contextmanager
+def edge_worktree(ref: str) -> Iterator[EdgeSource]:
+    """Check ``ref`` out with ``git worktree add --detach`` in a temporary directory and
+    remove the worktree again when the block ends, however it ends (the caller turns
+    SIGTERM/SIGHUP into KeyboardInterrupt so that this cleanup runs on them too)."""
+    try:
+        commit = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+    except BenchError as exc:
+        raise BenchError(f"unknown git revision {ref!r}") from exc
+    short = git("rev-parse", "--short", commit)
+    parent = Path(tempfile.mkdtemp(prefix=f"edge-{short}-"))
+    parent.chmod(0o755)
+    path = parent / "src"
+    try:
+        git("worktree", "add", "--detach", str(path), commit)
+        compile_edge(path)
+        yield EdgeSource(ref, commit, short, path)
+    finally:
+        _remove_worktree(path)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def compile_edge(src: Path, python: str = sys.executable) -> None:
+    """Write the bytecode of ``src/edge`` now: a fresh worktree has none, and the first edge
+    started from it would otherwise spend its start compiling every module (which shows in
+    an instruction count as hundreds of millions of instructions)."""
+    done = subprocess.run(
+        [python, "-m", "compileall", "-q", str(src / "edge")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        # not fatal here: a module the edge never imports may not compile; one it imports
+        # makes the edge itself fail to start, with the error in its stderr
+        print(
+            f"warning: compiling {src / 'edge'}:\n{(done.stdout + done.stderr)[-1500:]}",
+            file=sys.stderr,
+        )
+
+
+def edge_pythonpath(src: Path, env: dict[str, str]) -> str:
+    """``src`` first on PYTHONPATH: it then wins over the editable install of this checkout,
+    whose import hook is consulted only after the path entries."""
+    path = env.get("PYTHONPATH")
+    return f"{src}{os.pathsep}{path}" if path else str(src)
+
+
+def check_edge_source(src: Path, python: str = sys.executable) -> None:
+    """Fail early unless ``python`` imports the edge from ``src`` with that PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=edge_pythonpath(src, dict(os.environ)))
+    done = subprocess.run(
+        [python, "-c", "import edge; print(edge.__file__)"],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    where = Path(done.stdout.strip() or "?").resolve()
+    if done.returncode != 0 or not where.is_relative_to(src.resolve()):
+        raise BenchError(
+            f"the edge from {src} is not what {python} imports (got {where}): "
+            f"{done.stderr.strip()[-500:]}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +681,8 @@ class Settings:
     edge_cmd: list[str]
     edge_env: dict[str, str]
     keep_tmp: bool = False
+    # source tree of each edge@<rev> row; the plain edge runs from REPO_ROOT
+    edge_sources: dict[str, Path] = field(default_factory=dict)
 
 
 def build_launch(proxy: str, sc: Scenario, port: int, d: Path, st: Settings) -> Launch:
@@ -591,11 +713,10 @@ def build_launch(proxy: str, sc: Scenario, port: int, d: Path, st: Settings) -> 
         )
         argv = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
         return Launch(pin(argv, cpu), env, d, None, stderr, log)
-    if proxy == "edge":
+    if is_edge(proxy):
         log = d / "access.log"
-        path = env.get("PYTHONPATH")
         env.update(
-            PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
+            PYTHONPATH=edge_pythonpath(st.edge_sources.get(proxy, REPO_ROOT), env),
             REDIS_URL=st.redis_url,
             SERVER_HOST=LOOPBACK,
             HTTP_PORT=str(port),
@@ -728,7 +849,7 @@ class Sample:
 def measure(
     children: Children, st: Settings, rnd: int, sc: Scenario, proxy: str, secs: int
 ) -> Sample:
-    d = st.tmp / f"r{rnd}-{sc.name}-{proxy}"
+    d = st.tmp / f"r{rnd}-{sc.name}-{proxy.replace('@', '-')}"
     d.mkdir()
     port = free_port()
     launch = build_launch(proxy, sc, port, d, st)
@@ -860,13 +981,13 @@ def results_table(summaries: list[Summary], rounds: int) -> str:
     rows: list[list[str]] = []
     for s in summaries:
         if s.rounds_ok == 0:
-            rows.append([s.scenario, LABELS[s.proxy], "failed", "", "", "", "", ""])
+            rows.append([s.scenario, label(s.proxy), "failed", "", "", "", "", ""])
             continue
         note = "" if s.rounds_ok == rounds else f" ({s.rounds_ok}/{rounds} ok)"
         rows.append(
             [
                 s.scenario,
-                LABELS[s.proxy],
+                label(s.proxy),
                 f"{s.rps:,.0f}{note}",
                 f"{s.rps_min:,.0f}-{s.rps_max:,.0f}",
                 _fmt_ms(s.p50_ms),
@@ -893,7 +1014,7 @@ def ratios_table(summaries: list[Summary], proxies: list[str]) -> str:
             me = by[(sc, proxy)]
             if me.rounds_ok == 0:
                 continue
-            row = [sc, LABELS[proxy]]
+            row = [sc, label(proxy)]
             for attr in ("rps", "cpu_us_per_req"):
                 for r in refs:
                     ref = by[(sc, r)]
@@ -906,6 +1027,28 @@ def ratios_table(summaries: list[Summary], proxies: list[str]) -> str:
                         row.append(f"{mine / theirs:.2f}x")
             rows.append(row)
     return _table(header, rows, "ll" + "r" * (2 * len(refs)))
+
+
+def before_after_table(summaries: list[Summary], proxies: list[str]) -> str:
+    """The first edge row (``edge``, or the first ``--edge-ref``) divided by every other."""
+    edges = [p for p in proxies if is_edge(p)]
+    if len(edges) < 2:
+        return ""
+    by = {(s.scenario, s.proxy): s for s in summaries}
+    base, others = edges[0], edges[1:]
+    header = ["scenario", "compared", "req/s ratio", "CPU/req ratio", "p99 ratio"]
+    rows: list[list[str]] = []
+    for sc in dict.fromkeys(s.scenario for s in summaries):
+        me = by[(sc, base)]
+        for other in others:
+            them = by[(sc, other)]
+            cells = [sc, f"{label(base)} ÷ {label(other)}"]
+            for attr in ("rps", "cpu_us_per_req", "p99_ms"):
+                mine, theirs = getattr(me, attr), getattr(them, attr)
+                ok = me.rounds_ok and them.rounds_ok and theirs
+                cells.append(f"{mine / theirs:.3f}x" if ok else "n/a")
+            rows.append(cells)
+    return _table(header, rows, "llrrr")
 
 
 def tool_version(argv: list[str]) -> str:
@@ -927,6 +1070,10 @@ def machine_info() -> dict[str, str]:
     except OSError:
         pass
     rev = tool_version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = tool_version(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "edge"])
+    if dirty not in ("", "?"):
+        # the plain edge row runs the working tree, not the commit
+        rev += " plus uncommitted changes under edge/"
     return {
         "nproc": str(os.cpu_count() or "?"),
         "cpu": model,
@@ -958,6 +1105,7 @@ def render_report(
     n_workers: int,
     command: str,
     info: dict[str, str],
+    sources: Sequence[EdgeSource] = (),
 ) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -967,6 +1115,10 @@ def render_report(
         f"- Machine: nproc={info['nproc']}, CPU: {info['cpu']}, Linux {info['kernel']}",
         f"- Software: {info['nginx']}, {info['haproxy']}, Caddy {info['caddy']}, "
         f"{info['wrk']}, Python {info['python']}, edge at git {info['git']}",
+        *(
+            f"- {src.name}: git {src.commit} (`{src.ref}`), from a temporary worktree"
+            for src in sources
+        ),
         f"- Command: `{command}`",
         f"- Load: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{secs}s --latency` on CPU {LOAD_CPU}, "
         f"upstream nginx (1 worker) on CPU {LOAD_CPU}; {rounds} interleaved round(s), "
@@ -983,7 +1135,7 @@ def render_report(
         results_table(summaries, rounds),
     ]
     noisy = [
-        f"{s.scenario}/{LABELS[s.proxy]}"
+        f"{s.scenario}/{label(s.proxy)}"
         for s in summaries
         if s.rounds_ok > 1 and s.rps and (s.rps_max - s.rps_min) / s.rps > NOISY_SPREAD
     ]
@@ -1003,6 +1155,17 @@ def render_report(
             "`req/s ÷ X` above 1 means faster than X; `CPU/req ÷ X` below 1 means cheaper than X.",
             "",
             ratios,
+        ]
+    before_after = before_after_table(summaries, proxies)
+    if before_after:
+        parts += [
+            "",
+            "### Edge revisions compared (medians)",
+            "",
+            "`req/s ratio` above 1 means the first is faster; `CPU/req ratio` below 1 means "
+            "it is cheaper.",
+            "",
+            before_after,
         ]
     return "\n".join(parts) + "\n"
 
@@ -1222,17 +1385,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="profile one edge worker with py-spy under the small scenario instead (bench/out/)",
     )
+    p.add_argument(
+        "--edge-ref",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also run the edge at this git revision, as row edge@<rev> (repeatable)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir for inspection")
     args = p.parse_args(argv)
     if args.duration < 1 or args.rounds < 1 or args.workers_n < 1:
         p.error("--duration, --rounds and --workers-n must be positive")
+    if args.profile and args.edge_ref:
+        p.error("--profile runs the edge of this checkout only; drop --edge-ref")
     return args
 
 
-def select_proxies(spec: str | None) -> list[str]:
-    wanted = (
-        [s.strip().lower() for s in spec.split(",") if s.strip()] if spec else list(ALL_PROXIES)
-    )
+def select_proxies(spec: str | None, edge_refs: Sequence[str] = ()) -> list[str]:
+    if spec:
+        wanted = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    else:
+        # --edge-ref alone compares the revisions with each other, not with the references
+        wanted = ["edge"] if edge_refs else list(ALL_PROXIES)
     unknown = [w for w in wanted if w not in ALL_PROXIES]
     if unknown:
         raise SystemExit(f"unknown proxy {unknown}; known: {', '.join(ALL_PROXIES)}")
@@ -1243,7 +1417,7 @@ def select_proxies(spec: str | None) -> list[str]:
     for tool in ("nginx", "wrk", "taskset", *(p for p in proxies if p in ("haproxy",))):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found on PATH")
-    if "edge" in proxies and not shutil.which("redis-server"):
+    if (edge_refs or "edge" in proxies) and not shutil.which("redis-server"):
         raise SystemExit("redis-server not found on PATH (needed by the edge)")
     return proxies
 
@@ -1254,9 +1428,9 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    proxies = ["edge"] if args.profile else select_proxies(args.only)
+    proxies = ["edge"] if args.profile else select_proxies(args.only, args.edge_ref)
     scenarios = select_scenarios(args.scenarios, args.workers_n)
-    if not proxies:
+    if not proxies and not args.edge_ref:
         raise SystemExit("nothing to run")
     edge_env: dict[str, str] = {}
     for item in args.edge_env:
@@ -1274,15 +1448,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp.chmod(0o755)  # readable by nginx/caddy workers running as another user
     children = Children()
     samples: list[Sample] = []
+    worktrees = contextlib.ExitStack()
+    sources: list[EdgeSource] = []
     try:
+        for ref in args.edge_ref:
+            src = worktrees.enter_context(edge_worktree(ref))
+            if src.name in proxies:
+                raise BenchError(f"--edge-ref {ref} names a revision already in the run")
+            check_edge_source(src.path)
+            sources.append(src)
+            proxies.append(src.name)
         _upstream, upstream_port = start_upstream(children, tmp)
         redis_url = ""
-        if "edge" in proxies:
+        if any(is_edge(p) for p in proxies):
             _redis, redis_port = start_redis(children, tmp)
             configure_edge(redis_port, upstream_port)
             redis_url = f"redis://{LOOPBACK}:{redis_port}/0"
         st = Settings(
-            tmp, upstream_port, redis_url, shlex.split(args.edge_cmd), edge_env, args.keep_tmp
+            tmp,
+            upstream_port,
+            redis_url,
+            shlex.split(args.edge_cmd),
+            edge_env,
+            args.keep_tmp,
+            {src.name: src.path for src in sources},
         )
         if args.profile:
             run_profile(children, st, args.duration)
@@ -1304,7 +1493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else:
                         status = "FAILED: " + s.error.strip().splitlines()[0]
                     print(
-                        f"[{n:>3}/{total}] round {rnd} {sc.name:<9} {LABELS[proxy]:<8} {status}",
+                        f"[{n:>3}/{total}] round {rnd} {sc.name:<9} {label(proxy):<8} {status}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -1319,6 +1508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         children.stop_all()
+        worktrees.close()  # after the children: edge@<rev> runs from its worktree
         if args.keep_tmp:
             print(f"temp dir kept: {tmp}", file=sys.stderr)
         else:
@@ -1327,7 +1517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = summarize(samples, scenarios, proxies)
     info["loadavg_after"] = loadavg()
     report = render_report(
-        summaries, proxies, args.rounds, args.duration, args.workers_n, command, info
+        summaries, proxies, args.rounds, args.duration, args.workers_n, command, info, sources
     )
     print(report)
     if args.json:
