@@ -71,6 +71,8 @@ LINGER_MAX_BYTES = 64 * 1024 * 1024
 IDLE_LINGER = 1.0
 
 
+# no request in progress: shortened to DRAIN_IDLE_GRACE while draining
+_IDLE_DEADLINES = (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE)
 _EMPTY_LINE_START = (b"\r", b"\n")
 _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
 # IDLE: no request was parsed (a head refused by the guard, by h11, or too slow); h11 still
@@ -181,11 +183,9 @@ class HttpConnection(asyncio.Protocol):
             self._pp_buf = b""
             self._arm(_Deadline.PROXY, stage.timeout)
             return
+        # accepted as the listeners closed, during a drain: the client may already have
+        # sent its request, served like one on an idle connection (see _arm)
         self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
-        if self.hub.draining:
-            # accepted as the listeners closed: the client may already have sent its
-            # request, which is served (with Connection: close) like on an idle connection
-            self.drain()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -600,7 +600,7 @@ class HttpConnection(asyncio.Protocol):
             return
         # still keep-alive while draining: this answer's head left before the drain began
         # and promised the client it may send again, perhaps at once; the connection is
-        # idle now and gets the drain's grace like the others
+        # idle now and gets the drain's grace like the others (_arm)
         conn.start_next_cycle()
         self.guard.reset()
         leftover, closed = conn.trailing_data
@@ -625,8 +625,6 @@ class HttpConnection(asyncio.Protocol):
             return
         else:
             self._arm(_Deadline.KEEPALIVE, self.hub.settings.keepalive_timeout)
-            if self.hub.draining:
-                self.drain()
         self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
         if leftover:
             self._drive()
@@ -642,7 +640,7 @@ class HttpConnection(asyncio.Protocol):
         only a connection still idle then is closed, lingeringly (``_close``). A partial
         head is served the same way; a PROXY header keeps its own deadline.
         """
-        if self._deadline in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
+        if self._deadline in _IDLE_DEADLINES:
             grace = self.hub.settings.drain_idle_grace
             if self.hub.loop.time() + grace < self._deadline_at:
                 self._arm(self._deadline, grace)
@@ -719,6 +717,8 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ deadlines
     # One LazyTimer per connection serves every deadline kind in turn.
     def _arm(self, kind: _Deadline, seconds: float) -> None:
+        if self.hub.draining and kind in _IDLE_DEADLINES:
+            seconds = min(seconds, self.hub.settings.drain_idle_grace)
         at = self.hub.loop.time() + seconds
         self._deadline = kind
         self._deadline_at = at

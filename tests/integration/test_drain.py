@@ -10,6 +10,7 @@ import json
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.haproxy import HAProxy, Listen
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.helpers import EdgeProcess, RedisServer, Upstream, free_port, proxy_doc, wait_for
 
 HOST = "app.test"
 
@@ -263,6 +264,41 @@ def test_an_idle_connection_is_served_during_the_drain_grace_then_closed(
     assert time.monotonic() - signalled >= 2.7
     for client in (late, idle):
         client.close()
+    assert edge.proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("listener", ["PROXY_PROTOCOL_PORT", "PROXY_PROTOCOL_TLS_PORT"])
+def test_a_proxy_header_in_progress_at_sigterm_is_served(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    gated: GatedUpstream,
+    listener: str,
+) -> None:
+    gated.gate.set()
+    edge = edge_factory(DRAIN_TIMEOUT=10, **{listener: free_port()})
+    configure(redis_db, gated, edge)
+    assert edge.proc is not None
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n"
+    sock = socket.create_connection(("127.0.0.1", int(edge.env[listener])), timeout=10)
+    sock.sendall(header[:10])
+    # barrier: once the (single) worker has answered a request made after the connect, it
+    # has accepted the connection and read the partial header
+    edge.health()
+    edge.signal(signal.SIGTERM)
+    wait_for(lambda: refused(edge.http_port), timeout=5)
+    sock.sendall(header[10:])
+    if listener == "PROXY_PROTOCOL_TLS_PORT":
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        sock = tls.wrap_socket(sock, server_hostname=HOST)
+    client = Client.__new__(Client)
+    client.sock, client.buffer = sock, b""
+    outcome = client.request("/proxied")
+    assert outcome.response is not None, outcome
+    assert outcome.response.status == 200 and outcome.response.body == b"done /proxied"
+    assert outcome.response.headers.get("connection", "").lower() == "close"
+    client.close()
     assert edge.proc.wait(timeout=10) == 0
 
 
