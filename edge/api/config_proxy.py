@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from redis.asyncio.client import Pipeline
 
+from edge.api.config_claims import check_wildcard_claim
 from edge.api.config_store import (
     MESSAGE_MAX,
     SCAN_COUNT,
@@ -121,6 +122,7 @@ async def create_proxy(req: ApiRequest) -> Response:
     async def write(pipe: Pipeline) -> None:
         if await pipe.exists(key) or await _hand_written_alias(pipe, hostname):
             raise exists_conflict("proxy", "hostname")
+        await check_wildcard_claim(pipe, req, hostname)
         await check_owner(pipe, req, owner)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, encode(item))

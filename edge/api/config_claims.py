@@ -1,0 +1,93 @@
+"""Which names a wildcard may claim, for a token other than the admin.
+
+A wildcard proxy ``*.zone`` serves every name under ``zone`` that has no proxy of its own,
+so it may only cover names no other owner holds: a token other than the admin may claim
+``*.zone`` only if no proxy and no certificate domain under it (any name ending in
+``.zone``, the wildcard itself included) belongs to another owner. Records with no owner
+and keys written by hand are the admin's. A wildcard of a single-label zone (``*.com``,
+``*.test``) would take a whole top-level domain: the admin's to create.
+
+Exact names are not limited here: an exact proxy beats a wildcard when routing (the most
+specific name wins), so a name another owner holds under someone's wildcard stays theirs.
+The admin may claim anything.
+
+The check runs inside the write's transaction; the caller's own records it reads are
+watched, so one handed to another owner before ``EXEC`` makes the write run again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge.api.config_store import as_text, loose_doc, owner_of, scan_values
+from edge.api.http import Conflict, Forbidden
+from edge.api.request import ApiRequest
+from edge.auth.secrets import same_hash
+from edge.config.schema import classify_key
+
+__all__ = ["check_wildcard_claim"]
+
+
+def _any_case(text: str) -> str:
+    """A SCAN pattern matching ``text`` in any letter case (``*`` matched literally)."""
+    return "".join(
+        f"[{c}{c.upper()}]" if c.isalpha() else ("\\*" if c == "*" else c) for c in text
+    )
+
+
+def _under(name: str, zone: str) -> bool:
+    """Whether a ``*.zone`` wildcard covers ``name`` or is ``name``: it ends in ``.zone``."""
+    return name.lower().endswith("." + zone)
+
+
+async def _held(pipe: Any, zone: str) -> dict[str, tuple[str, str | None]]:
+    """Every key naming something under ``zone``: key -> (name, owner)."""
+    held: dict[str, tuple[str, str | None]] = {}
+    # proxy:*.zone matches every proxy key ending in ".zone": deeper names, wildcards
+    proxies = await scan_values(pipe, "proxy:*." + _any_case(zone))
+    for key, raw in proxies.items():
+        if classify_key(key) == "proxy":
+            held[key] = (key[len("proxy:") :].lower(), owner_of(raw))
+    certs = await scan_values(pipe, "cert:*", lambda k: classify_key(k) == "cert")
+    owners = {key[len("cert:") :]: owner_of(raw) for key, raw in certs.items()}
+    for key, raw in certs.items():
+        domains = loose_doc(raw).get("domains")
+        for domain in domains if isinstance(domains, list) else ():
+            if isinstance(domain, str) and _under(domain, zone):
+                held[key] = (domain.lower(), owners[key[len("cert:") :]])
+                break
+    # a domain mapped to a certificate by hand: its certificate's owner (none: the admin)
+    domains = await scan_values(pipe, "cert:domain:*." + _any_case(zone))
+    for key, raw in domains.items():
+        held[key] = (key[len("cert:domain:") :].lower(), owners.get(as_text(raw).strip()))
+    return held
+
+
+async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
+    """Refuse (403/409, naming ``hostname``) a wildcard the caller may not claim.
+
+    ``pipe`` is the write's pipeline in its watching (immediate) phase.
+    """
+    caller = req.caller
+    if caller.is_admin or not hostname.startswith("*."):
+        return
+    zone = hostname[2:]
+    if "." not in zone:
+        raise Forbidden(
+            "single-label wildcard",
+            public_message=f"{hostname} would cover a whole top-level domain: only the admin "
+            "token may create it",
+            field="hostname",
+        )
+    mine: list[str] = []
+    for key, (name, owner) in sorted((await _held(pipe, zone)).items()):
+        if owner is None or not same_hash(owner, caller.token_hash):
+            raise Conflict(
+                "wildcard covers another owner's name",
+                code="wildcard_conflict",
+                public_message=f"{hostname} would cover {name}, which another owner holds",
+                field="hostname",
+            )
+        mine.append(key)
+    if mine:
+        await pipe.watch(*mine)
