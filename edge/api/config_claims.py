@@ -7,9 +7,11 @@ so it may only cover names no other owner holds: a token other than the admin ma
 and keys written by hand are the admin's. A wildcard of a single-label zone (``*.com``,
 ``*.test``) would take a whole top-level domain: the admin's to create.
 
-Exact names are not limited here: an exact proxy beats a wildcard when routing (the most
-specific name wins), so a name another owner holds under someone's wildcard stays theirs.
-The admin may claim anything.
+The other way round, a wildcard another token holds makes its zone that token's: a token
+other than the admin may not create an exact name under it either (the exact proxy would
+beat the wildcard when routing, and so take over a name its owner serves). A wildcard
+with no owner (the admin's, or written by hand) is a catch-all that leaves the names under
+it free. The admin may claim anything.
 
 The check runs inside the write's transaction; the caller's own records it reads are
 watched, so one handed to another owner before ``EXEC`` makes the write run again.
@@ -22,6 +24,7 @@ from typing import Any
 from edge.api.config_store import as_text, loose_doc, owner_of, scan_values
 from edge.api.http import Conflict, Forbidden
 from edge.api.request import ApiRequest
+from edge.api.store import ADMIN_NAME, record_key
 from edge.auth.secrets import same_hash
 from edge.config.schema import classify_key
 
@@ -64,12 +67,15 @@ async def _held(pipe: Any, zone: str) -> dict[str, tuple[str, str | None]]:
 
 
 async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
-    """Refuse (403/409, naming ``hostname``) a wildcard the caller may not claim.
+    """Refuse (403/409, naming ``hostname``) a name the caller may not claim.
 
     ``pipe`` is the write's pipeline in its watching (immediate) phase.
     """
     caller = req.caller
-    if caller.is_admin or not hostname.startswith("*."):
+    if caller.is_admin:
+        return
+    if not hostname.startswith("*."):
+        await _check_exact_claim(pipe, req, hostname)
         return
     zone = hostname[2:]
     if "." not in zone:
@@ -91,3 +97,29 @@ async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> Non
         mine.append(key)
     if mine:
         await pipe.watch(*mine)
+
+
+async def _check_exact_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
+    """Refuse (409) an exact name under a wildcard that another token holds."""
+    labels = hostname.split(".")
+    keys = [f"proxy:*.{'.'.join(labels[i:])}" for i in range(1, len(labels))]
+    if not keys:
+        return
+    admin_key = record_key(ADMIN_NAME)
+    await pipe.watch(*keys, admin_key)
+    values = await pipe.mget(keys)
+    admin_hash = loose_doc(await pipe.get(admin_key)).get("hash")
+    for key, raw in zip(keys, values, strict=True):
+        if raw is None:
+            continue
+        owner = owner_of(raw)
+        if owner is None or (isinstance(admin_hash, str) and same_hash(owner, admin_hash)):
+            continue  # the admin's catch-all
+        if not same_hash(owner, req.caller.token_hash):
+            raise Conflict(
+                "name under another owner's wildcard",
+                code="wildcard_conflict",
+                public_message=f"{hostname} is under {key[len('proxy:') :]}, which another "
+                "owner holds",
+                field="hostname",
+            )

@@ -186,3 +186,25 @@ def test_the_admin_may_claim_anything_and_the_most_specific_owner_wins(
     assert served_by(api, "b.zone.test") == "bob"
     # alice sees and keeps her wildcard
     assert ok(call(port, "GET", f"{P}/%2A.zone.test", alice))["hostname"] == "*.zone.test"
+
+
+def test_an_exact_name_may_not_be_taken_under_another_owners_wildcard(
+    api: EdgeProcess, admin: str, rdb: redis.Redis, ups: dict[str, Upstream]
+) -> None:
+    port = api.api_port
+    alice, bob = new_token(port, admin, "alice"), new_token(port, admin, "bob")
+    ok(create(port, alice, "*.alice.test", ups["alice"]), 201)
+    wait_for(lambda: served_by(api, "shop.alice.test") == "alice", timeout=LIVE)
+    # bob's exact name would beat alice's wildcard and take over a name she serves
+    for hostname in ("shop.alice.test", "a.b.alice.test"):
+        message = refused(create(port, bob, hostname, ups["bob"]), rdb, hostname, 409,
+                          "wildcard_conflict")  # fmt: skip
+        assert "*.alice.test" in message, message
+    assert served_by(api, "shop.alice.test") == "alice"
+    # alice may add exact names under her own wildcard; the admin may add any
+    ok(create(port, alice, "own.alice.test", ups["alice"]), 201)
+    ok(create(port, admin, "ops.alice.test", ups["admin"]), 201)
+    # an admin's catch-all wildcard (no owner) leaves the names under it free
+    ok(create(port, admin, "*.open.test", ups["admin"]), 201)
+    ok(create(port, bob, "bob.open.test", ups["bob"]), 201)
+    wait_for(lambda: served_by(api, "bob.open.test") == "bob", timeout=LIVE)
