@@ -414,7 +414,11 @@ class Forwarder:
     def forward(self, ex: Exchange, res: Resolution) -> None:
         target = res.target
         if target is None:
-            ex.fail(UpstreamConnectError(public_message="bad gateway: route target not registered"))
+            if res.problem is not None:
+                message = f"bad gateway: the route's service config was rejected ({res.problem})"
+            else:
+                message = "bad gateway: route target not registered"
+            ex.fail(UpstreamConnectError(public_message=message))
             return
         ProxyCall(self, ex, target, res).start()
 

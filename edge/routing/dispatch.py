@@ -78,6 +78,12 @@ class Dispatcher:
         router = self.snapshot().router
         proxy = router.find_proxy(ex.host)
         if proxy is None:
+            rejected = router.rejected_proxy(ex.host)
+            if rejected is not None:
+                # the host's only value was refused: say so, and which key to fix
+                message = f"the proxy config for this host was rejected ({rejected})"
+                ex.fail(NoRoute(f"{rejected} rejected", public_message=message))
+                return
             ex.fail(NoRoute(f"no proxy for host {ex.host!r}"))
             return
         if not proxy.enabled:
