@@ -775,7 +775,9 @@ def test_bad_pats_do_not_stall_other_traffic(
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(30) as pool:
-            answers = list(pool.map(api.me, forged))
+            # the flood's own answers may queue behind each other on a loaded machine: they
+            # get time; what must stay fast is the other traffic, measured below
+            answers = list(pool.map(lambda t: api.me(t, timeout=60), forged))
     finally:
         flood = time.monotonic() - started
         done.set()
