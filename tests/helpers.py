@@ -333,6 +333,29 @@ def http_request(
         return b"".join(chunks)
 
 
+def read_message(sock: socket.socket) -> bytes:
+    """One HTTP message from ``sock``: its head and a body of Content-Length bytes (less if
+    the peer closes first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 @contextlib.contextmanager
 def temp_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="edge-test-") as d:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from edge.auth.secrets import new_admin_token
+from tests.helpers import read_message
 from tests.integration.test_client_cli import cli, cli_env, closed_url
 
 Step = str | int  # "close", "reset", "head-reset", or the status of an answer
@@ -32,28 +33,6 @@ _BODIES = {
         {"error": {"code": "redis_unavailable", "message": "retry", "request_id": "r1"}}
     ).encode(),
 }
-
-
-def _read_request(conn: socket.socket) -> None:
-    """The whole request (head, and a body of Content-Length bytes): nothing left unread,
-    so a close is a clean FIN, not a reset."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        body += chunk
 
 
 def _reset(conn: socket.socket) -> None:
@@ -98,7 +77,7 @@ class ScriptedServer:
             self.connections += 1
             conn.settimeout(5)
             try:
-                _read_request(conn)
+                read_message(conn)  # all of it: a close is then a clean FIN, not a reset
                 if step == "close":
                     conn.close()
                 elif step == "reset":

@@ -8,6 +8,7 @@ which is what turns a desync on one of them into someone else's response).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -25,6 +26,7 @@ from tests.helpers import (
     Upstream,
     http_request,
     proxy_doc,
+    read_message,
     wait_for,
 )
 from tests.integration.test_live_config import EVIL_PATH, EVIL_PATTERN, STALL_LIMIT
@@ -101,6 +103,28 @@ def haproxy_http(workdir: Path, edge_port: int) -> HAProxy:
     return HAProxy(workdir, [listen]).start()
 
 
+@contextlib.contextmanager
+def front(
+    stack: tuple[EdgeProcess, RedisServer],
+    tmp_path: Path,
+    via: str,
+    serve: Callable[[UpConn], None],
+) -> Iterator[int]:
+    """``app.test`` proxied to a scripted upstream; the port to attack, on the edge itself
+    or on HAProxy in front of it."""
+    edge, redis_db = stack
+    up = ScriptedUpstream(serve)
+    haproxy = haproxy_http(tmp_path / "haproxy", edge.http_port) if via == "haproxy" else None
+    try:
+        redis_db.client().set(f"proxy:{HOST}", proxy_doc(HOST, up.url))
+        edge.wait_generation(lambda h: h["proxies"] >= 1)
+        yield haproxy.port("front") if haproxy else edge.http_port
+    finally:
+        up.close()
+        if haproxy:
+            haproxy.stop()
+
+
 def body_of(raw: bytes) -> bytes:
     return raw.partition(b"\r\n\r\n")[2]
 
@@ -113,13 +137,7 @@ def test_bytes_past_the_end_of_a_response_never_reach_the_next_client(
     case: str,
     via: str,
 ) -> None:
-    edge, redis_db = stack
-    up = ScriptedUpstream(poisoning_upstream)
-    haproxy = haproxy_http(tmp_path / "haproxy", edge.http_port) if via == "haproxy" else None
-    try:
-        redis_db.client().set(f"proxy:{HOST}", proxy_doc(HOST, up.url))
-        edge.wait_generation(lambda h: h["proxies"] >= 1)
-        port = haproxy.port("front") if haproxy else edge.http_port
+    with front(stack, tmp_path, via, poisoning_upstream) as port:
         method = POISON[case][0]
         first = http_request(
             port,
@@ -134,11 +152,7 @@ def test_bytes_past_the_end_of_a_response_never_reach_the_next_client(
             raw = http_request(port, b"GET " + path + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
             assert b"smuggled" not in raw, raw
             assert body_of(raw) == path, raw
-        assert edge.health()["upstream"]["closed_with_extra_bytes"] >= 1
-    finally:
-        up.close()
-        if haproxy:
-            haproxy.stop()
+        assert stack[0].health()["upstream"]["closed_with_extra_bytes"] >= 1
 
 
 def upgrade_recorder(seen: list[bytes]) -> Callable[[UpConn], None]:
@@ -167,57 +181,27 @@ def upgrade_recorder(seen: list[bytes]) -> Callable[[UpConn], None]:
 def test_only_websocket_upgrades_are_passed(
     stack: tuple[EdgeProcess, RedisServer], tmp_path: Path, via: str
 ) -> None:
-    edge, redis_db = stack
     seen: list[bytes] = []
-    up = ScriptedUpstream(upgrade_recorder(seen))
-    haproxy = haproxy_http(tmp_path / "haproxy", edge.http_port) if via == "haproxy" else None
-    try:
-        redis_db.client().set(f"proxy:{HOST}", proxy_doc(HOST, up.url))
-        edge.wait_generation(lambda h: h["proxies"] >= 1)
-        port = haproxy.port("front") if haproxy else edge.http_port
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(
-                b"GET /first HTTP/1.1\r\nHost: app.test\r\n"
-                b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, foo/2\r\n"
-                b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
-            )
-            first = read_response(s)
-            assert first.startswith(b"HTTP/1.1 200 "), first
-            assert body_of(first) == b"/first"
-            # the next request on the connection is still HTTP, routed and rewritten
-            s.sendall(b"GET /second HTTP/1.1\r\nHost: app.test\r\nX-Real-IP: 6.6.6.6\r\n\r\n")
-            second = read_response(s)
-            assert body_of(second) == b"/second", second
-        heads = [h.lower() for h in seen]
-        assert len(heads) == 2, heads
-        assert all(b"upgrade" not in h and b"http2-settings" not in h for h in heads), heads
-        assert b"x-real-ip: 6.6.6.6" not in heads[1]
-    finally:
-        up.close()
-        if haproxy:
-            haproxy.stop()
-
-
-def read_response(s: socket.socket) -> bytes:
-    """One response with a Content-Length body from a socket."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = s.recv(65536)
-        if not data:
-            return buf
-        buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        data = s.recv(65536)
-        if not data:
-            break
-        body += data
-    return head + b"\r\n\r\n" + body
+    with (
+        front(stack, tmp_path, via, upgrade_recorder(seen)) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as s,
+    ):
+        s.sendall(
+            b"GET /first HTTP/1.1\r\nHost: app.test\r\n"
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c, foo/2\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        first = read_message(s)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        assert body_of(first) == b"/first"
+        # the next request on the connection is still HTTP, routed and rewritten
+        s.sendall(b"GET /second HTTP/1.1\r\nHost: app.test\r\nX-Real-IP: 6.6.6.6\r\n\r\n")
+        second = read_message(s)
+        assert body_of(second) == b"/second", second
+    heads = [h.lower() for h in seen]
+    assert len(heads) == 2, heads
+    assert all(b"upgrade" not in h and b"http2-settings" not in h for h in heads), heads
+    assert b"x-real-ip: 6.6.6.6" not in heads[1]
 
 
 @pytest.mark.parametrize(
@@ -233,14 +217,8 @@ def read_response(s: socket.socket) -> bytes:
 def test_content_length_beyond_the_maximum_is_refused(
     stack: tuple[EdgeProcess, RedisServer], tmp_path: Path, length: bytes, via: str
 ) -> None:
-    edge, redis_db = stack
     seen: list[bytes] = []
-    up = ScriptedUpstream(upgrade_recorder(seen))
-    haproxy = haproxy_http(tmp_path / "haproxy", edge.http_port) if via == "haproxy" else None
-    try:
-        redis_db.client().set(f"proxy:{HOST}", proxy_doc(HOST, up.url))
-        edge.wait_generation(lambda h: h["proxies"] >= 1)
-        port = haproxy.port("front") if haproxy else edge.http_port
+    with front(stack, tmp_path, via, upgrade_recorder(seen)) as port:
         raw = http_request(
             port,
             b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: " + length + b"\r\n\r\n"
@@ -256,30 +234,22 @@ def test_content_length_beyond_the_maximum_is_refused(
         # Through HAProxy 2.6, 2^64 wraps to 0 in HAProxy itself: it then sends "hello GET
         # /smuggled" to the edge as a request of its own, which the edge routes, rewrites and
         # logs like any other: HAProxy's desync, not a bypass of the edge.
-    finally:
-        up.close()
-        if haproxy:
-            haproxy.stop()
 
 
 def test_the_largest_signed_64_bit_length_is_still_a_length(
-    stack: tuple[EdgeProcess, RedisServer],
+    stack: tuple[EdgeProcess, RedisServer], tmp_path: Path
 ) -> None:
     """2^63 - 1 is what HAProxy accepts too: forwarded, not refused (the body then idles)."""
-    edge, redis_db = stack
     seen: list[bytes] = []
-    up = ScriptedUpstream(upgrade_recorder(seen))
-    try:
-        redis_db.client().set(f"proxy:{HOST}", proxy_doc(HOST, up.url))
-        edge.wait_generation(lambda h: h["proxies"] >= 1)
-        with socket.create_connection(("127.0.0.1", edge.http_port), timeout=5) as s:
-            s.sendall(
-                b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 9223372036854775807\r\n\r\n"
-            )
-            wait_for(lambda: len(seen) == 1)
-        assert b"content-length: 9223372036854775807" in seen[0].lower()
-    finally:
-        up.close()
+    with (
+        front(stack, tmp_path, "direct", upgrade_recorder(seen)) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as s,
+    ):
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 9223372036854775807\r\n\r\n"
+        )
+        wait_for(lambda: len(seen) == 1)
+    assert b"content-length: 9223372036854775807" in seen[0].lower()
 
 
 def echo_stack(stack: tuple[EdgeProcess, RedisServer], upstream: Upstream, *hosts: str) -> int:
