@@ -236,7 +236,7 @@ class ProxyCall:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.bind(self)
+        conn.bind(self, self.ex.method == b"HEAD")
         try:
             conn.send(self.head)
         except h11.LocalProtocolError as exc:

@@ -22,6 +22,21 @@ if TYPE_CHECKING:
 _NONE, _IDLE, _RESPONSE = 0, 1, 2  # deadline kinds
 
 
+# RFC 9112 §6.3: these answers end with their head, whatever their fields say
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _announces_body(response: h11.Response) -> bool:
+    """A head that ends its message but announces a body (Content-Length above 0, or
+    Transfer-Encoding): legal for HEAD and 304, but from an upstream that then sends the
+    body, bytes that arrive after the connection went back to the pool would be read as
+    the next client's response. Such a connection is closed, not reused."""
+    for name, value in response.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
+            return True
+    return False
+
+
 class UpstreamUser(Protocol):
     """What a connection reports to while it carries a request."""
 
@@ -51,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_deadline_at",
         "_eof_in",
         "_eof_out",
+        "_head_request",
         "_reading_paused",
         "_timer",
         "h11",
@@ -59,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "received_any",
         "requests",
+        "reusable",
         "transport",
         "user",
     )
@@ -72,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pipe: RawPipe | None = None
         self.received_any = False
         self.requests = 0
+        self.reusable = True  # see _bodiless
+        self._head_request = False
         # one lazily moved timer: response deadline while a request is out, idle
         # deadline while pooled (see _set_deadline)
         self._timer = LazyTimer(pool.loop, self._expired)
@@ -157,7 +176,10 @@ class UpstreamConnection(asyncio.Protocol):
             if kind is h11.Data:
                 user.on_data(cast(h11.Data, event).data)
             elif kind is h11.Response:
-                user.on_response(cast(h11.Response, event))
+                response = cast(h11.Response, event)
+                if self._head_request or response.status_code in _NO_BODY_STATUS:
+                    self.reusable = not _announces_body(response)
+                user.on_response(response)
             elif kind is h11.EndOfMessage:
                 self._release(user)
                 return
@@ -184,7 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
             # be read as the next client's response. Never reuse such a connection.
             self.pool.extra_bytes_closed += 1
             self.abort()
-        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        elif self.reusable and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             if self._reading_paused:
                 # paused for a slow client: idle in the pool, it must read to see a close
@@ -194,9 +216,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     # ------------------------------------------------------------------ used by callers
-    def bind(self, user: UpstreamUser) -> None:
+    def bind(self, user: UpstreamUser, head_request: bool = False) -> None:
         self._deadline = _NONE
         self.user = user
+        self._head_request = head_request
+        self.reusable = True
         self.received_any = False
         self.requests += 1
         if self._reading_paused:

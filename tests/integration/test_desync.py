@@ -155,6 +155,57 @@ def test_bytes_past_the_end_of_a_response_never_reach_the_next_client(
         assert stack[0].health()["upstream"]["closed_with_extra_bytes"] >= 1
 
 
+# answers whose head ends the message but announces a body (RFC 9112 §6.3), then the
+# body 0.3 s later, as from a server that writes them separately: by then the edge has
+# finished the response, and the next client's request may already be on its way
+LATE = {
+    "head": (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"),
+    "204": (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n"),
+    "304": (b"GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"),
+}
+
+
+def late_poisoning_upstream(conn: UpConn) -> None:
+    for _method, target, head in raw_requests(conn):
+        if target == b"/poison":
+            case = next(
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"x-case:")
+            )
+            conn.send_raw(LATE[case][1])
+            time.sleep(0.3)
+            with contextlib.suppress(OSError):
+                conn.send_raw(SMUGGLED)
+        else:
+            conn.send_raw(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(target), target)
+            )
+
+
+@pytest.mark.parametrize("case", sorted(LATE))
+def test_a_body_announced_after_a_bodiless_head_never_reaches_the_next_client(
+    stack: tuple[EdgeProcess, RedisServer], tmp_path: Path, case: str
+) -> None:
+    """Such a connection is not reused: its body may arrive after the response ended."""
+    with front(stack, tmp_path, "direct", late_poisoning_upstream) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(
+                LATE[case][0] + b" /poison HTTP/1.1\r\nHost: app.test\r\nX-Case: "
+                + case.encode() + b"\r\n\r\n"
+            )  # fmt: skip
+            first = b""
+            while b"\r\n\r\n" not in first:  # the whole answer: its head
+                first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 "), first
+        # the next clients come at once, while the body is still on its way
+        for i in range(3):
+            path = b"/next-%d" % i
+            raw = http_request(port, b"GET " + path + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert b"smuggled" not in raw, raw
+            assert body_of(raw) == path, raw
+
+
 def upgrade_recorder(seen: list[bytes]) -> Callable[[UpConn], None]:
     """An upstream that switches to any protocol asked for (as a naive h2c server would)."""
 
