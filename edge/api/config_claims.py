@@ -77,6 +77,9 @@ async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> Non
     if not hostname.startswith("*."):
         await _check_exact_claim(pipe, req, hostname)
         return
+    # a wildcard inside another token's zone takes its names too (the most specific
+    # wildcard wins): the same rule as for an exact name
+    await _check_exact_claim(pipe, req, hostname)
     zone = hostname[2:]
     if "." not in zone:
         raise Forbidden(
@@ -100,9 +103,11 @@ async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> Non
 
 
 async def _check_exact_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
-    """Refuse (409) an exact name under a wildcard that another token holds."""
+    """Refuse (409) a name (exact or wildcard) under a wildcard that another token holds."""
     labels = hostname.split(".")
+    # every wildcard above the name (for "*.a.b": "*.b"; the name itself is not above it)
     keys = [f"proxy:*.{'.'.join(labels[i:])}" for i in range(1, len(labels))]
+    keys = [key for key in keys if key != "proxy:" + hostname]
     if not keys:
         return
     admin_key = record_key(ADMIN_NAME)

@@ -230,6 +230,7 @@ class ProxyCall:
             self._fail(exc)
             return
         if self.ex.finished:
+            self._cancel_cap()
             self.forwarder.pool.checkin(conn)  # the client went away meanwhile
             return
         self._attach(conn)
@@ -333,6 +334,7 @@ class ProxyCall:
         self.conn = None
         ex = self.ex
         if ex.finished:
+            self._cancel_cap()
             return
         if (
             not protocol_error

@@ -392,16 +392,15 @@ class HttpConnection(asyncio.Protocol):
             rid = self.hub.next_request_id()
         target = request.target
         error: ClientError | None = None
-        if target[:1] != b"/" and target != b"*":
-            if request.method == b"CONNECT":
-                error = MethodNotAllowed("CONNECT")
+        if request.method == b"CONNECT":
+            error = MethodNotAllowed("CONNECT")  # whatever its target: never tunnelled
+        elif target[:1] != b"/" and target != b"*":
+            # absolute-form (RFC 9112 §3.2.2): the target's authority wins over Host
+            target, authority = _absolute_form(target)
+            if authority is None:
+                error = ClientError(public_message="invalid absolute-form request target")
             else:
-                # absolute-form (RFC 9112 §3.2.2): the target's authority wins over Host
-                target, authority = _absolute_form(target)
-                if authority is None:
-                    error = ClientError(public_message="invalid absolute-form request target")
-                else:
-                    host = authority
+                host = authority
         ex = Exchange(self, request, rid, normalize_host(host), target, host)
         ex.has_body = has_te or (bool(length) and length.strip(b"0") != b"")
         self.current = ex

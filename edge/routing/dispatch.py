@@ -110,8 +110,9 @@ class Dispatcher:
                 ex.fail(Misdirected(f"certificate does not cover {ex.host!r}"))
                 return
         res = router.resolve(proxy, path, ex.method)
-        # res.proxy: the request's proxy, or the one a hostname route led to (its auth)
-        if res.proxy.auth_enabled:
+        # a hostname route leads to another proxy (res.proxy): the auth of both applies,
+        # so that a route can never take a request around its own host's check
+        if proxy.auth_enabled or res.proxy.auth_enabled:
             if self.auth is None:
                 # fail closed: never forward a protected host without its check
                 ex.fail(AuthUnavailable())

@@ -329,6 +329,10 @@ def test_connect_is_refused_with_405(
     assert raw.startswith(b"HTTP/1.1 405 "), raw
     assert b"\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in raw
     assert raw.count(b"HTTP/1.1 ") == 1  # the bytes after it were not read as a request
+    # an origin-form (or any other) target does not make CONNECT a forwarded request
+    for target in (b"/", b"*", b"http://app.test/"):
+        raw = http_request(port, b"CONNECT " + target + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 405 "), (target, raw)
 
 
 @pytest.mark.parametrize(

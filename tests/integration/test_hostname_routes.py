@@ -66,10 +66,11 @@ def test_hostname_route_forwards_to_that_hosts_proxy(
         proxy_doc("b.test", b.url + "/base", custom_headers={"X-Seen-By": "b-proxy"}),
     )
     r.set("proxy:locked.test", proxy_doc("locked.test", b.url, auth_enabled=True))
+    r.set("proxy:guarded.test", proxy_doc("guarded.test", a.url, auth_enabled=True))
     r.set("route:to-b", route("to-b", "/to-b", "b.test"))
     r.set("route:to-locked", route("to-locked", "/to-locked", "locked.test"))
     r.set("route:to-nowhere", route("to-nowhere", "/to-nowhere", "127.0.0.1:9"))
-    edge.wait_generation(lambda h: h["proxies"] >= 3 and h["routes"] >= 3)
+    edge.wait_generation(lambda h: h["proxies"] >= 4 and h["routes"] >= 3)
 
     status, doc = get(edge, "a.test", "/to-b/x?q=1")
     assert status == 200, doc
@@ -85,6 +86,10 @@ def test_hostname_route_forwards_to_that_hosts_proxy(
 
     # the target host's auth applies: it fails closed while no auth check is available
     status, doc = get(edge, "a.test", "/to-locked")
+    assert status == 503, doc
+    # and so does the auth of the host the request came in on: a route to an open host
+    # never takes a request around its own host's check
+    status, doc = get(edge, "guarded.test", "/to-b")
     assert status == 503, doc
     # a hostname with no proxy is a 502 from the edge, never a connection to that name
     status, doc = get(edge, "a.test", "/to-nowhere")

@@ -201,6 +201,12 @@ def test_an_exact_name_may_not_be_taken_under_another_owners_wildcard(
                           "wildcard_conflict")  # fmt: skip
         assert "*.alice.test" in message, message
     assert served_by(api, "shop.alice.test") == "alice"
+    # nor a deeper wildcard: it would win over alice's for every name under it
+    message = refused(create(port, bob, "*.shop.alice.test", ups["bob"]), rdb,
+                      "*.shop.alice.test", 409, "wildcard_conflict")  # fmt: skip
+    assert "*.alice.test" in message, message
+    assert served_by(api, "x.shop.alice.test") == "alice"
+    ok(create(port, alice, "*.own.alice.test", ups["alice"]), 201)
     # alice may add exact names under her own wildcard; the admin may add any
     ok(create(port, alice, "own.alice.test", ups["alice"]), 201)
     ok(create(port, admin, "ops.alice.test", ups["admin"]), 201)
