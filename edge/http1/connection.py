@@ -100,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         "_deadline_at",
         "_discarded",
         "_head",
+        "_linger_unsent",
         "_lingering",
         "_paused",
         "_pp_buf",
@@ -159,6 +160,7 @@ class HttpConnection(asyncio.Protocol):
         self._head = b""
         self._lingering = False  # our last answer is out: incoming bytes are dropped
         self._discarded = 0
+        self._linger_unsent = 0  # our bytes still buffered when the linger last looked
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -674,6 +676,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         self._lingering = True
+        self._linger_unsent = transport.get_write_buffer_size()
         s = self.hub.settings
         now = self.hub.loop.time()
         self._activity = now
@@ -731,8 +734,9 @@ class HttpConnection(asyncio.Protocol):
         if kind is _Deadline.NONE or self.transport is None:
             return
         at = self._deadline_at
-        if kind is _Deadline.LINGER:
-            # LINGER_TIME in all, LINGER_TIMEOUT since the last byte
+        if kind is _Deadline.LINGER and not self.transport.get_write_buffer_size():
+            # LINGER_TIME in all, LINGER_TIMEOUT since the last byte; while our answer is
+            # still going out to a client that reads it, LINGER_TIME since it last moved
             at = min(at, self._activity + self.hub.settings.linger_timeout)
         elif kind is _Deadline.BODY:
             # idle timer: the deadline moves with every body byte received
@@ -761,7 +765,16 @@ class HttpConnection(asyncio.Protocol):
         elif kind is _Deadline.PROXY:
             self._proxy_refused("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
         elif kind is _Deadline.LINGER:
-            if self.transport.get_write_buffer_size():
+            unsent = self.transport.get_write_buffer_size()
+            if unsent and unsent < self._linger_unsent:
+                # the client is still reading our answer (a large one, sent before its
+                # request was read): the linger starts over once the answer is out
+                self._linger_unsent = unsent
+                now = self.hub.loop.time()
+                self._activity = now
+                self._arm(_Deadline.LINGER, self.hub.settings.linger_time)
+                self._timer.wake_by(now + self.hub.settings.linger_timeout)
+            elif unsent:
                 self.abort()  # a client that does not read either: drop the rest
             else:
                 self.transport.close()
