@@ -187,6 +187,30 @@ async def _check_scope(pipe: Pipeline, req: ApiRequest, route: RouteConfig) -> N
                 public_message="proxy_hostnames may only name proxies this token owns",
                 field="proxy_hostnames",
             )
+    if route.target_type == "hostname":
+        await _check_hostname_target(pipe, req, route.target_value)
+
+
+async def _check_hostname_target(pipe: Pipeline, req: ApiRequest, target: str) -> None:
+    """A hostname route serves the request with that host's proxy (its target, headers
+    and auth): only a proxy this token owns, found as the router finds it (the exact name,
+    then the most specific wildcard)."""
+    host = target.rsplit(":", 1)[0] if not target.startswith("[") else target
+    labels = host.split(".")
+    keys = [proxy_key(host)] + [
+        proxy_key("*." + ".".join(labels[i:])) for i in range(1, len(labels))
+    ]
+    await pipe.watch(*keys)
+    for raw in await pipe.mget(keys):
+        if raw is not None:
+            if can_see(req, owner_of(raw)):
+                return
+            break
+    raise Forbidden(
+        "hostname target not an own proxy",
+        public_message="a hostname target may only name a proxy this token owns",
+        field="target_value",
+    )
 
 
 def _queue_index(pipe: Pipeline, route: RouteConfig) -> None:

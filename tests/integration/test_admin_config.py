@@ -1201,6 +1201,17 @@ def test_tokens_see_and_change_only_their_own_records(
     for hosts in (["b.test"], ["alice.test", "b.test"], ["nowhere.test"]):
         scoped = route("s", "/s", 1, one, scope="proxy", proxy_hostnames=hosts)
         assert_error(call(port, "POST", R, alice, scoped), 403, "forbidden", "proxy_hostnames")
+    # a hostname target serves with that host's proxy: only one of her own
+    for target in ("b.test", "nowhere.test", "b.test:8080"):
+        hop = {**route("h", "/h", 1, one, scope="proxy", proxy_hostnames=["alice.test"]),
+               "target_type": "hostname", "target_value": target}  # fmt: skip
+        assert_error(call(port, "POST", R, alice, hop), 403, "forbidden", "target_value")
+    ok(call(port, "POST", P, alice, {"hostname": "alice2.test", "target_url": one}), 201)
+    hop = {**route("h", "/h", 1, one, scope="proxy", proxy_hostnames=["alice.test"]),
+           "target_type": "hostname", "target_value": "alice2.test"}  # fmt: skip
+    ok(call(port, "POST", R, alice, hop), 201)
+    assert call(port, "DELETE", f"{R}/h", alice).status == 204
+    assert call(port, "DELETE", f"{P}/alice2.test", alice).status == 204
     scoped = route("s", "/s", 1, ups["two"].url, scope="proxy", proxy_hostnames=["alice.test"])
     assert ok(call(port, "POST", R, alice, scoped), 201)["owner_token_hash"] == sha256(alice)
     becomes(api, "alice.test", "two", "/s")
