@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 2
-    from edge.accesslog import setup_logging
+    from edge.observe.accesslog import setup_logging
 
     if args.command == "worker":
         settings = _settings(env)

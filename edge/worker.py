@@ -48,6 +48,9 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(settings, self.loop, worker_id)
+        # end-of-exchange observers, in the order they hear each record: the JSON access
+        # log first (a request log or metrics go after it, never awaiting on the request)
+        self.hub.install_observers((self.hub.access_log,))
         self.watcher = ConfigWatcher(settings.redis_target(), settings.config_resync_interval)
         self.pool = UpstreamPool(
             self.loop,

@@ -19,7 +19,6 @@ from typing import cast
 
 import h11
 
-from edge.accesslog import AccessRecord
 from edge.deadline import LazyTimer
 from edge.errors import (
     ClientError,
@@ -41,6 +40,7 @@ from edge.http1.hub import Hub
 from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
 from edge.net.proxied import ProxyStage, client_address
 from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
+from edge.observe.accesslog import AccessRecord
 from edge.tls.sni import requested_server_name
 
 log = logging.getLogger("edge.http")
@@ -817,7 +817,7 @@ class HttpConnection(asyncio.Protocol):
         header = self.proxy_header
         if header is not None and header.unique_id is not None:
             record.proxy_unique_id = header.unique_id.decode("ascii", "backslashreplace")
-        self.hub.access_log.write(record)
+        self.hub.exchange_done(record)  # every observer, the access log first
 
 
 # X-Request-Id values taken from the client; anything else gets the edge's own id

@@ -1,13 +1,15 @@
-"""Per-worker state shared by every downstream connection: limits, ids, drain, logs."""
+"""Per-worker state shared by every downstream connection: limits, ids, drain, observers."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import os
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from edge.accesslog import AccessLog
+from edge.observe import ExchangeObserver, fan_out
+from edge.observe.accesslog import AccessLog, AccessRecord
 from edge.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,8 +23,10 @@ class Hub:
         "access_log",
         "connections",
         "draining",
+        "exchange_done",
         "loop",
         "max_incomplete",
+        "observers",
         "requests",
         "settings",
         "worker_id",
@@ -33,6 +37,9 @@ class Hub:
         self.loop = loop
         self.worker_id = worker_id
         self.access_log = AccessLog(loop)
+        self.observers: tuple[ExchangeObserver, ...] = ()
+        self.exchange_done: Callable[[AccessRecord], None]
+        self.install_observers((self.access_log,))
         self.connections: set[HttpConnection] = set()
         self.draining = False
         self.requests = 0
@@ -41,6 +48,12 @@ class Hub:
         self._ids = itertools.count(1)
         # h11's own limit must never trip before ours (it is only a backstop)
         self.max_incomplete = settings.max_request_line + settings.max_header_bytes + 4096
+
+    def install_observers(self, observers: Iterable[ExchangeObserver]) -> None:
+        """Who hears about each finished exchange, in this order; until the worker says
+        otherwise, the access log alone. ``exchange_done`` tells them all in one call."""
+        self.observers = tuple(observers)
+        self.exchange_done = fan_out(self.observers)
 
     def next_request_id(self) -> str:
         return f"{self._prefix}{next(self._ids):08x}"

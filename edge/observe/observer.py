@@ -1,0 +1,43 @@
+"""The seam at the end of every exchange: observers hear one record per request.
+
+The JSON access log is the first observer; a request log or metrics sit beside it and see
+the very same record. The worker installs them on the ``Hub``; ``HttpConnection`` builds
+the record once and hands it on through ``Hub.exchange_done``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from edge.observe.accesslog import AccessRecord
+
+
+class ExchangeObserver(Protocol):
+    """Hears about each finished exchange (answered, failed or aborted by the client).
+
+    Runs inside the connection's callbacks on the request path: it must be synchronous,
+    O(1) and never raise; anything slow (a write to Redis, a flush) is buffered here and
+    done later by a task or timer the observer owns. The record is shared by every
+    observer: read it, never change it.
+    """
+
+    def exchange_done(self, record: AccessRecord) -> None: ...
+
+
+def fan_out(observers: Sequence[ExchangeObserver]) -> Callable[[AccessRecord], None]:
+    """One callable that tells each observer in turn, built once when they are installed.
+
+    With one observer (the common case: the access log alone) it is that observer's own
+    bound method, so the request path pays exactly one call, as it did before observers.
+    """
+    if len(observers) == 1:
+        return observers[0].exchange_done
+    calls = tuple(observer.exchange_done for observer in observers)
+
+    def each(record: AccessRecord) -> None:
+        for call in calls:
+            call(record)
+
+    return each
