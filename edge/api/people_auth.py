@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import random
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from edge.api.store import now_iso
 from edge.auth.pat import PatVerifier, parse_pat
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
+from edge.store.lease import hold
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -71,7 +71,6 @@ ARGON2_NICE = 10  # the Argon2 threads' nice value: the event loop's thread keep
 MAX_CANDIDATES = 4  # PATs checked under one prefix (58**8 prefixes: collisions are rare)
 DEFAULT_FLUSH_INTERVAL = 30.0
 LOCK_KEY = "lock:pat_last_used"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 PAT_UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <personal access token>'"
 
 
@@ -200,16 +199,11 @@ class LastUsedFlusher:
 
     async def flush(self) -> int | None:
         """One flush: records updated, or None if another node holds the lock."""
-        client = self.redis.client
-        owner = secrets.token_hex(16)
-        if not await client.set(LOCK_KEY, owner, nx=True, ex=self.lock_ttl):
-            return None
-        try:
+        async with hold(self.redis.client, LOCK_KEY, self.lock_ttl) as acquired:
+            if not acquired:
+                return None
             async with asyncio.timeout(self.timeout):
                 return await self._flush_all()
-        finally:
-            with contextlib.suppress(Exception):
-                await client.eval(_RELEASE, 1, LOCK_KEY, owner)
 
     async def _flush_all(self) -> int:
         client = self.redis.client

@@ -16,7 +16,7 @@ previous good value stays in use. Deleting the key removes the certificate.
 The default certificate (served for unknown or missing SNI unless ``TLS_STRICT_SNI``) is
 self-signed for ``SELF_SIGNED_CN`` and shared through Redis under ``DEFAULT_CERT_KEY``, so
 every worker on every node presents the same one: the first to find it missing or stale
-generates it under a short lock, the others wait for it.
+generates it under a short lease (:mod:`edge.store.lease`), the others wait for it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 from edge.config.schema import ConfigError
 from edge.config.snapshot import Snapshot
 from edge.settings import Settings
+from edge.store.lease import hold
 from edge.tls.contexts import listener_context, server_context
 from edge.tls.material import (
     CERT_DOMAIN_PREFIX,
@@ -221,8 +222,8 @@ class TlsStore:
             if usable is not None:
                 self._install_default(*usable)
                 return
-            if await redis.set(_DEFAULT_LOCK_KEY, "1", nx=True, ex=_LOCK_SECONDS):
-                try:
+            async with hold(redis, _DEFAULT_LOCK_KEY, _LOCK_SECONDS) as generating:
+                if generating:
                     chain, key = await asyncio.to_thread(
                         generate_self_signed, s.self_signed_cn, s.self_signed_days, s.rsa_key_size
                     )
@@ -231,10 +232,8 @@ class TlsStore:
                     log.info(
                         "default certificate generated", extra={"fields": {"cn": s.self_signed_cn}}
                     )
-                finally:
-                    await redis.delete(_DEFAULT_LOCK_KEY)
-                continue
-            await asyncio.sleep(0.25)
+            if not generating:
+                await asyncio.sleep(0.25)
         raise RuntimeError("the shared default certificate did not appear in Redis")
 
     def _usable_default(self, raw: bytes | None) -> tuple[ssl.SSLContext, CertInfo] | None:

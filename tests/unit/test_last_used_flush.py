@@ -128,3 +128,14 @@ def test_a_flush_that_keeps_losing_gives_up_and_writes_nothing(
     after = decode_pat(stored, r.get(pat_key(stored)))
     assert after is not None and after.last_used_at == USED
     assert after.revoked_at == "2026-01-02T03:04:04Z"
+
+
+def test_a_flush_while_another_node_holds_the_lock_does_nothing(
+    stored: str, redis_db: RedisServer
+) -> None:
+    r = redis_db.client()
+    r.set("lock:pat_last_used", "another node", ex=10)
+    assert flush_once(redis_db) is None
+    assert r.get("lock:pat_last_used") == b"another node"  # its lock is left alone
+    after = decode_pat(stored, r.get(pat_key(stored)))
+    assert after is not None and after.last_used_at is None
