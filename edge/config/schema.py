@@ -26,6 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
 
+from edge.config.addresses import (
+    CONTROL_OR_SPACE_RE,
+    normalize_hostname,
+    validate_host_port,
+    validate_port,
+    validate_url,
+)
 from edge.config.pathregex import compile_path_regex
 from edge.config.problems import ConfigError, Problems, decode_struct
 
@@ -156,8 +163,9 @@ class CertDomain(msgspec.Struct, frozen=True):
     cert_name: str
 
 
-# ``cert:{name}`` decodes to ``edge.tls.material.CertRecord`` (imported lazily below:
-# the TLS module reports errors with this module's ConfigError)
+# ``cert:{name}`` decodes to ``edge.tls.material.CertRecord``, imported only when a
+# certificate is decoded: ``cryptography`` stays off the import path of everything else
+# that reads this module (settings, the router, the client)
 ConfigItem: TypeAlias = (
     "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord"
 )
@@ -215,12 +223,11 @@ def classify_key(key: str) -> str | None:
 # ---------------------------------------------------------------------------
 # Value validators (raise ValueError with a message; the caller adds key/field)
 # ---------------------------------------------------------------------------
+# Host names, ports and URLs are checked in edge.config.addresses, which the TLS
+# certificate records share without importing this module.
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-_CONTROL_OR_SPACE_RE = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 _HEADER_VALUE_BAD_RE = re.compile(r"[^\t\x20-\x7e]")
 
 HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
@@ -240,114 +247,6 @@ HOP_BY_HOP_HEADERS: frozenset[str] = frozenset(
 _BEARER_METHODS = frozenset({"header", "body", "query"})
 _PRIORITY_MIN = -100_000
 _PRIORITY_MAX = 100_000
-
-
-def normalize_hostname(value: str, *, allow_wildcard: bool = True) -> str:
-    """Validate a DNS host name and return it lowercased.
-
-    Labels are 1-63 characters of ``a-z0-9-`` that neither start nor end with ``-``;
-    the whole name is at most 253 characters.  With ``allow_wildcard`` a single leading
-    ``*.`` label is accepted (``*.example.com``).
-    """
-    if not value.isascii():  # before lower(): "\u212a".lower() is an ASCII "k"
-        raise ValueError(f"invalid host name {value!r}: use the ASCII (punycode) form")
-    name = value.lower()
-    if not name:
-        raise ValueError("must be a host name, got an empty string")
-    if not name.isascii():
-        raise ValueError(f"invalid host name {value!r}: use the ASCII (punycode) form")
-    rest = name
-    if name.startswith("*."):
-        if not allow_wildcard:
-            raise ValueError(f"invalid host name {value!r}: wildcards are not allowed here")
-        rest = name[2:]
-    if len(rest) > 253:
-        raise ValueError(f"invalid host name {value!r}: longer than 253 characters")
-    for label in rest.split("."):
-        if "*" in label:
-            raise ValueError(
-                f"invalid host name {value!r}: '*' is only allowed as a whole leading label "
-                "('*.example.com')"
-            )
-        if not _LABEL_RE.fullmatch(label):
-            raise ValueError(
-                f"invalid host name {value!r}: each label must be 1-63 characters of "
-                "a-z, 0-9 and '-', not starting or ending with '-'"
-            )
-    return name
-
-
-def _validate_port(text: str, what: str) -> int:
-    if not _PORT_RE.fullmatch(text):
-        raise ValueError(f"invalid port {text!r} in {what}: must be an integer 1-65535")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"invalid port {text!r} in {what}: must be an integer 1-65535")
-    return port
-
-
-def _validate_host_port(value: str) -> str:
-    """``hostname`` or ``hostname:port`` (no wildcard); returned lowercased."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host = value
-    else:
-        _validate_port(port, repr(value))
-    return normalize_hostname(host, allow_wildcard=False) + (f":{port}" if sep else "")
-
-
-def _validate_url_port(port: str, url: str, message: str) -> None:
-    try:
-        _validate_port(port, "URL")
-    except ValueError as exc:
-        raise ValueError(f"{message}, got {url!r}: {exc}") from None
-
-
-def validate_url(value: str) -> str:
-    """Validate an upstream URL: ``http(s)://host[:port][/path]``.
-
-    The host is a DNS name, an IPv4 address or a bracketed IPv6 address.  Query strings,
-    fragments, user information, whitespace and control characters are rejected.
-    """
-    message = "must be an http:// or https:// URL"
-    if _CONTROL_OR_SPACE_RE.search(value):
-        raise ValueError(f"{message} without whitespace or control characters, got {value!r}")
-    if value.startswith("http://"):
-        rest = value[len("http://") :]
-    elif value.startswith("https://"):
-        rest = value[len("https://") :]
-    else:
-        raise ValueError(f"{message}, got {value!r}")
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"{message} without a query string or fragment, got {value!r}")
-    authority = rest.partition("/")[0]
-    if "@" in authority:
-        raise ValueError(f"{message} without user information, got {value!r}")
-    if not authority:
-        raise ValueError(f"{message} with a host, got {value!r}")
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise ValueError(f"{message}, got {value!r}: unterminated IPv6 address")
-        literal = authority[1:end]
-        try:
-            ipaddress.IPv6Address(literal)
-        except ValueError:
-            raise ValueError(f"{message}, got {value!r}: invalid IPv6 address") from None
-        after = authority[end + 1 :]
-        if after:
-            if not after.startswith(":"):
-                raise ValueError(f"{message}, got {value!r}: unexpected text after host")
-            _validate_url_port(after[1:], value, message)
-        return value
-    host, colon, port = authority.partition(":")
-    if colon:
-        _validate_url_port(port, value, message)
-    try:
-        normalize_hostname(host, allow_wildcard=False)
-    except ValueError as exc:
-        raise ValueError(f"{message} with a valid host, got {value!r}: {exc}") from None
-    return value
 
 
 def validate_header_name(name: str) -> str:
@@ -411,7 +310,7 @@ def _validate_timestamp(value: str | float) -> str | float:
 def _validate_words(values: Iterable[str], what: str) -> None:
     """Each item is non-empty and free of whitespace and control characters."""
     for item in values:
-        if not item or _CONTROL_OR_SPACE_RE.search(item):
+        if not item or CONTROL_OR_SPACE_RE.search(item):
             raise ValueError(
                 f"invalid {what} {item!r}: must be non-empty without whitespace or "
                 "control characters"
@@ -426,7 +325,7 @@ def _validate_texts(values: Iterable[str], what: str) -> None:
 
 
 def _validate_path(value: str, what: str) -> None:
-    if not value.startswith("/") or _CONTROL_OR_SPACE_RE.search(value):
+    if not value.startswith("/") or CONTROL_OR_SPACE_RE.search(value):
         raise ValueError(
             f"invalid {what} {value!r}: must start with '/' and contain no whitespace or "
             "control characters"
@@ -455,9 +354,9 @@ def _validate_regex(pattern: str) -> None:
 
 def _validate_route_target(target_type: str, value: str) -> str:
     if target_type == "port":
-        return str(_validate_port(value, "target_value"))
+        return str(validate_port(value, "target_value"))
     if target_type == "hostname":
-        return _validate_host_port(value)
+        return validate_host_port(value)
     if target_type == "service":
         return _validate_service_name(value)
     return validate_url(value)
@@ -466,7 +365,7 @@ def _validate_route_target(target_type: str, value: str) -> str:
 def _validate_auth_proxy(value: str) -> str:
     if "://" in value:
         return validate_url(value)
-    return _validate_host_port(value)
+    return validate_host_port(value)
 
 
 def _validate_resource_endpoint(value: str) -> str:
@@ -490,7 +389,7 @@ def _validate_cert_name(value: str) -> str:
         or value in (".", "..")
         or "/" in value
         or "\\" in value
-        or _CONTROL_OR_SPACE_RE.search(value)
+        or CONTROL_OR_SPACE_RE.search(value)
     ):
         raise ValueError(
             f"invalid certificate name {value!r}: must be non-empty without '/', whitespace "
@@ -500,7 +399,7 @@ def _validate_cert_name(value: str) -> str:
 
 
 def _validate_route_id(value: str) -> str:
-    if not value or _CONTROL_OR_SPACE_RE.search(value):
+    if not value or CONTROL_OR_SPACE_RE.search(value):
         raise ValueError(
             f"invalid route id {value!r}: must be non-empty without whitespace or control "
             "characters"
@@ -549,7 +448,7 @@ def _validate_proxy_acme(p: Problems, cfg: ProxyConfig) -> None:
 def _validate_email(value: str) -> str:
     """``user@domain``: the ACME account contact (a ``mailto:`` URI, RFC 8555 section 7.3)."""
     local, at, domain = value.rpartition("@")
-    if not at or not local or "@" in local or "," in value or _CONTROL_OR_SPACE_RE.search(value):
+    if not at or not local or "@" in local or "," in value or CONTROL_OR_SPACE_RE.search(value):
         raise ValueError(f"invalid e-mail address {value!r}: expected user@domain")
     if len(value) > 254:  # RFC 5321 section 4.5.3.1.3
         raise ValueError(f"invalid e-mail address {value!r}: longer than 254 characters")

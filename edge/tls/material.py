@@ -4,7 +4,7 @@
 * ``cert:domain:{domain}`` -> the certificate name (a plain string; see :mod:`edge.tls.sni`)
 
 :func:`decode_cert` checks the shape of a record (unknown fields, types, names) and
-reports problems as :class:`~edge.config.schema.ConfigError` naming the field at fault.
+reports problems as :class:`~edge.config.problems.ConfigError` naming the field at fault.
 :func:`validate_material` parses the chain and key with ``cryptography`` and checks they
 belong together and cover the configured domains; it raises :class:`MaterialError`.
 :func:`validate_record` runs both checks for a decoded record and reports as ConfigError.
@@ -26,7 +26,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from edge.config.schema import ConfigError, normalize_hostname, validate_url
+from edge.config.addresses import normalize_hostname, validate_url
+from edge.config.problems import ConfigError
 
 __all__ = [
     "CERT_DOMAIN_PREFIX",
