@@ -40,8 +40,14 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def edge_factory(redis_db: RedisServer, tmp_path: Path) -> Iterator[Callable[..., EdgeProcess]]:
-    """Start edges against the test redis: ``edge_factory(EDGE_WORKERS=2, ...)``."""
+def edge_factory(
+    redis_db: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., EdgeProcess]]:
+    """Start edges against the test redis: ``edge_factory(EDGE_WORKERS=2, ...)``.
+
+    After the test each edge is stopped and the test fails if one logged an error it did
+    not declare (``@pytest.mark.edge_errors(r"regex", ...)`` or ``edge.expect_errors``).
+    """
     started: list[EdgeProcess] = []
 
     def start(
@@ -55,6 +61,9 @@ def edge_factory(redis_db: RedisServer, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for edge in started:
         edge.stop(timeout=10)
+    allowed = [p for mark in request.node.iter_markers("edge_errors") for p in mark.args]
+    for edge in started:
+        edge.check_errors(allowed)
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -14,12 +14,14 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests import edge_log
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,6 +170,13 @@ class EdgeProcess:
             self.env.pop("REDIS_URL", None)
         self.env.update({k: str(v) for k, v in env.items()})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.expected_errors: list[str] = []
+
+    def expect_errors(self, *patterns: str) -> EdgeProcess:
+        """Errors this edge is meant to log (regexes searched in each log entry): the
+        teardown check lets them pass."""
+        self.expected_errors.extend(patterns)
+        return self
 
     def start(self, *args: str, wait: bool = True) -> EdgeProcess:
         out = self.stdout_path.open("ab")
@@ -224,6 +233,23 @@ class EdgeProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def unexpected_errors(self, allowed: Iterable[str] = ()) -> list[str]:
+        """Errors in stderr that neither ``expect_errors`` nor ``allowed`` declared."""
+        return edge_log.unexpected_errors(self.stderr(), [*self.expected_errors, *allowed])
+
+    def check_errors(self, allowed: Iterable[str] = ()) -> None:
+        """Fail the test with the error entries nobody expected (call after ``stop``)."""
+        found = self.unexpected_errors(allowed)
+        if found:
+            import pytest
+
+            pytest.fail(
+                f"edge on port {self.http_port} logged unexpected errors (declare them with "
+                f"@pytest.mark.edge_errors or edge.expect_errors if the test provokes "
+                f"them):\n" + "\n".join(found),
+                pytrace=False,
+            )
 
     def access_log(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
@@ -379,6 +405,7 @@ def module_edge(
         yield edge
     finally:
         edge.stop(timeout=10)
+    edge.check_errors()
 
 
 def child_pids(parent: int, match: Callable[[list[bytes]], bool]) -> set[int]:

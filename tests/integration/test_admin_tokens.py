@@ -421,6 +421,7 @@ def test_token_values_are_never_stored_nor_logged(
     assert any(r["path"] == f"{T}/info" for r in api.access_log())
 
 
+@pytest.mark.edge_errors(r'"api handler failed".*CorruptRecord: token:broken')
 def test_handler_failure_is_a_generic_500(
     api: EdgeProcess, admin: str, redis_db: RedisServer
 ) -> None:

@@ -349,12 +349,7 @@ def stack(
         edge.stop(timeout=10)
     # refusals are logged at info/warning; nothing may have gone wrong inside the edge
     # (an exception escaping a reader callback is logged by the event loop as an error)
-    bad = [
-        line
-        for line in edge.stderr().splitlines()
-        if '"level":"error"' in line or '"level":"critical"' in line or "Traceback" in line
-    ]
-    assert not bad, "\n".join(bad[:20])
+    edge.check_errors()
 
 
 @pytest.fixture
@@ -379,6 +374,8 @@ def spare_edge(
     yield start
     for edge in started:
         edge.stop(timeout=10)
+    for edge in started:
+        edge.check_errors()
 
 
 # ---------------------------------------------------------------------------

@@ -123,6 +123,7 @@ def test_edge_serves_config_from_a_redis_that_needs_a_login(
         assert users == ({USER} if login == "acl-user" else {"default"}), users
     finally:
         edge.stop(timeout=10)
+    edge.check_errors()
     output = edge.stdout() + edge.stderr()
     assert '"config applied"' in output
     assert_no_password(output)

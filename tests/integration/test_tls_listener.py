@@ -300,6 +300,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             edge.stop(timeout=10)
         upstream.close()
         redis_server.stop()
+    for edge in edges:
+        edge.check_errors()
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.helpers import (
     EdgeProcess,
     RedisServer,
@@ -92,6 +94,7 @@ def test_workers_option_overrides_environment(
     wait_for(both_seen, timeout=20, interval=0)
 
 
+@pytest.mark.edge_errors(r'"worker exited; restarting","worker":0,"status":-9,')
 def test_killed_worker_is_restarted_and_serving_continues(
     edge_factory: Callable[..., EdgeProcess], redis_db: RedisServer, upstream: Upstream
 ) -> None:
