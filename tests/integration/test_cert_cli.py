@@ -403,7 +403,7 @@ def test_a_concurrent_edit_aborts_the_transaction(
 ) -> None:
     """Another client changes cert:ab between the command's reads and its EXEC."""
     from edge import cli
-    from edge.tls import cli as cert_cli
+    from edge.certs import repository as cert_cli
 
     import_ab(ab, redis_db, tmp_path)
     before = {k: redis_db.client().get(k) for k in keys(redis_db)}
