@@ -26,6 +26,7 @@ from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
+from edge.lifecycle import ServiceRunner, TaskService
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
 from edge.net.proxied import ProxyListener, ProxyStage, TrustedPeers
 from edge.net.proxy_protocol import ProxyHeader
@@ -78,7 +79,9 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.proxy_listeners: list[ProxyListener] = []
         self.proxy_stages: list[ProxyStage] = []
-        self.tasks: set[asyncio.Task[Any]] = set()
+        # the background jobs (watcher, PAT flush, admin token, default certificate):
+        # tracked, restarted when one crashes, stopped together after the drain
+        self.services = ServiceRunner()
         self.stop = asyncio.Event()
         self.started = time.time()
         self._interrupts = 0
@@ -117,13 +120,15 @@ class Worker:
                 "refused_peers": sum(p.refused for p in self.proxy_stages),
                 "invalid_headers": sum(p.invalid for p in self.proxy_stages),
             },
+            # ("services" above counts configured services; these are the worker's jobs)
+            "background": self.services.health(),
         }
 
     async def run(self) -> int:
         """Serve until told to stop; the process exit status."""
         s = self.settings
         self._install_signals()
-        watch = asyncio.create_task(self.watcher.run(), name="config-watcher")
+        self.services.start(TaskService("config-watcher", self.watcher.run))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.watcher.synced.wait(), FIRST_SYNC_WAIT)
         if not self.watcher.synced.is_set():
@@ -133,9 +138,9 @@ class Worker:
         await self._bootstrap_admin()
         # PAT last_used_at: one node at a time copies the recent uses into the records
         flusher = LastUsedFlusher(self.tokens.redis, s.pat_last_used_flush_interval)
-        flush = asyncio.create_task(flusher.run(), name="pat-last-used")
-        self.tasks.add(flush)
-        flush.add_done_callback(self.tasks.discard)
+        self.services.start(
+            TaskService("pat-last-used", flusher.run, lambda: {"flushed": flusher.flushed})
+        )
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
         wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
@@ -155,9 +160,7 @@ class Worker:
                 log.critical("cannot listen", extra={"fields": fields})
                 for sock in socks.values():
                     sock.close()
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watch
+                await self.services.stop()
                 return EXIT_LISTEN_FAILED
         loop = self.loop
         # create_server listens again, with its own default backlog (100) unless given one
@@ -218,12 +221,8 @@ class Worker:
         )
         await self.stop.wait()
         await self.drain()
-        for task in list(self.tasks):
-            task.cancel()
+        await self.services.stop()  # before the API's Redis client the flush uses closes
         await self.api.close()
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watch
         self.hub.access_log.flush()
         return 0
 
@@ -268,9 +267,7 @@ class Worker:
                 "admin token not stored yet; retrying",
                 extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200]}},
             )
-        keeper = asyncio.create_task(self._keep_admin(stored), name="admin-token")
-        self.tasks.add(keeper)
-        keeper.add_done_callback(self.tasks.discard)
+        self.services.start(TaskService("admin-token", lambda: self._keep_admin(stored)))
 
     async def _store_admin_token(self) -> None:
         assert self.settings.admin_token is not None
@@ -325,9 +322,8 @@ class Worker:
             await asyncio.wait_for(tls.load_default(client), FIRST_SYNC_WAIT * 2)
         except Exception as exc:  # serve configured certificates; retry the default later
             log.warning("no default certificate yet", extra={"fields": {"error": str(exc)}})
-            retry = asyncio.create_task(self._retry_default(), name="tls-default")
-            self.tasks.add(retry)
-            retry.add_done_callback(self.tasks.discard)
+            # ends (state "stopped") once the default certificate is loaded
+            self.services.start(TaskService("tls-default", self._retry_default))
         finally:
             await client.aclose()
 
