@@ -43,6 +43,7 @@ from edge.api.http import Conflict, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.auth.secrets import is_token_hash
+from edge.config.msgspec_errors import Wording, translate
 from edge.config.schema import ConfigError, validate_url
 
 __all__ = [
@@ -78,8 +79,9 @@ _DECODER = msgspec.json.Decoder(ResourceRecord)
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newlines allowed
-_AT_RE = re.compile(r"\A(?P<msg>.*?) - at `\$\.(?P<field>[A-Za-z_]+)[^`]*`\Z", re.S)
-_NAMED_RE = re.compile(r"\AObject (?P<kind>contains unknown|missing required) field `(?P<f>.*)`\Z")
+# A resource record names its field beside each message, and says nothing more about where
+# in a list the bad value sits; a document that is not an object keeps msgspec's capital.
+_WORDING = Wording(locate=False, lower_document=False)
 
 
 def _loopback(host: str) -> bool:
@@ -111,20 +113,6 @@ def normalize_resource_uri(value: str) -> str:
     return f"{scheme}://{authority.lower()}{slash}{path}"
 
 
-def _translate(key: str, exc: msgspec.ValidationError) -> ConfigError:
-    text = str(exc)
-    named = _NAMED_RE.match(text)
-    if named is not None:
-        unknown = named.group("kind") == "contains unknown"
-        message = "unknown field" if unknown else "required field is missing"
-        return ConfigError(key, named.group("f"), message)
-    at = _AT_RE.match(text)
-    if at is not None:
-        message = at.group("msg").replace("`", "")
-        return ConfigError(key, at.group("field"), message[:1].lower() + message[1:])
-    return ConfigError(key, None, text.replace("`", ""))
-
-
 def _check(key: str, field: str, ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(key, field, message)
@@ -138,10 +126,8 @@ def decode_resource(key: str, raw: bytes | str) -> ResourceRecord:
     """
     try:
         record = _DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise _translate(key, exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, None, f"invalid JSON: {exc}") from None
+        raise ConfigError(key, *translate(exc, _WORDING)) from None
     try:
         uri = normalize_resource_uri(record.uri)
     except ValueError as exc:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from edge.auth.secrets import AuthOverloaded
+from edge.config.msgspec_errors import Wording, translate
 from edge.errors import EdgeError
 from edge.http1.exchange import Exchange, Headers
 from edge.http1.responses import simple_headers
@@ -315,10 +316,9 @@ async def read_body(ex: Exchange, limit: int = BODY_LIMIT) -> bytes:
 
 S = TypeVar("S")
 
-# msgspec's messages: "Expected `str`, got `int` - at `$.name`",
-# "Object contains unknown field `x`", "Object missing required field `name`"
-_AT = re.compile(r" - at `\$((?:\.[^`]*|\[\d+\])*)`\Z")
-_NAMED = re.compile(r"\AObject (?:contains unknown|missing required) field `(.*)`")
+# An API client gets msgspec's own sentence ("Expected `str`, got `int`") and the whole
+# path of the value as the field ("proxies[0].hostname"): a body's field is a path.
+_BODY_WORDING = Wording(raw=True)
 
 
 def decode_json(data: bytes, kind: type[S]) -> S:
@@ -326,16 +326,7 @@ def decode_json(data: bytes, kind: type[S]) -> S:
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        field_path: str | None = None
-        at = _AT.search(message)
-        if at is not None:
-            message = message[: at.start()]
-            field_path = at.group(1).lstrip(".") or None
-        named = _NAMED.match(message)
-        if named is not None:
-            inner = named.group(1)
-            field_path = f"{field_path}.{inner}" if field_path else inner
+        field_path, message = translate(exc, _BODY_WORDING)
         raise InvalidBody(
             "validation failed", public_message=message[:200], field=field_path
         ) from None

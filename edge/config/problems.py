@@ -14,11 +14,13 @@ key, and ``edge check`` prints one a line.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
+
+from edge.config.msgspec_errors import Wording
+from edge.config.msgspec_errors import translate as translate_error
 
 __all__ = ["ConfigError", "Problems", "decode_struct"]
 
@@ -101,12 +103,10 @@ class Problems:
 # msgspec messages in our words
 # ---------------------------------------------------------------------------
 
-_AT_PATH_RE = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-_FIELD_IN_MSG_RE = re.compile(
-    r"^Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]*)`$"
-)
-_ENUM_RE = re.compile(r"^Invalid enum value (?P<value>.*)$")
-_PATH_HEAD_RE = re.compile(r"^\.(?P<name>[^.\[]+)")
+# The Redis configuration repeats an unknown field's name in its message (``edge check``
+# prints messages where the field is not always beside them) and says "a JSON object" to
+# people who typed the document into redis-cli.
+_WORDING = Wording(name_unknown=True, json_object=True)
 
 
 def _choices(struct: type[Any]) -> dict[str, tuple[Any, ...]]:
@@ -118,50 +118,12 @@ def _choices(struct: type[Any]) -> dict[str, tuple[Any, ...]]:
     }
 
 
-def translate(key: str, text: str, struct: type[Any]) -> ConfigError:
-    """A msgspec validation message about a ``struct`` document as a ConfigError."""
-    path = ""
-    match = _AT_PATH_RE.match(text)
-    if match:
-        text, path = match.group("msg"), match.group("path")
-    field: str | None = None
-    head = _PATH_HEAD_RE.match(path)
-    if head:
-        field = head.group("name")
-    location = f" (at {path[1:]})" if head and path[1:] != field else ""
-
-    named = _FIELD_IN_MSG_RE.match(text)
-    if named:
-        name = named.group("name")
-        unknown = named.group("kind") == "contains unknown"
-        if field is None:
-            message = f"unknown field {name!r}" if unknown else "required field is missing"
-            return ConfigError(key, name, message)
-        message = f"unknown field {name!r}" if unknown else f"missing required field {name!r}"
-        return ConfigError(key, field, f"{message} (at {path[1:]})")
-
-    enum = _ENUM_RE.match(text)
-    if enum:
-        message = f"invalid value {enum.group('value')}"
-        choices = _choices(struct).get(field or "")
-        if choices and not location:
-            message += " (allowed: " + ", ".join(repr(c) for c in choices) + ")"
-        return ConfigError(key, field, message + location)
-
-    message = text.replace("`", "")
-    if message[:1].isupper() and message[1:2].islower():
-        message = message[0].lower() + message[1:]
-    if field is None and message.startswith("expected object"):
-        message = message.replace("expected object", "expected a JSON object", 1)
-    return ConfigError(key, field, message + location)
-
-
-def _under(name: str, text: str) -> str:
-    """A message about one field's value, located as if the whole document was decoded."""
-    match = _AT_PATH_RE.match(text)
-    if match:
-        return f"{match.group('msg')} - at `$.{name}{match.group('path')}`"
-    return f"{text} - at `$.{name}`"
+def translate(
+    key: str, exc: msgspec.DecodeError, struct: type[Any], under: str | None = None
+) -> ConfigError:
+    """A msgspec validation error about a ``struct`` document (or its field ``under``)."""
+    field, message = translate_error(exc, _WORDING, _choices(struct), under=under)
+    return ConfigError(key, field, message)
 
 
 # ---------------------------------------------------------------------------
@@ -183,9 +145,9 @@ def decode_struct(
     try:
         return decoder.decode(raw), problems
     except msgspec.ValidationError as exc:
-        first = translate(key, str(exc), struct)
+        first = translate(key, exc, struct)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, None, f"invalid JSON: {exc}") from None
+        raise ConfigError(key, None, translate_error(exc)[1]) from None
     try:
         doc = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
@@ -202,7 +164,7 @@ def decode_struct(
         try:
             values[info.name] = msgspec.convert(value, info.type)
         except msgspec.ValidationError as exc:
-            problems.found.append(translate(key, _under(name, str(exc)), struct))
+            problems.found.append(translate(key, exc, struct, under=name))
             problems.unusable.add(info.name)
     for info in fields.values():
         if info.required and info.encode_name not in doc:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from edge.config.addresses import normalize_hostname, validate_url
+from edge.config.msgspec_errors import translate
 from edge.config.problems import ConfigError
 
 __all__ = [
@@ -121,31 +122,6 @@ class MaterialError(ValueError):
 
 _DECODER = msgspec.json.Decoder(CertRecord)
 _BAD_NAME_RE = re.compile(r"[\x00-\x20\x7f-\x9f/\\]|\s")
-_AT_PATH_RE = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-_NAMED_FIELD_RE = re.compile(
-    r"^Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]*)`$"
-)
-
-
-def _translate(key: str, exc: msgspec.ValidationError) -> ConfigError:
-    """Turn msgspec's message into a ConfigError naming the top-level field."""
-    text, path = str(exc), ""
-    match = _AT_PATH_RE.match(text)
-    if match:
-        text, path = match.group("msg"), match.group("path")
-    named = _NAMED_FIELD_RE.match(text)
-    if named and not path:  # the record itself lacks or has an extra top-level field
-        if named.group("kind") == "contains unknown":
-            return ConfigError(key, named.group("name"), "unknown field")
-        return ConfigError(key, named.group("name"), "required field is missing")
-    field = path[1:].split(".", 1)[0].split("[", 1)[0] if path.startswith(".") else None
-    message = text.replace("`", "")
-    message = message[:1].lower() + message[1:]
-    if path and field is not None and path[1:] != field:
-        message += f" (at {path[1:]})"
-    return ConfigError(key, field, message)
-
-
 def _check_cert_name(key: str, record: CertRecord) -> None:
     name = record.cert_name
     if not name or name in (".", "..") or _BAD_NAME_RE.search(name):
@@ -213,10 +189,8 @@ def decode_cert(key: str, raw: bytes | str) -> CertRecord:
         raise ConfigError(key, None, "not a certificate key (expected cert:{name})")
     try:
         record = _DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise _translate(key, exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, None, f"invalid JSON: {exc}") from None
+        raise ConfigError(key, *translate(exc)) from None
     _check_cert_name(key, record)
     domains = _normalize_domains(key, record.domains)
     _check_optional_fields(key, record)
