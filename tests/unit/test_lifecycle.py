@@ -142,3 +142,42 @@ def test_task_service_stops_a_loop_that_ignores_the_event() -> None:
         assert runner.health()["ticker"]["state"] == "stopped"
 
     asyncio.run(main())
+
+
+class CrashAfter:
+    """Crashes at once twice, then after running ``healthy`` seconds, then stays up."""
+
+    name = "crash-after"
+
+    def __init__(self, healthy: float) -> None:
+        self.healthy = healthy
+        self.runs = 0
+        self.running = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.runs += 1
+        if self.runs == 3:
+            await asyncio.sleep(self.healthy)
+        if self.runs <= 3:
+            raise RuntimeError(f"crash {self.runs}")
+        self.running.set()
+        await stop.wait()
+
+    def health(self) -> Mapping[str, object]:
+        return {}
+
+
+def test_pause_is_short_again_after_a_healthy_run(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        service = CrashAfter(healthy=0.3)
+        runner = ServiceRunner(backoff_initial=0.01, backoff_max=10.0, reset_after=0.2)
+        runner.start(service)
+        async with asyncio.timeout(10):
+            await service.running.wait()
+        await runner.stop()
+
+    with caplog.at_level(logging.ERROR, logger="edge.lifecycle"):
+        asyncio.run(main())
+    pauses = [r.__dict__["fields"]["restart_in"] for r in caplog.records]
+    # doubling after quick crashes; back to the first pause after a run of 0.3 s >= 0.2 s
+    assert pauses == [0.01, 0.02, 0.01]
