@@ -236,7 +236,7 @@ def error_response(ex: Exchange, error: ApiError, *, envelope: bool = False) -> 
     if ex.finished:
         return
     if ex.response_started:
-        ex.conn.abort()
+        ex.abort()
         return
     rid = ex.request_id
     document = envelope_document(error, rid) if envelope else error_document(error, rid)
@@ -281,12 +281,10 @@ class BodyReader:
         self._size += len(data)
         if self._size > self.limit:
             self._chunks.clear()
-            # stop reading now: the exchange no longer has a sink, which is how the
-            # connection knows the body is abandoned (it pauses reading and closes after the
-            # answer). The 413 is sent from the handler's task, never from inside this
-            # callback: the connection is still iterating over h11's events.
-            self.ex.sink = None
-            self.ex.conn.pause_body()
+            # stop reading now (the connection closes after the answer). The 413 is sent
+            # from the handler's task, never from inside this callback: the connection is
+            # still iterating over h11's events.
+            self.ex.abandon_body()
             self.future.set_exception(PayloadTooLarge())
             return
         self._chunks.append(data)

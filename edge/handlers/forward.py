@@ -283,11 +283,11 @@ class ProxyCall:
         if writable:
             if not self._body_done:
                 self._disarm()  # taking the body again: the client sets the pace
-            self.ex.conn.resume_body()
+            self.ex.resume_body()
         else:
             if not self._body_done:
                 self._arm()  # the upstream stopped taking the body: its idle time counts
-            self.ex.conn.pause_body()
+            self.ex.pause_body()
 
     def on_informational(self, response: h11.InformationalResponse) -> None:
         if response.status_code != 101 or not self.upgrade:
@@ -300,12 +300,12 @@ class ProxyCall:
         full = downstream_response_headers(
             response.headers, self._response_custom, True, self.ex.request_id.encode("ascii")
         )
-        leftover_up = conn.switch_to_pipe(ex.conn)
+        leftover_up = conn.switch_to_pipe(ex.pipe)
         leftover_down = ex.switch_protocols([(raw, value) for raw, _, value in full], conn)
         if leftover_down:
             conn.pipe_write(leftover_down)
         if leftover_up:
-            ex.conn.tunnel_write(leftover_up)
+            ex.tunnel_write(leftover_up)
 
     def on_response(self, response: h11.Response) -> None:
         self._touch()

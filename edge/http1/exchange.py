@@ -1,7 +1,9 @@
 """One request/response on a downstream connection: what handlers see and drive.
 
 A handler gets an ``Exchange`` from the dispatcher and answers through it. It never touches
-the transport: the connection (``edge.http1.connection``) owns the socket and h11.
+the transport, nor the connection (``edge.http1.connection``) that owns the socket and h11:
+everything a handler may do to the downstream side is a method here, most of them one-line
+delegations, so the connection can change without any handler noticing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from edge.errors import EdgeError
 from edge.http1.h11compat import FullItems
 
 if TYPE_CHECKING:
+    import ssl
+
     from edge.http1.connection import HttpConnection
+    from edge.net.proxy_protocol import ProxyHeader
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,11 +42,11 @@ class Producer(Protocol):
 
 class Exchange:
     __slots__ = (
+        "_conn",
         "bytes_in",
         "bytes_out",
         "client_ip",
         "client_port",
-        "conn",
         "has_body",
         "headers",
         "host",
@@ -71,7 +76,8 @@ class Exchange:
         target: bytes | None = None,
         host_header: bytes = b"",
     ) -> None:
-        self.conn = conn
+        # private: handlers go through the methods below, never to the connection itself
+        self._conn = conn
         self.request = request
         self.request_id = request_id
         self.method: bytes = request.method
@@ -102,30 +108,47 @@ class Exchange:
     def read_body(self, sink: BodySink) -> None:
         """Start delivering the request body to ``sink`` (sends 100 Continue if awaited)."""
         self.sink = sink
-        self.conn.pull_body(self)
+        self._conn.pull_body(self)
+
+    def pause_body(self) -> None:
+        """Stop reading the request body (the sink's destination is full)."""
+        self._conn.pause_body()
+
+    def resume_body(self) -> None:
+        """Read the request body again after ``pause_body``."""
+        self._conn.resume_body()
+
+    def abandon_body(self) -> None:
+        """Never read the rest of the body (e.g. too large): stop reading it now.
+
+        Without a sink the connection knows the body is abandoned: the response carries
+        ``Connection: close`` and the connection closes after it.
+        """
+        self.sink = None
+        self._conn.pause_body()
 
     # ----------------------------------------------------------------- response
     def start_response(
         self, status: int, headers: Headers, reason: bytes = b"", flush: bool = True
     ) -> None:
         """Send the head; ``flush=False`` holds it for the next ``send_data``/``flush``."""
-        self.conn.send_head(self, status, headers, reason, flush)
+        self._conn.send_head(self, status, headers, reason, flush)
 
     def start_prepared_response(
         self, status: int, full: FullItems, reason: bytes = b"", flush: bool = True
     ) -> None:
         """``start_response`` with h11 header triples already valid (forwarded responses)."""
-        self.conn.send_prepared_head(self, status, full, reason, flush)
+        self._conn.send_prepared_head(self, status, full, reason, flush)
 
     def flush(self) -> None:
         """Write a held-back response head now."""
-        self.conn.flush_head()
+        self._conn.flush_head()
 
     def send_data(self, data: bytes) -> None:
-        self.conn.send_data(self, data)
+        self._conn.send_data(self, data)
 
     def end_response(self) -> None:
-        self.conn.end_response(self)
+        self._conn.end_response(self)
 
     def respond(
         self,
@@ -135,19 +158,49 @@ class Exchange:
         headers: Headers | None = None,
     ) -> None:
         """A whole response at once; an unread request body ends the connection after it."""
-        self.conn.respond_whole(self, status, body, content_type, headers or [])
+        self._conn.respond_whole(self, status, body, content_type, headers or [])
 
     def fail(self, error: EdgeError) -> None:
         """Answer with ``error`` if nothing was sent yet, else abort the connection."""
-        self.conn.fail(self, error)
+        self._conn.fail(self, error)
 
     def switch_protocols(self, headers: Headers, tunnel: TunnelPeer) -> bytes:
         """Send 101 and hand the raw socket to ``tunnel``; returns bytes already received."""
-        return self.conn.switch_protocols(self, headers, tunnel)
+        return self._conn.switch_protocols(self, headers, tunnel)
+
+    @property
+    def pipe(self) -> DownstreamPipe:
+        """The client's end of a switched connection, for the tunnel peer to write to."""
+        return self._conn
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Raw bytes to the client after ``switch_protocols``."""
+        self._conn.tunnel_write(data)
+
+    def abort(self) -> None:
+        """Reset the client connection: a response already started cannot be finished."""
+        self._conn.abort()
 
     @property
     def finished(self) -> bool:
-        return self.conn.current is not self
+        return self._conn.current is not self
+
+    # ----------------------------------------------------------------- the client's side
+    # Read-only and off the hot path (the forwarding path copies what it needs per request
+    # into the plain attributes above): properties, so nothing is copied for requests that
+    # never ask.
+    @property
+    def tls(self) -> ssl.SSLObject | None:
+        """The TLS session of an https connection (None for plain http).
+
+        ``edge.tls.sni.requested_server_name(ex.tls)`` is the SNI name the client asked for.
+        """
+        return self._conn.tls
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The PROXY protocol header the connection arrived with, if any."""
+        return self._conn.proxy_header
 
 
 class TunnelPeer(Protocol):
@@ -158,6 +211,16 @@ class TunnelPeer(Protocol):
     def tunnel_lost(self) -> None: ...
     def pause_producing(self) -> None: ...
     def resume_producing(self) -> None: ...
+
+
+class DownstreamPipe(Protocol):
+    """The client's end of a switched connection, as the upstream side drives it."""
+
+    def tunnel_write(self, data: bytes) -> None: ...
+    def tunnel_write_eof(self) -> None: ...
+    def tunnel_close(self) -> None: ...
+    def pause_tunnel(self) -> None: ...
+    def resume_tunnel(self) -> None: ...
 
 
 class Handler(Protocol):

@@ -101,7 +101,7 @@ class Dispatcher:
             if not proxy.enable_https:
                 ex.fail(HttpsDisabled())
                 return
-            tls = ex.conn.tls
+            tls = ex.tls
             if (
                 tls is not None
                 and self.tls_covers is not None
