@@ -3,33 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import pytest
 import redis.asyncio as aioredis
 import trustme
 
 from edge.certs import repository
 from edge.certs.repository import CertExists, CertNotFound, InvalidCertName, Prepared
-from edge.config.watcher import redis_client
-from edge.settings import RedisTarget
 from edge.tls.material import decode_cert
+from tests.async_redis import run
 from tests.helpers import RedisServer
-
-R = TypeVar("R")
-
-
-def run(redis_db: RedisServer, body: Callable[[aioredis.Redis], Awaitable[R]]) -> R:
-    async def main() -> R:
-        client = redis_client(RedisTarget(redis_db.url))
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture(scope="module")

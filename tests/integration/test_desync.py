@@ -67,15 +67,20 @@ def raw_requests(conn: UpConn) -> Iterator[tuple[bytes, bytes, bytes]]:
         yield method, target, head
 
 
+def case_of(head: bytes) -> str:
+    """The request's ``X-Case`` value: which answer a scripted upstream gives."""
+    return next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"x-case:")
+    )
+
+
 def poisoning_upstream(conn: UpConn) -> None:
     """/poison gets the answer named by the request's ``X-Case``; anything else its path."""
     for _method, target, head in raw_requests(conn):
         if target == b"/poison":
-            case = next(
-                line.split(b":", 1)[1].strip().decode()
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"x-case:")
-            )
+            case = case_of(head)
             conn.send_raw(POISON[case][1])
         else:
             conn.send_raw(
@@ -168,11 +173,7 @@ LATE = {
 def late_poisoning_upstream(conn: UpConn) -> None:
     for _method, target, head in raw_requests(conn):
         if target == b"/poison":
-            case = next(
-                line.split(b":", 1)[1].strip().decode()
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"x-case:")
-            )
+            case = case_of(head)
             conn.send_raw(LATE[case][1])
             time.sleep(0.3)
             with contextlib.suppress(OSError):

@@ -4,8 +4,6 @@ lease ran out can neither extend nor end the lease of whoever holds the key now.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,21 +11,10 @@ import redis.asyncio as aioredis
 from edge.config.watcher import redis_client
 from edge.settings import RedisTarget
 from edge.store.lease import Lease, hold
+from tests.async_redis import run
 from tests.helpers import RedisServer
 
 KEY = "lock:test"
-R = TypeVar("R")
-
-
-def run(redis_db: RedisServer, body: Callable[[aioredis.Redis], Awaitable[R]]) -> R:
-    async def main() -> R:
-        client = redis_client(RedisTarget(redis_db.url))
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
 
 
 async def expired(client: aioredis.Redis, key: str = KEY) -> None:
