@@ -85,6 +85,12 @@ class UpstreamClosed(UpstreamError):
     public_message = "bad gateway: upstream closed the connection"
 
 
+class UpstreamResponseTooLarge(UpstreamError):
+    """A subrequest's answer is larger than the caller reads into memory."""
+
+    public_message = "bad gateway: upstream response too large"
+
+
 class UpstreamConnectTimeout(UpstreamError):
     status = 504
     public_message = "gateway timeout: upstream connect timed out"

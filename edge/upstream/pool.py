@@ -70,9 +70,12 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(self, target: Target) -> UpstreamConnection:
-        """A new connection, with up to 3 attempts and backoff, within the connect timeout."""
+    async def connect(self, target: Target, until: float | None = None) -> UpstreamConnection:
+        """A new connection, with up to 3 attempts and backoff, within the connect timeout
+        (and before loop time ``until``, a caller's own deadline, when given)."""
         deadline = self.loop.time() + self.connect_timeout
+        if until is not None and until < deadline:
+            deadline = until
         delay = CONNECT_BACKOFF
         last: Exception | None = None
         for attempt in range(CONNECT_ATTEMPTS):
