@@ -167,7 +167,6 @@ class SubrequestCall:
         "_chunks",
         "_done",
         "_response",
-        "_retried",
         "_size",
         "body",
         "client",
@@ -196,7 +195,6 @@ class SubrequestCall:
         self.max_body = max_body
         self.conn: UpstreamConnection | None = None
         self._done: Done | None = done
-        self._retried = False
         self._response: h11.Response | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -299,11 +297,10 @@ class SubrequestCall:
             and conn is not None
             and conn.requests > 1
             and not conn.received_any
-            and not self._retried
             and self.request.method in IDEMPOTENT
         ):
-            # a pooled connection the origin had already closed: once more, fresh
-            self._retried = True
+            # a pooled connection the origin had already closed: once more, on a fresh
+            # one (whose first use, requests == 1, is never retried: once only)
             self.client.spawn(self._connect())
             return
         if protocol_error:
