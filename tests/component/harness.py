@@ -46,7 +46,8 @@ class FakeTransport(asyncio.Transport):
         return data
 
     def write(self, data: Any) -> None:
-        assert not self.is_closing(), "write after close"
+        if self.eof_written:  # as asyncio's own transports
+            raise RuntimeError("Cannot call write() after write_eof()")
         self.written += data
 
     def write_eof(self) -> None:

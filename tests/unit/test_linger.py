@@ -8,58 +8,13 @@ client that stops taking it is dropped after LINGER_TIME.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
-from typing import Any
 
 from edge.http1.connection import HttpConnection
 from edge.http1.exchange import Exchange
 from edge.http1.hub import Hub
 from edge.settings import load_settings
-
-
-@dataclasses.dataclass
-class SendBuffer(asyncio.Transport):
-    """A transport whose unsent byte count is the test's to set."""
-
-    unsent: int = 0
-    written: int = 0
-    eof_written: bool = False
-    closed: bool = False
-    aborted: bool = False
-
-    def __post_init__(self) -> None:
-        super().__init__()
-
-    def write(self, data: Any) -> None:
-        self.written += len(data)
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_write_buffer_size(self) -> int:
-        return self.unsent
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+from tests.component.harness import FakeTransport
 
 
 def answer_early(ex: Exchange) -> None:
@@ -67,7 +22,7 @@ def answer_early(ex: Exchange) -> None:
     ex.respond(200, b"the answer")
 
 
-async def lingering(linger_timeout: float, linger_time: float) -> tuple[SendBuffer, float]:
+async def lingering(linger_timeout: float, linger_time: float) -> tuple[FakeTransport, float]:
     loop = asyncio.get_running_loop()
     settings = load_settings(
         {"LINGER_TIMEOUT": str(linger_timeout), "LINGER_TIME": str(linger_time)}
@@ -75,7 +30,7 @@ async def lingering(linger_timeout: float, linger_time: float) -> tuple[SendBuff
     hub = Hub(settings, loop)
     hub.access_log._fd = os.open(os.devnull, os.O_WRONLY)
     conn = HttpConnection(hub, answer_early)
-    transport = SendBuffer()
+    transport = FakeTransport()
     conn.connection_made(transport)
     conn.data_received(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100000000\r\n\r\n")
     assert transport.eof_written  # answered, half-closed: lingering

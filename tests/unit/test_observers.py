@@ -8,10 +8,8 @@ log see exactly what it logs, aborted exchanges included.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -21,47 +19,7 @@ from edge.http1.hub import Hub
 from edge.observe import ExchangeObserver
 from edge.observe.accesslog import AccessRecord
 from edge.settings import load_settings
-
-
-@dataclasses.dataclass
-class Wire(asyncio.Transport):
-    """A transport that keeps what the edge writes."""
-
-    sent: bytearray = dataclasses.field(default_factory=bytearray)
-    closed: bool = False
-
-    def __post_init__(self) -> None:
-        super().__init__()
-
-    def write(self, data: Any) -> None:
-        self.sent += data
-
-    def write_eof(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+from tests.component.harness import FakeTransport
 
 
 class Recorder:
@@ -92,7 +50,7 @@ async def test_a_second_observer_hears_every_record_the_access_log_writes(
     assert hub.observers == observers
 
     conn = HttpConnection(hub, answer)
-    wire = Wire()
+    wire = FakeTransport()
     conn.connection_made(wire)
     conn.data_received(
         b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\nGET /b?q=1 HTTP/1.1\r\nHost: b.test\r\n\r\n"
@@ -102,7 +60,7 @@ async def test_a_second_observer_hears_every_record_the_access_log_writes(
     hub.access_log.flush()
     os.close(hub.access_log._fd)
 
-    assert bytes(wire.sent).count(b"HTTP/1.1 200 ") == 2
+    assert bytes(wire.written).count(b"HTTP/1.1 200 ") == 2
     assert [(r.host, r.path, r.status, r.aborted) for r in recorder.records] == [
         ("a.test", "/a", 200, False),
         ("b.test", "/b", 200, False),  # the path without its query
@@ -119,7 +77,7 @@ async def test_the_access_log_alone_is_the_default_observer(tmp_path: Path) -> N
     log_file = tmp_path / "access.log"
     hub.access_log._fd = os.open(log_file, os.O_WRONLY | os.O_CREAT)
     conn = HttpConnection(hub, answer)
-    conn.connection_made(Wire())
+    conn.connection_made(FakeTransport())
     conn.data_received(b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n")
     hub.access_log.flush()
     os.close(hub.access_log._fd)
