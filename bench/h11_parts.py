@@ -1,4 +1,4 @@
-"""Microseconds per h11 head parse: stock h11 against ``edge.http1.h11compat``.
+"""Microseconds per h11 head parse: stock h11 against ``edge.h11compat``.
 
 h11 parses a head with per-line ``validate()`` + ``groupdict()``, an obs-fold generator, a
 second normalisation loop and an event constructor that walks the headers again; the
@@ -30,7 +30,7 @@ from h11._receivebuffer import ReceiveBuffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.http1.h11compat import (
+from edge.h11compat import (
     ClientConnection,
     ServerConnection,
     read_request_head,

@@ -108,7 +108,7 @@ H11_LOOP = """
 import sys
 sys.path.insert(0, {root!r})
 import h11
-from edge.http1.h11compat import END_OF_MESSAGE, ClientConnection, ServerConnection
+from edge.h11compat import END_OF_MESSAGE, ClientConnection, ServerConnection
 n, fast = int(sys.argv[1]), sys.argv[2] == "fast"
 req = {req!r}
 resp = (b"HTTP/1.1 200 OK\\r\\nServer: nginx/1.22.1\\r\\nDate: Mon, 23 Nov 2026 05:54:38 GMT\\r\\n"

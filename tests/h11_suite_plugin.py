@@ -36,8 +36,8 @@ import h11
 import pytest
 from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 
-from edge.http1 import h11compat
-from edge.http1.h11compat import ClientConnection, ServerConnection
+from edge import h11compat
+from edge.h11compat import ClientConnection, ServerConnection
 
 # "test_module.py::test_name[param]" -> why edge's behaviour differs there on purpose
 EXPECTED_FAILURES: dict[str, str] = {}

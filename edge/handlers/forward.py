@@ -25,7 +25,7 @@ from edge.errors import (
     UpstreamTotalTimeout,
 )
 from edge.http1.exchange import Exchange
-from edge.http1.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
+from edge.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
 from edge.routing.router import Resolution
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection

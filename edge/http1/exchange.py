@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import h11
 
 from edge.errors import EdgeError
-from edge.http1.h11compat import FullItems
+from edge.h11compat import FullItems
 
 if TYPE_CHECKING:
     import ssl

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import h11
 
 from edge.deadline import LazyTimer
-from edge.http1.h11compat import ClientConnection
+from edge.h11compat import ClientConnection
 
 if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool

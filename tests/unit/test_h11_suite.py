@@ -1,6 +1,6 @@
 """h11's own tests, run against edge's ``ServerConnection`` / ``ClientConnection``.
 
-``edge.http1.h11compat`` reaches into h11 internals for speed and promises h11's events,
+``edge.h11compat`` reaches into h11 internals for speed and promises h11's events,
 exceptions and bytes exactly; h11's test suite is the most thorough statement of those.
 Running it against edge's classes turns an h11 upgrade into a test run.
 

@@ -14,7 +14,7 @@ from h11._headers import Headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.http1.h11compat import (
+from edge.h11compat import (
     ClientConnection,
     ServerConnection,
     full_items,
@@ -511,7 +511,7 @@ def test_random_response_heads_parse_like_stock_h11(
 
 
 def test_outgoing_request_equals_the_constructor() -> None:
-    from edge.http1.h11compat import outgoing_request
+    from edge.h11compat import outgoing_request
 
     pairs = [
         (b"Host", b"app.test"),
@@ -536,7 +536,7 @@ def test_target_base_path_is_ascii_on_the_wire() -> None:
 
 
 def test_outgoing_response_equals_the_constructor() -> None:
-    from edge.http1.h11compat import outgoing_response
+    from edge.h11compat import outgoing_response
 
     pairs = [(b"Content-Length", b"2"), (b"X-Mixed-Case", b"v"), (b"Via", b"1.1 edge")]
     built = outgoing_response(200, b"OK", [(raw, raw.lower(), value) for raw, value in pairs])
