@@ -1,6 +1,6 @@
 """One upstream socket: an h11 client in an ``asyncio.Protocol`` shell.
 
-The connection serves one ``UpstreamUser`` (a forwarding call) at a time, then goes back
+The connection serves one ``UpstreamUser`` (forwarding or a subrequest) at a time, then goes back
 to its pool if both sides ended the exchange cleanly. After a 101 it becomes a raw byte
 pipe to the downstream connection.
 """
