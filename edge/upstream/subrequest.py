@@ -17,9 +17,10 @@ The rules are forwarding's:
 * an answer too large, a deadline missed, a protocol error or a close aborts the
   connection; it never returns to the pool.
 
-One deadline covers the whole call (connect, request, answer), like an HTTP client's
-timeout in Traefik: the connect gives up at it (``UpstreamConnectTimeout``) and after that
-the connection's own timer holds it (``UpstreamResponseTimeout``), not a timer per call.
+One deadline, ``time_limit`` seconds from the start, covers the whole call (connect,
+request, answer), like the HTTP client's timeout in Traefik's: the connect gives up at it
+(``UpstreamConnectTimeout``) and after that the connection's own timer holds it
+(``UpstreamResponseTimeout``), not a timer per call.
 ``SubrequestCall`` is driven by callbacks like ``ProxyCall``: on a pooled connection the
 answer is delivered inside the upstream's ``data_received``, and a task is made only to open
 a new connection. ``Subrequests.fetch`` is the awaitable form of the same call.
@@ -43,6 +44,7 @@ from edge.errors import (
     UpstreamResponseTimeout,
     UpstreamResponseTooLarge,
 )
+from edge.h11compat import END_OF_MESSAGE
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection
 from edge.upstream.pool import UpstreamPool
@@ -53,7 +55,6 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # RFC 9112 §6.3: no body follows these whatever Content-Length says
 _NO_BODY_STATUS = frozenset({204, 304})
-_END = h11.EndOfMessage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,7 @@ class SubrequestCall:
             conn.send(self.request)
             if self.body:
                 conn.send(h11.Data(data=self.body))
-            conn.send(_END)
+            conn.send(END_OF_MESSAGE)
         except h11.LocalProtocolError as exc:
             self._fail(UpstreamError(str(exc)))
 
