@@ -70,12 +70,13 @@ class Worker:
             self.tls = TlsStore(settings)
             self.watcher.on_install.append(self.tls.update)
         self.dispatcher = Dispatcher(
-            lambda: self.watcher.snapshot,
             self.forwarder,
             self.api,
             settings.api_hostname,
             tls_covers=self.tls.covers if self.tls is not None else None,
         )
+        # each snapshot's routing table is compiled as it is installed
+        self.watcher.on_install.append(self.dispatcher.install)
         self.servers: list[asyncio.Server] = []
         self.proxy_listeners: list[ProxyListener] = []
         self.proxy_stages: list[ProxyStage] = []

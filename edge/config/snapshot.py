@@ -1,9 +1,11 @@
 """Immutable configuration snapshots, updated key by key.
 
 A snapshot holds every config key's raw value (to tell what changed at resync), the decoded
-items, the keys rejected with their error, and a ``Router`` built for it. ``apply()`` makes
-a new snapshot from a batch of changed keys: only the changed keys are decoded and only the
-maps they belong to are copied; nothing is re-read from Redis.
+items and the keys rejected with their error. ``apply()`` makes a new snapshot from a batch
+of changed keys: only the changed keys are decoded and only the maps they belong to are
+copied (an unchanged key keeps its very item object); nothing is re-read from Redis. The
+routing table is compiled from a snapshot by ``edge.routing.table`` when it is installed:
+config knows nothing of routing.
 
 A rejected value never takes down what works: the key keeps serving its last good value
 (as certificates do), and the rejection is reported (log, ``/health``, ``edge check``) until
@@ -34,7 +36,6 @@ from edge.config.schema import (
     classify_key,
     decode_item,
 )
-from edge.routing.router import CompiledRoute, Router, compile_route
 from edge.tls.material import CertRecord
 
 
@@ -44,7 +45,7 @@ class Snapshot:
     raw: Mapping[str, bytes] = field(default_factory=dict)
     exact: Mapping[str, ProxyConfig] = field(default_factory=dict)
     wildcards: Mapping[str, ProxyConfig] = field(default_factory=dict)
-    routes: Mapping[str, CompiledRoute] = field(default_factory=dict)
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
     services: Mapping[str, ExternalService] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
@@ -58,7 +59,6 @@ class Snapshot:
     cert_domains: Mapping[str, str] = field(default_factory=dict)
     # "proxy:{lowercased suffix}" -> the proxy keys present whose suffix is not lowercase
     proxy_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    router: Router = field(default_factory=lambda: Router({}, {}, {}, {}, {}))
 
     @property
     def proxy_count(self) -> int:
@@ -181,7 +181,7 @@ def apply(
         if isinstance(item, ProxyConfig):
             decoded[key] = item
         elif isinstance(item, RouteConfig):
-            edit("routes")[item.route_id] = compile_route(item)
+            edit("routes")[item.route_id] = item
         elif isinstance(item, ServiceURL):
             edit("urls")[item.name] = item.url
         elif isinstance(item, ExternalService):
@@ -208,36 +208,20 @@ def apply(
         refused = next((k for k in keys if k in rejected), None)
         if refused is not None:
             unserved[host] = refused
-    exact = maps.get("exact", snapshot.exact)
-    wildcards = maps.get("wildcards", snapshot.wildcards)
-    routes = maps.get("routes", snapshot.routes)
-    services = maps.get("services", snapshot.services)
-    urls = maps.get("urls", snapshot.urls)
-    hosts_unserved = snapshot.unserved if unserved is None else unserved
-    router = Router(
-        exact,  # type: ignore[arg-type]
-        wildcards,  # type: ignore[arg-type]
-        routes,  # type: ignore[arg-type]
-        services,  # type: ignore[arg-type]
-        urls,  # type: ignore[arg-type]
-        rejected=rejected,
-        unserved=hosts_unserved,
-    )
     return Snapshot(
         generation=snapshot.generation + 1,
         raw=raw,
-        exact=exact,  # type: ignore[arg-type]
-        wildcards=wildcards,  # type: ignore[arg-type]
-        routes=routes,  # type: ignore[arg-type]
-        services=services,  # type: ignore[arg-type]
-        urls=urls,  # type: ignore[arg-type]
+        exact=maps.get("exact", snapshot.exact),  # type: ignore[arg-type]
+        wildcards=maps.get("wildcards", snapshot.wildcards),  # type: ignore[arg-type]
+        routes=maps.get("routes", snapshot.routes),  # type: ignore[arg-type]
+        services=maps.get("services", snapshot.services),  # type: ignore[arg-type]
+        urls=maps.get("urls", snapshot.urls),  # type: ignore[arg-type]
         rejected=rejected,
         kept=kept,
-        unserved=hosts_unserved,
+        unserved=snapshot.unserved if unserved is None else unserved,
         certs=maps.get("certs", snapshot.certs),  # type: ignore[arg-type]
         cert_domains=maps.get("cert_domains", snapshot.cert_domains),  # type: ignore[arg-type]
         proxy_aliases=proxy_aliases,
-        router=router,
     )
 
 

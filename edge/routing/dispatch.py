@@ -1,84 +1,95 @@
 """From a parsed request to the handler that answers it.
 
-Order: handlers that answer on every host before routing (ACME HTTP-01 challenges), the
-API hostname, then the host router; proxies with auth enabled pass through the auth
-handler before forwarding.
+Order: mounts (handlers the edge answers itself, matched on prefix, scheme and host), the
+API hostname, then the host router: the request's proxy and route resolve to a
+``Resolution`` whose chain for the request's scheme runs (the site's checks, the access
+checks of its proxy and of the proxy a hostname route leads to), ending in the handler of
+its kind.
+
+The routing table is compiled when a snapshot is installed (``install``, a config watcher
+``on_install`` hook), never per request: a request reads ``self.table`` once.
 """
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Callable
-
 from edge.config.snapshot import Snapshot
-from edge.errors import EdgeError, NoRoute, ServiceUnavailable
+from edge.errors import NoRoute
 from edge.handlers.forward import Forwarder
 from edge.http1.exchange import Exchange, Handler
-from edge.routing.router import Resolution
-
-ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-
-
-class ProxyDisabled(EdgeError):
-    status = 404
-    public_message = "the proxy for this host is disabled"
-
-
-class Misdirected(EdgeError):
-    status = 421
-    public_message = "this connection cannot serve the requested host"
-
-
-class HttpsDisabled(Misdirected):
-    public_message = "HTTPS is not enabled for this host"
-
-
-class AuthUnavailable(ServiceUnavailable):
-    public_message = "authentication is required for this host but is not available"
-
-
-class AuthGate:
-    """What runs before forwarding on a proxy with ``auth_enabled``.
-
-    ``check`` calls ``allow`` once the request may pass, or answers the exchange itself.
-    """
-
-    def check(self, ex: Exchange, res: Resolution, allow: Callable[[], None]) -> None:
-        raise NotImplementedError
+from edge.routing.checks import CoverCheck, standard_pipeline
+from edge.routing.middleware import MiddlewareFactory, Phase
+from edge.routing.mount import Mount, ordered
+from edge.routing.resolution import Kind, Step
+from edge.routing.router import Router
+from edge.routing.table import compile_table
 
 
 class Dispatcher:
     def __init__(
         self,
-        snapshot: Callable[[], Snapshot],
         forwarder: Forwarder,
         api: Handler | None = None,
         api_hostname: str | None = None,
-        tls_covers: Callable[[ssl.SSLObject, str], bool] | None = None,
+        tls_covers: CoverCheck | None = None,
     ) -> None:
-        self.snapshot = snapshot
         self.forwarder = forwarder
         self.api = api
         self.api_hostname = api_hostname.lower().rstrip(".") if api_hostname else None
-        # path prefix -> handler, answered on every host before routing
-        self.early: list[tuple[str, Handler]] = []
-        self.auth: AuthGate | None = None
-        # whether a TLS connection's certificate may answer for a host (else 421)
-        self.tls_covers = tls_covers
+        # answered before the API hostname and host routing, most specific first
+        self.mounts: tuple[Mount, ...] = ()
+        # the factories every proxy's chains are compiled from; today's checks first, with
+        # the certificate check when TLS listens (``tls_covers``: may this TLS connection's
+        # certificate answer for a host?)
+        self.middleware = standard_pipeline(tls_covers)
+        self.handlers: dict[Kind, Step] = {"forward": forwarder.forward}
+        self._snapshot = Snapshot()
+        self.table: Router = compile_table(
+            self._snapshot, pipeline=self.middleware, handlers=self.handlers
+        )
 
+    # ------------------------------------------------------------------ set-up
+    def install(self, snapshot: Snapshot) -> None:
+        """Compile the routing table of ``snapshot`` and serve it from the next request."""
+        self.table = compile_table(
+            snapshot, self.table, pipeline=self.middleware, handlers=self.handlers
+        )
+        self._snapshot = snapshot
+
+    def mount(self, mount: Mount) -> None:
+        """Answer requests ``mount`` matches with its handler, before any routing."""
+        self.mounts = ordered(self.mounts, mount)
+
+    def use(
+        self,
+        name: str,
+        factory: MiddlewareFactory,
+        *,
+        phase: Phase = Phase.SITE,
+        authenticates: bool = False,
+    ) -> None:
+        """Register a middleware factory after those already in its phase; the served
+        table is compiled again at once, so no request misses it."""
+        self.middleware.register(name, factory, phase=phase, authenticates=authenticates)
+        self.install(self._snapshot)
+
+    def serve_kind(self, kind: Kind, handler: Step) -> None:
+        """``handler`` answers the requests whose route resolves to ``kind``."""
+        self.handlers[kind] = handler
+        self.install(self._snapshot)  # resolutions carry their handler: made again
+
+    # ------------------------------------------------------------------ requests
     def __call__(self, ex: Exchange) -> None:
-        path = ex.path
-        for prefix, handler in self.early:
-            if path.startswith(prefix):
-                handler.handle(ex)
+        for mount in self.mounts:
+            if mount.matches(ex):
+                mount.handler.handle(ex)
                 return
         if self.api is not None and ex.host == self.api_hostname:
             self.api.handle(ex)
             return
-        router = self.snapshot().router
-        proxy = router.find_proxy(ex.host)
+        table = self.table
+        proxy = table.find_proxy(ex.host)
         if proxy is None:
-            rejected = router.rejected_proxy(ex.host)
+            rejected = table.rejected_proxy(ex.host)
             if rejected is not None:
                 # the host's only value was refused: say so, and which key to fix
                 message = f"the proxy config for this host was rejected ({rejected})"
@@ -86,43 +97,8 @@ class Dispatcher:
                 return
             ex.fail(NoRoute(f"no proxy for host {ex.host!r}"))
             return
-        if not proxy.enabled:
-            ex.fail(ProxyDisabled())
-            return
+        res = table.resolve(proxy, ex.path, ex.method)
         if ex.scheme == "http":
-            if (
-                not proxy.enable_http
-                and proxy.enable_https
-                and not path.startswith(ACME_CHALLENGE_PREFIX)
-            ):
-                _redirect_to_https(ex)
-                return
+            res.http(ex, res)
         else:
-            if not proxy.enable_https:
-                ex.fail(HttpsDisabled())
-                return
-            tls = ex.tls
-            if (
-                tls is not None
-                and self.tls_covers is not None
-                and not self.tls_covers(tls, ex.host)
-            ):
-                ex.fail(Misdirected(f"certificate does not cover {ex.host!r}"))
-                return
-        res = router.resolve(proxy, path, ex.method)
-        # a hostname route leads to another proxy (res.proxy): the auth of both applies,
-        # so that a route can never take a request around its own host's check
-        if proxy.auth_enabled or res.proxy.auth_enabled:
-            if self.auth is None:
-                # fail closed: never forward a protected host without its check
-                ex.fail(AuthUnavailable())
-                return
-            self.auth.check(ex, res, lambda: self.forwarder.forward(ex, res))
-            return
-        self.forwarder.forward(ex, res)
-
-
-def _redirect_to_https(ex: Exchange) -> None:
-    status = 301 if ex.method in (b"GET", b"HEAD") else 308
-    location = b"https://" + ex.host.encode("idna") + ex.target
-    ex.respond(status, b"", headers=[(b"location", location)])
+            res.https(ex, res)

@@ -1,20 +1,28 @@
 """Hand-written router: host first (exact, then most specific wildcard), then path routes.
 
-A ``Router`` is built for one immutable config snapshot. Host lookup costs one dict probe
-per label of the request host, whatever the number of proxies. Each proxy's effective
-route list (global + scoped, filtered by its route_mode, by priority) is computed on first
-use and cached for the life of the snapshot.
+A ``Router`` is the routing table of one immutable config snapshot, compiled by
+:func:`edge.routing.table.compile_table` when the snapshot is installed. Host lookup costs
+one dict probe per label of the request host, whatever the number of proxies. Each proxy's
+effective route list (global + scoped, filtered by its route_mode, by priority) is
+computed on first use and cached for the life of the snapshot, and so is each
+``Resolution``: its target, headers, kind and handler, and the middleware chains of its
+proxies linked in front of that handler.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.config.pathregex import PathRegex, compile_path_regex
 from edge.config.schema import ExternalService, ProxyConfig, RouteConfig
+from edge.errors import ServiceUnavailable
+from edge.http1.exchange import Exchange
+from edge.routing.middleware import Pipeline, ProxyChains, link
+from edge.routing.resolution import EncodedHeaders, Kind, Resolution, Step
 from edge.routing.target import Target, parse_target
+
+__all__ = ["CompiledRoute", "Resolution", "Router", "compile_route", "evaluation_order"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +41,13 @@ class CompiledRoute:
         return self.regex.matches(path)
 
 
-EncodedHeaders = tuple[tuple[bytes, bytes], ...]
+class NoHandler(ServiceUnavailable):
+    public_message = "this kind of route is not served here"
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    proxy: ProxyConfig
-    route: RouteConfig | None
-    target: Target | None  # None: the route names a service that is not registered
-    request_headers: EncodedHeaders  # the proxy's custom_headers, ready for the wire
-    response_headers: EncodedHeaders  # its custom_response_headers
-    # target None because the service's key holds a rejected value (and never a good one):
-    # that key, for the 502 to name
-    problem: str | None = None
+def _no_handler(ex: Exchange, res: Resolution, /) -> None:
+    """A kind nothing was registered for: refused, never forwarded by default."""
+    ex.fail(NoHandler(f"no handler for {res.kind} routes"))
 
 
 def _encode(headers: dict[str, str]) -> EncodedHeaders:
@@ -80,12 +82,17 @@ def _order(route: CompiledRoute) -> tuple[int, int, str]:
 class Router:
     __slots__ = (
         "_by_proxy",
+        "_chains",
         "_global",
         "_rejected",
         "_resolved",
         "_scoped",
         "_unserved",
+        "compiled",
         "exact",
+        "handlers",
+        "pipeline",
+        "pipeline_version",
         "services",
         "urls",
         "wildcards",
@@ -99,13 +106,22 @@ class Router:
         services: Mapping[str, ExternalService],
         urls: Mapping[str, str],
         *,
+        pipeline: Pipeline,
+        handlers: Mapping[Kind, Step],
+        chains: Mapping[str, ProxyChains] | None = None,
         rejected: Mapping[str, str] | None = None,
         unserved: Mapping[str, str] | None = None,
     ) -> None:
         self.exact = exact
         self.wildcards = wildcards  # ".example.com" -> proxy of "*.example.com"
+        self.compiled = routes  # route_id -> compiled route (reused by the next table)
         self.services = services
         self.urls = urls
+        self.pipeline = pipeline
+        self.pipeline_version = pipeline.version
+        self.handlers = dict(handlers)  # kind -> what answers a request resolved to it
+        # proxy hostname -> its compiled chains (every proxy's, made at install)
+        self._chains: dict[str, ProxyChains] = dict(chains or {})
         self._rejected = rejected or {}  # config key -> why its value was refused
         self._unserved = unserved or {}  # "a.test" / "*.a.test" -> its rejected proxy key
         enabled = [r for r in routes.values() if r.route.enabled]
@@ -118,6 +134,19 @@ class Router:
         self._scoped = scoped
         self._by_proxy: dict[str, tuple[CompiledRoute, ...]] = {}
         self._resolved: dict[tuple[str, ...], Resolution] = {}
+
+    def compiled_chains(self, proxy: ProxyConfig) -> ProxyChains | None:
+        """The chains this table compiled for ``proxy`` itself, if any."""
+        chains = self._chains.get(proxy.hostname)
+        return chains if chains is not None and chains.proxy is proxy else None
+
+    def chains_for(self, proxy: ProxyConfig) -> ProxyChains:
+        """The middleware chains compiled for ``proxy`` (compiled now if it had none)."""
+        chains = self.compiled_chains(proxy)
+        if chains is None:
+            chains = self.pipeline.compile(proxy)
+            self._chains[proxy.hostname] = chains
+        return chains
 
     def find_proxy(self, host: str) -> ProxyConfig | None:
         proxy = self.exact.get(host)
@@ -169,7 +198,7 @@ class Router:
         return result
 
     def resolve(self, proxy: ProxyConfig, path: str, method: bytes) -> Resolution:
-        """The route (if any) and target for a request; results are memoised per snapshot."""
+        """The route (if any), target and chain for a request; memoised per snapshot."""
         compiled = self._match(proxy, path, method, hop=False)
         if compiled is None:
             route_id = ""
@@ -200,31 +229,83 @@ class Router:
         """A ``hostname`` route: served as if the request had been sent to that host.
 
         The hostname's proxy gives the target (its own path routes included, hostname routes
-        excepted), its custom headers and its auth; the route stays the one that matched,
-        for the logs. A hostname with no enabled proxy has no target (502): the edge never
-        dials the name itself.
+        excepted), its custom headers and its access checks, which run after those of the
+        host the request came in on; the route stays the one that matched, for the logs. A
+        hostname with no enabled proxy has no target (502): the edge never dials the name
+        itself.
         """
         name = _host_only(route.target_value)
         inner = self.find_proxy(name)
         if inner is None or not inner.enabled:
-            return Resolution(proxy, route, None, (), ())
+            key: tuple[str, ...] = (proxy.hostname, route.route_id, "")
+            found = self._resolved.get(key)
+            if found is None or found.proxy is not proxy:
+                found = self._make(proxy, proxy, route, None, (), (), None)
+                self._resolved[key] = found
+            return found
         inner_route = self._match(inner, path, method, hop=True)
         inner_id = inner_route.route.route_id if inner_route is not None else ""
         key = (proxy.hostname, route.route_id, inner.hostname, inner_id)
         found = self._resolved.get(key)
         if found is None or found.proxy is not inner:
-            found = dataclasses.replace(self._resolution(inner, inner_id), route=route)
+            found = self._resolution(inner, inner_id, host=proxy, hop=route)
             self._resolved[key] = found
         return found
 
-    def _resolution(self, proxy: ProxyConfig, route_id: str) -> Resolution:
+    def _resolution(
+        self,
+        proxy: ProxyConfig,
+        route_id: str,
+        *,
+        host: ProxyConfig | None = None,
+        hop: RouteConfig | None = None,
+    ) -> Resolution:
+        """``proxy``'s resolution for ``route_id`` ("" for its own target), reached through
+        ``host``'s hostname route ``hop`` when given."""
         headers = (_encode(proxy.custom_headers), _encode(proxy.custom_response_headers))
         if route_id:
             route = next(r.route for r in self.routes_for(proxy) if r.route.route_id == route_id)
             target = self.route_target(route)
             problem = self._rejected_service(route) if target is None else None
-            return Resolution(proxy, route, target, *headers, problem)
-        return Resolution(proxy, None, parse_target(proxy.target_url), *headers)
+        else:
+            route, target, problem = None, parse_target(proxy.target_url), None
+        if hop is not None:
+            route = hop
+        return self._make(host or proxy, proxy, route, target, *headers, problem)
+
+    def _make(
+        self,
+        host: ProxyConfig,
+        proxy: ProxyConfig,
+        route: RouteConfig | None,
+        target: Target | None,
+        request_headers: EncodedHeaders,
+        response_headers: EncodedHeaders,
+        problem: str | None,
+    ) -> Resolution:
+        """The resolution with its chains linked: ``host``'s site and access middleware,
+        then ``proxy``'s access middleware when it is another proxy, then the handler."""
+        kind: Kind = "forward"  # every route forwards today; tunnels and internal later
+        handler = self.handlers.get(kind, _no_handler)
+        outer = self.chains_for(host)
+        inner = self.chains_for(proxy) if proxy is not host else None
+        http = outer.site["http"] + outer.access["http"]
+        https = outer.site["https"] + outer.access["https"]
+        if inner is not None:
+            http += inner.access["http"]
+            https += inner.access["https"]
+        return Resolution(
+            proxy,
+            route,
+            target,
+            request_headers,
+            response_headers,
+            problem,
+            kind,
+            handler,
+            link(http, handler),
+            link(https, handler),
+        )
 
     def _rejected_service(self, route: RouteConfig) -> str | None:
         """The rejected key of the service a route names but cannot reach, if any."""

@@ -11,6 +11,7 @@ import pytest
 
 from edge.config.snapshot import Snapshot, apply
 from edge.routing.router import Router
+from edge.routing.table import compile_table
 from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
 from tests.integration.test_live_config import per_worker, propagate, served_by, tagged
 
@@ -115,7 +116,7 @@ def router_with(count: int) -> Router:
     snap = apply(Snapshot(), updates)
     assert not snap.rejected
     assert snap.proxy_count == count + 1
-    return snap.router
+    return compile_table(snap)
 
 
 def median_lookup_ns(router: Router, hosts: list[str], rounds: int = 2000) -> float:

@@ -10,6 +10,7 @@ import pytest
 from edge.config.schema import ProxyConfig
 from edge.config.snapshot import Snapshot, apply
 from edge.routing.router import Resolution, Router
+from edge.routing.table import compile_table
 from edge.routing.target import Target
 
 UP = "http://127.0.0.1:8000"
@@ -40,7 +41,7 @@ def route(
 def build(*items: tuple[str, bytes]) -> Router:
     snap = apply(Snapshot(), dict(items))
     assert not snap.rejected, snap.rejected
-    return snap.router
+    return compile_table(snap)
 
 
 def resolve(router: Router, host: str, path: str, method: bytes = b"GET") -> Resolution:

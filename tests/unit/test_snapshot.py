@@ -7,6 +7,7 @@ from typing import Any
 
 from edge.config.redis_source import WrongType
 from edge.config.snapshot import Snapshot, adopt, apply, resync_updates
+from edge.routing.table import compile_table
 
 
 def proxy(hostname: str, target_url: str = "http://127.0.0.1:8000", **extra: Any) -> bytes:
@@ -44,10 +45,10 @@ def base() -> Snapshot:
 
 
 def target_port(snap: Snapshot, host: str, path: str = "/") -> int | None:
-    found = snap.router.find_proxy(host)
+    found = compile_table(snap).find_proxy(host)
     if found is None:
         return None
-    res = snap.router.resolve(found, path, b"GET")
+    res = compile_table(snap).resolve(found, path, b"GET")
     return None if res.target is None else res.target.port
 
 
@@ -95,8 +96,8 @@ def test_proxy_update_copies_only_the_map_it_touches() -> None:
     assert new.urls is old.urls
     assert new.services is old.services
     assert new.exact["a.test"] is old.exact["a.test"]
-    assert old.router.find_proxy("b.test") is None
-    assert new.router.find_proxy("b.test") is not None
+    assert compile_table(old).find_proxy("b.test") is None
+    assert compile_table(new).find_proxy("b.test") is not None
     wild = apply(new, {"proxy:*.v.test": proxy("*.v.test")})
     assert wild.exact is new.exact
     assert wild.wildcards is not new.wildcards
@@ -153,8 +154,8 @@ def test_deletes_remove_every_kind() -> None:
     assert not new.exact and not new.wildcards and not new.urls and not new.services
     assert set(new.routes) == {"s"}
     assert set(new.raw) == {"route:s"}
-    assert new.router.find_proxy("a.test") is None
-    assert new.router.find_proxy("x.w.test") is None
+    assert compile_table(new).find_proxy("a.test") is None
+    assert compile_table(new).find_proxy("x.w.test") is None
 
 
 def test_route_delete_falls_back_to_proxy_target() -> None:
@@ -171,9 +172,9 @@ def test_service_delete_leaves_route_without_target() -> None:
     old = apply(base(), {"route:sv": svc_route})
     assert target_port(old, "a.test", "/sv") == 80
     new = apply(old, {"service:url:s1": None})
-    found = new.router.find_proxy("a.test")
+    found = compile_table(new).find_proxy("a.test")
     assert found is not None
-    res = new.router.resolve(found, "/sv", b"GET")
+    res = compile_table(new).resolve(found, "/sv", b"GET")
     assert res.route is not None and res.route.route_id == "sv"
     assert res.target is None
 
@@ -192,28 +193,28 @@ def test_rejected_key_is_reported_and_its_last_good_value_kept() -> None:
     # the previous good value keeps serving; the bad one is what Redis holds
     assert target_port(new, "b.test") == 8123
     assert new.exact["b.test"] == old.exact["b.test"]
-    assert new.router.find_proxy("a.test") is not None
-    assert new.router.find_proxy("x.w.test") is not None
+    assert compile_table(new).find_proxy("a.test") is not None
+    assert compile_table(new).find_proxy("x.w.test") is not None
     assert new.raw["proxy:b.test"] == bad
     assert set(new.kept) == {"proxy:b.test"}
-    assert new.router.rejected_proxy("b.test") is None  # served: nothing to explain
+    assert compile_table(new).rejected_proxy("b.test") is None  # served: nothing to explain
 
 
 def test_rejected_key_without_a_good_value_is_not_served_and_named() -> None:
     new = apply(base(), {"proxy:n.test": b"{", "proxy:*.z.test": b"{"})
-    assert new.router.find_proxy("n.test") is None
+    assert compile_table(new).find_proxy("n.test") is None
     assert not new.kept
-    assert new.router.rejected_proxy("n.test") == "proxy:n.test"
-    assert new.router.rejected_proxy("x.z.test") == "proxy:*.z.test"
-    assert new.router.rejected_proxy("x.y.z.test") == "proxy:*.z.test"
-    assert new.router.rejected_proxy("other.test") is None
+    assert compile_table(new).rejected_proxy("n.test") == "proxy:n.test"
+    assert compile_table(new).rejected_proxy("x.z.test") == "proxy:*.z.test"
+    assert compile_table(new).rejected_proxy("x.y.z.test") == "proxy:*.z.test"
+    assert compile_table(new).rejected_proxy("other.test") is None
     # a good wildcard serves a host whose exact key was rejected
     covered = apply(base(), {"proxy:x.w.test": b"{"})
-    assert covered.router.find_proxy("x.w.test") is not None
+    assert compile_table(covered).find_proxy("x.w.test") is not None
     # deleting the key forgets the rejection
     gone = apply(new, {"proxy:n.test": None})
-    assert gone.router.rejected_proxy("n.test") is None
-    assert gone.router.rejected_proxy("x.z.test") == "proxy:*.z.test"
+    assert compile_table(gone).rejected_proxy("n.test") is None
+    assert compile_table(gone).rejected_proxy("x.z.test") == "proxy:*.z.test"
 
 
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
@@ -309,13 +310,13 @@ def test_a_route_to_a_rejected_service_says_so() -> None:
         {"route_id": "sv", "path_pattern": "/sv", "target_type": "service", "target_value": "nw"}
     ).encode()
     snap = apply(base(), {"route:sv": svc_route, "service:url:nw": b"ftp://x"})
-    found = snap.router.find_proxy("a.test")
+    found = compile_table(snap).find_proxy("a.test")
     assert found is not None
-    res = snap.router.resolve(found, "/sv", b"GET")
+    res = compile_table(snap).resolve(found, "/sv", b"GET")
     assert res.target is None
     assert res.problem == "service:url:nw"
     missing = apply(snap, {"service:url:nw": None})
-    res = missing.router.resolve(found, "/sv", b"GET")
+    res = compile_table(missing).resolve(found, "/sv", b"GET")
     assert res.target is None and res.problem is None
 
 
@@ -338,9 +339,9 @@ def test_wrong_type_field_and_bad_route_are_rejected() -> None:
     assert set(new.rejected) == {"proxy:t.test", "route:r1"}
     assert "target_url" in new.rejected["proxy:t.test"]
     assert "priority" in new.rejected["route:r1"]
-    assert new.routes["r1"].route.priority == 50 and "route:r1" in new.kept  # the last good
+    assert new.routes["r1"].priority == 50 and "route:r1" in new.kept  # the last good
     assert "proxy:t.test" not in new.kept  # never good: not served
-    assert new.router.find_proxy("t.test") is None
+    assert compile_table(new).find_proxy("t.test") is None
 
 
 def test_replacing_a_bad_value_by_a_good_one_clears_the_rejection() -> None:
@@ -364,7 +365,7 @@ def test_key_holding_another_redis_type_is_rejected() -> None:
     snap = apply(base(), {"proxy:h.test": WrongType(b"hash")})
     assert "proxy:h.test" in snap.rejected
     assert "hash" in snap.rejected["proxy:h.test"]
-    assert snap.router.find_proxy("h.test") is None
+    assert compile_table(snap).find_proxy("h.test") is None
 
 
 def test_wrong_type_marker_and_equal_string_are_different_values() -> None:
@@ -383,7 +384,7 @@ def test_wrong_type_marker_and_equal_string_are_different_values() -> None:
 def test_hostname_mismatching_the_key_is_rejected() -> None:
     snap = apply(base(), {"proxy:b.test": proxy("a.test")})
     assert "hostname" in snap.rejected["proxy:b.test"]
-    assert snap.router.find_proxy("b.test") is None
+    assert compile_table(snap).find_proxy("b.test") is None
     # a.test keeps its own document
     assert target_port(snap, "a.test") == 8000
 
@@ -423,7 +424,7 @@ def test_deleting_one_of_two_keys_for_the_same_host_keeps_the_other() -> None:
         {"proxy:app.test": b"{"},
     )
     assert target_port(fresh, "app.test") == 8002
-    assert fresh.router.rejected_proxy("app.test") is None
+    assert compile_table(fresh).rejected_proxy("app.test") is None
     both_gone = apply(upper_left, {"proxy:App.test": None})
     assert target_port(both_gone, "app.test") is None
     assert not both_gone.proxy_aliases
@@ -462,8 +463,8 @@ def test_resync_updates_diff() -> None:
     after = apply(snap, updates)
     assert dict(after.raw) == current
     assert "s1" not in after.urls
-    assert after.routes["r1"].route.path_pattern == "/changed"
-    assert after.router.find_proxy("new.test") is not None
+    assert after.routes["r1"].path_pattern == "/changed"
+    assert compile_table(after).find_proxy("new.test") is not None
     assert resync_updates(after, current) == {}
 
 
