@@ -3,10 +3,11 @@
 Per request: route (404/405 before anything else, so an unknown path never costs a Redis
 call) -> ``/health`` answered inline -> otherwise a tracked task: authentication (a bearer
 admin token, or a personal access token for ``Access.PAT``), access check (403), the
-endpoint (request body, Redis) -> JSON answer. Errors become the JSON error document of
-:mod:`edge.api.http` (or its envelope form, for envelope endpoints) in one place
-(:meth:`ApiApp._error`); an unexpected exception is logged with the request id and answered
-500 with a generic message.
+endpoint (request body, Redis) -> JSON answer. Every :class:`~edge.errors.EdgeError` (the
+API's own, the stores') becomes the API's JSON error document, or its envelope form for
+envelope endpoints, in one place (:meth:`ApiApp._error`, rendered by
+:func:`edge.http1.render.api_error`); an unexpected exception is logged with the request id
+and answered 500 with a generic message.
 
 Tasks are fine here: the admin API is not the proxy's hot path, and its handlers wait on
 Redis. Every task is kept in :attr:`ApiApp.tasks` until done (cancelled by :meth:`close`).
@@ -42,6 +43,7 @@ from edge.api.router import Router
 from edge.api.store import TokenStore
 from edge.api.tokens import add_token_routes
 from edge.auth.secrets import AuthOverloaded
+from edge.errors import EdgeError
 from edge.http1.exchange import Exchange
 
 __all__ = ["ApiApp", "build_router"]
@@ -115,11 +117,11 @@ class ApiApp:
             response = await endpoint.handler(request)
         except ClientGone:
             return  # the client left mid-body: nobody to answer
-        except ApiError as err:
-            self._error(ex, err, envelope)
-            return
         except AuthOverloaded:
             self._error(ex, Busy("token verification queue full"), envelope)
+            return
+        except EdgeError as err:  # the API's own errors, the stores' (certificates...)
+            self._error(ex, err, envelope)
             return
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             # redis-py messages name the server address, never a key's value
@@ -135,15 +137,14 @@ class ApiApp:
             response.document = {"data": response.document, "errors": None}
         json_response(ex, response)
 
-    def _error(self, ex: Exchange, err: ApiError, envelope: bool = False) -> None:
-        level = logging.WARNING if err.status >= 500 else logging.INFO
+    def _error(self, ex: Exchange, err: EdgeError, envelope: bool = False) -> None:
         fields = {
             "request_id": ex.request_id,
             "status": err.status,
             "error": err.code,
             "detail": str(err),  # fixed texts only: never request data or token values
         }
-        log.log(level, "api request failed", extra={"fields": fields})
+        log.log(err.log_level, "api request failed", extra={"fields": fields})
         error_response(ex, err, envelope=envelope)
 
     async def close(self) -> None:

@@ -1,12 +1,15 @@
 """HTTP plumbing of the JSON API: errors, responses, and JSON request bodies.
 
-Every API error renders as::
+The API's errors are :class:`~edge.errors.EdgeError` subclasses (their ``code`` is what
+clients switch on), and any ``EdgeError`` an endpoint raises renders as::
 
     {"error": {"code": "<snake_case>", "message": "...", "field": "...", "request_id": "..."}}
 
-``field`` is present only when one field of the request is at fault. ``message`` is a fixed
-public text (or msgspec's description of a validation problem); exception text and request
-data other than a field name never reach the client.
+or, on envelope endpoints, ``{"data": null, "errors": [...]}``
+(:func:`edge.http1.render.api_error`). ``field`` is present only when one field of the
+request is at fault. ``message`` is a fixed public text (or msgspec's description of a
+validation problem); exception text and request data other than a field name never reach
+the client.
 
 Request bodies are pulled through the Exchange body API (:class:`BodyReader` is the
 ``BodySink``) into memory, bounded by ``limit``: a declared ``Content-Length`` above it is
@@ -25,8 +28,9 @@ import msgspec
 
 from edge.auth.secrets import AuthOverloaded
 from edge.config.msgspec_errors import Wording, translate
-from edge.errors import EdgeError
+from edge.errors import EdgeError, Fault, WsClose
 from edge.http1.exchange import Exchange, Headers
+from edge.http1.render import api_error
 from edge.http1.responses import simple_headers
 
 __all__ = [
@@ -47,8 +51,6 @@ __all__ = [
     "UnsupportedMediaType",
     "declared_length",
     "decode_json",
-    "envelope_document",
-    "error_document",
     "error_response",
     "is_json_type",
     "json_response",
@@ -60,32 +62,11 @@ BODY_LIMIT = 1 << 20  # 1 MiB: far above any admin API document
 _encode = msgspec.json.Encoder().encode
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
-_FIELD_MAX = 100  # a field name echoed back is cut here (it may come from the client)
 
 
 class ApiError(EdgeError):
-    """An error the API answers with its JSON error document."""
-
-    status = 500
-    code = "internal_error"
-    public_message = "internal error"
-
-    def __init__(
-        self,
-        detail: str = "",
-        *,
-        public_message: str | None = None,
-        code: str | None = None,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(detail, public_message=public_message)
-        if code is not None:
-            self.code = code
-        self.field = field
-
-    def headers(self) -> Headers:
-        """Extra response headers this error needs (``Allow``, ``WWW-Authenticate``)."""
-        return []
+    """An error of the admin API's own (its public messages speak of endpoints, bodies,
+    tokens); raised bare, a 500 ``internal_error``."""
 
 
 class InvalidBody(ApiError):
@@ -140,6 +121,7 @@ class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
     public_message = f"the request body is larger than {BODY_LIMIT} bytes"
+    ws_close = WsClose.MESSAGE_TOO_BIG
     # the rest of the body is never read, so the connection closes after the answer (the
     # connection adds ``Connection: close`` itself for a body nobody reads)
 
@@ -154,6 +136,8 @@ class RedisUnavailable(ApiError):
     status = 503
     code = "redis_unavailable"
     public_message = "the token store (redis) is unavailable; retry shortly"
+    peer_fault = Fault.NONE
+    ws_close = WsClose.TRY_AGAIN_LATER
 
 
 class Busy(ApiError):
@@ -162,6 +146,8 @@ class Busy(ApiError):
     status = 503
     code = "auth_overloaded"
     public_message = AuthOverloaded.public_message
+    peer_fault = Fault.NONE
+    ws_close = WsClose.TRY_AGAIN_LATER
 
     def headers(self) -> Headers:
         return [(b"retry-after", str(AuthOverloaded.retry_after).encode("ascii"))]
@@ -211,36 +197,15 @@ def json_response(ex: Exchange, response: Response) -> None:
     ex.respond(response.status, body, JSON, _common(response.headers))
 
 
-def error_document(error: ApiError, request_id: str) -> dict[str, Any]:
-    inner: dict[str, Any] = {"code": error.code, "message": error.public_message}
-    if error.field is not None:
-        inner["field"] = error.field[:_FIELD_MAX]
-    inner["request_id"] = request_id
-    return {"error": inner}
-
-
-def envelope_document(error: ApiError, request_id: str) -> dict[str, Any]:
-    """``error`` in the envelope of the project and PAT endpoints."""
-    field = error.field[:_FIELD_MAX] if error.field is not None else None
-    inner = {
-        "code": error.code,
-        "message": error.public_message,
-        "field": field,
-        "request_id": request_id,
-    }
-    return {"data": None, "errors": [inner]}
-
-
-def error_response(ex: Exchange, error: ApiError, *, envelope: bool = False) -> None:
+def error_response(ex: Exchange, error: EdgeError, *, envelope: bool = False) -> None:
     """Answer with ``error``'s JSON document, or abort if a response already started."""
     if ex.finished:
         return
     if ex.response_started:
         ex.abort()
         return
-    rid = ex.request_id
-    document = envelope_document(error, rid) if envelope else error_document(error, rid)
-    json_response(ex, Response(error.status, document, error.headers()))
+    answer = api_error(error, ex.request_id, envelope=envelope)
+    ex.respond(answer.status, answer.body, answer.content_type, _common(answer.headers))
 
 
 # ---------------------------------------------------------------------------- request bodies

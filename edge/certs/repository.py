@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from edge.certs.described import Described, describe
+from edge.errors import EdgeError
 from edge.tls.contexts import server_context
 from edge.tls.material import (
     CERT_DOMAIN_PREFIX,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidCertName",
     "NotACertRecord",
     "Prepared",
+    "ReservedCertName",
     "Stored",
     "cert_key",
     "check_new_name",
@@ -65,32 +67,65 @@ IMPORTED_STATUS = "imported"
 _RESERVED = "domain:"  # a name starting so would be read as a cert:domain: key
 
 
-class CertRepositoryError(Exception):
-    """A certificate operation refused; ``message`` says why (never with key material)."""
+class CertRepositoryError(EdgeError):
+    """A certificate operation refused; ``message`` says why (never with key material).
+
+    ``message`` names the key, for ``edge cert`` to print; an HTTP client gets the fixed
+    ``public_message`` and ``code`` of the admin API's certificate endpoints instead.
+    """
+
+    status = 409
+    code = "conflict"
+    public_message = "the request conflicts with the current state"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
+class CertNotFound(CertRepositoryError):
+    """No ``cert:{name}`` key."""
+
+    status = 404
+    code = "certificate_not_found"
+    public_message = "no certificate with this name"
+
+
 class InvalidCertName(CertRepositoryError):
-    """The name cannot be a ``cert:{name}`` record key."""
+    """The name cannot be a ``cert:{name}`` record key, so no certificate has it: the API
+    answers a ``domain:...`` name 404, like any missing one."""
+
+    status = 404
+    code = "certificate_not_found"
+    public_message = "no certificate with this name"
+
+
+class ReservedCertName(InvalidCertName):
+    """A new certificate may not take this name: the request is at fault (400)."""
+
+    status = 400
+    code = "invalid_name"
+    public_message = "certificate names starting 'domain:' are reserved"
 
 
 class CertExists(CertRepositoryError):
     """A record exists under the name and replacing it was not asked for."""
 
-
-class CertNotFound(CertRepositoryError):
-    """No ``cert:{name}`` key."""
+    code = "certificate_exists"
+    public_message = "a certificate with this name exists"
 
 
 class NotACertRecord(CertRepositoryError):
     """The ``cert:{name}`` key holds another Redis type than a string."""
 
+    code = "invalid_document"
+    public_message = "the key holds another Redis type than a string"
+
 
 class CertConflict(CertRepositoryError):
     """A watched key changed before ``EXEC``: nothing was written."""
+
+    public_message = "the certificate changed while this request ran; nothing was written"
 
 
 # ---------------------------------------------------------------------------
@@ -218,9 +253,9 @@ class Prepared:
 
 
 def check_new_name(name: str) -> None:
-    """:class:`InvalidCertName` for a name no new certificate may take."""
+    """:class:`ReservedCertName` for a name no new certificate may take."""
     if name.startswith(_RESERVED):
-        raise InvalidCertName(
+        raise ReservedCertName(
             f"invalid certificate name {name!r}: names starting 'domain:' are reserved"
         )
 

@@ -37,7 +37,8 @@ from edge.http1.h11compat import (
     outgoing_response,
 )
 from edge.http1.hub import Hub
-from edge.http1.responses import REASONS, error_body, simple_headers, wallclock
+from edge.http1.render import edge_error
+from edge.http1.responses import REASONS, simple_headers, wallclock
 from edge.net.proxied import ProxyStage, client_address
 from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 from edge.observe.accesslog import AccessRecord
@@ -324,10 +325,10 @@ class HttpConnection(asyncio.Protocol):
                 # log only its description, never the peer's data
                 detail = str(exc).split(":", 1)[0][:80]
                 err: ClientError = (
-                    NotImplementedByEdge(detail) if hint == 501 else ClientError(detail)
+                    NotImplementedByEdge(detail)
+                    if hint == 501
+                    else ClientError(detail, status=hint if hint in (414, 431) else None)
                 )
-                if hint in (414, 431):
-                    err.status = hint
                 self._reject(err)
                 return
             kind = type(event)
@@ -518,9 +519,8 @@ class HttpConnection(asyncio.Protocol):
     def fail(self, ex: Exchange, error: EdgeError) -> None:
         if ex is not self.current:
             return
-        level = logging.WARNING if error.status >= 500 else logging.INFO
         log.log(
-            level,
+            error.log_level,
             "request failed",
             extra={
                 "fields": {
@@ -534,10 +534,10 @@ class HttpConnection(asyncio.Protocol):
         if ex.response_started or self.h11.our_state not in _STATE_CAN_RESPOND:
             self.abort()
             return
+        answer = edge_error(error, ex.request_id)
         extra: Headers = [(b"connection", b"close")] if error.close_connection else []
-        extra.extend(error.headers())
-        body = error_body(error, ex.request_id)
-        self.respond_whole(ex, error.status, body, b"application/json", extra)
+        extra.extend(answer.headers)
+        self.respond_whole(ex, answer.status, answer.body, answer.content_type, extra)
         if error.close_connection:
             self._close()
 

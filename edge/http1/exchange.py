@@ -161,7 +161,11 @@ class Exchange:
         self._conn.respond_whole(self, status, body, content_type, headers or [])
 
     def fail(self, error: EdgeError) -> None:
-        """Answer with ``error`` if nothing was sent yet, else abort the connection."""
+        """Answer with ``error`` if nothing was sent yet, else abort the connection.
+
+        The answer is :func:`edge.http1.render.edge_error`'s; the error's ``log_level``
+        (whose fault it is) decides how its detail is logged.
+        """
         self._conn.fail(self, error)
 
     def switch_protocols(self, headers: Headers, tunnel: TunnelPeer) -> bytes:

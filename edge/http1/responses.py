@@ -1,4 +1,8 @@
-"""Responses the edge itself writes: cached Date, error bodies with a request id."""
+"""Pieces of the responses the edge writes itself: the cached Date, reason phrases, the
+common fields.
+
+Error bodies are :mod:`edge.http1.render`'s.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,7 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
-import msgspec
-
-from edge.errors import EdgeError
-
 SERVER_NAME = b"edge"
-_json = msgspec.json.Encoder()
 
 
 class DateCache:
@@ -49,32 +48,7 @@ def wallclock() -> str:
     return _clock_text
 
 
-def _snake(phrase: str) -> str:
-    return phrase.lower().replace("-", "_").replace(" ", "_").replace("'", "")
-
-
-# every status gets a stable snake_case code (RFC 9110 reason phrase); a few are shorter
-_CODES: dict[int, str] = {s.value: _snake(s.phrase) for s in HTTPStatus}
-_CODES.update({414: "uri_too_long", 500: "internal_error"})
-
-
 REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
-
-
-def error_body(error: EdgeError, request_id: str) -> bytes:
-    """JSON body of an error response: public message and request id, never exception text."""
-    return (
-        _json.encode(
-            {
-                "error": {
-                    "code": _CODES.get(error.status, str(error.status)),
-                    "message": error.public_message,
-                    "request_id": request_id,
-                }
-            }
-        )
-        + b"\n"
-    )
 
 
 def simple_headers(content_type: bytes, length: int, request_id: str) -> list[tuple[bytes, bytes]]:
