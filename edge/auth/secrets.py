@@ -162,7 +162,7 @@ class AuthFailed(EdgeError):
 
     The public message is the same whatever failed, so a client cannot tell a malformed token
     from an unknown or a wrong one. The reason is an :class:`AuthFailure` (a fixed string, never
-    the token) so ``str(exc)`` is safe to log. Renderers should add
+    the token) so ``str(exc)`` is safe to log. :meth:`headers` carries
     ``WWW-Authenticate: {www_authenticate}`` (RFC 6750 section 3; RFC 9110 section 15.5.2
     requires the header on a 401).
     """
@@ -174,6 +174,9 @@ class AuthFailed(EdgeError):
     def __init__(self, reason: AuthFailure = AuthFailure.MISMATCH) -> None:
         super().__init__(f"authentication failed: {reason.value}")
         self.reason = reason
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", self.www_authenticate.encode("ascii"))]
 
     def __repr__(self) -> str:
         return f"AuthFailed({self.reason.name})"

@@ -75,6 +75,9 @@ def test_every_error_is_complete_and_consistent(cls: type[EdgeError]) -> None:
     assert code not in {int(reason) for reason in LOCAL_ONLY_CLOSE_REASONS}
     # a class that changed the status also has the code that goes with it
     assert issubclass(_owner(cls, "code"), _owner(cls, "status"))
+    if cls.status == 401:  # RFC 9110 section 15.5.2: a 401 carries a challenge
+        fields = [name for name, _ in cls.headers(cls.__new__(cls))]
+        assert fields.count(b"www-authenticate") == 1
 
 
 REQUEST_PATH = [c for c in ALL if not c.__module__.startswith(("edge.api.", "edge.certs."))]
