@@ -17,18 +17,16 @@ import h11
 
 from edge.errors import (
     EdgeError,
-    UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamResponseTimeout,
     UpstreamTotalTimeout,
 )
-from edge.http1.exchange import Exchange
 from edge.h11compat import END_OF_MESSAGE, FullItems, full_items, outgoing_request
+from edge.http1.exchange import Exchange
 from edge.routing.router import Resolution
 from edge.routing.target import Target
-from edge.upstream.connection import UpstreamConnection
+from edge.upstream.connection import UpstreamConnection, failure_error, retry_on_fresh
 from edge.upstream.pool import UpstreamPool
 
 log = logging.getLogger("edge.forward")
@@ -58,7 +56,6 @@ REPLACED = frozenset(
         b"x-request-id",
     }
 )
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 VIA = b"1.1 edge"
 
 
@@ -336,25 +333,12 @@ class ProxyCall:
         if ex.finished:
             self._cancel_cap()
             return
-        if (
-            not protocol_error
-            and conn is not None
-            and conn.requests > 1
-            and not conn.received_any
-            and not self.retried
-            and not ex.has_body
-            and ex.method in IDEMPOTENT
-        ):
+        if not self.retried and not ex.has_body and retry_on_fresh(conn, protocol_error, ex.method):
             # a pooled connection the server had already closed: once more, fresh
             self.retried = True
             self.forwarder.spawn(self._connect())
             return
-        if protocol_error:
-            self._fail(UpstreamProtocolError(str(exc)))
-        elif exc is not None:
-            self._fail(UpstreamConnectError(str(exc)))
-        else:
-            self._fail(UpstreamClosed("upstream closed the connection"))
+        self._fail(failure_error(exc, protocol_error))
 
     # ------------------------------------------------------------------ deadline
     # PROXY_REQUEST_TIMEOUT is an idle deadline kept by the upstream connection's timer,

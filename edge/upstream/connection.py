@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import h11
 
 from edge.deadline import LazyTimer
+from edge.errors import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from edge.h11compat import ClientConnection
 
 if TYPE_CHECKING:
@@ -35,6 +36,33 @@ def _announces_body(response: h11.Response) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
             return True
     return False
+
+
+# RFC 9110 §9.2.2: requests that may be sent again when a pooled connection turns out closed
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def retry_on_fresh(conn: UpstreamConnection | None, protocol_error: bool, method: bytes) -> bool:
+    """Whether a failure reported to ``on_failure`` may be retried once on a fresh
+    connection: a connection reused from the pool closed before any byte of the answer
+    (the origin's keep-alive close crossed our request), and the method is idempotent. A
+    fresh connection's first use is never retried, so a retry happens once at most."""
+    return (
+        not protocol_error
+        and conn is not None
+        and conn.requests > 1
+        and not conn.received_any
+        and method in IDEMPOTENT
+    )
+
+
+def failure_error(exc: Exception | None, protocol_error: bool) -> UpstreamError:
+    """The error an ``on_failure(exc, protocol_error)`` report stands for."""
+    if protocol_error:
+        return UpstreamProtocolError(str(exc))
+    if exc is not None:
+        return UpstreamConnectError(str(exc))
+    return UpstreamClosed("upstream closed the connection")
 
 
 class UpstreamUser(Protocol):

@@ -37,20 +37,15 @@ import h11
 
 from edge.errors import (
     EdgeError,
-    UpstreamClosed,
-    UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamResponseTimeout,
     UpstreamResponseTooLarge,
 )
 from edge.h11compat import END_OF_MESSAGE
 from edge.routing.target import Target
-from edge.upstream.connection import UpstreamConnection
+from edge.upstream.connection import UpstreamConnection, failure_error, retry_on_fresh
 from edge.upstream.pool import UpstreamPool
 
-# RFC 9110 §9.2.2: safe to send again when a pooled connection was found closed
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # the subrequest frames its own body (RFC 9112 §6); a caller's framing fields are dropped
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # RFC 9112 §6.3: no body follows these whatever Content-Length says
@@ -293,23 +288,11 @@ class SubrequestCall:
         conn, self.conn = self.conn, None
         if self._done is None:
             return
-        if (
-            not protocol_error
-            and conn is not None
-            and conn.requests > 1
-            and not conn.received_any
-            and self.request.method in IDEMPOTENT
-        ):
-            # a pooled connection the origin had already closed: once more, on a fresh
-            # one (whose first use, requests == 1, is never retried: once only)
+        if retry_on_fresh(conn, protocol_error, self.request.method):
+            # a pooled connection the origin had already closed: once more, fresh
             self.client.spawn(self._connect())
             return
-        if protocol_error:
-            self._finish(UpstreamProtocolError(str(exc)))
-        elif exc is not None:
-            self._finish(UpstreamConnectError(str(exc)))
-        else:
-            self._finish(UpstreamClosed("upstream closed the connection"))
+        self._finish(failure_error(exc, protocol_error))
 
     def on_response_timeout(self) -> None:
         self.conn = None  # aborted by the connection itself
