@@ -97,6 +97,16 @@ async def get(client: Subrequests, target: Target, path: bytes = b"/auth", **kw:
     return await client.fetch(target, method, path, headers, **kw)
 
 
+async def outcome(
+    client: Subrequests, target: Target, path: bytes = b"/auth", **kw: Any
+) -> Answer | EdgeError:
+    """``get``, with its error returned instead of raised."""
+    try:
+        return await get(client, target, path, **kw)
+    except EdgeError as exc:
+        return exc
+
+
 def test_the_answer_comes_back_whatever_its_status(scripted: Any, run: Any) -> None:
     seen: list[dict[str, str]] = []
 
@@ -166,12 +176,9 @@ def test_an_answer_over_the_limit_fails_and_its_connection_is_dropped(
     upstream = scripted(serve)
     target = parse_target(upstream.url)
 
-    async def body(client: Subrequests) -> EdgeError:
+    async def body(client: Subrequests) -> Answer | EdgeError:
         assert len((await get(client, target, b"/%d" % LIMIT)).body) == LIMIT
-        try:
-            await get(client, target, b"/%d" % (LIMIT + 1))
-        except EdgeError as exc:
-            error = exc
+        error = await outcome(client, target, b"/%d" % (LIMIT + 1))
         # the next call cannot get the rest of that body: a new connection
         assert len((await get(client, target, b"/10")).body) == 10
         return error
@@ -190,13 +197,9 @@ def test_an_upstream_that_never_answers_trips_the_deadline(scripted: Any, run: A
     upstream = scripted(serve)
     target = parse_target(upstream.url)
 
-    async def body(client: Subrequests) -> tuple[EdgeError, float]:
+    async def body(client: Subrequests) -> tuple[Answer | EdgeError, float]:
         started = time.monotonic()
-        try:
-            await get(client, target, time_limit=0.3)
-        except EdgeError as exc:
-            return exc, time.monotonic() - started
-        raise AssertionError("answered")
+        return await outcome(client, target, time_limit=0.3), time.monotonic() - started
 
     error, took = run(body)
     assert isinstance(error, UpstreamResponseTimeout) and error.status == 504
@@ -224,12 +227,8 @@ def test_an_upstream_closing_early_fails_the_subrequest(
     upstream = scripted(serve)
     target = parse_target(upstream.url)
 
-    async def body(client: Subrequests) -> EdgeError:
-        try:
-            await get(client, target)
-        except EdgeError as exc:
-            return exc
-        raise AssertionError("answered")
+    async def body(client: Subrequests) -> Answer | EdgeError:
+        return await outcome(client, target)
 
     assert type(run(body)) is error
     assert upstream.connections == 1  # a first use is not retried
@@ -251,10 +250,8 @@ def test_a_pooled_connection_found_closed_is_retried_once_when_idempotent(
 
     async def body(client: Subrequests) -> bytes | type[EdgeError]:
         assert (await get(client, target)).body == b"conn0"
-        try:
-            return (await get(client, target, method=method)).body
-        except EdgeError as exc:
-            return type(exc)
+        second = await outcome(client, target, method=method)
+        return second.body if isinstance(second, Answer) else type(second)
 
     assert run(body) == (b"conn1" if tries == 2 else UpstreamClosed)
     assert upstream.connections == tries
@@ -263,12 +260,8 @@ def test_a_pooled_connection_found_closed_is_retried_once_when_idempotent(
 def test_a_refused_connect_is_a_connect_error(run: Any) -> None:
     target = parse_target(f"http://127.0.0.1:{free_port()}")
 
-    async def body(client: Subrequests) -> EdgeError:
-        try:
-            await get(client, target)
-        except EdgeError as exc:
-            return exc
-        raise AssertionError("answered")
+    async def body(client: Subrequests) -> Answer | EdgeError:
+        return await outcome(client, target)
 
     error = run(body)
     assert isinstance(error, UpstreamConnectError) and error.status == 502
@@ -285,13 +278,9 @@ def test_the_retry_on_a_fresh_connection_is_the_last_try(scripted: Any, run: Any
     upstream = scripted(serve)
     target = parse_target(upstream.url)
 
-    async def body(client: Subrequests) -> type[EdgeError] | None:
+    async def body(client: Subrequests) -> Answer | EdgeError:
         await get(client, target)
-        try:
-            await get(client, target)
-        except EdgeError as exc:
-            return type(exc)
-        return None
+        return await outcome(client, target)
 
-    assert run(body) is UpstreamClosed
+    assert type(run(body)) is UpstreamClosed
     assert upstream.connections == 2
