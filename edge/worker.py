@@ -28,7 +28,8 @@ from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
 from edge.lifecycle import ServiceRunner, TaskService
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
-from edge.net.proxied import ProxyListener, ProxyStage, TrustedPeers
+from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers
+from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
 from edge.settings import Settings
@@ -183,12 +184,18 @@ class Worker:
             )
         trusted = TrustedPeers(s.proxy_trusted_cidrs)
         if "PROXY_PROTOCOL_PORT" in socks:
-            # plain: the connection reads the header itself and carries on with the rest
+            # plain: the header is read, then the transport and the bytes after it go to HTTP
+
+            def make_plain(
+                header: ProxyHeader, client: tuple[str, int], port: int
+            ) -> HttpConnection:
+                return HttpConnection(hub, dispatch, "http", header, client, port)
+
             plain = ProxyStage(trusted, s.proxy_protocol_timeout)
             self.proxy_stages.append(plain)
             self.servers.append(
                 await loop.create_server(
-                    lambda: HttpConnection(hub, dispatch, proxy_stage=plain),
+                    lambda: PrefaceProtocol(plain, make_plain),
                     sock=socks["PROXY_PROTOCOL_PORT"],
                     backlog=backlog,
                 )
@@ -234,19 +241,30 @@ class Worker:
         for listener in self.proxy_listeners:
             listener.close()
         self.hub.start_drain()
-        deadline = self.loop.time() + self.settings.drain_timeout
-        while (  # noqa: ASYNC110
-            self.hub.connections or any(listener.busy for listener in self.proxy_listeners)
-        ) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for listener in self.proxy_listeners:
-            listener.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_timeout):
+                await self._idle()
+        for stage in self.proxy_stages:
+            stage.abort()
         for conn in list(self.hub.connections):
             conn.abort()
         self.pool.close_all()
         for task in list(self.forwarder.tasks):
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
+
+    async def _idle(self) -> None:
+        """Return once no connection is left: none in HTTP, none in a PROXY preface or
+        its TLS handshake. Each waits on its own event; after any wake-up all are checked
+        again in one pass, since a connection leaving a preface joins the hub."""
+        events = (self.hub.idle, *(stage.idle for stage in self.proxy_stages))
+        while True:
+            for event in events:
+                if not event.is_set():
+                    await event.wait()
+                    break
+            else:
+                return
 
     async def _bootstrap_admin(self) -> None:
         """Store the ADMIN_TOKEN hash as the ``admin`` token before the API listens, then

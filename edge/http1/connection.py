@@ -39,8 +39,7 @@ from edge.http1.h11compat import (
 from edge.http1.hub import Hub
 from edge.http1.render import edge_error
 from edge.http1.responses import REASONS, simple_headers, wallclock
-from edge.net.proxied import ProxyStage, client_address
-from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
+from edge.net.proxy_protocol import ProxyHeader
 from edge.observe.accesslog import AccessRecord
 from edge.tls.sni import requested_server_name
 
@@ -54,13 +53,29 @@ _PAUSE_BODY = 2  # the body sink is not ready (upstream connecting, or its buffe
 _PAUSE_TUNNEL = 4  # the tunnel peer cannot take more
 
 
+class Stage(enum.Enum):
+    """Where a connection is in its life; ``data_received`` asks this first.
+
+    A PROXY header is read before the connection exists (``edge.net.preface``), and a
+    TLS handshake by the transport under it: both are done when ``HTTP`` begins.
+    """
+
+    HTTP = enum.auto()  # requests through h11, answered one at a time
+    TUNNEL = enum.auto()  # after a 101: raw bytes between the client and a TunnelPeer
+    LINGER = enum.auto()  # our last answer is out: what still arrives is dropped
+    CLOSED = enum.auto()  # connection_lost: nothing more comes or goes
+
+
+# data_received's one check, read as a module global (no attribute lookup on the class)
+_HTTP = Stage.HTTP
+
+
 class _Deadline(enum.Enum):
     NONE = enum.auto()
     FIRST_BYTE = enum.auto()  # new connection, nothing received yet: close silently
     HEAD = enum.auto()  # part of a head received: 408
     BODY = enum.auto()  # waiting for request body bytes (idle timer): 408
     KEEPALIVE = enum.auto()  # between requests: close silently
-    PROXY = enum.auto()  # PROXY listener, header not complete: close silently
     LINGER = enum.auto()  # half-closed after the last answer: see _close
 
 
@@ -102,9 +117,7 @@ class HttpConnection(asyncio.Protocol):
         "_discarded",
         "_head",
         "_linger_unsent",
-        "_lingering",
         "_paused",
-        "_pp_buf",
         "_timer",
         "_tunnel",
         "_write_paused",
@@ -116,9 +129,9 @@ class HttpConnection(asyncio.Protocol):
         "h11",
         "hub",
         "proxy_header",
-        "proxy_stage",
         "scheme",
         "server_port",
+        "stage",
         "tls",
         "transport",
     )
@@ -131,7 +144,6 @@ class HttpConnection(asyncio.Protocol):
         proxy_header: ProxyHeader | None = None,
         client: tuple[str, int] | None = None,
         server_port: int = 0,
-        proxy_stage: ProxyStage | None = None,
     ) -> None:
         self.hub = hub
         self.dispatch = dispatch
@@ -139,15 +151,13 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.current: Exchange | None = None
         # behind a PROXY listener, the client and the port it connected to come from
-        # the header; otherwise from the socket (connection_made)
+        # the header (edge.net.preface); otherwise from the socket (connection_made)
         self.proxy_header = proxy_header
         self.client_ip, self.client_port = client if client is not None else ("", 0)
         self.server_port = server_port
         # the TLS session (SNI name in ``edge_server_name``, the certificate's context)
         self.tls: ssl.SSLObject | None = None
-        # a plain PROXY listener: the header is read here, before HTTP (None: done or none)
-        self.proxy_stage = proxy_stage
-        self._pp_buf: bytes | None = None
+        self.stage = Stage.HTTP
         s = hub.settings
         self.guard = HeadGuard(s.max_request_line, s.max_header_bytes, s.max_header_count)
         self.h11: h11.Connection = ServerConnection(hub.max_incomplete)
@@ -159,8 +169,7 @@ class HttpConnection(asyncio.Protocol):
         self._activity = 0.0
         self._tunnel: TunnelPeer | None = None
         self._head = b""
-        self._lingering = False  # our last answer is out: incoming bytes are dropped
-        self._discarded = 0
+        self._discarded = 0  # bytes dropped while lingering
         self._linger_unsent = 0  # our bytes still buffered when the linger last looked
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -176,33 +185,14 @@ class HttpConnection(asyncio.Protocol):
                 self.server_port = sock[1]
         if self.scheme == "https":
             self.tls = transport.get_extra_info("ssl_object")
-        stage = self.proxy_stage
-        if stage is not None and self.client_ip not in stage.trusted:
-            stage.refuse_peer(self.client_ip)
-            cast(asyncio.Transport, transport).abort()  # nothing sent
-            return
-        self.hub.connections.add(self)
-        if stage is not None:
-            self._pp_buf = b""
-            self._arm(_Deadline.PROXY, stage.timeout)
-            return
+        self.hub.opened(self)
         # accepted as the listeners closed, during a drain: the client may already have
         # sent its request, served like one on an idle connection (see _arm)
         self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            self._discarded += len(data)
-            self._activity = self.hub.loop.time()
-            if self._discarded > LINGER_MAX_BYTES:
-                self.abort()
-            return
-        if self._pp_buf is not None:
-            data = self._proxy_header(data)
-            if not data:
-                return
-        if self._tunnel is not None:
-            self._tunnel.tunnel_data(data)
+        if self.stage is not _HTTP:
+            self._off_stage_data(data)
             return
         ex = self.current
         if ex is None:
@@ -229,43 +219,22 @@ class HttpConnection(asyncio.Protocol):
         self.h11.receive_data(data)
         self._drive()
 
-    def _proxy_header(self, data: bytes) -> bytes:
-        """Bytes before the PROXY header is complete: parse; return what follows it."""
-        assert self._pp_buf is not None
-        buf = self._pp_buf + data
-        try:
-            header = parse_proxy_header(buf)
-        except ProxyProtocolError as exc:
-            self._proxy_refused(str(exc))
-            return b""
-        if header is None:
-            self._pp_buf = buf
-            return b""
-        self._pp_buf = None
-        self.proxy_header = header
-        self.client_ip, self.client_port = client_address(
-            header, (self.client_ip, self.client_port)
-        )
-        if not header.local and header.destination is not None:
-            self.server_port = header.destination[1]
-        self._arm(_Deadline.FIRST_BYTE, self.hub.settings.client_header_timeout)
-        return buf[header.length :]
-
-    def _proxy_refused(self, reason: str) -> None:
-        if self.proxy_stage is not None:
-            self.proxy_stage.refuse_header(self.client_ip, reason)
-        self._pp_buf = None
-        self._disarm()
-        if self.transport is not None:
-            self.transport.abort()  # nothing sent
+    def _off_stage_data(self, data: bytes) -> None:
+        if self.stage is Stage.TUNNEL:
+            assert self._tunnel is not None
+            self._tunnel.tunnel_data(data)
+        elif self.stage is Stage.LINGER:
+            self._discarded += len(data)
+            self._activity = self.hub.loop.time()
+            if self._discarded > LINGER_MAX_BYTES:
+                self.abort()
 
     def eof_received(self) -> bool | None:
-        if self._lingering:
+        stage = self.stage
+        if stage is Stage.LINGER:
             return False  # the client is done too: close
-        if self._pp_buf is not None:
-            self._proxy_refused("closed before the PROXY header was complete")
-            return False
-        if self._tunnel is not None:
+        if stage is Stage.TUNNEL:
+            assert self._tunnel is not None
             self._tunnel.tunnel_eof()
             return True
         if self.h11.their_state is not h11.CLOSED:
@@ -275,9 +244,10 @@ class HttpConnection(asyncio.Protocol):
         return self.current is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.stage = Stage.CLOSED
         self._disarm()
         self._timer.cancel()
-        self.hub.connections.discard(self)
+        self.hub.closed(self)
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
             tunnel.tunnel_lost()
@@ -551,6 +521,7 @@ class HttpConnection(asyncio.Protocol):
         )
         self._disarm()
         self._tunnel = tunnel
+        self.stage = Stage.TUNNEL
         leftover, _closed = self.h11.trailing_data
         self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
         if self._write_paused:
@@ -639,7 +610,8 @@ class HttpConnection(asyncio.Protocol):
         idle-close-on-response, a request arriving within the grace is served with
         ``Connection: close`` (``_last_response``), and the connection closes after it;
         only a connection still idle then is closed, lingeringly (``_close``). A partial
-        head is served the same way; a PROXY header keeps its own deadline.
+        head is served the same way (a PROXY header still in progress is no connection
+        yet: it keeps its own deadline, ``edge.net.preface``).
         """
         if self._deadline in _IDLE_DEADLINES:
             grace = self.hub.settings.drain_idle_grace
@@ -669,13 +641,14 @@ class HttpConnection(asyncio.Protocol):
         request racing it is dropped either way.
         """
         transport = self.transport
-        if transport is None or self._lingering or transport.is_closing():
+        if transport is None or self.stage is Stage.LINGER or transport.is_closing():
             return
         if not self._client_may_send() or (idle and not transport.can_write_eof()):
-            self._lingering = idle  # nothing more is parsed
+            if idle:
+                self.stage = Stage.LINGER  # nothing more is parsed
             transport.close()
             return
-        self._lingering = True
+        self.stage = Stage.LINGER
         self._linger_unsent = transport.get_write_buffer_size()
         s = self.hub.settings
         now = self.hub.loop.time()
@@ -762,8 +735,6 @@ class HttpConnection(asyncio.Protocol):
             self._reject(RequestTimeout("request head not complete in time"))
         elif kind in (_Deadline.FIRST_BYTE, _Deadline.KEEPALIVE):
             self._close(idle=True)
-        elif kind is _Deadline.PROXY:
-            self._proxy_refused("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
         elif kind is _Deadline.LINGER:
             unsent = self.transport.get_write_buffer_size()
             if unsent and unsent < self._linger_unsent:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class Hub:
     __slots__ = (
+        "_idle",
         "_ids",
         "_prefix",
         "access_log",
@@ -41,6 +42,7 @@ class Hub:
         self.exchange_done: Callable[[AccessRecord], None]
         self.install_observers((self.access_log,))
         self.connections: set[HttpConnection] = set()
+        self._idle: asyncio.Event | None = None  # made when a drain first asks
         self.draining = False
         self.requests = 0
         # request ids: a random per-process prefix and a counter; unique without a syscall
@@ -57,6 +59,25 @@ class Hub:
 
     def next_request_id(self) -> str:
         return f"{self._prefix}{next(self._ids):08x}"
+
+    def opened(self, conn: HttpConnection) -> None:
+        self.connections.add(conn)
+        if self._idle is not None:
+            self._idle.clear()
+
+    def closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if self._idle is not None and not self.connections:
+            self._idle.set()
+
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while the worker has no downstream connection: what a drain waits on."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if not self.connections:
+                self._idle.set()
+        return self._idle
 
     def start_drain(self) -> None:
         """Stop keep-alive everywhere: busy connections close after their response, idle
