@@ -241,6 +241,7 @@ class Settings:
     keepalive_timeout: float = 60.0
     drain_timeout: float = 30.0
     drain_idle_grace: float = 1.0
+    drain_websocket_grace: float = 5.0
     linger_timeout: float = 5.0
     linger_time: float = 30.0
     listen_backlog: int = 4096
@@ -313,6 +314,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "KEEPALIVE_TIMEOUT": ("keepalive_timeout", _seconds),
     "DRAIN_TIMEOUT": ("drain_timeout", _seconds),
     "DRAIN_IDLE_GRACE": ("drain_idle_grace", _optional_seconds),
+    "DRAIN_WEBSOCKET_GRACE": ("drain_websocket_grace", _optional_seconds),
     "LINGER_TIMEOUT": ("linger_timeout", _seconds),
     "LINGER_TIME": ("linger_time", _seconds),
     "LISTEN_BACKLOG": ("listen_backlog", _int(1, 65535)),

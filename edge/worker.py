@@ -241,9 +241,15 @@ class Worker:
         for listener in self.proxy_listeners:
             listener.close()
         self.hub.start_drain()
+        s = self.settings
+        # tunnels (WebSockets) have no end of their own: after a grace they are told to go
+        # away (close 1001 both ways), leaving at least half the drain for the close
+        grace = min(s.drain_websocket_grace, s.drain_timeout / 2)
+        going_away = self.loop.call_later(grace, self.hub.going_away)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.drain_timeout):
+            async with asyncio.timeout(s.drain_timeout):
                 await self._idle()
+        going_away.cancel()
         for stage in self.proxy_stages:
             stage.abort()
         for conn in list(self.hub.connections):

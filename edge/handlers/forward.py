@@ -297,10 +297,12 @@ class ProxyCall:
         full = downstream_response_headers(
             response.headers, self._response_custom, True, self.ex.request_id.encode("ascii")
         )
-        leftover_up = conn.switch_to_pipe(ex.pipe)
+        # a WebSocket's frames are followed, so that a drain can close it with 1001
+        websocket = any(n == b"upgrade" and _is_websocket(v) for n, v in response.headers)
+        leftover_up = conn.switch_to_pipe(ex.pipe, websocket)
         leftover_down = ex.switch_protocols([(raw, value) for raw, _, value in full], conn)
         if leftover_down:
-            conn.pipe_write(leftover_down)
+            conn.tunnel_data(leftover_down)
         if leftover_up:
             ex.tunnel_write(leftover_up)
 

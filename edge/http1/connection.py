@@ -618,6 +618,12 @@ class HttpConnection(asyncio.Protocol):
             if self.hub.loop.time() + grace < self._deadline_at:
                 self._arm(self._deadline, grace)
 
+    def going_away(self) -> None:
+        """The worker is draining and the grace for tunnels is over: a tunnel's peer
+        ends it the way its protocol says (WebSocket: close 1001 both ways)."""
+        if self.stage is Stage.TUNNEL and self._tunnel is not None:
+            self._tunnel.going_away()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()

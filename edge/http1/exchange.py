@@ -216,6 +216,11 @@ class TunnelPeer(Protocol):
     def pause_producing(self) -> None: ...
     def resume_producing(self) -> None: ...
 
+    def going_away(self) -> None:
+        """The worker is draining and the tunnels' grace is over: end the tunnel the way
+        its protocol says (a WebSocket: Close 1001 to both ends, at frame boundaries), or
+        do nothing and be aborted when the drain's time is up."""
+
 
 class DownstreamPipe(Protocol):
     """The client's end of a switched connection, as the upstream side drives it."""

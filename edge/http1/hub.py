@@ -85,3 +85,9 @@ class Hub:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
+
+    def going_away(self) -> None:
+        """The drain's grace for tunnels is over: each one is ended by its peer (a
+        WebSocket with close 1001 both ways); HTTP connections are left to finish."""
+        for conn in list(self.connections):
+            conn.going_away()

@@ -2,7 +2,8 @@
 
 The connection serves one ``UpstreamUser`` (forwarding or a subrequest) at a time, then goes back
 to its pool if both sides ended the exchange cleanly. After a 101 it becomes a raw byte
-pipe to the downstream connection.
+pipe to the downstream connection; a WebSocket's frames are followed on the way
+(``edge.http1.wsframes``), so that a drain can end it with close 1001 (``going_away``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import h11
 from edge.deadline import LazyTimer
 from edge.errors import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from edge.h11compat import ClientConnection
+from edge.http1.wsframes import WebSocketTunnel
 
 if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool
 
 
-_NONE, _IDLE, _RESPONSE = 0, 1, 2  # deadline kinds
+_NONE, _IDLE, _RESPONSE, _GOING_AWAY = 0, 1, 2, 3  # deadline kinds
+
+# after a WebSocket was told to go away: how long both peers have to answer our Close
+# before both sockets close anyway (the drain's own deadline bounds it too)
+GOING_AWAY_TIMEOUT = 5.0
 
 
 # RFC 9112 §6.3: these answers end with their head, whatever their fields say
@@ -106,6 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reusable",
         "transport",
         "user",
+        "websocket",
     )
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
@@ -127,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reading_paused = False
         self._eof_in = False  # pipe mode: the upstream sent its FIN
         self._eof_out = False  # pipe mode: we sent ours (the client's)
+        self.websocket: WebSocketTunnel | None = None  # pipe mode, for a WebSocket
 
     # ------------------------------------------------------------------ asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,7 +142,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.pipe is not None:
-            self.pipe.tunnel_write(data)
+            if self.websocket is not None:
+                self._from_upstream(self.pipe, self.websocket, data)
+            else:
+                self.pipe.tunnel_write(data)
             return
         user = self.user
         if user is None:
@@ -259,16 +270,21 @@ class UpstreamConnection(asyncio.Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
-    def switch_to_pipe(self, pipe: RawPipe) -> bytes:
-        """After a 101: raw bytes from now on. Returns bytes already read past the head."""
+    def switch_to_pipe(self, pipe: RawPipe, websocket: bool = False) -> bytes:
+        """After a 101: raw bytes from now on. Returns bytes already read past the head
+        (the caller sends them to the client). ``websocket``: the 101 switched to
+        WebSocket, whose frames are followed from here on (see ``going_away``)."""
         self.user = None
         self.pipe = pipe
         self._deadline = _NONE  # a tunnel lives as long as both ends want it
         leftover, _ = self.h11.trailing_data
+        if websocket:
+            self.websocket = WebSocketTunnel()
+            self.websocket.from_upstream(leftover)  # not closing yet: followed, unchanged
         return leftover
 
     def pipe_write(self, data: bytes) -> None:
-        if self.transport is not None:
+        if data and self.transport is not None:
             self.transport.write(data)
 
     def pipe_write_eof(self) -> None:
@@ -317,6 +333,9 @@ class UpstreamConnection(asyncio.Protocol):
         if kind == _IDLE:
             self.close()
             return
+        if kind == _GOING_AWAY:
+            self.abort()  # a peer did not answer our Close in time: both sides end now
+            return
         user, self.user = self.user, None
         self.abort()
         if user is not None:
@@ -335,7 +354,39 @@ class UpstreamConnection(asyncio.Protocol):
 
     # TunnelPeer (downstream side of a switched connection talks to us)
     def tunnel_data(self, data: bytes) -> None:
-        self.pipe_write(data)
+        ws = self.websocket
+        if ws is None:
+            self.pipe_write(data)
+            return
+        self.pipe_write(ws.from_client(data))
+        if ws.finished:
+            self._tunnel_done()
+
+    def going_away(self) -> None:
+        """The worker is draining: a WebSocket gets a Close 1001 both ways, each at a
+        frame boundary; both sockets close once both peers answered it, or after
+        GOING_AWAY_TIMEOUT. Other tunnels are left alone (the drain's end aborts them)."""
+        ws, pipe = self.websocket, self.pipe
+        if ws is None or pipe is None or ws.closing:
+            return
+        to_client, to_upstream = ws.going_away()
+        if to_client:
+            pipe.tunnel_write(to_client)
+        self.pipe_write(to_upstream)
+        self._set_deadline(_GOING_AWAY, GOING_AWAY_TIMEOUT)
+
+    def _from_upstream(self, pipe: RawPipe, ws: WebSocketTunnel, data: bytes) -> None:
+        out = ws.from_upstream(data)
+        if out:
+            pipe.tunnel_write(out)
+        if ws.finished:
+            self._tunnel_done()
+
+    def _tunnel_done(self) -> None:
+        """Both closing handshakes are complete: close the upstream; its connection_lost
+        closes the client's side (``tunnel_close``)."""
+        self._deadline = _NONE
+        self.close()
 
     def tunnel_eof(self) -> None:
         self.pipe_write_eof()
