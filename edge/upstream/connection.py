@@ -3,7 +3,7 @@
 The connection serves one ``UpstreamUser`` (forwarding or a subrequest) at a time, then goes back
 to its pool if both sides ended the exchange cleanly. After a 101 it becomes a raw byte
 pipe to the downstream connection; a WebSocket's frames are followed on the way
-(``edge.http1.wsframes``), so that a drain can end it with close 1001 (``going_away``).
+(``edge.wsframes``), so that a drain can end it with close 1001 (``going_away``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import h11
 from edge.deadline import LazyTimer
 from edge.errors import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from edge.h11compat import ClientConnection
-from edge.http1.wsframes import WebSocketTunnel
+from edge.wsframes import WebSocketTunnel
 
 if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool

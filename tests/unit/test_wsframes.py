@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from edge.http1.wsframes import FrameTracker, WebSocketTunnel, close_frame
+from edge.wsframes import FrameTracker, WebSocketTunnel, close_frame
 
 # payload lengths around every header form: 7-bit, 16-bit (126) and 64-bit (127) lengths
 SIZES = (0, 1, 125, 126, 127, 65535, 65536, 70000)
