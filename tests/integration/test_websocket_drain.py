@@ -169,3 +169,29 @@ async def test_a_frame_in_flight_at_going_away_is_delivered_whole_then_closed(
     client.writer.close()
     status, took = await exits(edge)
     assert status == 0 and took < DRAIN / 2
+
+
+async def test_a_client_that_never_answers_the_close_is_cut_after_the_close_deadline(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    recorder: Recorder,
+) -> None:
+    drain = 30.0
+    edge = edge_factory(DRAIN_TIMEOUT=drain, DRAIN_WEBSOCKET_GRACE=GRACE, CONFIG_RESYNC_INTERVAL=30)
+    configure(redis_db, edge, f"http://127.0.0.1:{recorder.port}")
+    client = await RawClient.connect(edge.http_port)
+    await client.next_event(wse.TextMessage)
+    assert edge.proc is not None
+    edge.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    close = await client.next_event(wse.CloseConnection, within=GRACE + 5)
+    assert isinstance(close, wse.CloseConnection) and close.code == 1001
+    # the client keeps quiet: the edge waits GOING_AWAY_TIMEOUT (5 s) for its answer, then
+    # ends both sides, and the drain with them, long before DRAIN_TIMEOUT
+    status = await asyncio.to_thread(edge.proc.wait, drain + 10)
+    took = time.monotonic() - signalled
+    assert status == 0
+    assert GRACE + 4 <= took <= GRACE + 5 + 4, took
+    await asyncio.wait_for(recorder.done.wait(), 5)
+    assert recorder.closed_with == [(1001, "")]  # the upstream answered; it was not the wait
+    client.writer.close()
