@@ -21,7 +21,7 @@ from typing import Any
 from edge.api.people_auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.store import ADMIN_NAME, CorruptRecord, TokenStore
-from edge.config.watcher import ConfigWatcher, redis_client
+from edge.config.watcher import ConfigWatcher
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
@@ -33,6 +33,7 @@ from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
 from edge.settings import Settings
+from edge.store.client import redis_client
 from edge.tls.store import TlsStore
 from edge.upstream.pool import UpstreamPool
 

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from edge.config.watcher import redis_client
 from edge.settings import RedisTarget
+from edge.store.client import redis_client
 from tests.helpers import RedisServer
 
 R = TypeVar("R")

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio.client import Pipeline
+import redis.asyncio as aioredis
 
 from edge.api.config_store import (
     as_text,
@@ -23,7 +23,6 @@ from edge.api.config_store import (
     fetch_visible,
     loose_doc,
     read,
-    scan_values,
     transaction,
     visible_raw,
     visible_values,
@@ -32,6 +31,9 @@ from edge.api.http import ApiError, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.config.schema import ConfigError, classify_key, decode_item
+from edge.store import keys
+from edge.store.scan import scan_values
+from edge.store.transaction import Txn
 from edge.tls.material import CertInfo, CertRecord, validate_record
 
 __all__ = ["PREFIX", "add_cert_routes"]
@@ -39,7 +41,7 @@ __all__ = ["PREFIX", "add_cert_routes"]
 log = logging.getLogger("edge.api")
 
 PREFIX = "/api/v1/certificates"
-DOMAIN_PATTERN = "cert:domain:*"
+DOMAIN_PATTERN = keys.CERT_DOMAIN + "*"
 
 
 def _not_found() -> NotFound:
@@ -78,7 +80,7 @@ def _secret_lines(raw: bytes) -> tuple[str, ...]:
 
 def examine(key: str, raw: bytes) -> Examined:
     """Decode and check ``cert:{name}`` (CPU-bound: run it in a thread); never raises."""
-    found = Examined(key[len("cert:") :])
+    found = Examined(key[len(keys.CERT) :])
     found.secret_lines = _secret_lines(raw)
     loose = loose_doc(raw)
     domains = loose.get("domains")
@@ -145,14 +147,14 @@ def _without_key(doc: Any, *items: Examined) -> Any:
     return doc
 
 
-async def _domain_keys(client: Any, name: str) -> list[str]:
+async def _domain_keys(client: aioredis.Redis, name: str) -> list[str]:
     """The ``cert:domain:`` keys whose value names certificate ``name``."""
     found = await scan_values(client, DOMAIN_PATTERN)
     return sorted(k for k, v in found.items() if as_text(v).strip() == name)
 
 
 async def list_certificates(req: ApiRequest) -> Response:
-    found = await visible_values(req, "cert:*", lambda k: classify_key(k) == "cert")
+    found = await visible_values(req, keys.CERT + "*", lambda k: classify_key(k) == "cert")
 
     def work() -> list[Examined]:
         return [examine(key, raw) for key, raw in found.items()]
@@ -176,17 +178,17 @@ async def delete_certificate(req: ApiRequest) -> Response:
     name = _name(req)
     key = cert_key(name)
 
-    async def write(pipe: Pipeline) -> None:
-        await visible_raw(pipe, req, key, _not_found)
-        pointing = await _domain_keys(pipe, name)
+    async def write(txn: Txn) -> None:
+        await visible_raw(txn.reader, req, key, _not_found)
+        pointing = await _domain_keys(txn.reader, name)
         if pointing:
-            await pipe.watch(*pointing)
+            await txn.watch(*pointing)
             # only those still naming it once watched
-            values = await pipe.mget(pointing)
+            values = await txn.mget(pointing)
             pointing = [
                 k for k, v in zip(pointing, values, strict=True) if v and as_text(v).strip() == name
             ]
-        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe = txn.writes()
         pipe.delete(key, *pointing)
 
     await transaction(req, [key], write)

@@ -19,23 +19,22 @@ watched, so one handed to another owner before ``EXEC`` makes the write run agai
 
 from __future__ import annotations
 
-from typing import Any
-
-from edge.api.config_store import as_text, loose_doc, owner_of, scan_values
+from edge.api.config_store import loose_doc, owner_of
 from edge.api.http import Conflict, Forbidden
 from edge.api.request import ApiRequest
 from edge.api.store import ADMIN_NAME, record_key
 from edge.auth.secrets import same_hash
 from edge.config.schema import classify_key
+from edge.store import keys
+from edge.store.scan import as_text, scan_values
+from edge.store.transaction import Txn
 
 __all__ = ["check_wildcard_claim"]
 
 
 def _any_case(text: str) -> str:
     """A SCAN pattern matching ``text`` in any letter case (``*`` matched literally)."""
-    return "".join(
-        f"[{c}{c.upper()}]" if c.isalpha() else ("\\*" if c == "*" else c) for c in text
-    )
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else ("\\*" if c == "*" else c) for c in text)
 
 
 def _under(name: str, zone: str) -> bool:
@@ -43,43 +42,43 @@ def _under(name: str, zone: str) -> bool:
     return name.lower().endswith("." + zone)
 
 
-async def _held(pipe: Any, zone: str) -> dict[str, tuple[str, str | None]]:
+async def _held(txn: Txn, zone: str) -> dict[str, tuple[str, str | None]]:
     """Every key naming something under ``zone``: key -> (name, owner)."""
     held: dict[str, tuple[str, str | None]] = {}
     # proxy:*.zone matches every proxy key ending in ".zone": deeper names, wildcards
-    proxies = await scan_values(pipe, "proxy:*." + _any_case(zone))
+    proxies = await scan_values(txn.reader, keys.PROXY + "*." + _any_case(zone))
     for key, raw in proxies.items():
         if classify_key(key) == "proxy":
-            held[key] = (key[len("proxy:") :].lower(), owner_of(raw))
-    certs = await scan_values(pipe, "cert:*", lambda k: classify_key(k) == "cert")
-    owners = {key[len("cert:") :]: owner_of(raw) for key, raw in certs.items()}
+            held[key] = (key[len(keys.PROXY) :].lower(), owner_of(raw))
+    certs = await scan_values(txn.reader, keys.CERT + "*", lambda k: classify_key(k) == "cert")
+    owners = {key[len(keys.CERT) :]: owner_of(raw) for key, raw in certs.items()}
     for key, raw in certs.items():
         domains = loose_doc(raw).get("domains")
         for domain in domains if isinstance(domains, list) else ():
             if isinstance(domain, str) and _under(domain, zone):
-                held[key] = (domain.lower(), owners[key[len("cert:") :]])
+                held[key] = (domain.lower(), owners[key[len(keys.CERT) :]])
                 break
     # a domain mapped to a certificate by hand: its certificate's owner (none: the admin)
-    domains = await scan_values(pipe, "cert:domain:*." + _any_case(zone))
+    domains = await scan_values(txn.reader, keys.CERT_DOMAIN + "*." + _any_case(zone))
     for key, raw in domains.items():
-        held[key] = (key[len("cert:domain:") :].lower(), owners.get(as_text(raw).strip()))
+        held[key] = (key[len(keys.CERT_DOMAIN) :].lower(), owners.get(as_text(raw).strip()))
     return held
 
 
-async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
+async def check_wildcard_claim(txn: Txn, req: ApiRequest, hostname: str) -> None:
     """Refuse (403/409, naming ``hostname``) a name the caller may not claim.
 
-    ``pipe`` is the write's pipeline in its watching (immediate) phase.
+    ``txn`` is the write's transaction, still reading.
     """
     caller = req.caller
     if caller.is_admin:
         return
     if not hostname.startswith("*."):
-        await _check_exact_claim(pipe, req, hostname)
+        await _check_exact_claim(txn, req, hostname)
         return
     # a wildcard inside another token's zone takes its names too (the most specific
     # wildcard wins): the same rule as for an exact name
-    await _check_exact_claim(pipe, req, hostname)
+    await _check_exact_claim(txn, req, hostname)
     zone = hostname[2:]
     if "." not in zone:
         raise Forbidden(
@@ -89,7 +88,7 @@ async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> Non
             field="hostname",
         )
     mine: list[str] = []
-    for key, (name, owner) in sorted((await _held(pipe, zone)).items()):
+    for key, (name, owner) in sorted((await _held(txn, zone)).items()):
         if owner is None or not same_hash(owner, caller.token_hash):
             raise Conflict(
                 "wildcard covers another owner's name",
@@ -99,22 +98,22 @@ async def check_wildcard_claim(pipe: Any, req: ApiRequest, hostname: str) -> Non
             )
         mine.append(key)
     if mine:
-        await pipe.watch(*mine)
+        await txn.watch(*mine)
 
 
-async def _check_exact_claim(pipe: Any, req: ApiRequest, hostname: str) -> None:
+async def _check_exact_claim(txn: Txn, req: ApiRequest, hostname: str) -> None:
     """Refuse (409) a name (exact or wildcard) under a wildcard that another token holds."""
     labels = hostname.split(".")
     # every wildcard above the name (for "*.a.b": "*.b"; the name itself is not above it)
-    keys = [f"proxy:*.{'.'.join(labels[i:])}" for i in range(1, len(labels))]
-    keys = [key for key in keys if key != "proxy:" + hostname]
-    if not keys:
+    above = [keys.proxy("*." + ".".join(labels[i:])) for i in range(1, len(labels))]
+    above = [key for key in above if key != keys.proxy(hostname)]
+    if not above:
         return
     admin_key = record_key(ADMIN_NAME)
-    await pipe.watch(*keys, admin_key)
-    values = await pipe.mget(keys)
-    admin_hash = loose_doc(await pipe.get(admin_key)).get("hash")
-    for key, raw in zip(keys, values, strict=True):
+    await txn.watch(*above, admin_key)
+    values = await txn.mget(above)
+    admin_hash = loose_doc(await txn.get(admin_key)).get("hash")
+    for key, raw in zip(above, values, strict=True):
         if raw is None:
             continue
         owner = owner_of(raw)

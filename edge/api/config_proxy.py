@@ -16,12 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from edge.api.config_claims import check_wildcard_claim
 from edge.api.config_store import (
     MESSAGE_MAX,
-    SCAN_COUNT,
     as_text,
     body_object,
     check_owner,
@@ -47,6 +45,9 @@ from edge.api.http import Conflict, InvalidBody, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint, Handler
 from edge.api.router import Router
 from edge.config.schema import ProxyConfig, classify_key, normalize_hostname
+from edge.store import keys
+from edge.store.scan import SCAN_COUNT
+from edge.store.transaction import Txn
 
 __all__ = ["AUTH_FIELDS", "MCP_FIELDS", "PREFIX", "ROUTE_FIELDS", "add_proxy_routes"]
 
@@ -73,16 +74,16 @@ def _body_hostname(body: dict[str, Any]) -> str:
 def _any_case_glob(hostname: str) -> str:
     """A SCAN pattern matching ``proxy:{hostname}`` in any letter case."""
     parts = [f"[{c}{c.upper()}]" if c.isalpha() else ("\\*" if c == "*" else c) for c in hostname]
-    return "proxy:" + "".join(parts)
+    return keys.PROXY + "".join(parts)
 
 
-async def _hand_written_alias(pipe: Pipeline, hostname: str) -> bool:
+async def _hand_written_alias(txn: Txn, hostname: str) -> bool:
     """Whether a key such as ``proxy:App.example.com`` (written by hand) serves the host.
 
     The edge serves a host from its lowercase key first, so creating that key would take
     the host over from whoever wrote the other one.
     """
-    async for key in pipe.scan_iter(match=_any_case_glob(hostname), count=SCAN_COUNT):
+    async for key in txn.reader.scan_iter(match=_any_case_glob(hostname), count=SCAN_COUNT):
         if as_text(key) != proxy_key(hostname):
             return True
     return False
@@ -102,7 +103,7 @@ def _document(item: ProxyConfig) -> dict[str, Any]:
 
 
 async def list_proxies(req: ApiRequest) -> Response:
-    found = await visible_values(req, "proxy:*", lambda k: classify_key(k) == "proxy")
+    found = await visible_values(req, keys.PROXY + "*", lambda k: classify_key(k) == "proxy")
     proxies = []
     for key, raw in found.items():
         try:
@@ -119,12 +120,12 @@ async def create_proxy(req: ApiRequest) -> Response:
     doc, owner = new_document(req, body, {"hostname": hostname})
     item = _proxy(validated(key, doc))
 
-    async def write(pipe: Pipeline) -> None:
-        if await pipe.exists(key) or await _hand_written_alias(pipe, hostname):
+    async def write(txn: Txn) -> None:
+        if await txn.exists(key) or await _hand_written_alias(txn, hostname):
             raise exists_conflict("proxy", "hostname")
-        await check_wildcard_claim(pipe, req, hostname)
-        await check_owner(pipe, req, owner)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        await check_wildcard_claim(txn, req, hostname)
+        await check_owner(txn, req, owner)
+        pipe = txn.writes()
         pipe.set(key, encode(item))
 
     await transaction(req, [key], write)
@@ -146,12 +147,12 @@ async def replace_proxy(req: ApiRequest) -> Response:
     body = await body_object(req)
     refuse_rename(body, "hostname", hostname, "proxy", _body_hostname)
 
-    async def write(pipe: Pipeline) -> ProxyConfig:
+    async def write(txn: Txn) -> ProxyConfig:
         identity = {"hostname": hostname}
         _, item = await replacement(
-            pipe, req, key, body, identity, _not_found, lambda doc: _proxy(validated(key, doc))
+            txn, req, key, body, identity, _not_found, lambda doc: _proxy(validated(key, doc))
         )
-        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe = txn.writes()
         pipe.set(key, encode(item))
         return item
 
@@ -178,10 +179,10 @@ async def patch_proxy(req: ApiRequest) -> Response:
     _known_fields(body)
     refuse_rename(body, "hostname", hostname, "proxy", _body_hostname)
 
-    async def write(pipe: Pipeline) -> ProxyConfig:
+    async def write(txn: Txn) -> ProxyConfig:
         identity = {"hostname": hostname}
         _, item = await replacement(
-            pipe,
+            txn,
             req,
             key,
             body,
@@ -190,7 +191,7 @@ async def patch_proxy(req: ApiRequest) -> Response:
             lambda doc: _proxy(validated(key, doc)),
             merge=True,
         )
-        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe = txn.writes()
         pipe.set(key, encode(item))
         return item
 
@@ -225,8 +226,8 @@ def _group_handlers(
     async def change(req: ApiRequest, body: dict[str, Any] | None) -> ProxyConfig:
         key = proxy_key(_hostname(req))
 
-        async def write(pipe: Pipeline) -> ProxyConfig:
-            raw = await visible_raw(pipe, req, key, _not_found)
+        async def write(txn: Txn) -> ProxyConfig:
+            raw = await visible_raw(txn.reader, req, key, _not_found)
             doc = _document(_proxy(stored_item(key, raw)))
             for name in fields:
                 del doc[name]
@@ -234,7 +235,7 @@ def _group_handlers(
                 doc.update(implied)
                 doc.update(body)
             item = _proxy(validated(key, doc))
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe = txn.writes()
             pipe.set(key, encode(item))
             return item
 

@@ -18,7 +18,6 @@ from functools import partial
 from typing import Annotated, Any
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from edge.api.config_store import (
     body_object,
@@ -45,6 +44,8 @@ from edge.api.router import Router
 from edge.auth.secrets import is_token_hash
 from edge.config.msgspec_errors import Wording, translate
 from edge.config.schema import ConfigError, validate_url
+from edge.store import keys
+from edge.store.transaction import Txn
 
 __all__ = [
     "PREFIX",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 PREFIX = "/api/v1/resources"
-RESOURCE_PREFIX = "resource:"
+RESOURCE_PREFIX = keys.RESOURCE
 URI_MAX = 2048
 NAME_MAX = 200
 DESCRIPTION_MAX = 4000
@@ -218,11 +219,11 @@ async def create_resource(req: ApiRequest) -> Response:
     doc, owner = new_document(req, body, {"uri": uri})
     record = _validated(key, doc)
 
-    async def write(pipe: Pipeline) -> None:
-        if await pipe.exists(key):
+    async def write(txn: Txn) -> None:
+        if await txn.exists(key):
             raise exists_conflict("resource", "uri")
-        await check_owner(pipe, req, owner)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        await check_owner(txn, req, owner)
+        pipe = txn.writes()
         pipe.set(key, encode(record))
 
     await transaction(req, [key], write)
@@ -241,10 +242,10 @@ async def replace_resource(req: ApiRequest) -> Response:
     body = await body_object(req)
     refuse_rename(body, "uri", uri, "resource", _body_uri)
 
-    async def write(pipe: Pipeline) -> ResourceRecord:
+    async def write(txn: Txn) -> ResourceRecord:
         validate = partial(_validated, key)
-        _, record = await replacement(pipe, req, key, body, {"uri": uri}, _not_found, validate)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        _, record = await replacement(txn, req, key, body, {"uri": uri}, _not_found, validate)
+        pipe = txn.writes()
         pipe.set(key, encode(record))
         return record
 

@@ -60,11 +60,13 @@ from edge.api.router import Router
 from edge.auth.secrets import BASE58_ALPHABET
 from edge.config.schema import RouteConfig, RouteScope, classify_key
 from edge.routing.router import evaluation_order
+from edge.store import keys
+from edge.store.transaction import Txn
 
 __all__ = ["PREFIX", "add_routing_routes"]
 
 PREFIX = "/api/v1/routes"
-_INDEX_PREFIXES = ("unique:", "priority:")
+_INDEX_PREFIXES = tuple(prefix[len(keys.ROUTE) :] for prefix in keys.ROUTE_INDEXES)
 FORMATTED = "formatted"  # GET /api/v1/routes/formatted: no route can be addressed by this id
 _SCOPES: tuple[str, ...] = get_args(RouteScope)
 _ID_RANDOM = 12  # base58 characters of a generated id: ~70 bits
@@ -148,15 +150,15 @@ def _document(item: RouteConfig) -> dict[str, Any]:
     return doc
 
 
-async def _claim(pipe: Pipeline, route: RouteConfig) -> None:
+async def _claim(txn: Txn, route: RouteConfig) -> None:
     """409 unless ``route``'s ``route:unique:`` key is free, stale or already its own."""
     unique = route_unique_key(route.path_pattern, route.priority)
-    holder = await pipe.get(unique)
+    holder = await txn.get(unique)
     if holder is None or as_text(holder) == route.route_id:
         return
     other = route_key(as_text(holder))
-    await pipe.watch(other)
-    if route_index(loose_doc(await pipe.get(other))) == (route.path_pattern, route.priority):
+    await txn.watch(other)
+    if route_index(loose_doc(await txn.get(other))) == (route.path_pattern, route.priority):
         raise Conflict(
             "path and priority taken",
             code="route_conflict",
@@ -165,7 +167,7 @@ async def _claim(pipe: Pipeline, route: RouteConfig) -> None:
         )
 
 
-async def _check_scope(pipe: Pipeline, req: ApiRequest, route: RouteConfig) -> None:
+async def _check_scope(txn: Txn, req: ApiRequest, route: RouteConfig) -> None:
     """A token other than the admin: only proxy-scoped routes, on its own proxies."""
     if req.caller.is_admin:
         return
@@ -177,9 +179,9 @@ async def _check_scope(pipe: Pipeline, req: ApiRequest, route: RouteConfig) -> N
             field="scope",
         )
     keys = [proxy_key(h) for h in route.proxy_hostnames]
-    await pipe.watch(*keys)
+    await txn.watch(*keys)
     for key in keys:
-        raw = await pipe.get(key)
+        raw = await txn.get(key)
         if raw is None or not can_see(req, owner_of(raw)):
             # the same answer for "none" and "someone else's": nothing is revealed
             raise Forbidden(
@@ -188,10 +190,10 @@ async def _check_scope(pipe: Pipeline, req: ApiRequest, route: RouteConfig) -> N
                 field="proxy_hostnames",
             )
     if route.target_type == "hostname":
-        await _check_hostname_target(pipe, req, route.target_value)
+        await _check_hostname_target(txn, req, route.target_value)
 
 
-async def _check_hostname_target(pipe: Pipeline, req: ApiRequest, target: str) -> None:
+async def _check_hostname_target(txn: Txn, req: ApiRequest, target: str) -> None:
     """A hostname route serves the request with that host's proxy (its target, headers
     and auth): only a proxy this token owns, found as the router finds it (the exact name,
     then the most specific wildcard)."""
@@ -200,8 +202,8 @@ async def _check_hostname_target(pipe: Pipeline, req: ApiRequest, target: str) -
     keys = [proxy_key(host)] + [
         proxy_key("*." + ".".join(labels[i:])) for i in range(1, len(labels))
     ]
-    await pipe.watch(*keys)
-    for raw in await pipe.mget(keys):
+    await txn.watch(*keys)
+    for raw in await txn.mget(keys):
         if raw is not None:
             if can_see(req, owner_of(raw)):
                 return
@@ -218,15 +220,15 @@ def _queue_index(pipe: Pipeline, route: RouteConfig) -> None:
     pipe.set(route_priority_key(route.priority, route.route_id), route.route_id)
 
 
-async def _old_index(pipe: Pipeline, route_id: str, raw: bytes) -> list[str]:
+async def _old_index(txn: Txn, route_id: str, raw: bytes) -> list[str]:
     """The index keys of the stored route ``route_id`` that are its own (watched)."""
     index = route_index(loose_doc(raw))
     if index is None:
         return []
     unique = route_unique_key(*index)
-    await pipe.watch(unique)
+    await txn.watch(unique)
     keys = [route_priority_key(index[1], route_id)]
-    holder = await pipe.get(unique)
+    holder = await txn.get(unique)
     if holder is not None and as_text(holder) == route_id:
         keys.append(unique)
     return keys
@@ -238,7 +240,7 @@ async def _old_index(pipe: Pipeline, route_id: str, raw: bytes) -> list[str]:
 async def _listed(req: ApiRequest) -> list[RouteConfig]:
     """The routes the caller may see, of the ``?scope=`` asked for, in evaluation order."""
     scope = _scope_filter(req)
-    found = await visible_values(req, "route:*", lambda k: classify_key(k) == "route")
+    found = await visible_values(req, keys.ROUTE + "*", lambda k: classify_key(k) == "route")
     routes = []
     for key, raw in found.items():
         try:
@@ -279,13 +281,13 @@ async def _create(req: ApiRequest, body: dict[str, Any]) -> Response:
     route = _route(validated(key, doc, "route_id"))
     unique = route_unique_key(route.path_pattern, route.priority)
 
-    async def write(pipe: Pipeline) -> None:
-        if await pipe.exists(key):
+    async def write(txn: Txn) -> None:
+        if await txn.exists(key):
             raise exists_conflict("route", "route_id")
-        await _claim(pipe, route)
-        await _check_scope(pipe, req, route)
-        await check_owner(pipe, req, owner)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        await _claim(txn, route)
+        await _check_scope(txn, req, route)
+        await check_owner(txn, req, owner)
+        pipe = txn.writes()
         pipe.set(key, encode(route))
         _queue_index(pipe, route)
 
@@ -305,9 +307,9 @@ async def replace_route(req: ApiRequest) -> Response:
     body = await body_object(req)
     refuse_rename(body, "route_id", route_id, "route")
 
-    async def write(pipe: Pipeline) -> RouteConfig:
+    async def write(txn: Txn) -> RouteConfig:
         raw, route = await replacement(
-            pipe,
+            txn,
             req,
             key,
             body,
@@ -315,11 +317,11 @@ async def replace_route(req: ApiRequest) -> Response:
             _not_found,
             lambda doc: _route(validated(key, doc)),
         )
-        old = await _old_index(pipe, route_id, raw)
-        await pipe.watch(route_unique_key(route.path_pattern, route.priority))
-        await _claim(pipe, route)
-        await _check_scope(pipe, req, route)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        old = await _old_index(txn, route_id, raw)
+        await txn.watch(route_unique_key(route.path_pattern, route.priority))
+        await _claim(txn, route)
+        await _check_scope(txn, req, route)
+        pipe = txn.writes()
         if old:
             pipe.delete(*old)
         pipe.set(key, encode(route))
@@ -334,10 +336,10 @@ async def delete_route(req: ApiRequest) -> Response:
     route_id = _route_id(req)
     key = route_key(route_id)
 
-    async def write(pipe: Pipeline) -> None:
-        raw = await visible_raw(pipe, req, key, _not_found)
-        old = await _old_index(pipe, route_id, raw)
-        pipe.multi()  # type: ignore[no-untyped-call]
+    async def write(txn: Txn) -> None:
+        raw = await visible_raw(txn.reader, req, key, _not_found)
+        old = await _old_index(txn, route_id, raw)
+        pipe = txn.writes()
         pipe.delete(key, *old)
 
     await transaction(req, [key], write)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from edge.api.config_store import (
     SERVICES_SET,
@@ -36,6 +35,8 @@ from edge.api.http import Conflict, NotFound, Response
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
 from edge.config.schema import ExternalService, classify_key
+from edge.store import keys
+from edge.store.transaction import Txn
 
 __all__ = ["PREFIX", "add_service_routes"]
 
@@ -65,7 +66,7 @@ def _document(item: ExternalService) -> dict[str, Any]:
 
 async def list_services(req: ApiRequest) -> Response:
     found = await visible_values(
-        req, "service:external:*", lambda k: classify_key(k) == "service_external"
+        req, keys.SERVICE_EXTERNAL + "*", lambda k: classify_key(k) == "service_external"
     )
     services = []
     for key, raw in found.items():
@@ -84,11 +85,11 @@ async def create_service(req: ApiRequest) -> Response:
     service = _service(validated(key, doc, "service_name"))
     validated(url_key, service.target_url, "target_url")  # the loader reads this key too
 
-    async def write(pipe: Pipeline) -> None:
-        if await pipe.exists(key, url_key):
+    async def write(txn: Txn) -> None:
+        if await txn.exists(key, url_key):
             raise exists_conflict("service", "service_name")
-        await check_owner(pipe, req, owner)
-        pipe.multi()  # type: ignore[no-untyped-call]
+        await check_owner(txn, req, owner)
+        pipe = txn.writes()
         pipe.set(key, encode(service))
         pipe.set(url_key, service.target_url)
         pipe.sadd(SERVICES_SET, name)

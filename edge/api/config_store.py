@@ -30,22 +30,24 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
+import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, Unauthorized
-from edge.api.redis_store import watched_transaction
 from edge.api.request import ApiRequest
 from edge.api.store import now_iso, valid_name
 from edge.auth.secrets import is_token_hash, same_hash
 from edge.config.schema import ConfigError, ConfigItem, decode_item
+from edge.store import keys
+from edge.store.scan import as_text, scan_values
+from edge.store.transaction import Txn
+from edge.store.transaction import transaction as store_transaction
 
 __all__ = [
     "DELETING_TTL",
-    "FETCH_BATCH",
     "MESSAGE_MAX",
     "READ_ONLY_FIELDS",
-    "SCAN_COUNT",
     "SERVICES_SET",
     "as_text",
     "body_object",
@@ -79,7 +81,6 @@ __all__ = [
     "route_key",
     "route_priority_key",
     "route_unique_key",
-    "scan_values",
     "server_fields",
     "service_url_key",
     "stored_item",
@@ -91,8 +92,6 @@ __all__ = [
 
 log = logging.getLogger("edge.api")
 
-SCAN_COUNT = 500
-FETCH_BATCH = 500
 MESSAGE_MAX = 300  # a validation message shown to the client is cut here
 READ_ONLY_FIELDS = ("created_at", "created_by")
 
@@ -111,9 +110,9 @@ async def read(req: ApiRequest, work: Awaitable[R]) -> R:
 
 
 async def transaction(
-    req: ApiRequest, keys: Sequence[str], body: Callable[[Pipeline], Awaitable[R]]
+    req: ApiRequest, keys: Sequence[str], body: Callable[[Txn], Awaitable[R]]
 ) -> R:
-    """Run ``body`` with ``keys`` watched; it may watch more, then ``multi()`` and queue.
+    """Run ``body`` with ``keys`` watched; it may watch more, then ``writes()`` and queue.
 
     Retried from the start when a watched key changed before ``EXEC``. An exception from
     ``body`` (an :class:`ApiError`) abandons the transaction: nothing is written. A caller
@@ -123,40 +122,12 @@ async def transaction(
     marker = None if caller.is_admin else deleting_key(caller.token_hash)
     watched = [*keys, marker] if marker is not None else list(keys)
 
-    async def guarded(pipe: Pipeline) -> R:
-        if marker is not None and await pipe.exists(marker):
+    async def guarded(txn: Txn) -> R:
+        if marker is not None and await txn.exists(marker):
             raise Unauthorized("token being deleted")
-        return await body(pipe)
+        return await body(txn)
 
-    return await read(req, watched_transaction(req.store.redis.client, watched, guarded))
-
-
-def as_text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-async def scan_values(
-    client: Any, pattern: str, wanted: Callable[[str], bool] = lambda _: True
-) -> dict[str, bytes]:
-    """Every string key matching ``pattern`` (and ``wanted``) with its value.
-
-    ``client`` is a Redis client or a pipeline in its watching (immediate) phase. Keys
-    deleted between the scan and the read, and keys of another type, are left out.
-    """
-    keys: set[str] = set()
-    async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-        text = as_text(key)
-        if wanted(text):
-            keys.add(text)
-    ordered = sorted(keys)
-    found: dict[str, bytes] = {}
-    for start in range(0, len(ordered), FETCH_BATCH):
-        batch = ordered[start : start + FETCH_BATCH]
-        # MGET answers nil for a key of another type instead of failing
-        for key, value in zip(batch, await client.mget(batch), strict=True):
-            if value is not None:
-                found[key] = value if isinstance(value, bytes) else str(value).encode()
-    return found
+    return await read(req, store_transaction(req.store.redis.client, watched, guarded))
 
 
 # ---------------------------------------------------------------------------- ownership
@@ -188,14 +159,14 @@ def can_see(req: ApiRequest, owner: str | None) -> bool:
 
 
 async def visible_raw(
-    pipe: Any, req: ApiRequest, key: str, missing: Callable[[], ApiError]
+    reader: aioredis.Redis, req: ApiRequest, key: str, missing: Callable[[], ApiError]
 ) -> bytes:
     """The value of ``key`` if the caller may see it; ``missing()`` (404) otherwise.
 
     A key holding another type than a string (a hand edit) is the admin's to see: 409.
     """
     try:
-        raw = await pipe.get(key)
+        raw = await reader.get(key)
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
@@ -208,7 +179,7 @@ async def visible_raw(
         ) from None
     if raw is None or not can_see(req, owner_of(raw)):
         raise missing()
-    return bytes(raw)
+    return raw if isinstance(raw, bytes) else raw.encode()
 
 
 async def visible_values(
@@ -247,7 +218,7 @@ def requested_owner(req: ApiRequest, body: dict[str, Any], default: str | None) 
     )
 
 
-async def check_owner(pipe: Pipeline, req: ApiRequest, owner: str | None) -> None:
+async def check_owner(txn: Txn, req: ApiRequest, owner: str | None) -> None:
     """Watch the token that will own a record and check it exists and is not being deleted.
 
     The caller's own token gone meanwhile is a 401; an unknown hash named by the admin a
@@ -255,13 +226,13 @@ async def check_owner(pipe: Pipeline, req: ApiRequest, owner: str | None) -> Non
     """
     if owner is None:
         return
-    index, marker = f"token:hash:{owner}", deleting_key(owner)
-    await pipe.watch(index, marker)
-    name = await pipe.get(index)
-    if name is not None and valid_name(as_text(name)) and not await pipe.exists(marker):
-        key = f"token:{as_text(name)}"
-        await pipe.watch(key)
-        stored = loose_doc(await pipe.get(key)).get("hash")
+    index, marker = keys.token_by_hash(owner), deleting_key(owner)
+    await txn.watch(index, marker)
+    name = await txn.get(index)
+    if name is not None and valid_name(as_text(name)) and not await txn.exists(marker):
+        key = keys.token(as_text(name))
+        await txn.watch(key)
+        stored = loose_doc(await txn.get(key)).get("hash")
         if isinstance(stored, str) and same_hash(stored, owner):
             return
     if same_hash(owner, req.caller.token_hash):
@@ -382,7 +353,7 @@ def merged(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 async def replacement(
-    pipe: Pipeline,
+    txn: Txn,
     req: ApiRequest,
     key: str,
     body: dict[str, Any],
@@ -396,7 +367,7 @@ async def replacement(
     replaces it (the body with the stored server fields; the owner kept unless the body
     names another, which is checked and watched). With ``merge`` (PATCH) the body is
     :func:`merged` onto the stored document first, and the result validated as a whole."""
-    raw = await visible_raw(pipe, req, key, missing)
+    raw = await visible_raw(txn.reader, req, key, missing)
     current = owner_of(raw)
     stored = loose_doc(raw)
     if merge:
@@ -406,7 +377,7 @@ async def replacement(
     doc = {**body, **identity, **server_fields(req, body, stored)}
     doc["owner_token_hash"] = owner
     record = validate(doc)
-    await check_owner(pipe, req, owner if owner != current else None)
+    await check_owner(txn, req, owner if owner != current else None)
     return raw, record
 
 
@@ -419,9 +390,9 @@ async def delete_visible(
 ) -> None:
     """DELETE: ``key`` and the keys ``also`` that belong to it (``then`` queues more)."""
 
-    async def write(pipe: Pipeline) -> None:
-        await visible_raw(pipe, req, key, missing)
-        pipe.multi()  # type: ignore[no-untyped-call]
+    async def write(txn: Txn) -> None:
+        await visible_raw(txn.reader, req, key, missing)
+        pipe = txn.writes()
         pipe.delete(key, *also)
         if then is not None:
             then(pipe)
@@ -501,32 +472,15 @@ def only_fields(body: dict[str, Any], allowed: Iterable[str], what: str) -> None
 
 # ---------------------------------------------------------------------------- keys
 
-SERVICES_SET = "services:external"
-DELETING_PREFIX = "edge:token-deleting:"
+SERVICES_SET = keys.SERVICES_SET
+DELETING_PREFIX = keys.TOKEN_DELETING
 DELETING_TTL = 30  # seconds: a delete that failed half-way stops blocking writes after this
 
-
-def deleting_key(owner_hash: str) -> str:
-    """``edge:token-deleting:{hash}``: set while the token's delete runs."""
-    return DELETING_PREFIX + owner_hash
-
-
-def proxy_key(hostname: str) -> str:
-    return f"proxy:{hostname}"
-
-
-def route_key(route_id: str) -> str:
-    return f"route:{route_id}"
-
-
-def route_unique_key(path_pattern: str, priority: int) -> str:
-    """``route:unique:{path_pattern}:{priority}`` -> the route id holding that pair."""
-    return f"route:unique:{path_pattern}:{priority}"
-
-
-def route_priority_key(priority: int, route_id: str) -> str:
-    """``route:priority:{priority}:{route_id}`` -> the route id (an ordered index)."""
-    return f"route:priority:{priority}:{route_id}"
+deleting_key = keys.token_deleting
+proxy_key = keys.proxy
+route_key = keys.route
+route_unique_key = keys.route_unique
+route_priority_key = keys.route_priority
 
 
 def route_index(doc: dict[str, Any]) -> tuple[str, int] | None:
@@ -538,17 +492,7 @@ def route_index(doc: dict[str, Any]) -> tuple[str, int] | None:
     return pattern, priority
 
 
-def external_key(name: str) -> str:
-    return f"service:external:{name}"
-
-
-def service_url_key(name: str) -> str:
-    return f"service:url:{name}"
-
-
-def cert_key(name: str) -> str:
-    return f"cert:{name}"
-
-
-def resource_key(uri: str) -> str:
-    return f"resource:{uri}"
+external_key = keys.service_external
+service_url_key = keys.service_url
+cert_key = keys.cert
+resource_key = keys.resource

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from edge.api.http import Unauthorized
 from edge.api.people_store import (
@@ -49,12 +48,15 @@ from edge.api.people_store import (
     pat_key,
     valid_id,
 )
-from edge.api.redis_store import RedisHandle, TooMuchContention, watched_transaction
+from edge.api.redis_store import RedisHandle, TooMuchContention
 from edge.api.store import now_iso
 from edge.auth.pat import PatVerifier, parse_pat
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
+from edge.store import keys
 from edge.store.lease import hold
+from edge.store.scan import scan_values
+from edge.store.transaction import Txn, transaction
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -70,7 +72,7 @@ ARGON2_THREADS = 2  # per worker: Argon2 computations at once (and the pool's si
 ARGON2_NICE = 10  # the Argon2 threads' nice value: the event loop's thread keeps 0
 MAX_CANDIDATES = 4  # PATs checked under one prefix (58**8 prefixes: collisions are rare)
 DEFAULT_FLUSH_INTERVAL = 30.0
-LOCK_KEY = "lock:pat_last_used"
+LOCK_KEY = keys.PAT_LAST_USED_LEASE
 PAT_UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <personal access token>'"
 
 
@@ -208,31 +210,28 @@ class LastUsedFlusher:
     async def _flush_all(self) -> int:
         client = self.redis.client
         updated = 0
-        keys = [k async for k in client.scan_iter(match=LAST_USED_PREFIX + "*", count=500)]
-        for start in range(0, len(keys), 500):
-            batch = keys[start : start + 500]
-            for key, value in zip(batch, await client.mget(batch), strict=True):
-                tid = _text(key)[len(LAST_USED_PREFIX) :]
-                if value is None or not valid_id("t", tid):
-                    continue
-                if await self._flush_one(tid, _text(value)):
-                    updated += 1
+        for key, value in (await scan_values(client, LAST_USED_PREFIX + "*")).items():
+            tid = key[len(LAST_USED_PREFIX) :]
+            if not valid_id("t", tid):
+                continue
+            if await self._flush_one(tid, _text(value)):
+                updated += 1
         self.flushed += updated
         return updated
 
     async def _flush_one(self, tid: str, used: str) -> bool:
         key = pat_key(tid)
 
-        async def write(pipe: Pipeline) -> bool:
-            record = decode_pat(tid, await pipe.get(key))
+        async def write(txn: Txn) -> bool:
+            record = decode_pat(tid, await txn.get(key))
             if record is None or (record.last_used_at is not None and record.last_used_at >= used):
                 return False
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe = txn.writes()
             pipe.set(key, msgspec.json.encode(msgspec.structs.replace(record, last_used_at=used)))
             return True
 
         try:
-            return await watched_transaction(self.redis.client, [key], write, attempts=4)
+            return await transaction(self.redis.client, [key], write, attempts=4)
         except TooMuchContention:
             return False  # revoked or rewritten four times meanwhile: the next flush retries
 

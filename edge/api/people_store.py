@@ -36,13 +36,14 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import msgspec
-from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from edge.api.redis_store import RedisStore
 from edge.api.store import now_iso
 from edge.auth.roles import OWNER, is_role
 from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
+from edge.store import keys
+from edge.store.transaction import Txn
 
 __all__ = [
     "LAST_USED_PREFIX",
@@ -66,7 +67,7 @@ log = logging.getLogger("edge.api")
 
 ID_RANDOM = 12
 MAX_ACTIVE_PATS = 10  # active (not revoked, not expired) PATs per user and project
-LAST_USED_PREFIX = "pat_last_used:"
+LAST_USED_PREFIX = keys.PAT_LAST_USED
 LAST_USED_TTL = 300
 _BATCH = 500
 _ID_RE = {kind: re.compile(rf"\A{kind}_{B58_CLASS}{{{ID_RANDOM}}}\Z") for kind in "upt"}
@@ -204,52 +205,19 @@ _pat_decoder = msgspec.json.Decoder(PatRecord)
 # ---------------------------------------------------------------------------- keys
 
 
-def user_key(uid: str) -> str:
-    return f"user:{uid}"
-
-
-def email_key(email: str) -> str:
-    return f"user:email:{email.lower()}"
-
-
-def user_projects_key(uid: str) -> str:
-    return f"user:{uid}:projects"
-
-
-USER_IDS = "user:ids"
-PROJECT_IDS = "project:ids"
-
-
-def project_key(pid: str) -> str:
-    return f"project:{pid}"
-
-
-def project_name_key(name: str) -> str:
-    return f"project:name:{name}"
-
-
-def members_key(pid: str) -> str:
-    return f"project:{pid}:members"
-
-
-def member_key(pid: str, uid: str) -> str:
-    return f"project:{pid}:member:{uid}"
-
-
-def pat_key(tid: str) -> str:
-    return f"pat:{tid}"
-
-
-def prefix_key(prefix: str) -> str:
-    return f"pat:prefix:{prefix}"
-
-
-def owner_key(pid: str, uid: str) -> str:
-    return f"pat:owner:{pid}:{uid}"
-
-
-def last_used_key(tid: str) -> str:
-    return LAST_USED_PREFIX + tid
+user_key = keys.user
+email_key = keys.user_by_email
+user_projects_key = keys.user_projects
+USER_IDS = keys.USER_IDS
+PROJECT_IDS = keys.PROJECT_IDS
+project_key = keys.project
+project_name_key = keys.project_by_name
+members_key = keys.project_members
+member_key = keys.project_member
+pat_key = keys.pat
+prefix_key = keys.pat_by_prefix
+owner_key = keys.pat_owner
+last_used_key = keys.pat_last_used
 
 
 # ---------------------------------------------------------------------------- errors
@@ -338,10 +306,6 @@ def _ids(kind: str, members: Iterable[bytes | str]) -> list[str]:
     return sorted(t for t in (_text(m) for m in members) if valid_id(kind, t))
 
 
-def _multi(pipe: Pipeline) -> None:
-    pipe.multi()  # type: ignore[no-untyped-call]
-
-
 S = TypeVar("S", bound=msgspec.Struct)
 
 
@@ -367,15 +331,15 @@ class PeopleStore(RedisStore):
         must not exist yet (raises :class:`Duplicate` naming its field) and maps to the id."""
         index, field = unique
 
-        async def body(pipe: Pipeline) -> S:
-            if await pipe.exists(index):
+        async def body(txn: Txn) -> S:
+            if await txn.exists(index):
                 raise Duplicate(field)
             rid = new_id(kind)
-            await pipe.watch(key_of(rid))
-            if await pipe.exists(key_of(rid)):  # 2**-70: just pick another next time
+            await txn.watch(key_of(rid))
+            if await txn.exists(key_of(rid)):  # 2**-70: just pick another next time
                 raise WatchError("id collision")
             record = make(rid)
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key_of(rid), _encode(record))
             pipe.set(index, rid)
             pipe.sadd(ids, rid)
@@ -459,14 +423,14 @@ class PeopleStore(RedisStore):
         return decode_project(pid, raw_p), decode_user(uid, raw_u), decode_member(pid, uid, raw_m)
 
     @staticmethod
-    async def _other_owners(pipe: Pipeline, pid: str, uid: str) -> int:
+    async def _other_owners(txn: Txn, pid: str, uid: str) -> int:
         """Accepted owners of ``pid`` other than ``uid`` (their records watched too)."""
-        others = [o for o in _ids("u", await pipe.smembers(members_key(pid))) if o != uid]
+        others = [o for o in _ids("u", await txn.smembers(members_key(pid))) if o != uid]
         if not others:
             return 0
         keys = [member_key(pid, o) for o in others]
-        await pipe.watch(*keys)
-        raws = await pipe.mget(keys)
+        await txn.watch(*keys)
+        raws = await txn.mget(keys)
         found = (decode_member(pid, o, r) for o, r in zip(others, raws, strict=True))
         return sum(1 for m in found if m is not None and m.active and m.role == OWNER)
 
@@ -480,8 +444,8 @@ class PeopleStore(RedisStore):
         """
         key = member_key(pid, uid)
 
-        async def body(pipe: Pipeline) -> tuple[Membership, bool]:
-            raw_p, raw_u, raw_m = await pipe.mget([project_key(pid), user_key(uid), key])
+        async def body(txn: Txn) -> tuple[Membership, bool]:
+            raw_p, raw_u, raw_m = await txn.mget([project_key(pid), user_key(uid), key])
             if decode_project(pid, raw_p) is None:
                 raise Missing("project")
             if decode_user(uid, raw_u) is None:
@@ -489,7 +453,7 @@ class PeopleStore(RedisStore):
             old = decode_member(pid, uid, raw_m)
             was_owner = old is not None and old.active and old.role == OWNER
             if was_owner and not (accepted and role == OWNER):
-                if await self._other_owners(pipe, pid, uid) == 0:
+                if await self._other_owners(txn, pid, uid) == 0:
                     raise LastOwner()
             now = now_iso()
             member = Membership(
@@ -498,7 +462,7 @@ class PeopleStore(RedisStore):
                 created_at=old.created_at if old is not None else now,
                 updated_at=now,
             )
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key, _encode(member))
             pipe.sadd(members_key(pid), uid)
             pipe.sadd(user_projects_key(uid), pid)
@@ -516,23 +480,23 @@ class PeopleStore(RedisStore):
         key = member_key(pid, uid)
         owned = owner_key(pid, uid)
 
-        async def body(pipe: Pipeline) -> list[str] | None:
-            raw = await pipe.get(key)
+        async def body(txn: Txn) -> list[str] | None:
+            raw = await txn.get(key)
             if raw is None:
                 return None
             old = decode_member(pid, uid, raw)
             if old is not None and old.active and old.role == OWNER:
-                if await self._other_owners(pipe, pid, uid) == 0:
+                if await self._other_owners(txn, pid, uid) == 0:
                     raise LastOwner()
-            tids = _ids("t", await pipe.smembers(owned))
+            tids = _ids("t", await txn.smembers(owned))
             records: list[PatRecord] = []
             if tids:
-                await pipe.watch(*(pat_key(t) for t in tids))
-                raws = await pipe.mget([pat_key(t) for t in tids])
+                await txn.watch(*(pat_key(t) for t in tids))
+                raws = await txn.mget([pat_key(t) for t in tids])
                 found = (decode_pat(t, r) for t, r in zip(tids, raws, strict=True))
                 records = [r for r in found if r is not None and r.revoked_at is None]
             now = now_iso()
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.delete(key)
             pipe.srem(members_key(pid), uid)
             pipe.srem(user_projects_key(uid), pid)
@@ -555,23 +519,23 @@ class PeopleStore(RedisStore):
         pid, uid = record.project_id, record.user_id
         mkey, owned = member_key(pid, uid), owner_key(pid, uid)
 
-        async def body(pipe: Pipeline) -> None:
-            member = decode_member(pid, uid, await pipe.get(mkey))
+        async def body(txn: Txn) -> None:
+            member = decode_member(pid, uid, await txn.get(mkey))
             if member is None or not member.active:
                 raise NotMember()
-            tids = _ids("t", await pipe.smembers(owned))
+            tids = _ids("t", await txn.smembers(owned))
             if tids:
                 # the records are not watched: a revocation meanwhile only frees a slot,
                 # and nothing but this transaction (which watches the set) adds one
-                raws = await pipe.mget([pat_key(t) for t in tids])
+                raws = await txn.mget([pat_key(t) for t in tids])
                 now = datetime.now(UTC)
                 records = (decode_pat(t, r) for t, r in zip(tids, raws, strict=True))
                 if sum(1 for r in records if r is not None and r.active(now)) >= limit:
                     raise LimitReached()
-            await pipe.watch(pat_key(record.id))
-            if await pipe.exists(pat_key(record.id)):
+            await txn.watch(pat_key(record.id))
+            if await txn.exists(pat_key(record.id)):
                 raise Duplicate("id")
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(pat_key(record.id), _encode(record))
             pipe.sadd(prefix_key(record.token_prefix), record.id)
             pipe.sadd(owned, record.id)
@@ -613,13 +577,13 @@ class PeopleStore(RedisStore):
         """
         key = pat_key(tid)
 
-        async def body(pipe: Pipeline) -> PatRecord | None:
-            record = decode_pat(tid, await pipe.get(key))
+        async def body(txn: Txn) -> PatRecord | None:
+            record = decode_pat(tid, await txn.get(key))
             if record is None:
                 return None
             if record.revoked_at is None:
                 record = msgspec.structs.replace(record, revoked_at=now_iso())
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key, _encode(record))
             pipe.srem(prefix_key(record.token_prefix), tid)
             return record

@@ -20,22 +20,27 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Protocol, TypeAlias
 
 import msgspec
 from redis.asyncio.client import Pipeline
 
 from edge.api.redis_store import RedisStore
 from edge.auth.secrets import is_token_hash, same_hash, token_hash
+from edge.store import keys
+from edge.store.scan import scan_values
+from edge.store.transaction import Txn
 
 __all__ = [
     "ADMIN_NAME",
     "NAME_PATTERN",
+    "Cascade",
+    "CascadePlan",
     "CorruptRecord",
     "TokenExists",
     "TokenRecord",
     "TokenStore",
-    "cascade_owned",
     "hash_key",
     "record_key",
     "valid_name",
@@ -49,8 +54,8 @@ NAME_MAX = 64
 _NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 EMAIL_MAX = 254  # RFC 5321 path limit
-RECORD_PREFIX = "token:"
-HASH_PREFIX = "token:hash:"
+RECORD_PREFIX = keys.TOKEN
+HASH_PREFIX = keys.TOKEN_HASH
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=EMAIL_MAX, pattern=EMAIL_PATTERN)]
@@ -94,12 +99,8 @@ def valid_name(name: str) -> bool:
     return _NAME_RE.match(name) is not None
 
 
-def record_key(name: str) -> str:
-    return RECORD_PREFIX + name
-
-
-def hash_key(hashed: str) -> str:
-    return HASH_PREFIX + hashed
+record_key = keys.token
+hash_key = keys.token_by_hash
 
 
 def now_iso() -> str:
@@ -107,26 +108,16 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def cascade_owned(pipe: Pipeline, owner_hash: str) -> None:
-    """Queue, inside a token's delete transaction, the deletes of what the token owns.
+class CascadePlan(Protocol):
+    """What a token owns, found (and watched) before ``MULTI``; ``queue`` adds its
+    deletes to the token's own transaction, so both commit or fail together."""
 
-    Every proxy, route (with its ``route:unique:``/``route:priority:`` index keys),
-    external service (with ``service:url:{name}`` and its ``services:external``
-    membership), certificate (with the ``cert:domain:`` keys naming it) and resource whose
-    ``owner_token_hash`` is ``owner_hash``. It is called between ``MULTI`` and ``EXEC``, so
-    whatever it queues commits or fails together with the token's own keys. Queued
-    commands cannot read, so the owned keys are found (and watched) before ``MULTI`` by
-    :func:`edge.api.config_cascade.prepare_cascade`, which must have been awaited on the
-    same pipeline: without it this raises rather than leave the records behind.
-    """
-    from edge.api.config_cascade import queue_cascade
-
-    queue_cascade(pipe, owner_hash)
+    def queue(self, pipe: Pipeline) -> None: ...
 
 
-def _multi(pipe: Pipeline) -> None:
-    """End the watched reads: what is queued next commits atomically at EXEC."""
-    pipe.multi()  # type: ignore[no-untyped-call]
+# finds what a token (by hash) owns, inside the delete's transaction, while it watches:
+# the caller passes it (the token store knows nothing of the config records)
+Cascade: TypeAlias = Callable[[Txn, str], Awaitable[CascadePlan]]
 
 
 def _decode(key: str, raw: bytes | str) -> TokenRecord:
@@ -181,23 +172,15 @@ class TokenStore(RedisStore):
         """Every token record, by name; corrupt ones are skipped with a warning."""
 
         async def scan() -> list[TokenRecord]:
-            client = self.redis.client
-            keys = [
-                key
-                async for key in client.scan_iter(match=RECORD_PREFIX + "*", count=500)
-                if not key.startswith(HASH_PREFIX.encode())
-            ]
+            found = await scan_values(
+                self.redis.client, RECORD_PREFIX + "*", lambda k: not k.startswith(HASH_PREFIX)
+            )
             records = []
-            for start in range(0, len(keys), 500):
-                batch = keys[start : start + 500]
-                for key, raw in zip(batch, await client.mget(batch), strict=True):
-                    if raw is None:
-                        continue  # deleted meanwhile
-                    text = key.decode("utf-8", "replace")
-                    try:
-                        records.append(_decode(text, raw))
-                    except CorruptRecord as exc:
-                        log.warning("corrupt token record", extra={"fields": {"error": str(exc)}})
+            for key, raw in found.items():
+                try:
+                    records.append(_decode(key, raw))
+                except CorruptRecord as exc:
+                    log.warning("corrupt token record", extra={"fields": {"error": str(exc)}})
             return sorted(records, key=lambda r: r.name)
 
         return await self._bounded(scan())
@@ -207,31 +190,30 @@ class TokenStore(RedisStore):
         """Store a new record and its index; raises :class:`TokenExists`."""
         key = record_key(record.name)
 
-        async def body(pipe: Pipeline) -> None:
-            if await pipe.exists(key):
+        async def body(txn: Txn) -> None:
+            if await txn.exists(key):
                 raise TokenExists(record.name)
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key, _encode(record))
             pipe.set(hash_key(record.hash), record.name)
 
         await self._bounded(self._transaction([key], body))
 
-    async def delete(self, name: str) -> bool:
-        """Delete a record, its index entry and (hook) what it owns; False if absent."""
+    async def delete(self, name: str, cascade: Cascade) -> bool:
+        """Delete a record, its index entry and what it owns (``cascade`` finds it);
+        False if absent."""
         key = record_key(name)
 
-        from edge.api.config_cascade import prepare_cascade
-
-        async def body(pipe: Pipeline) -> bool:
-            raw = await pipe.get(key)
+        async def body(txn: Txn) -> bool:
+            raw = await txn.get(key)
             if raw is None:
                 return False
             record = _decode(key, raw)
-            await prepare_cascade(pipe, record.hash)  # finds and watches what it owns
-            _multi(pipe)
+            plan = await cascade(txn, record.hash)  # finds and watches what it owns
+            pipe = txn.writes()
             pipe.delete(key)
             pipe.delete(hash_key(record.hash))
-            cascade_owned(pipe, record.hash)
+            plan.queue(pipe)
             return True
 
         return await self._bounded(self._transaction([key], body))
@@ -240,12 +222,12 @@ class TokenStore(RedisStore):
         """Replace ``cert_email``; the updated record, or None if the token is gone."""
         key = record_key(name)
 
-        async def body(pipe: Pipeline) -> TokenRecord | None:
-            raw = await pipe.get(key)
+        async def body(txn: Txn) -> TokenRecord | None:
+            raw = await txn.get(key)
             if raw is None:
                 return None
             record = msgspec.structs.replace(_decode(key, raw), cert_email=email)
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key, _encode(record))
             return record
 
@@ -262,8 +244,8 @@ class TokenStore(RedisStore):
         key = record_key(ADMIN_NAME)
         new_hash = token_hash(value)
 
-        async def body(pipe: Pipeline) -> bool:
-            raw = await pipe.get(key)
+        async def body(txn: Txn) -> bool:
+            raw = await txn.get(key)
             old: TokenRecord | None = None
             if raw is not None:
                 try:
@@ -274,14 +256,14 @@ class TokenStore(RedisStore):
                     )
             admin = ADMIN_NAME.encode()
             same = old is not None and same_hash(old.hash, new_hash)
-            await pipe.watch(hash_key(new_hash))  # index entries read here are watched too
-            if same and await pipe.get(hash_key(new_hash)) == admin:
+            await txn.watch(hash_key(new_hash))  # index entries read here are watched too
+            if same and await txn.get(hash_key(new_hash)) == admin:
                 return False
             stale = None
             if old is not None and not same:
                 # the previous admin hash's index entry, if it still names the admin
-                await pipe.watch(hash_key(old.hash))
-                if await pipe.get(hash_key(old.hash)) == admin:
+                await txn.watch(hash_key(old.hash))
+                if await txn.get(hash_key(old.hash)) == admin:
                     stale = hash_key(old.hash)
             if old is not None and same:
                 record = old  # only the index entry was missing: repair it
@@ -293,7 +275,7 @@ class TokenStore(RedisStore):
                     created_at=now_iso(),
                     created_by="ADMIN_TOKEN",
                 )
-            _multi(pipe)
+            pipe = txn.writes()
             pipe.set(key, _encode(record))
             pipe.set(hash_key(new_hash), ADMIN_NAME)
             if stale is not None:

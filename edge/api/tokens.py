@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import msgspec
 
+from edge.api.config_cascade import prepare_cascade
 from edge.api.http import ApiError, Conflict, InvalidBody, NotFound, Response, Unauthorized
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
@@ -171,7 +172,7 @@ async def delete_token(req: ApiRequest) -> Response:
             code="admin_token_protected",
             public_message="the admin token cannot be deleted; change ADMIN_TOKEN to replace it",
         )
-    if not await req.store.delete(name):
+    if not await req.store.delete(name, prepare_cascade):
         raise _token_not_found()
     return Response(204)
 

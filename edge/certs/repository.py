@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from edge.certs.described import Described, describe
 from edge.errors import EdgeError
+from edge.store import keys
+from edge.store.scan import as_text, mget, scan_keys
+from edge.store.transaction import TooMuchContention, Txn, transaction
 from edge.tls.contexts import server_context
 from edge.tls.material import (
     CERT_DOMAIN_PREFIX,
@@ -61,8 +63,6 @@ __all__ = [
     "store",
 ]
 
-SCAN_COUNT = 1000
-FETCH_BATCH = 500
 IMPORTED_STATUS = "imported"
 _RESERVED = "domain:"  # a name starting so would be read as a cert:domain: key
 
@@ -133,12 +133,8 @@ class CertConflict(CertRepositoryError):
 # ---------------------------------------------------------------------------
 
 
-def cert_key(name: str) -> str:
-    return f"{CERT_PREFIX}{name}"
-
-
-def domain_key(domain: str) -> str:
-    return f"{CERT_DOMAIN_PREFIX}{domain}"
+cert_key = keys.cert
+domain_key = keys.cert_domain
 
 
 def record_key(name: str) -> str:
@@ -165,35 +161,13 @@ def domain_of(key: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-async def _scan(client: aioredis.Redis, pattern: str) -> list[str]:
-    keys: set[str] = set()
-    async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-        keys.add(_text(key))
-    return sorted(keys)
-
-
-async def _mget(client: aioredis.Redis, keys: Sequence[str]) -> dict[str, bytes | None]:
-    """Values of ``keys``; None for absent keys and keys that hold another type."""
-    result: dict[str, bytes | None] = {}
-    for start in range(0, len(keys), FETCH_BATCH):
-        batch = list(keys[start : start + FETCH_BATCH])
-        values = await client.mget(batch)
-        for key, value in zip(batch, values, strict=True):
-            result[key] = value.encode("utf-8") if isinstance(value, str) else value
-    return result
-
-
 def _pointee(value: bytes | None) -> str | None:
     """The certificate name a ``cert:domain:`` value names (None: absent)."""
-    return None if value is None else _text(value).strip()
+    return None if value is None else as_text(value).strip()
 
 
 async def _type_of(client: aioredis.Redis, key: str) -> str:
-    return _text(await client.type(key))
+    return as_text(await client.type(key))
 
 
 async def domain_keys_of(client: aioredis.Redis, name: str) -> list[str]:
@@ -204,13 +178,12 @@ async def domain_keys_of(client: aioredis.Redis, name: str) -> list[str]:
 async def _domain_keys_of(client: aioredis.Redis, name: str) -> list[str]:
     # what the transactions below read through their pipeline (module-level, so a test
     # can interleave another client's write between these reads and EXEC)
-    keys = await _scan(client, f"{CERT_DOMAIN_PREFIX}*")
-    values = await _mget(client, keys)
+    values = await mget(client, await scan_keys(client, f"{CERT_DOMAIN_PREFIX}*"))
     return [k for k, v in values.items() if _pointee(v) == name]
 
 
 async def _describe_keys(client: aioredis.Redis, keys: list[str]) -> list[Described]:
-    values = await _mget(client, keys)
+    values = await mget(client, keys)
     found: list[Described] = []
     for key in keys:
         raw = values.get(key)
@@ -223,8 +196,8 @@ async def _describe_keys(client: aioredis.Redis, keys: list[str]) -> list[Descri
 
 async def list_certs(client: aioredis.Redis) -> list[Described]:
     """Every ``cert:{name}`` record, sorted by name; a broken one says its problem."""
-    keys = [k for k in await _scan(client, f"{CERT_PREFIX}*") if _cert_name(k) is not None]
-    items = await _describe_keys(client, keys)
+    names = await scan_keys(client, f"{CERT_PREFIX}*", lambda k: _cert_name(k) is not None)
+    items = await _describe_keys(client, names)
     items.sort(key=lambda item: item.name)
     return items
 
@@ -321,34 +294,46 @@ async def store(client: aioredis.Redis, prepared: Prepared, *, replace: bool = F
     name = record.cert_name
     key = cert_key(name)
     new_keys = [domain_key(d) for d in record.domains]
-    async with client.pipeline(transaction=True) as pipe:
-        await pipe.watch(key)
-        kind = await _type_of(pipe, key)
+
+    async def write(txn: Txn) -> Stored:
+        kind = await _type_of(txn.reader, key)
         if kind != "none" and not replace:
             raise CertExists(f"{key} already exists")
         if kind not in ("none", "string"):
             raise NotACertRecord(f"{key} holds a {kind}, not a certificate record")
-        pointing = await _domain_keys_of(pipe, name)
+        pointing = await _domain_keys_of(txn.reader, name)
         others = [k for k in pointing if domain_of(k) not in record.domains]
         read = sorted({*new_keys, *others})
-        await pipe.watch(*read)
-        current = {k: _pointee(v) for k, v in (await _mget(pipe, read)).items()}
+        await txn.watch(*read)
+        current = {k: _pointee(v) for k, v in (await mget(txn.reader, read)).items()}
         taken = {k: v for k in new_keys if (v := current[k]) is not None and v != name}
         # the keys of domains no longer listed, still pointing here once watched
         others = [k for k in others if current[k] == name]
         stale = others if kind != "none" else []
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.set(key, prepared.document)
+        writes = txn.writes()
+        writes.set(key, prepared.document)
         for new_key in new_keys:
-            pipe.set(new_key, name)
+            writes.set(new_key, name)
         for stale_key in stale:
-            pipe.delete(stale_key)
-        try:
-            await pipe.execute()
-        except WatchError:
-            raise CertConflict(
-                f"{key} or its cert:domain: keys changed while importing; nothing was written"
-            ) from None
+            writes.delete(stale_key)
+        return _stored(key, kind, new_keys, taken, stale, others)
+
+    try:
+        return await transaction(client, [key], write, attempts=1)
+    except TooMuchContention:
+        raise CertConflict(
+            f"{key} or its cert:domain: keys changed while importing; nothing was written"
+        ) from None
+
+
+def _stored(
+    key: str,
+    kind: str,
+    new_keys: list[str],
+    taken: dict[str, str],
+    stale: list[str],
+    others: list[str],
+) -> Stored:
     return Stored(
         key=key,
         replaced=kind != "none",
@@ -368,22 +353,22 @@ class Deleted:
 async def delete(client: aioredis.Redis, name: str) -> Deleted:
     """Remove ``cert:{name}`` and the domain keys naming it, in one transaction."""
     key = record_key(name)
-    async with client.pipeline(transaction=True) as pipe:
-        await pipe.watch(key)
-        if await _type_of(pipe, key) == "none":
+
+    async def write(txn: Txn) -> Deleted:
+        if await _type_of(txn.reader, key) == "none":
             raise CertNotFound(f"{key} does not exist")
-        pointing = await _domain_keys_of(pipe, name)
+        pointing = await _domain_keys_of(txn.reader, name)
         if pointing:
-            await pipe.watch(*pointing)
+            await txn.watch(*pointing)
             # only those still pointing here once watched
-            values = await _mget(pipe, pointing)
+            values = await mget(txn.reader, pointing)
             pointing = [k for k, v in values.items() if _pointee(v) == name]
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(key, *pointing)
-        try:
-            await pipe.execute()
-        except WatchError:
-            raise CertConflict(
-                f"{key} or its cert:domain: keys changed while deleting; nothing was deleted"
-            ) from None
-    return Deleted(key=key, removed=tuple(pointing))
+        txn.writes().delete(key, *pointing)
+        return Deleted(key=key, removed=tuple(pointing))
+
+    try:
+        return await transaction(client, [key], write, attempts=1)
+    except TooMuchContention:
+        raise CertConflict(
+            f"{key} or its cert:domain: keys changed while deleting; nothing was deleted"
+        ) from None

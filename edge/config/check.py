@@ -8,9 +8,9 @@ from typing import TextIO
 
 from edge.config.redis_source import WrongType, scan_all
 from edge.config.schema import ConfigError, decode_item
-from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
 from edge.settings import RedisTarget, Settings, redact_url
+from edge.store.client import redis_client
 from edge.tls.material import CertRecord, validate_record
 
 

@@ -23,10 +23,11 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from edge.config.snapshot import Snapshot, adopt, apply
+from edge.store import keys
 
 log = logging.getLogger("edge.config")
 
-LAST_GOOD_KEY = "edge:config:last-good"
+LAST_GOOD_KEY = keys.CONFIG_LAST_GOOD
 
 
 async def _read(client: aioredis.Redis, keys: Sequence[str]) -> dict[str, bytes]:

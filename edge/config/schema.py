@@ -35,6 +35,7 @@ from edge.config.addresses import (
 )
 from edge.config.pathregex import compile_path_regex
 from edge.config.problems import ConfigError, Problems, decode_struct
+from edge.store import keys
 
 if TYPE_CHECKING:
     from edge.tls.material import CertRecord
@@ -170,13 +171,7 @@ ConfigItem: TypeAlias = (
     "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord"
 )
 
-CONFIG_KEY_PATTERNS: tuple[str, ...] = (
-    "proxy:*",
-    "route:*",
-    "service:url:*",
-    "service:external:*",
-    "cert:*",
-)
+CONFIG_KEY_PATTERNS: tuple[str, ...] = keys.CONFIG_PATTERNS
 
 _PROXY_DECODER = msgspec.json.Decoder(ProxyConfig)
 _ROUTE_DECODER = msgspec.json.Decoder(RouteConfig)
@@ -186,14 +181,14 @@ _EXTERNAL_DECODER = msgspec.json.Decoder(ExternalService)
 # Key classification
 # ---------------------------------------------------------------------------
 
-_PROXY_PREFIX = "proxy:"
-_ROUTE_PREFIX = "route:"
-_SERVICE_URL_PREFIX = "service:url:"
-_SERVICE_EXTERNAL_PREFIX = "service:external:"
+_PROXY_PREFIX = keys.PROXY
+_ROUTE_PREFIX = keys.ROUTE
+_SERVICE_URL_PREFIX = keys.SERVICE_URL
+_SERVICE_EXTERNAL_PREFIX = keys.SERVICE_EXTERNAL
 # Index keys kept next to route documents; they are not route documents themselves.
-_ROUTE_INDEX_PREFIXES = ("route:unique:", "route:priority:")
-_CERT_PREFIX = "cert:"
-_CERT_DOMAIN_PREFIX = "cert:domain:"
+_ROUTE_INDEX_PREFIXES = keys.ROUTE_INDEXES
+_CERT_PREFIX = keys.CERT
+_CERT_DOMAIN_PREFIX = keys.CERT_DOMAIN
 
 
 def classify_key(key: str) -> str | None:
@@ -410,6 +405,7 @@ def _validate_route_id(value: str) -> str:
 # ---------------------------------------------------------------------------
 # Per-document validation
 # ---------------------------------------------------------------------------
+
 
 def _check_optional_timestamp(problems: Problems, value: str | float | None) -> None:
     if value is not None:

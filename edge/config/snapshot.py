@@ -36,6 +36,7 @@ from edge.config.schema import (
     classify_key,
     decode_item,
 )
+from edge.store import keys
 from edge.tls.material import CertRecord
 
 
@@ -71,7 +72,7 @@ class Snapshot:
 
 def _proxy_slot(key: str) -> tuple[bool, str]:
     """(is_wildcard, map key) for a ``proxy:{hostname}`` key."""
-    host = key[len("proxy:") :].lower()
+    host = key[len(keys.PROXY) :].lower()
     if host.startswith("*."):
         return True, host[1:]
     return False, host
@@ -79,11 +80,11 @@ def _proxy_slot(key: str) -> tuple[bool, str]:
 
 # kind -> (snapshot map, how a key names its entry there)
 _MAPS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "route": ("routes", lambda key: key[len("route:") :]),
-    "service_url": ("urls", lambda key: key[len("service:url:") :]),
-    "service_external": ("services", lambda key: key[len("service:external:") :]),
-    "cert": ("certs", lambda key: key[len("cert:") :]),
-    "cert_domain": ("cert_domains", lambda key: key[len("cert:domain:") :].lower()),
+    "route": ("routes", lambda key: key[len(keys.ROUTE) :]),
+    "service_url": ("urls", lambda key: key[len(keys.SERVICE_URL) :]),
+    "service_external": ("services", lambda key: key[len(keys.SERVICE_EXTERNAL) :]),
+    "cert": ("certs", lambda key: key[len(keys.CERT) :]),
+    "cert_domain": ("cert_domains", lambda key: key[len(keys.CERT_DOMAIN) :].lower()),
 }
 
 
@@ -185,27 +186,27 @@ def apply(
         elif isinstance(item, ServiceURL):
             edit("urls")[item.name] = item.url
         elif isinstance(item, ExternalService):
-            edit("services")[key[len("service:external:") :]] = item
+            edit("services")[key[len(keys.SERVICE_EXTERNAL) :]] = item
         elif isinstance(item, CertRecord):
-            edit("certs")[key[len("cert:") :]] = item
+            edit("certs")[key[len(keys.CERT) :]] = item
         elif isinstance(item, CertDomain):
             edit("cert_domains")[item.domain] = item.cert_name
     proxy_aliases = snapshot.proxy_aliases if aliases is None else aliases
     unserved: dict[str, str] | None = None
     for canonical in touched_proxies:
-        keys = (canonical, *sorted(proxy_aliases.get(canonical, ())))
-        owner = _proxy_owner(keys, raw, rejected, kept, decoded)
+        spellings = (canonical, *sorted(proxy_aliases.get(canonical, ())))
+        owner = _proxy_owner(spellings, raw, rejected, kept, decoded)
         wildcard, slot = _proxy_slot(canonical)
         target = edit("wildcards" if wildcard else "exact")
         if unserved is None:
             unserved = dict(snapshot.unserved)
-        host = canonical[len("proxy:") :]
+        host = canonical[len(keys.PROXY) :]
         unserved.pop(host, None)
         if owner is not None:
             target[slot] = owner
             continue
         target.pop(slot, None)
-        refused = next((k for k in keys if k in rejected), None)
+        refused = next((k for k in spellings if k in rejected), None)
         if refused is not None:
             unserved[host] = refused
     return Snapshot(

@@ -24,6 +24,8 @@ from edge.config.last_good import apply_shared, settle
 from edge.config.redis_source import fetch, scan_all
 from edge.config.snapshot import Snapshot, resync_updates
 from edge.settings import RedisTarget
+from edge.store import keys
+from edge.store.client import redis_client
 
 log = logging.getLogger("edge.config")
 
@@ -34,7 +36,7 @@ BATCH_WINDOW = 0.01  # gather notifications for this long before fetching
 # other types (list, set, hash, sorted set, stream): a config key written with HSET or
 # RPUSH is reported when it is written, not at the next full resync
 REQUIRED_FLAGS = "Kg$xlshzt"
-WATCHED_PREFIXES = ("proxy:", "route:", "service:", "cert:")
+WATCHED_PREFIXES = keys.WATCHED_PREFIXES
 
 
 def merge_flags(current: str) -> str | None:
@@ -46,14 +48,6 @@ def merge_flags(current: str) -> str | None:
     if not missing:
         return None
     return current + "".join(missing)
-
-
-def redis_client(redis: RedisTarget) -> aioredis.Redis:
-    options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry_on_timeout": False}
-    if not redis.url.startswith("unix://"):
-        options["socket_keepalive"] = True  # TCP only; unix sockets refuse the option
-    options.update(redis.client_kwargs())
-    return aioredis.Redis.from_url(redis.url, **options)
 
 
 class ConfigWatcher:

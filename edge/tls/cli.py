@@ -29,9 +29,9 @@ from edge.certs import repository
 from edge.certs.described import Described, days_left, scrub
 from edge.certs.repository import CertRepositoryError, Prepared
 from edge.config.schema import ConfigError
-from edge.config.watcher import redis_client
 from edge.embedded_redis import socket_path, socket_url
 from edge.settings import RedisTarget, SettingsError, environment, load_settings, redact_url
+from edge.store.client import redis_client
 from edge.tls.material import MaterialError, san_covers, validate_material
 
 __all__ = ["run_cert"]

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from edge.config.addresses import normalize_hostname, validate_url
 from edge.config.msgspec_errors import translate
 from edge.config.problems import ConfigError
+from edge.store import keys
 
 __all__ = [
     "CERT_DOMAIN_PREFIX",
@@ -42,8 +43,8 @@ __all__ = [
     "validate_record",
 ]
 
-CERT_PREFIX = "cert:"
-CERT_DOMAIN_PREFIX = "cert:domain:"
+CERT_PREFIX = keys.CERT
+CERT_DOMAIN_PREFIX = keys.CERT_DOMAIN
 
 # Below this an RSA key is refused: Mozilla's intermediate profile asks for >= 2048 bits
 # and OpenSSL's default security level rejects smaller keys when the context loads them.
@@ -122,6 +123,8 @@ class MaterialError(ValueError):
 
 _DECODER = msgspec.json.Decoder(CertRecord)
 _BAD_NAME_RE = re.compile(r"[\x00-\x20\x7f-\x9f/\\]|\s")
+
+
 def _check_cert_name(key: str, record: CertRecord) -> None:
     name = record.cert_name
     if not name or name in (".", "..") or _BAD_NAME_RE.search(name):

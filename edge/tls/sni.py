@@ -22,6 +22,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 
+from edge.store import keys
 from edge.tls.contexts import SniCallback
 from edge.tls.material import CertInfo, san_covers
 
@@ -108,7 +109,7 @@ class CertIndex:
                 hosts[domain] = entry.context
 
         for domain, name in sorted((domain_map or {}).items()):
-            assign(normalize_server_name(domain), name, f"cert:domain:{domain}")
+            assign(normalize_server_name(domain), name, keys.cert_domain(domain))
         # latest expiry first so that it wins; then the name for a stable order
         ordered = sorted(
             by_name.items(), key=lambda item: (-item[1].info.not_after.timestamp(), item[0])
@@ -117,7 +118,7 @@ class CertIndex:
             for domain in entry.domains:
                 domain = normalize_server_name(domain)
                 if domain not in hosts:
-                    assign(domain, name, f"cert:{name} domain {domain}")
+                    assign(domain, name, f"{keys.cert(name)} domain {domain}")
 
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_by_context", {id(e.context): e for e in by_name.values()})

@@ -32,6 +32,7 @@ from typing import Any
 from edge.config.schema import ConfigError
 from edge.config.snapshot import Snapshot
 from edge.settings import Settings
+from edge.store import keys
 from edge.store.lease import hold
 from edge.tls.contexts import listener_context, server_context
 from edge.tls.material import (
@@ -47,8 +48,8 @@ from edge.tls.sni import CertIndex, make_sni_callback, selected_cert
 
 log = logging.getLogger("edge.tls")
 
-DEFAULT_CERT_KEY = "edge:tls:default"
-_DEFAULT_LOCK_KEY = "edge:tls:default:lock"
+DEFAULT_CERT_KEY = keys.TLS_DEFAULT
+_DEFAULT_LOCK_KEY = keys.TLS_DEFAULT_LEASE
 _LOCK_SECONDS = 60
 _RENEW_BEFORE = timedelta(days=7)  # regenerate a default certificate this close to expiry
 
@@ -57,7 +58,7 @@ Built = tuple[CertRecord, ssl.SSLContext, CertInfo]
 
 def build(name: str, record: CertRecord) -> Built:
     """Validate ``cert:{name}`` and make its context (CPU-bound: call it in a thread)."""
-    key = f"cert:{name}"
+    key = keys.cert(name)
     record, info = validate_record(key, record, allow_expired=True)
     try:
         context = server_context(record.fullchain_pem, record.private_key_pem)
@@ -162,7 +163,7 @@ class TlsStore:
                 log.info("certificate loaded", extra={"fields": fields})
             rejected = snapshot.rejected
             for name in [n for n in self._built if n not in certs]:
-                problem = rejected.get(f"cert:{name}")
+                problem = rejected.get(keys.cert(name))
                 if problem is not None:
                     # the key is still there but its new value was refused (bad JSON, a
                     # missing field...): keep serving the last good certificate
@@ -175,7 +176,7 @@ class TlsStore:
                 del self._source[name]
                 log.info("certificate removed", extra={"fields": {"cert": name}})
             for name in [n for n in self.errors if n not in certs]:
-                if f"cert:{name}" in rejected and name in self._built:
+                if keys.cert(name) in rejected and name in self._built:
                     continue
                 del self.errors[name]
                 self._failed.pop(name, None)

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from edge.config.watcher import redis_client
 from edge.settings import RedisTarget
+from edge.store.client import redis_client
 from edge.store.lease import Lease, hold
 from tests.async_redis import run
 from tests.helpers import RedisServer

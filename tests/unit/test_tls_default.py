@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from edge.config.watcher import redis_client
 from edge.settings import RedisTarget, Settings
+from edge.store.client import redis_client
 from edge.tls import store
 from edge.tls.store import DEFAULT_CERT_KEY, TlsStore
 from tests.helpers import RedisServer

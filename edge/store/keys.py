@@ -1,0 +1,161 @@
+"""Every Redis key the edge reads or writes, spelled here and nowhere else.
+
+Three families share one Redis (and every node):
+
+* **configuration**, edited by hand with ``redis-cli`` as much as through the API, and
+  watched by every worker (keyspace notifications on the ``WATCHED_PREFIXES``);
+* **the API's records**: tokens, users, projects, memberships, personal access tokens;
+* **the edge's own bookkeeping** under ``edge:``: leases, markers, shared state no user
+  edits.
+
+A key is built by a function (or is a constant) named for what it holds; a prefix is
+exported where code scans for or classifies keys. This module imports nothing of edge.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------ configuration
+
+PROXY = "proxy:"
+ROUTE = "route:"
+ROUTE_UNIQUE = "route:unique:"
+ROUTE_PRIORITY = "route:priority:"
+# the route index keys live among the route documents but are not documents
+ROUTE_INDEXES = (ROUTE_UNIQUE, ROUTE_PRIORITY)
+SERVICE = "service:"
+SERVICE_URL = "service:url:"
+SERVICE_EXTERNAL = "service:external:"
+CERT = "cert:"
+CERT_DOMAIN = "cert:domain:"
+RESOURCE = "resource:"
+
+# what the config watcher subscribes to and resyncs
+WATCHED_PREFIXES = (PROXY, ROUTE, SERVICE, CERT)
+# what a full config scan reads (the documents and the cert:domain: index)
+CONFIG_PATTERNS = (PROXY + "*", ROUTE + "*", SERVICE_URL + "*", SERVICE_EXTERNAL + "*", CERT + "*")
+
+# the names of every external service (a set), kept beside their documents
+SERVICES_SET = "services:external"
+
+
+def proxy(hostname: str) -> str:
+    return PROXY + hostname
+
+
+def route(route_id: str) -> str:
+    return ROUTE + route_id
+
+
+def route_unique(path_pattern: str, priority: int) -> str:
+    """-> the route id holding that (path pattern, priority) pair."""
+    return f"{ROUTE_UNIQUE}{path_pattern}:{priority}"
+
+
+def route_priority(priority: int, route_id: str) -> str:
+    """-> the route id (an index ordered by priority)."""
+    return f"{ROUTE_PRIORITY}{priority}:{route_id}"
+
+
+def service_url(name: str) -> str:
+    return SERVICE_URL + name
+
+
+def service_external(name: str) -> str:
+    return SERVICE_EXTERNAL + name
+
+
+def cert(name: str) -> str:
+    return CERT + name
+
+
+def cert_domain(domain: str) -> str:
+    """-> the name of the certificate serving ``domain``."""
+    return CERT_DOMAIN + domain
+
+
+def resource(uri: str) -> str:
+    return RESOURCE + uri
+
+
+# ------------------------------------------------------------------ API records
+
+TOKEN = "token:"
+TOKEN_HASH = "token:hash:"
+
+
+def token(name: str) -> str:
+    return TOKEN + name
+
+
+def token_by_hash(token_hash: str) -> str:
+    """-> the token's name."""
+    return TOKEN_HASH + token_hash
+
+
+USER_IDS = "user:ids"
+PROJECT_IDS = "project:ids"
+
+
+def user(uid: str) -> str:
+    return f"user:{uid}"
+
+
+def user_by_email(email: str) -> str:
+    return f"user:email:{email.lower()}"
+
+
+def user_projects(uid: str) -> str:
+    return f"user:{uid}:projects"
+
+
+def project(pid: str) -> str:
+    return f"project:{pid}"
+
+
+def project_by_name(name: str) -> str:
+    return f"project:name:{name}"
+
+
+def project_members(pid: str) -> str:
+    return f"project:{pid}:members"
+
+
+def project_member(pid: str, uid: str) -> str:
+    return f"project:{pid}:member:{uid}"
+
+
+PAT_LAST_USED = "pat_last_used:"
+
+
+def pat(tid: str) -> str:
+    return f"pat:{tid}"
+
+
+def pat_by_prefix(prefix: str) -> str:
+    return f"pat:prefix:{prefix}"
+
+
+def pat_owner(pid: str, uid: str) -> str:
+    return f"pat:owner:{pid}:{uid}"
+
+
+def pat_last_used(tid: str) -> str:
+    """-> when the PAT was last used, until the flush copies it into ``pat:{id}``."""
+    return PAT_LAST_USED + tid
+
+
+# ------------------------------------------------------------------ the edge's own
+
+# rejected config values' last good ones, shared by every worker (a hash: key -> value)
+CONFIG_LAST_GOOD = "edge:config:last-good"
+TOKEN_DELETING = "edge:token-deleting:"
+# the self-signed default certificate, and the lease of whoever generates it
+TLS_DEFAULT = "edge:tls:default"
+TLS_DEFAULT_LEASE = "edge:tls:default:lock"
+# the lease of the node copying pat_last_used:* into the PAT records
+PAT_LAST_USED_LEASE = "lock:pat_last_used"
+
+
+def token_deleting(token_hash: str) -> str:
+    """Set while that token's delete runs: its writes are refused meanwhile."""
+    return TOKEN_DELETING + token_hash
