@@ -18,9 +18,9 @@ import socket
 import time
 from typing import Any
 
-from edge.api.people_auth import LastUsedFlusher
+from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
-from edge.api.store import ADMIN_NAME, CorruptRecord, TokenStore
+from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
 from edge.config.watcher import ConfigWatcher
 from edge.handlers.api import ApiApp
 from edge.handlers.forward import Forwarder

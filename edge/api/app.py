@@ -24,8 +24,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from edge.api.auth import authenticate
-from edge.api.config_routes import add_config_routes
+from edge.api.config.routes import add_config_routes
 from edge.api.http import (
     BODY_LIMIT,
     ApiError,
@@ -36,12 +35,13 @@ from edge.api.http import (
     error_response,
     json_response,
 )
-from edge.api.people import add_people_routes
-from edge.api.people_auth import PeopleContext
+from edge.api.people.auth import PeopleContext
+from edge.api.people.directory import add_people_routes
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
-from edge.api.store import TokenStore
-from edge.api.tokens import add_token_routes
+from edge.api.tokens.auth import authenticate
+from edge.api.tokens.endpoints import add_token_routes
+from edge.api.tokens.store import TokenStore
 from edge.auth.secrets import AuthOverloaded
 from edge.errors import EdgeError
 from edge.http1.exchange import Exchange

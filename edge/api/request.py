@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from edge.api.auth import Identity
 from edge.api.http import (
     BODY_LIMIT,
     InvalidBody,
@@ -17,8 +16,9 @@ from edge.api.http import (
     is_json_type,
     read_body,
 )
-from edge.api.people_auth import PatIdentity, PeopleContext
-from edge.api.store import TokenStore
+from edge.api.people.auth import PatIdentity, PeopleContext
+from edge.api.tokens.auth import Identity
+from edge.api.tokens.store import TokenStore
 from edge.http1.exchange import Exchange
 
 __all__ = ["Access", "ApiRequest", "Endpoint"]

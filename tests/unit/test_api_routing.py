@@ -8,7 +8,7 @@ from edge.api.app import build_router
 from edge.api.http import InvalidBody, MethodNotAllowed, NotFound, decode_json
 from edge.api.request import Access
 from edge.api.router import InvalidPath, Router, split_path
-from edge.api.tokens import PREFIX, RESERVED_NAMES, CreateToken, SetEmail
+from edge.api.tokens.endpoints import PREFIX, RESERVED_NAMES, CreateToken, SetEmail
 
 
 def tokens_router() -> Router[str]:

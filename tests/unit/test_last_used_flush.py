@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import msgspec
 import pytest
 
-from edge.api import people_auth
-from edge.api.people_auth import LastUsedFlusher
-from edge.api.people_store import PatRecord, decode_pat, last_used_key, new_id, pat_key
+from edge.api.people import auth as people_auth
+from edge.api.people.auth import LastUsedFlusher
+from edge.api.people.store import PatRecord, decode_pat, last_used_key, new_id, pat_key
 from edge.api.redis_store import RedisHandle
 from edge.settings import RedisTarget
 from tests.helpers import RedisServer

@@ -602,7 +602,7 @@ def test_verifier_repr_and_logs_never_show_tokens(
 
 def test_argon2_threads_yield_the_core_to_the_event_loop() -> None:
     """The worker's Argon2 pool runs below the loop's priority; the caller keeps its own."""
-    from edge.api.people_auth import ARGON2_NICE, PeopleContext
+    from edge.api.people.auth import ARGON2_NICE, PeopleContext
     from edge.api.redis_store import RedisHandle
     from edge.settings import RedisTarget
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.api.config_route_table import format_routes
+from edge.api.config.route_table import format_routes
 from edge.config.schema import RouteConfig
 
 

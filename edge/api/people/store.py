@@ -16,7 +16,7 @@ Keys (ids are a type letter, ``_`` and 12 base58 characters, ~70 random bits: ``
     pat:prefix:{prefix}           SET of PAT ids whose token has this 8-character prefix
     pat:owner:{pid}:{uid}         SET of the PAT ids of one user in one project
     pat_last_used:{tid}           ISO time of the last successful use, EX 300 (flushed into
-                                  ``pat:{tid}.last_used_at`` by :mod:`edge.api.people_auth`)
+                                  ``pat:{tid}.last_used_at`` by :mod:`edge.api.people.auth`)
 
 Every write that must be consistent with what it read runs in ``WATCH``/``MULTI``/``EXEC``
 (retried when another client wrote a watched key meanwhile); every method is bounded by
@@ -39,7 +39,7 @@ import msgspec
 from redis.exceptions import WatchError
 
 from edge.api.redis_store import RedisStore
-from edge.api.store import now_iso
+from edge.api.tokens.store import now_iso
 from edge.auth.roles import OWNER, is_role
 from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
 from edge.store import keys

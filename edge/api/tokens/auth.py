@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from edge.api.http import Unauthorized
-from edge.api.store import ADMIN_NAME, TokenStore
+from edge.api.tokens.store import ADMIN_NAME, TokenStore
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
 

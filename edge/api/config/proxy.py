@@ -5,7 +5,7 @@ loader will read them, and stored normalised (every field written, hostnames low
 The workers' keyspace watcher applies a write within a second, like any ``redis-cli SET``.
 
 ``PUT`` replaces the document: fields left out take their defaults. ``PATCH`` changes only
-the fields it sends (:func:`~edge.api.config_store.merged`), in one transaction, so two
+the fields it sends (:func:`~edge.api.config.store.merged`), in one transaction, so two
 PATCHes of different fields never lose each other's change. Three groups of fields
 also have their own sub-resource, each replaced as a whole: ``auth`` (``auth_*``), ``mcp``
 (``resource_*``) and ``routes`` (``route_mode``, ``enabled_routes``, ``disabled_routes``).
@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from edge.api.config_claims import check_wildcard_claim
-from edge.api.config_store import (
+from edge.api.config.claims import check_wildcard_claim
+from edge.api.config.store import (
     MESSAGE_MAX,
     as_text,
     body_object,

@@ -11,7 +11,7 @@ not at all.
 Before anything else :func:`prepare_cascade` sets ``edge:token-deleting:{hash}`` (with a
 TTL), an immediate write outside the transaction: from then on no write by that token,
 and no write giving it a record, can commit (they watch that key, see
-:mod:`edge.api.config_store`), so nothing owned by the token appears after the scan. The
+:mod:`edge.api.config.store`), so nothing owned by the token appears after the scan. The
 transaction deletes the marker with the rest.
 
 What a token owns, and what goes with each record:
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio.client import Pipeline
 
-from edge.api.config_store import (
+from edge.api.config.store import (
     DELETING_TTL,
     SERVICES_SET,
     as_text,

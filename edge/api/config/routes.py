@@ -6,11 +6,11 @@ on the records it owns (``owner_token_hash``), the others being 404 to it.
 
 from __future__ import annotations
 
-from edge.api.config_cert import add_cert_routes
-from edge.api.config_proxy import add_proxy_routes
-from edge.api.config_resource import add_resource_routes
-from edge.api.config_routing import add_routing_routes
-from edge.api.config_service import add_service_routes
+from edge.api.config.cert import add_cert_routes
+from edge.api.config.proxy import add_proxy_routes
+from edge.api.config.resource import add_resource_routes
+from edge.api.config.routing import add_routing_routes
+from edge.api.config.service import add_service_routes
 from edge.api.request import Endpoint
 from edge.api.router import Router
 

@@ -11,7 +11,7 @@ it. The admin token sees every record; another token sees only its own, and a re
 cannot see answers exactly like a missing one (404), so existence is never revealed.
 
 Tokens being deleted: a token's delete (one transaction, see
-:mod:`edge.api.config_cascade`) first sets ``edge:token-deleting:{hash}``, outside its
+:mod:`edge.api.config.cascade`) first sets ``edge:token-deleting:{hash}``, outside its
 transaction, then scans for what the token owns. Every write made by a token other than
 the admin, and every write giving a record to a token, watches that key and the token's
 keys and refuses (401/400) when the marker is set or the token gone. So a write racing
@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, Unauthorized
 from edge.api.request import ApiRequest
-from edge.api.store import now_iso, valid_name
+from edge.api.tokens.store import now_iso, valid_name
 from edge.auth.secrets import is_token_hash, same_hash
 from edge.config.schema import ConfigError, ConfigItem, decode_item
 from edge.store import keys

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from edge.api.config_store import (
+from edge.api.config.store import (
     SERVICES_SET,
     body_object,
     check_owner,

@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl
 import msgspec
 from redis.asyncio.client import Pipeline
 
-from edge.api.config_route_table import format_routes
-from edge.api.config_store import (
+from edge.api.config.route_table import format_routes
+from edge.api.config.store import (
     as_text,
     body_object,
     can_see,

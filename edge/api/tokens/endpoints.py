@@ -1,7 +1,7 @@
 """``/api/v1/tokens``: admin tokens (see ``docs/api.md``).
 
 A token value is made by :func:`edge.auth.secrets.new_admin_token`, returned once in the
-creation answer and never again: Redis holds only its SHA-256 (``edge.api.store``).
+creation answer and never again: Redis holds only its SHA-256 (``edge.api.tokens.store``).
 
 Access: the admin token for everything except ``info`` and ``email``, which any valid token
 may call on itself.
@@ -14,11 +14,11 @@ from typing import TypeVar
 
 import msgspec
 
-from edge.api.config_cascade import prepare_cascade
+from edge.api.config.cascade import prepare_cascade
 from edge.api.http import ApiError, Conflict, InvalidBody, NotFound, Response, Unauthorized
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
-from edge.api.store import (
+from edge.api.tokens.store import (
     ADMIN_NAME,
     Email,
     Name,

@@ -1,4 +1,4 @@
-"""What the people endpoints (:mod:`edge.api.people`, :mod:`edge.api.people_pats`) share:
+"""What the people endpoints (:mod:`edge.api.people.directory`, :mod:`edge.api.people.pats`) share:
 body and field types, path and query parameters, and their errors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, NotFound
-from edge.api.people_store import valid_id
+from edge.api.people.store import valid_id
 from edge.api.request import ApiRequest
 from edge.auth.secrets import B58_CLASS
 

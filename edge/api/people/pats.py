@@ -5,7 +5,7 @@
 
 The token management endpoints take the admin token (``Access.ADMIN``) acting for the user
 named by ``user_id``; ``/public-api/me`` takes a PAT only (``Access.PAT``: the worker's
-:class:`~edge.api.people_auth.PatAuthenticator`, which refuses a mistyped PAT before any
+:class:`~edge.api.people.auth.PatAuthenticator`, which refuses a mistyped PAT before any
 Redis command). Every answer, authentication and Redis failures included, is an envelope;
 only the router's 404/405 (before any endpoint runs) are the standard error document.
 """
@@ -22,8 +22,8 @@ from edge.api.http import (
     InvalidBody,
     Response,
 )
-from edge.api.people_auth import PeopleContext
-from edge.api.people_common import (
+from edge.api.people.auth import PeopleContext
+from edge.api.people.common import (
     DisplayName,
     NotAMember,
     TokenLimit,
@@ -36,7 +36,7 @@ from edge.api.people_common import (
     read_json,
     user_not_found,
 )
-from edge.api.people_store import (
+from edge.api.people.store import (
     MAX_ACTIVE_PATS,
     LimitReached,
     NotMember,
@@ -47,7 +47,7 @@ from edge.api.people_store import (
 )
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
-from edge.api.store import now_iso
+from edge.api.tokens.store import now_iso
 from edge.auth.pat import new_pat
 from edge.auth.roles import has_permission
 

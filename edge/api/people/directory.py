@@ -8,7 +8,7 @@ Admin token (standard answers and error documents, like ``/api/v1/tokens``)::
     GET         /api/v1/projects/{project_id}                    (with members)
     PUT  DELETE /api/v1/projects/{project_id}/members/{user_id}
 
-PATs (:mod:`edge.api.people_pats`; ``{"data": ..., "errors": ...}`` envelope)::
+PATs (:mod:`edge.api.people.pats`; ``{"data": ..., "errors": ...}`` envelope)::
 
     GET  POST   /api/v1/projects/{project_id}/tokens             (admin, acting for a user)
     DELETE      /api/v1/projects/{project_id}/tokens/{token_id}  (admin, acting for a user)
@@ -22,7 +22,7 @@ from typing import Literal
 import msgspec
 
 from edge.api.http import Conflict, Response
-from edge.api.people_common import (
+from edge.api.people.common import (
     DisplayName,
     LastOwnerConflict,
     member_not_found,
@@ -32,11 +32,11 @@ from edge.api.people_common import (
     user_not_found,
     user_param,
 )
-from edge.api.people_pats import add_pat_routes
-from edge.api.people_store import Duplicate, LastOwner, Missing, PeopleStore
+from edge.api.people.pats import add_pat_routes
+from edge.api.people.store import Duplicate, LastOwner, Missing, PeopleStore
 from edge.api.request import Access, ApiRequest, Endpoint
 from edge.api.router import Router
-from edge.api.store import Email, Name
+from edge.api.tokens.store import Email, Name
 
 __all__ = ["PROJECTS", "USERS", "add_people_routes"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from edge.api.config_store import (
+from edge.api.config.store import (
     as_text,
     cert_key,
     encode,

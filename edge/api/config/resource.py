@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from edge.api.config_store import (
+from edge.api.config.store import (
     body_object,
     check_owner,
     delete_visible,

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from edge.api.http import Unauthorized
-from edge.api.people_store import (
+from edge.api.people.store import (
     LAST_USED_PREFIX,
     PatRecord,
     PeopleStore,
@@ -49,7 +49,7 @@ from edge.api.people_store import (
     valid_id,
 )
 from edge.api.redis_store import RedisHandle, TooMuchContention
-from edge.api.store import now_iso
+from edge.api.tokens.store import now_iso
 from edge.auth.pat import PatVerifier, parse_pat
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange

@@ -19,10 +19,10 @@ watched, so one handed to another owner before ``EXEC`` makes the write run agai
 
 from __future__ import annotations
 
-from edge.api.config_store import loose_doc, owner_of
+from edge.api.config.store import loose_doc, owner_of
 from edge.api.http import Conflict, Forbidden
 from edge.api.request import ApiRequest
-from edge.api.store import ADMIN_NAME, record_key
+from edge.api.tokens.store import ADMIN_NAME, record_key
 from edge.auth.secrets import same_hash
 from edge.config.schema import classify_key
 from edge.store import keys

@@ -1,0 +1,1 @@
+"""The admin API's configuration records: proxies, routes, services, certificates, resources."""

@@ -1,0 +1,1 @@
+"""Users, projects, memberships and personal access tokens, and the PAT-authenticated API."""
