@@ -22,7 +22,7 @@ from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
 from edge.config.watcher import ConfigWatcher
-from edge.handlers.api import ApiApp
+from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.forward import Forwarder
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
@@ -66,7 +66,9 @@ class Worker:
         )
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_target()))
-        self.api = ApiApp(self.health, self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)
+        self.api = ApiApp(
+            self.health, default_groups(self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)
+        )
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
             self.tls = TlsStore(settings)
@@ -232,6 +234,7 @@ class Worker:
         await self.drain()
         await self.services.stop()  # before the API's Redis client the flush uses closes
         await self.api.close()
+        await self.tokens.redis.close()
         self.hub.access_log.flush()
         return 0
 

@@ -1,9 +1,11 @@
 """The JSON API: served on ``API_PORT`` and, through the public listeners, on ``API_HOSTNAME``.
 
+The API is a set of endpoint groups (:class:`~edge.api.request.EndpointGroup`: tokens,
+configuration, people, each holding what its handlers need), registered on one router.
 Per request: route (404/405 before anything else, so an unknown path never costs a Redis
-call) -> ``/health`` answered inline -> otherwise a tracked task: authentication (a bearer
-admin token, or a personal access token for ``Access.PAT``), access check (403), the
-endpoint (request body, Redis) -> JSON answer. Every :class:`~edge.errors.EdgeError` (the
+call) -> ``/health`` answered inline -> otherwise a tracked task: the endpoint's own
+authenticator (401/403, or the scope its handler acts in), the endpoint (request body,
+Redis) -> JSON answer. Every :class:`~edge.errors.EdgeError` (the
 API's own, the stores') becomes the API's JSON error document, or its envelope form for
 envelope endpoints, in one place (:meth:`ApiApp._error`, rendered by
 :func:`edge.http1.render.api_error`); an unexpected exception is logged with the request id
@@ -18,29 +20,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
 
-from edge.api.config.routes import add_config_routes
+from edge.api.config.cascade import prepare_cascade
+from edge.api.config.routes import ConfigApi
 from edge.api.http import (
     BODY_LIMIT,
     ApiError,
     Busy,
     ClientGone,
-    Forbidden,
     RedisUnavailable,
     error_response,
     json_response,
 )
 from edge.api.people.auth import PeopleContext
-from edge.api.people.directory import add_people_routes
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.people.directory import PeopleApi
+from edge.api.request import ApiRequest, Endpoint, EndpointGroup
 from edge.api.router import Router
-from edge.api.tokens.auth import authenticate
-from edge.api.tokens.endpoints import add_token_routes
+from edge.api.tokens.endpoints import TokenApi
 from edge.api.tokens.store import TokenStore
 from edge.auth.secrets import AuthOverloaded
 from edge.errors import EdgeError
@@ -52,12 +53,19 @@ log = logging.getLogger("edge.api")
 _json = msgspec.json.Encoder()
 
 
-def build_router(health: Callable[[Exchange], None]) -> Router[Endpoint]:
-    router: Router[Endpoint] = Router()
-    router.add("GET", "/health", Endpoint(Access.PUBLIC, inline=health))
-    add_token_routes(router)
-    add_config_routes(router)
-    add_people_routes(router)
+def default_groups(store: TokenStore, *, pat_cache_ttl: float = 30.0) -> list[EndpointGroup]:
+    """Every area of the API, wired to the worker's token store (and its Redis handle)."""
+    people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
+    return [TokenApi(store, prepare_cascade), ConfigApi(store), PeopleApi(store, people)]
+
+
+def build_router(
+    health: Callable[[Exchange], None], groups: Sequence[EndpointGroup]
+) -> Router[Endpoint[Any]]:
+    router: Router[Endpoint[Any]] = Router()
+    router.add("GET", "/health", Endpoint(None, inline=health))
+    for group in groups:
+        group.register(router)
     return router
 
 
@@ -67,17 +75,14 @@ class ApiApp:
     def __init__(
         self,
         health: Callable[[], dict[str, Any]],
-        store: TokenStore,
+        groups: Sequence[EndpointGroup],
         body_limit: int = BODY_LIMIT,
-        *,
-        pat_cache_ttl: float = 30.0,
     ) -> None:
         self.health = health
-        self.store = store
-        self.people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
+        self.groups = tuple(groups)
         self.body_limit = body_limit
         self.started = time.time()
-        self.router = build_router(self._health)
+        self.router = build_router(self._health, self.groups)
         self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, ex: Exchange) -> None:
@@ -102,19 +107,13 @@ class ApiApp:
         status = 503 if report.get("status") == "draining" else 200
         ex.respond(status, _json.encode(report) + b"\n", b"application/json")
 
-    async def _run(self, ex: Exchange, endpoint: Endpoint, params: dict[str, str]) -> None:
+    async def _run(self, ex: Exchange, endpoint: Endpoint[Any], params: dict[str, str]) -> None:
         assert endpoint.handler is not None
         rid = ex.request_id
         envelope = endpoint.envelope
         try:
-            request = ApiRequest(ex, params, None, self.store, self.people, self.body_limit)
-            if endpoint.access is Access.PAT:
-                request.pat = await self.people.auth.authenticate(ex)
-            elif endpoint.access is not Access.PUBLIC:
-                identity = request.identity = await authenticate(ex, self.store)
-                if endpoint.access is Access.ADMIN and not identity.is_admin:
-                    raise Forbidden(f"token {identity.name!r} is not the admin token")
-            response = await endpoint.handler(request)
+            scope = None if endpoint.auth is None else await endpoint.auth(ex)
+            response = await endpoint.handler(ApiRequest(ex, params, scope, self.body_limit))
         except ClientGone:
             return  # the client left mid-body: nobody to answer
         except AuthOverloaded:
@@ -148,11 +147,12 @@ class ApiApp:
         error_response(ex, err, envelope=envelope)
 
     async def close(self) -> None:
-        """Cancel what is still running (after the drain) and close the Redis client."""
+        """Cancel what is still running (after the drain), then close every group (the
+        Redis handle they share is the worker's to close)."""
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.people.close()
-        await self.store.redis.close()
+        for group in self.groups:
+            await group.close()

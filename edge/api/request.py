@@ -1,11 +1,17 @@
-"""What an API endpoint is (handler + who may call it) and what its handler receives."""
+"""What an API endpoint is (who may call it, its handler) and what its handler receives.
+
+An endpoint's :class:`Authenticator` decides who may call it and turns the request into
+the endpoint group's *scope*: the caller and whatever the group's handlers act through
+(its store). A handler receives an :class:`ApiRequest` carrying that scope, so a new area
+of the API (OAuth, tunnels) brings its own authenticator and scope type and widens
+neither this module nor :class:`~edge.api.app.ApiApp`.
+"""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from edge.api.http import (
     BODY_LIMIT,
@@ -16,48 +22,26 @@ from edge.api.http import (
     is_json_type,
     read_body,
 )
-from edge.api.people.auth import PatIdentity, PeopleContext
-from edge.api.tokens.auth import Identity
-from edge.api.tokens.store import TokenStore
+from edge.api.router import Router
 from edge.http1.exchange import Exchange
 
-__all__ = ["Access", "ApiRequest", "Endpoint"]
+__all__ = ["ApiRequest", "Authenticator", "Endpoint", "EndpointGroup", "Handler", "Scoped"]
 
 S = TypeVar("S")
-
-
-class Access(enum.Enum):
-    PUBLIC = "public"  # no token (``/health``)
-    TOKEN = "token"  # any valid token, acting on itself
-    ADMIN = "admin"  # the admin token only (403 for others)
-    PAT = "pat"  # a personal access token only (``/public-api/*``)
+S_co = TypeVar("S_co", covariant=True)
+K = TypeVar("K")
 
 
 @dataclass(slots=True)
-class ApiRequest:
+class ApiRequest(Generic[S]):
     """One authenticated API request as its handler sees it."""
 
     ex: Exchange
     params: dict[str, str]
-    identity: Identity | None
-    store: TokenStore
-    people: PeopleContext
+    scope: S  # what the endpoint's authenticator made of the caller
     body_limit: int = BODY_LIMIT
-    pat: PatIdentity | None = None
 
-    @property
-    def caller(self) -> Identity:
-        """The authenticated token (every ``TOKEN`` and ``ADMIN`` endpoint has one)."""
-        assert self.identity is not None
-        return self.identity
-
-    @property
-    def pat_caller(self) -> PatIdentity:
-        """The user, project and role behind the PAT (every ``PAT`` endpoint has one)."""
-        assert self.pat is not None
-        return self.pat
-
-    async def json(self, kind: type[S], *, required: bool = True) -> S | None:
+    async def json(self, kind: type[K], *, required: bool = True) -> K | None:
         """The JSON body decoded into the strict Struct ``kind``.
 
         A body must be sent as ``application/json`` (415 otherwise); none at all is a 400
@@ -75,22 +59,55 @@ class ApiRequest:
         return decode_json(data, kind)
 
 
-Handler = Callable[[ApiRequest], Awaitable[Response]]
+class Authenticator(Protocol[S_co]):
+    """Who may call an endpoint: the scope its handler acts in, or an error (401 when
+    the credentials are missing or wrong, 403 when they are right but not enough, 503
+    when they cannot be checked now). Every failure is raised, never answered here."""
+
+    async def __call__(self, ex: Exchange) -> S_co: ...
+
+
+Handler = Callable[[ApiRequest[S]], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Generic[S]):
     """A routed endpoint.
 
-    ``handler`` runs in a task (it talks to Redis) after authentication. ``inline`` is for
-    ``PUBLIC`` endpoints that only read memory: answered inside the connection's callback,
-    no task, no Redis (``/health``, which load balancers poll). ``envelope`` endpoints (the
-    project and PAT surface) answer ``{"data": ..., "errors": null}`` and fail with
+    ``handler`` runs in a task (it talks to Redis) after ``auth``; ``auth`` None is a
+    public endpoint. ``inline`` is for public endpoints that only read memory: answered
+    inside the connection's callback, no task, no Redis (``/health``, which load balancers
+    poll). ``envelope`` endpoints (the project and PAT surface) answer
+    ``{"data": ..., "errors": null}`` and fail with
     ``{"data": null, "errors": [{"code", "message", "field"}]}``.
     """
 
-    access: Access
-    handler: Handler | None = None
+    auth: Authenticator[S] | None
+    handler: Handler[S] | None = None
     inline: Callable[[Exchange], None] | None = None
     #: answers (errors included) in the ``{"data": ..., "errors": ...}`` envelope
     envelope: bool = False
+
+
+A = TypeVar("A")
+
+
+class Scoped(Generic[A, S]):
+    """An authenticator whose caller is handed to ``scope`` (the group adds its stores)."""
+
+    __slots__ = ("auth", "scope")
+
+    def __init__(self, auth: Authenticator[A], scope: Callable[[A], S]) -> None:
+        self.auth = auth
+        self.scope = scope
+
+    async def __call__(self, ex: Exchange) -> S:
+        return self.scope(await self.auth(ex))
+
+
+class EndpointGroup(Protocol):
+    """An area of the API: registers its endpoints, holds what they need, closes it."""
+
+    def register(self, router: Router[Endpoint[Any]]) -> None: ...
+
+    async def close(self) -> None: ...

@@ -6,6 +6,6 @@ module keeps the handler's place in the pipeline (``handlers/``) and its import 
 
 from __future__ import annotations
 
-from edge.api.app import ApiApp
+from edge.api.app import ApiApp, default_groups
 
-__all__ = ["ApiApp"]
+__all__ = ["ApiApp", "default_groups"]

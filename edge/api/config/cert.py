@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from edge.api.config.store import (
+    ConfigScope,
     as_text,
     cert_key,
     encode,
@@ -28,7 +29,7 @@ from edge.api.config.store import (
     visible_values,
 )
 from edge.api.http import ApiError, NotFound, Response
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
 from edge.config.schema import ConfigError, classify_key, decode_item
 from edge.store import keys
@@ -48,7 +49,7 @@ def _not_found() -> NotFound:
     return NotFound(code="certificate_not_found", public_message="no certificate with this name")
 
 
-def _name(req: ApiRequest) -> str:
+def _name(req: ApiRequest[ConfigScope]) -> str:
     name = req.params["name"]
     if classify_key(cert_key(name)) != "cert":
         raise _not_found()  # "domain:..." would address a cert:domain: key
@@ -153,8 +154,8 @@ async def _domain_keys(client: aioredis.Redis, name: str) -> list[str]:
     return sorted(k for k, v in found.items() if as_text(v).strip() == name)
 
 
-async def list_certificates(req: ApiRequest) -> Response:
-    found = await visible_values(req, keys.CERT + "*", lambda k: classify_key(k) == "cert")
+async def list_certificates(req: ApiRequest[ConfigScope]) -> Response:
+    found = await visible_values(req.scope, keys.CERT + "*", lambda k: classify_key(k) == "cert")
 
     def work() -> list[Examined]:
         return [examine(key, raw) for key, raw in found.items()]
@@ -164,22 +165,22 @@ async def list_certificates(req: ApiRequest) -> Response:
     return Response(200, _without_key({"certificates": certificates}, *items))
 
 
-async def get_certificate(req: ApiRequest) -> Response:
+async def get_certificate(req: ApiRequest[ConfigScope]) -> Response:
     name = _name(req)
     key = cert_key(name)
-    client = req.store.redis.client
-    raw = await fetch_visible(req, key, _not_found)
+    client = req.scope.redis.client
+    raw = await fetch_visible(req.scope, key, _not_found)
     item = await asyncio.to_thread(examine, key, raw)
-    pointing = await read(req, _domain_keys(client, name))
+    pointing = await read(req.scope, _domain_keys(client, name))
     return Response(200, _without_key(_details(item, raw, pointing), item))
 
 
-async def delete_certificate(req: ApiRequest) -> Response:
+async def delete_certificate(req: ApiRequest[ConfigScope]) -> Response:
     name = _name(req)
     key = cert_key(name)
 
     async def write(txn: Txn) -> None:
-        await visible_raw(txn.reader, req, key, _not_found)
+        await visible_raw(txn.reader, req.scope, key, _not_found)
         pointing = await _domain_keys(txn.reader, name)
         if pointing:
             await txn.watch(*pointing)
@@ -191,12 +192,11 @@ async def delete_certificate(req: ApiRequest) -> Response:
         pipe = txn.writes()
         pipe.delete(key, *pointing)
 
-    await transaction(req, [key], write)
+    await transaction(req.scope, [key], write)
     return Response(204)
 
 
-def add_cert_routes(router: Router[Endpoint]) -> None:
-    token = Access.TOKEN
+def add_cert_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_certificates))
     router.add("GET", f"{PREFIX}/{{name}}", Endpoint(token, get_certificate))
     router.add("DELETE", f"{PREFIX}/{{name}}", Endpoint(token, delete_certificate))

@@ -19,9 +19,8 @@ watched, so one handed to another owner before ``EXEC`` makes the write run agai
 
 from __future__ import annotations
 
-from edge.api.config.store import loose_doc, owner_of
+from edge.api.config.store import ConfigScope, loose_doc, owner_of
 from edge.api.http import Conflict, Forbidden
-from edge.api.request import ApiRequest
 from edge.api.tokens.store import ADMIN_NAME, record_key
 from edge.auth.secrets import same_hash
 from edge.config.schema import classify_key
@@ -65,20 +64,20 @@ async def _held(txn: Txn, zone: str) -> dict[str, tuple[str, str | None]]:
     return held
 
 
-async def check_wildcard_claim(txn: Txn, req: ApiRequest, hostname: str) -> None:
+async def check_wildcard_claim(txn: Txn, scope: ConfigScope, hostname: str) -> None:
     """Refuse (403/409, naming ``hostname``) a name the caller may not claim.
 
     ``txn`` is the write's transaction, still reading.
     """
-    caller = req.caller
+    caller = scope.caller
     if caller.is_admin:
         return
     if not hostname.startswith("*."):
-        await _check_exact_claim(txn, req, hostname)
+        await _check_exact_claim(txn, scope, hostname)
         return
     # a wildcard inside another token's zone takes its names too (the most specific
     # wildcard wins): the same rule as for an exact name
-    await _check_exact_claim(txn, req, hostname)
+    await _check_exact_claim(txn, scope, hostname)
     zone = hostname[2:]
     if "." not in zone:
         raise Forbidden(
@@ -101,7 +100,7 @@ async def check_wildcard_claim(txn: Txn, req: ApiRequest, hostname: str) -> None
         await txn.watch(*mine)
 
 
-async def _check_exact_claim(txn: Txn, req: ApiRequest, hostname: str) -> None:
+async def _check_exact_claim(txn: Txn, scope: ConfigScope, hostname: str) -> None:
     """Refuse (409) a name (exact or wildcard) under a wildcard that another token holds."""
     labels = hostname.split(".")
     # every wildcard above the name (for "*.a.b": "*.b"; the name itself is not above it)
@@ -119,7 +118,7 @@ async def _check_exact_claim(txn: Txn, req: ApiRequest, hostname: str) -> None:
         owner = owner_of(raw)
         if owner is None or (isinstance(admin_hash, str) and same_hash(owner, admin_hash)):
             continue  # the admin's catch-all
-        if not same_hash(owner, req.caller.token_hash):
+        if not same_hash(owner, scope.caller.token_hash):
             raise Conflict(
                 "name under another owner's wildcard",
                 code="wildcard_conflict",

@@ -20,6 +20,7 @@ import msgspec
 from edge.api.config.claims import check_wildcard_claim
 from edge.api.config.store import (
     MESSAGE_MAX,
+    ConfigScope,
     as_text,
     body_object,
     check_owner,
@@ -42,7 +43,7 @@ from edge.api.config.store import (
     visible_values,
 )
 from edge.api.http import Conflict, InvalidBody, NotFound, Response
-from edge.api.request import Access, ApiRequest, Endpoint, Handler
+from edge.api.request import ApiRequest, Authenticator, Endpoint, Handler
 from edge.api.router import Router
 from edge.config.schema import ProxyConfig, classify_key, normalize_hostname
 from edge.store import keys
@@ -62,7 +63,7 @@ def _not_found() -> NotFound:
     return NotFound(code="proxy_not_found", public_message="no proxy with this hostname")
 
 
-def _hostname(req: ApiRequest) -> str:
+def _hostname(req: ApiRequest[ConfigScope]) -> str:
     """The path's hostname, lowercased; one that cannot be valid is simply not found."""
     return normalized_param(req, "hostname", normalize_hostname, _not_found)
 
@@ -102,8 +103,8 @@ def _document(item: ProxyConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- collection
 
 
-async def list_proxies(req: ApiRequest) -> Response:
-    found = await visible_values(req, keys.PROXY + "*", lambda k: classify_key(k) == "proxy")
+async def list_proxies(req: ApiRequest[ConfigScope]) -> Response:
+    found = await visible_values(req.scope, keys.PROXY + "*", lambda k: classify_key(k) == "proxy")
     proxies = []
     for key, raw in found.items():
         try:
@@ -113,35 +114,35 @@ async def list_proxies(req: ApiRequest) -> Response:
     return Response(200, {"proxies": proxies})
 
 
-async def create_proxy(req: ApiRequest) -> Response:
+async def create_proxy(req: ApiRequest[ConfigScope]) -> Response:
     body = await body_object(req)
     hostname = _body_hostname(body)
     key = proxy_key(hostname)
-    doc, owner = new_document(req, body, {"hostname": hostname})
+    doc, owner = new_document(req.scope, body, {"hostname": hostname})
     item = _proxy(validated(key, doc))
 
     async def write(txn: Txn) -> None:
         if await txn.exists(key) or await _hand_written_alias(txn, hostname):
             raise exists_conflict("proxy", "hostname")
-        await check_wildcard_claim(txn, req, hostname)
-        await check_owner(txn, req, owner)
+        await check_wildcard_claim(txn, req.scope, hostname)
+        await check_owner(txn, req.scope, owner)
         pipe = txn.writes()
         pipe.set(key, encode(item))
 
-    await transaction(req, [key], write)
+    await transaction(req.scope, [key], write)
     return Response(201, _document(item), location(PREFIX, hostname))
 
 
 # ---------------------------------------------------------------------------- one proxy
 
 
-async def get_proxy(req: ApiRequest) -> Response:
+async def get_proxy(req: ApiRequest[ConfigScope]) -> Response:
     key = proxy_key(_hostname(req))
-    raw = await fetch_visible(req, key, _not_found)
+    raw = await fetch_visible(req.scope, key, _not_found)
     return Response(200, _document(_proxy(stored_item(key, raw))))
 
 
-async def replace_proxy(req: ApiRequest) -> Response:
+async def replace_proxy(req: ApiRequest[ConfigScope]) -> Response:
     hostname = _hostname(req)
     key = proxy_key(hostname)
     body = await body_object(req)
@@ -150,13 +151,13 @@ async def replace_proxy(req: ApiRequest) -> Response:
     async def write(txn: Txn) -> ProxyConfig:
         identity = {"hostname": hostname}
         _, item = await replacement(
-            txn, req, key, body, identity, _not_found, lambda doc: _proxy(validated(key, doc))
+            txn, req.scope, key, body, identity, _not_found, lambda doc: _proxy(validated(key, doc))
         )
         pipe = txn.writes()
         pipe.set(key, encode(item))
         return item
 
-    item = await transaction(req, [key], write)
+    item = await transaction(req.scope, [key], write)
     return Response(200, _document(item))
 
 
@@ -172,7 +173,7 @@ def _known_fields(body: dict[str, Any]) -> None:
         )
 
 
-async def patch_proxy(req: ApiRequest) -> Response:
+async def patch_proxy(req: ApiRequest[ConfigScope]) -> Response:
     hostname = _hostname(req)
     key = proxy_key(hostname)
     body = await body_object(req)
@@ -183,7 +184,7 @@ async def patch_proxy(req: ApiRequest) -> Response:
         identity = {"hostname": hostname}
         _, item = await replacement(
             txn,
-            req,
+            req.scope,
             key,
             body,
             identity,
@@ -195,12 +196,12 @@ async def patch_proxy(req: ApiRequest) -> Response:
         pipe.set(key, encode(item))
         return item
 
-    item = await transaction(req, [key], write)
+    item = await transaction(req.scope, [key], write)
     return Response(200, _document(item))
 
 
-async def delete_proxy(req: ApiRequest) -> Response:
-    await delete_visible(req, proxy_key(_hostname(req)), _not_found)
+async def delete_proxy(req: ApiRequest[ConfigScope]) -> Response:
+    await delete_visible(req.scope, proxy_key(_hostname(req)), _not_found)
     return Response(204)
 
 
@@ -214,20 +215,20 @@ def _group(item: ProxyConfig, fields: tuple[str, ...]) -> dict[str, Any]:
 
 def _group_handlers(
     fields: tuple[str, ...], what: str, implied: dict[str, Any]
-) -> tuple[Handler, Handler, Handler]:
+) -> tuple[Handler[ConfigScope], Handler[ConfigScope], Handler[ConfigScope]]:
     """GET, set (the body replaces the group; ``implied`` fills what it leaves out) and
     DELETE (the group back to its defaults) for one group of proxy fields."""
 
-    async def get(req: ApiRequest) -> Response:
+    async def get(req: ApiRequest[ConfigScope]) -> Response:
         key = proxy_key(_hostname(req))
-        raw = await fetch_visible(req, key, _not_found)
+        raw = await fetch_visible(req.scope, key, _not_found)
         return Response(200, _group(_proxy(stored_item(key, raw)), fields))
 
-    async def change(req: ApiRequest, body: dict[str, Any] | None) -> ProxyConfig:
+    async def change(req: ApiRequest[ConfigScope], body: dict[str, Any] | None) -> ProxyConfig:
         key = proxy_key(_hostname(req))
 
         async def write(txn: Txn) -> ProxyConfig:
-            raw = await visible_raw(txn.reader, req, key, _not_found)
+            raw = await visible_raw(txn.reader, req.scope, key, _not_found)
             doc = _document(_proxy(stored_item(key, raw)))
             for name in fields:
                 del doc[name]
@@ -239,22 +240,21 @@ def _group_handlers(
             pipe.set(key, encode(item))
             return item
 
-        return await transaction(req, [key], write)
+        return await transaction(req.scope, [key], write)
 
-    async def put(req: ApiRequest) -> Response:
+    async def put(req: ApiRequest[ConfigScope]) -> Response:
         body = await body_object(req)
         only_fields(body, fields, what)
         return Response(200, _group(await change(req, body), fields))
 
-    async def delete(req: ApiRequest) -> Response:
+    async def delete(req: ApiRequest[ConfigScope]) -> Response:
         await change(req, None)
         return Response(204)
 
     return get, put, delete
 
 
-def add_proxy_routes(router: Router[Endpoint]) -> None:
-    token = Access.TOKEN
+def add_proxy_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_proxies))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_proxy))
     one = f"{PREFIX}/{{hostname}}"

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import msgspec
 
 from edge.api.config.store import (
+    ConfigScope,
     body_object,
     check_owner,
     delete_visible,
@@ -39,7 +40,7 @@ from edge.api.config.store import (
     visible_values,
 )
 from edge.api.http import Conflict, NotFound, Response
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
 from edge.auth.secrets import is_token_hash
 from edge.config.msgspec_errors import Wording, translate
@@ -174,7 +175,7 @@ def _not_found() -> NotFound:
     return NotFound(code="resource_not_found", public_message="no resource with this uri")
 
 
-def _uri(req: ApiRequest) -> str:
+def _uri(req: ApiRequest[ConfigScope]) -> str:
     return normalized_param(req, "uri", normalize_resource_uri, _not_found)
 
 
@@ -201,8 +202,8 @@ def _document(record: ResourceRecord) -> dict[str, Any]:
     return doc
 
 
-async def list_resources(req: ApiRequest) -> Response:
-    found = await visible_values(req, f"{RESOURCE_PREFIX}*", lambda k: k != RESOURCE_PREFIX)
+async def list_resources(req: ApiRequest[ConfigScope]) -> Response:
+    found = await visible_values(req.scope, f"{RESOURCE_PREFIX}*", lambda k: k != RESOURCE_PREFIX)
     resources = []
     for key, raw in found.items():
         try:
@@ -212,31 +213,31 @@ async def list_resources(req: ApiRequest) -> Response:
     return Response(200, {"resources": resources})
 
 
-async def create_resource(req: ApiRequest) -> Response:
+async def create_resource(req: ApiRequest[ConfigScope]) -> Response:
     body = await body_object(req)
     uri = _body_uri(body)
     key = resource_key(uri)
-    doc, owner = new_document(req, body, {"uri": uri})
+    doc, owner = new_document(req.scope, body, {"uri": uri})
     record = _validated(key, doc)
 
     async def write(txn: Txn) -> None:
         if await txn.exists(key):
             raise exists_conflict("resource", "uri")
-        await check_owner(txn, req, owner)
+        await check_owner(txn, req.scope, owner)
         pipe = txn.writes()
         pipe.set(key, encode(record))
 
-    await transaction(req, [key], write)
+    await transaction(req.scope, [key], write)
     return Response(201, _document(record), location(PREFIX, uri))
 
 
-async def get_resource(req: ApiRequest) -> Response:
+async def get_resource(req: ApiRequest[ConfigScope]) -> Response:
     key = resource_key(_uri(req))
-    raw = await fetch_visible(req, key, _not_found)
+    raw = await fetch_visible(req.scope, key, _not_found)
     return Response(200, _document(_stored(key, raw)))
 
 
-async def replace_resource(req: ApiRequest) -> Response:
+async def replace_resource(req: ApiRequest[ConfigScope]) -> Response:
     uri = _uri(req)
     key = resource_key(uri)
     body = await body_object(req)
@@ -244,22 +245,21 @@ async def replace_resource(req: ApiRequest) -> Response:
 
     async def write(txn: Txn) -> ResourceRecord:
         validate = partial(_validated, key)
-        _, record = await replacement(txn, req, key, body, {"uri": uri}, _not_found, validate)
+        _, record = await replacement(txn, req.scope, key, body, {"uri": uri}, _not_found, validate)
         pipe = txn.writes()
         pipe.set(key, encode(record))
         return record
 
-    record = await transaction(req, [key], write)
+    record = await transaction(req.scope, [key], write)
     return Response(200, _document(record))
 
 
-async def delete_resource(req: ApiRequest) -> Response:
-    await delete_visible(req, resource_key(_uri(req)), _not_found)
+async def delete_resource(req: ApiRequest[ConfigScope]) -> Response:
+    await delete_visible(req.scope, resource_key(_uri(req)), _not_found)
     return Response(204)
 
 
-def add_resource_routes(router: Router[Endpoint]) -> None:
-    token = Access.TOKEN
+def add_resource_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_resources))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_resource))
     one = f"{PREFIX}/{{uri}}"

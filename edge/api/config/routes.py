@@ -6,21 +6,40 @@ on the records it owns (``owner_token_hash``), the others being 404 to it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge.api.config.cert import add_cert_routes
 from edge.api.config.proxy import add_proxy_routes
 from edge.api.config.resource import add_resource_routes
 from edge.api.config.routing import add_routing_routes
 from edge.api.config.service import add_service_routes
-from edge.api.request import Endpoint
+from edge.api.config.store import ConfigScope
+from edge.api.identity import Identity
+from edge.api.request import Endpoint, Scoped
 from edge.api.router import Router
+from edge.api.tokens.auth import TokenAuth
+from edge.api.tokens.store import TokenStore
 
-__all__ = ["add_config_routes"]
+__all__ = ["ConfigApi"]
 
 
-def add_config_routes(router: Router[Endpoint]) -> None:
-    """Register the proxy, route, service, certificate and resource endpoints."""
-    add_proxy_routes(router)
-    add_routing_routes(router)
-    add_service_routes(router)
-    add_cert_routes(router)
-    add_resource_routes(router)
+class ConfigApi:
+    """Proxies, routes, services, certificates and resources: any valid token, each
+    handler acting in a :class:`ConfigScope` (the caller, the Redis it reads and writes)."""
+
+    def __init__(self, tokens: TokenStore) -> None:
+        self.tokens = tokens
+
+    def _scope(self, caller: Identity) -> ConfigScope:
+        return ConfigScope(caller, self.tokens.redis, self.tokens.timeout)
+
+    def register(self, router: Router[Endpoint[Any]]) -> None:
+        token = Scoped(TokenAuth(self.tokens, admin_only=False), self._scope)
+        add_proxy_routes(router, token)
+        add_routing_routes(router, token)
+        add_service_routes(router, token)
+        add_cert_routes(router, token)
+        add_resource_routes(router, token)
+
+    async def close(self) -> None:
+        """Nothing of its own to close (the Redis handle is the worker's)."""

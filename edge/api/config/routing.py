@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 
 from edge.api.config.route_table import format_routes
 from edge.api.config.store import (
+    ConfigScope,
     as_text,
     body_object,
     can_see,
@@ -55,7 +56,7 @@ from edge.api.config.store import (
     visible_values,
 )
 from edge.api.http import Conflict, Forbidden, InvalidBody, NotFound, Response
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
 from edge.auth.secrets import BASE58_ALPHABET
 from edge.config.schema import RouteConfig, RouteScope, classify_key
@@ -81,7 +82,7 @@ def _addressable(route_id: str) -> bool:
     return classify_key(route_key(route_id)) == "route"
 
 
-def _route_id(req: ApiRequest) -> str:
+def _route_id(req: ApiRequest[ConfigScope]) -> str:
     route_id = req.params["route_id"]
     if not _addressable(route_id):
         raise _not_found()  # "unique:..." would address an index key
@@ -116,7 +117,7 @@ def _invalid_query(field: str, message: str) -> InvalidBody:
     return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
 
 
-def _scope_filter(req: ApiRequest) -> str | None:
+def _scope_filter(req: ApiRequest[ConfigScope]) -> str | None:
     """``?scope=global|proxy`` (once), or None: the only query parameter of the lists."""
     _, _, query = req.ex.target.partition(b"?")
     try:
@@ -167,9 +168,9 @@ async def _claim(txn: Txn, route: RouteConfig) -> None:
         )
 
 
-async def _check_scope(txn: Txn, req: ApiRequest, route: RouteConfig) -> None:
+async def _check_scope(txn: Txn, scope: ConfigScope, route: RouteConfig) -> None:
     """A token other than the admin: only proxy-scoped routes, on its own proxies."""
-    if req.caller.is_admin:
+    if scope.caller.is_admin:
         return
     if route.scope != "proxy":
         raise Forbidden(
@@ -182,7 +183,7 @@ async def _check_scope(txn: Txn, req: ApiRequest, route: RouteConfig) -> None:
     await txn.watch(*keys)
     for key in keys:
         raw = await txn.get(key)
-        if raw is None or not can_see(req, owner_of(raw)):
+        if raw is None or not can_see(scope, owner_of(raw)):
             # the same answer for "none" and "someone else's": nothing is revealed
             raise Forbidden(
                 "not an own proxy",
@@ -190,10 +191,10 @@ async def _check_scope(txn: Txn, req: ApiRequest, route: RouteConfig) -> None:
                 field="proxy_hostnames",
             )
     if route.target_type == "hostname":
-        await _check_hostname_target(txn, req, route.target_value)
+        await _check_hostname_target(txn, scope, route.target_value)
 
 
-async def _check_hostname_target(txn: Txn, req: ApiRequest, target: str) -> None:
+async def _check_hostname_target(txn: Txn, scope: ConfigScope, target: str) -> None:
     """A hostname route serves the request with that host's proxy (its target, headers
     and auth): only a proxy this token owns, found as the router finds it (the exact name,
     then the most specific wildcard)."""
@@ -205,7 +206,7 @@ async def _check_hostname_target(txn: Txn, req: ApiRequest, target: str) -> None
     await txn.watch(*keys)
     for raw in await txn.mget(keys):
         if raw is not None:
-            if can_see(req, owner_of(raw)):
+            if can_see(scope, owner_of(raw)):
                 return
             break
     raise Forbidden(
@@ -237,10 +238,10 @@ async def _old_index(txn: Txn, route_id: str, raw: bytes) -> list[str]:
 # ---------------------------------------------------------------------------- endpoints
 
 
-async def _listed(req: ApiRequest) -> list[RouteConfig]:
+async def _listed(req: ApiRequest[ConfigScope]) -> list[RouteConfig]:
     """The routes the caller may see, of the ``?scope=`` asked for, in evaluation order."""
     scope = _scope_filter(req)
-    found = await visible_values(req, keys.ROUTE + "*", lambda k: classify_key(k) == "route")
+    found = await visible_values(req.scope, keys.ROUTE + "*", lambda k: classify_key(k) == "route")
     routes = []
     for key, raw in found.items():
         try:
@@ -253,31 +254,31 @@ async def _listed(req: ApiRequest) -> list[RouteConfig]:
     return routes
 
 
-async def list_routes(req: ApiRequest) -> Response:
+async def list_routes(req: ApiRequest[ConfigScope]) -> Response:
     return Response(200, {"routes": [_document(r) for r in await _listed(req)]})
 
 
-async def formatted_routes(req: ApiRequest) -> Response:
+async def formatted_routes(req: ApiRequest[ConfigScope]) -> Response:
     return Response(200, text=format_routes(await _listed(req)))
 
 
-async def create_route(req: ApiRequest) -> Response:
+async def create_route(req: ApiRequest[ConfigScope]) -> Response:
     body = await body_object(req)
     if body.get("route_id") is None:
         for _ in range(_ID_TRIES - 1):
             try:
-                return await _create(req, {**body, "route_id": _new_route_id()})
+                return await _create(req.scope, {**body, "route_id": _new_route_id()})
             except Conflict as exc:
                 if exc.code != "route_exists":
                     raise
         body = {**body, "route_id": _new_route_id()}
-    return await _create(req, body)
+    return await _create(req.scope, body)
 
 
-async def _create(req: ApiRequest, body: dict[str, Any]) -> Response:
+async def _create(scope: ConfigScope, body: dict[str, Any]) -> Response:
     route_id = _body_route_id(body)
     key = route_key(route_id)
-    doc, owner = new_document(req, body, {})
+    doc, owner = new_document(scope, body, {})
     route = _route(validated(key, doc, "route_id"))
     unique = route_unique_key(route.path_pattern, route.priority)
 
@@ -285,23 +286,23 @@ async def _create(req: ApiRequest, body: dict[str, Any]) -> Response:
         if await txn.exists(key):
             raise exists_conflict("route", "route_id")
         await _claim(txn, route)
-        await _check_scope(txn, req, route)
-        await check_owner(txn, req, owner)
+        await _check_scope(txn, scope, route)
+        await check_owner(txn, scope, owner)
         pipe = txn.writes()
         pipe.set(key, encode(route))
         _queue_index(pipe, route)
 
-    await transaction(req, [key, unique], write)
+    await transaction(scope, [key, unique], write)
     return Response(201, _document(route), location(PREFIX, route_id))
 
 
-async def get_route(req: ApiRequest) -> Response:
+async def get_route(req: ApiRequest[ConfigScope]) -> Response:
     key = route_key(_route_id(req))
-    raw = await fetch_visible(req, key, _not_found)
+    raw = await fetch_visible(req.scope, key, _not_found)
     return Response(200, _document(_route(stored_item(key, raw))))
 
 
-async def replace_route(req: ApiRequest) -> Response:
+async def replace_route(req: ApiRequest[ConfigScope]) -> Response:
     route_id = _route_id(req)
     key = route_key(route_id)
     body = await body_object(req)
@@ -310,7 +311,7 @@ async def replace_route(req: ApiRequest) -> Response:
     async def write(txn: Txn) -> RouteConfig:
         raw, route = await replacement(
             txn,
-            req,
+            req.scope,
             key,
             body,
             {"route_id": route_id},
@@ -320,7 +321,7 @@ async def replace_route(req: ApiRequest) -> Response:
         old = await _old_index(txn, route_id, raw)
         await txn.watch(route_unique_key(route.path_pattern, route.priority))
         await _claim(txn, route)
-        await _check_scope(txn, req, route)
+        await _check_scope(txn, req.scope, route)
         pipe = txn.writes()
         if old:
             pipe.delete(*old)
@@ -328,26 +329,25 @@ async def replace_route(req: ApiRequest) -> Response:
         _queue_index(pipe, route)
         return route
 
-    route = await transaction(req, [key], write)
+    route = await transaction(req.scope, [key], write)
     return Response(200, _document(route))
 
 
-async def delete_route(req: ApiRequest) -> Response:
+async def delete_route(req: ApiRequest[ConfigScope]) -> Response:
     route_id = _route_id(req)
     key = route_key(route_id)
 
     async def write(txn: Txn) -> None:
-        raw = await visible_raw(txn.reader, req, key, _not_found)
+        raw = await visible_raw(txn.reader, req.scope, key, _not_found)
         old = await _old_index(txn, route_id, raw)
         pipe = txn.writes()
         pipe.delete(key, *old)
 
-    await transaction(req, [key], write)
+    await transaction(req.scope, [key], write)
     return Response(204)
 
 
-def add_routing_routes(router: Router[Endpoint]) -> None:
-    token = Access.TOKEN
+def add_routing_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_routes))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_route))
     router.add("GET", f"{PREFIX}/{FORMATTED}", Endpoint(token, formatted_routes))

@@ -15,6 +15,7 @@ import msgspec
 
 from edge.api.config.store import (
     SERVICES_SET,
+    ConfigScope,
     body_object,
     check_owner,
     delete_visible,
@@ -32,7 +33,7 @@ from edge.api.config.store import (
     visible_values,
 )
 from edge.api.http import Conflict, NotFound, Response
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
 from edge.config.schema import ExternalService, classify_key
 from edge.store import keys
@@ -47,7 +48,7 @@ def _not_found() -> NotFound:
     return NotFound(code="service_not_found", public_message="no external service with this name")
 
 
-def _name(req: ApiRequest) -> str:
+def _name(req: ApiRequest[ConfigScope]) -> str:
     name = req.params["name"]
     if classify_key(external_key(name)) != "service_external":
         raise _not_found()
@@ -64,9 +65,9 @@ def _document(item: ExternalService) -> dict[str, Any]:
     return doc
 
 
-async def list_services(req: ApiRequest) -> Response:
+async def list_services(req: ApiRequest[ConfigScope]) -> Response:
     found = await visible_values(
-        req, keys.SERVICE_EXTERNAL + "*", lambda k: classify_key(k) == "service_external"
+        req.scope, keys.SERVICE_EXTERNAL + "*", lambda k: classify_key(k) == "service_external"
     )
     services = []
     for key, raw in found.items():
@@ -77,37 +78,37 @@ async def list_services(req: ApiRequest) -> Response:
     return Response(200, {"services": services})
 
 
-async def create_service(req: ApiRequest) -> Response:
+async def create_service(req: ApiRequest[ConfigScope]) -> Response:
     body = await body_object(req)
     name = required_text(body, "service_name")
     key, url_key = external_key(name), service_url_key(name)
-    doc, owner = new_document(req, body, {})
+    doc, owner = new_document(req.scope, body, {})
     service = _service(validated(key, doc, "service_name"))
     validated(url_key, service.target_url, "target_url")  # the loader reads this key too
 
     async def write(txn: Txn) -> None:
         if await txn.exists(key, url_key):
             raise exists_conflict("service", "service_name")
-        await check_owner(txn, req, owner)
+        await check_owner(txn, req.scope, owner)
         pipe = txn.writes()
         pipe.set(key, encode(service))
         pipe.set(url_key, service.target_url)
         pipe.sadd(SERVICES_SET, name)
 
-    await transaction(req, [key, url_key], write)
+    await transaction(req.scope, [key, url_key], write)
     return Response(201, _document(service), location(PREFIX, name))
 
 
-async def get_service(req: ApiRequest) -> Response:
+async def get_service(req: ApiRequest[ConfigScope]) -> Response:
     key = external_key(_name(req))
-    raw = await fetch_visible(req, key, _not_found)
+    raw = await fetch_visible(req.scope, key, _not_found)
     return Response(200, _document(_service(stored_item(key, raw))))
 
 
-async def delete_service(req: ApiRequest) -> Response:
+async def delete_service(req: ApiRequest[ConfigScope]) -> Response:
     name = _name(req)
     await delete_visible(
-        req,
+        req.scope,
         external_key(name),
         _not_found,
         also=[service_url_key(name)],
@@ -116,8 +117,7 @@ async def delete_service(req: ApiRequest) -> Response:
     return Response(204)
 
 
-def add_service_routes(router: Router[Endpoint]) -> None:
-    token = Access.TOKEN
+def add_service_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_services))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_service))
     router.add("GET", f"{PREFIX}/{{name}}", Endpoint(token, get_service))

@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -35,6 +36,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, Unauthorized
+from edge.api.identity import Identity
+from edge.api.redis_store import RedisHandle
 from edge.api.request import ApiRequest
 from edge.api.tokens.store import now_iso, valid_name
 from edge.auth.secrets import is_token_hash, same_hash
@@ -49,6 +52,7 @@ __all__ = [
     "MESSAGE_MAX",
     "READ_ONLY_FIELDS",
     "SERVICES_SET",
+    "ConfigScope",
     "as_text",
     "body_object",
     "can_see",
@@ -100,17 +104,31 @@ T = TypeVar("T")
 encode = msgspec.json.Encoder().encode
 
 
+# ---------------------------------------------------------------------------- scope
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigScope:
+    """What reading and writing config records needs of a request: who asks, and the
+    Redis it goes through. The persistence functions here take this, never the HTTP
+    request, so the API's handlers, and later other callers, share them."""
+
+    caller: Identity
+    redis: RedisHandle
+    timeout: float
+
+
 # ---------------------------------------------------------------------------- redis
 
 
-async def read(req: ApiRequest, work: Awaitable[R]) -> R:
+async def read(scope: ConfigScope, work: Awaitable[R]) -> R:
     """``work`` bounded by the store's timeout (every round trip included)."""
-    async with asyncio.timeout(req.store.timeout):
+    async with asyncio.timeout(scope.timeout):
         return await work
 
 
 async def transaction(
-    req: ApiRequest, keys: Sequence[str], body: Callable[[Txn], Awaitable[R]]
+    scope: ConfigScope, keys: Sequence[str], body: Callable[[Txn], Awaitable[R]]
 ) -> R:
     """Run ``body`` with ``keys`` watched; it may watch more, then ``writes()`` and queue.
 
@@ -118,7 +136,7 @@ async def transaction(
     ``body`` (an :class:`ApiError`) abandons the transaction: nothing is written. A caller
     other than the admin whose token is being deleted is refused (401).
     """
-    caller = req.caller
+    caller = scope.caller
     marker = None if caller.is_admin else deleting_key(caller.token_hash)
     watched = [*keys, marker] if marker is not None else list(keys)
 
@@ -127,7 +145,7 @@ async def transaction(
             raise Unauthorized("token being deleted")
         return await body(txn)
 
-    return await read(req, store_transaction(req.store.redis.client, watched, guarded))
+    return await read(scope, store_transaction(scope.redis.client, watched, guarded))
 
 
 # ---------------------------------------------------------------------------- ownership
@@ -151,15 +169,15 @@ def owner_of(raw: bytes | str | None) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
-def can_see(req: ApiRequest, owner: str | None) -> bool:
-    caller = req.caller
+def can_see(scope: ConfigScope, owner: str | None) -> bool:
+    caller = scope.caller
     if caller.is_admin:
         return True
     return owner is not None and same_hash(owner, caller.token_hash)
 
 
 async def visible_raw(
-    reader: aioredis.Redis, req: ApiRequest, key: str, missing: Callable[[], ApiError]
+    reader: aioredis.Redis, scope: ConfigScope, key: str, missing: Callable[[], ApiError]
 ) -> bytes:
     """The value of ``key`` if the caller may see it; ``missing()`` (404) otherwise.
 
@@ -170,31 +188,31 @@ async def visible_raw(
     except ResponseError as exc:
         if not str(exc).startswith("WRONGTYPE"):
             raise
-        if not req.caller.is_admin:
+        if not scope.caller.is_admin:
             raise missing() from None
         raise Conflict(
             "wrong type",
             code="invalid_document",
             public_message="the key holds another Redis type than a string",
         ) from None
-    if raw is None or not can_see(req, owner_of(raw)):
+    if raw is None or not can_see(scope, owner_of(raw)):
         raise missing()
     return raw if isinstance(raw, bytes) else raw.encode()
 
 
 async def visible_values(
-    req: ApiRequest, pattern: str, wanted: Callable[[str], bool]
+    scope: ConfigScope, pattern: str, wanted: Callable[[str], bool]
 ) -> dict[str, bytes]:
     """``scan_values`` limited to what the caller may see."""
-    found = await read(req, scan_values(req.store.redis.client, pattern, wanted))
-    return {k: v for k, v in found.items() if can_see(req, owner_of(v))}
+    found = await read(scope, scan_values(scope.redis.client, pattern, wanted))
+    return {k: v for k, v in found.items() if can_see(scope, owner_of(v))}
 
 
-def requested_owner(req: ApiRequest, body: dict[str, Any], default: str | None) -> str | None:
+def requested_owner(scope: ConfigScope, body: dict[str, Any], default: str | None) -> str | None:
     """The owner a write asks for: ``default`` (the caller on create, the stored owner on
     update) unless the body names one. Only the admin may name another token (or ``null``:
     no owner); for another token, naming itself is the only accepted value."""
-    caller = req.caller
+    caller = scope.caller
     if "owner_token_hash" not in body:
         return default
     value = body["owner_token_hash"]
@@ -218,7 +236,7 @@ def requested_owner(req: ApiRequest, body: dict[str, Any], default: str | None) 
     )
 
 
-async def check_owner(txn: Txn, req: ApiRequest, owner: str | None) -> None:
+async def check_owner(txn: Txn, scope: ConfigScope, owner: str | None) -> None:
     """Watch the token that will own a record and check it exists and is not being deleted.
 
     The caller's own token gone meanwhile is a 401; an unknown hash named by the admin a
@@ -235,7 +253,7 @@ async def check_owner(txn: Txn, req: ApiRequest, owner: str | None) -> None:
         stored = loose_doc(await txn.get(key)).get("hash")
         if isinstance(stored, str) and same_hash(stored, owner):
             return
-    if same_hash(owner, req.caller.token_hash):
+    if same_hash(owner, scope.caller.token_hash):
         raise Unauthorized("token deleted during the request")
     raise InvalidBody(
         "unknown owner", public_message="no token has this hash", field="owner_token_hash"
@@ -243,7 +261,7 @@ async def check_owner(txn: Txn, req: ApiRequest, owner: str | None) -> None:
 
 
 def server_fields(
-    req: ApiRequest, body: dict[str, Any], stored: dict[str, Any] | None
+    scope: ConfigScope, body: dict[str, Any], stored: dict[str, Any] | None
 ) -> dict[str, Any]:
     """``created_at``/``created_by``: set by the server on create and kept afterwards.
 
@@ -255,7 +273,7 @@ def server_fields(
                 "read-only field", public_message=f"{name} is set by the server", field=name
             )
     if stored is None:
-        return {"created_at": now_iso(), "created_by": req.caller.name}
+        return {"created_at": now_iso(), "created_by": scope.caller.name}
     kept: dict[str, Any] = {}
     created_at = stored.get("created_at")
     ok = isinstance(created_at, str | int | float) and not isinstance(created_at, bool)
@@ -269,7 +287,10 @@ def server_fields(
 
 
 def normalized_param(
-    req: ApiRequest, name: str, normalize: Callable[[str], str], missing: Callable[[], ApiError]
+    req: ApiRequest[ConfigScope],
+    name: str,
+    normalize: Callable[[str], str],
+    missing: Callable[[], ApiError],
 ) -> str:
     """A path parameter in its normal form; one that has none names nothing (404)."""
     try:
@@ -289,18 +310,18 @@ def normalized_field(body: dict[str, Any], field: str, normalize: Callable[[str]
         ) from None
 
 
-async def fetch_visible(req: ApiRequest, key: str, missing: Callable[[], ApiError]) -> bytes:
+async def fetch_visible(scope: ConfigScope, key: str, missing: Callable[[], ApiError]) -> bytes:
     """GET: the value of ``key`` if the caller may see it, else ``missing()``."""
-    return await read(req, visible_raw(req.store.redis.client, req, key, missing))
+    return await read(scope, visible_raw(scope.redis.client, scope, key, missing))
 
 
 def new_document(
-    req: ApiRequest, body: dict[str, Any], identity: dict[str, Any]
+    scope: ConfigScope, body: dict[str, Any], identity: dict[str, Any]
 ) -> tuple[dict[str, Any], str | None]:
     """POST: the document to validate (the body, its normalized ``identity``, the server's
     fields and the owner), and that owner (to :func:`check_owner` in the transaction)."""
-    owner = requested_owner(req, body, req.caller.token_hash)
-    doc = {**body, **identity, **server_fields(req, body, None), "owner_token_hash": owner}
+    owner = requested_owner(scope, body, scope.caller.token_hash)
+    doc = {**body, **identity, **server_fields(scope, body, None), "owner_token_hash": owner}
     return doc, owner
 
 
@@ -354,7 +375,7 @@ def merged(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 async def replacement(
     txn: Txn,
-    req: ApiRequest,
+    scope: ConfigScope,
     key: str,
     body: dict[str, Any],
     identity: dict[str, Any],
@@ -367,22 +388,22 @@ async def replacement(
     replaces it (the body with the stored server fields; the owner kept unless the body
     names another, which is checked and watched). With ``merge`` (PATCH) the body is
     :func:`merged` onto the stored document first, and the result validated as a whole."""
-    raw = await visible_raw(txn.reader, req, key, missing)
+    raw = await visible_raw(txn.reader, scope, key, missing)
     current = owner_of(raw)
     stored = loose_doc(raw)
     if merge:
-        server_fields(req, body, stored)  # the read-only fields sent, checked as a PUT's
+        server_fields(scope, body, stored)  # the read-only fields sent, checked as a PUT's
         body = merged(stored, body)
-    owner = requested_owner(req, body, current)
-    doc = {**body, **identity, **server_fields(req, body, stored)}
+    owner = requested_owner(scope, body, current)
+    doc = {**body, **identity, **server_fields(scope, body, stored)}
     doc["owner_token_hash"] = owner
     record = validate(doc)
-    await check_owner(txn, req, owner if owner != current else None)
+    await check_owner(txn, scope, owner if owner != current else None)
     return raw, record
 
 
 async def delete_visible(
-    req: ApiRequest,
+    scope: ConfigScope,
     key: str,
     missing: Callable[[], ApiError],
     also: Sequence[str] = (),
@@ -391,19 +412,19 @@ async def delete_visible(
     """DELETE: ``key`` and the keys ``also`` that belong to it (``then`` queues more)."""
 
     async def write(txn: Txn) -> None:
-        await visible_raw(txn.reader, req, key, missing)
+        await visible_raw(txn.reader, scope, key, missing)
         pipe = txn.writes()
         pipe.delete(key, *also)
         if then is not None:
             then(pipe)
 
-    await transaction(req, [key, *also], write)
+    await transaction(scope, [key, *also], write)
 
 
 # ---------------------------------------------------------------------------- validation
 
 
-async def body_object(req: ApiRequest) -> dict[str, Any]:
+async def body_object(req: ApiRequest[ConfigScope]) -> dict[str, Any]:
     """The request body: a JSON object (required)."""
     body = await req.json(dict[str, Any])
     assert body is not None

@@ -32,18 +32,16 @@ import os
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
 
 from edge.api.http import Unauthorized
+from edge.api.identity import PatIdentity
 from edge.api.people.store import (
     LAST_USED_PREFIX,
     PatRecord,
     PeopleStore,
-    Project,
-    User,
     decode_pat,
     pat_key,
     valid_id,
@@ -74,16 +72,6 @@ MAX_CANDIDATES = 4  # PATs checked under one prefix (58**8 prefixes: collisions 
 DEFAULT_FLUSH_INTERVAL = 30.0
 LOCK_KEY = keys.PAT_LAST_USED_LEASE
 PAT_UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <personal access token>'"
-
-
-@dataclass(frozen=True, slots=True)
-class PatIdentity:
-    """Who a PAT request acts as: the user, in one project, with a role, through a PAT."""
-
-    user: User
-    project: Project
-    role: str
-    pat: PatRecord
 
 
 def _unauthorized(reason: AuthFailure, prefix: str | None = None) -> Unauthorized:

@@ -3,18 +3,21 @@ body and field types, path and query parameters, and their errors."""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from edge.api.http import ApiError, Conflict, Forbidden, InvalidBody, NotFound
+from edge.api.people.auth import PeopleContext
 from edge.api.people.store import valid_id
 from edge.api.request import ApiRequest
 from edge.auth.secrets import B58_CLASS
 
 __all__ = [
     "DisplayName",
+    "PeopleScope",
     "UserId",
     "project_param",
     "query_user",
@@ -85,7 +88,7 @@ def not_token_owner() -> Forbidden:
     )
 
 
-async def read_json(req: ApiRequest, kind: type[S], *, project_name: bool = False) -> S:
+async def read_json(req: ApiRequest[Any], kind: type[S], *, project_name: bool = False) -> S:
     """The required JSON body, its field rules said in words instead of regexes."""
     try:
         body = await req.json(kind, required=True)
@@ -103,21 +106,21 @@ async def read_json(req: ApiRequest, kind: type[S], *, project_name: bool = Fals
     return body
 
 
-def user_param(req: ApiRequest) -> str:
+def user_param(req: ApiRequest[Any]) -> str:
     uid = req.params["user_id"]
     if not valid_id("u", uid):
         raise user_not_found()  # never reaches Redis
     return uid
 
 
-def project_param(req: ApiRequest) -> str:
+def project_param(req: ApiRequest[Any]) -> str:
     pid = req.params["project_id"]
     if not valid_id("p", pid):
         raise project_not_found()
     return pid
 
 
-def query_user(req: ApiRequest) -> str:
+def query_user(req: ApiRequest[Any]) -> str:
     """The acting user of ``?user_id=...`` (required, once, and nothing else)."""
     _, _, query = req.ex.target.partition(b"?")
     try:
@@ -142,3 +145,11 @@ def query_user(req: ApiRequest) -> str:
     if not valid_id("u", found[0]):
         raise InvalidQuery("bad user_id", public_message=_RULES["user_id"], field="user_id")
     return found[0]
+
+
+@dataclass(frozen=True, slots=True)
+class PeopleScope:
+    """What the admin's people endpoints act through (the admin token's own identity
+    adds nothing to them)."""
+
+    people: PeopleContext

@@ -17,14 +17,16 @@ PATs (:mod:`edge.api.people.pats`; ``{"data": ..., "errors": ...}`` envelope)::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from edge.api.http import Conflict, Response
+from edge.api.people.auth import PeopleContext
 from edge.api.people.common import (
     DisplayName,
     LastOwnerConflict,
+    PeopleScope,
     member_not_found,
     project_not_found,
     project_param,
@@ -34,11 +36,12 @@ from edge.api.people.common import (
 )
 from edge.api.people.pats import add_pat_routes
 from edge.api.people.store import Duplicate, LastOwner, Missing, PeopleStore
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Endpoint, Scoped
 from edge.api.router import Router
-from edge.api.tokens.store import Email, Name
+from edge.api.tokens.auth import TokenAuth
+from edge.api.tokens.store import Email, Name, TokenStore
 
-__all__ = ["PROJECTS", "USERS", "add_people_routes"]
+__all__ = ["PROJECTS", "USERS", "PeopleApi"]
 
 USERS = "/api/v1/users"
 PROJECTS = "/api/v1/projects"
@@ -58,19 +61,19 @@ class PutMember(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     accepted: bool = False  # false: an invitation, which grants nothing yet
 
 
-def _store(req: ApiRequest) -> PeopleStore:
-    return req.people.store
+def _store(req: ApiRequest[PeopleScope]) -> PeopleStore:
+    return req.scope.people.store
 
 
 # ---------------------------------------------------------------------------- users
 
 
-async def list_users(req: ApiRequest) -> Response:
+async def list_users(req: ApiRequest[PeopleScope]) -> Response:
     users = await _store(req).list_users()
     return Response(200, {"users": [u.public() for u in users]})
 
 
-async def create_user(req: ApiRequest) -> Response:
+async def create_user(req: ApiRequest[PeopleScope]) -> Response:
     body = await read_json(req, CreateUser)
     try:
         user = await _store(req).create_user(body.name, body.email)
@@ -85,7 +88,7 @@ async def create_user(req: ApiRequest) -> Response:
     return Response(201, user.public(), [(b"location", location)])
 
 
-async def get_user(req: ApiRequest) -> Response:
+async def get_user(req: ApiRequest[PeopleScope]) -> Response:
     uid = user_param(req)
     store = _store(req)
     user = await store.get_user(uid)
@@ -99,12 +102,12 @@ async def get_user(req: ApiRequest) -> Response:
 # ---------------------------------------------------------------------------- projects
 
 
-async def list_projects(req: ApiRequest) -> Response:
+async def list_projects(req: ApiRequest[PeopleScope]) -> Response:
     projects = await _store(req).list_projects()
     return Response(200, {"projects": [p.public() for p in projects]})
 
 
-async def create_project(req: ApiRequest) -> Response:
+async def create_project(req: ApiRequest[PeopleScope]) -> Response:
     body = await read_json(req, CreateProject, project_name=True)
     try:
         project = await _store(req).create_project(body.name)
@@ -119,7 +122,7 @@ async def create_project(req: ApiRequest) -> Response:
     return Response(201, project.public(), [(b"location", location)])
 
 
-async def get_project(req: ApiRequest) -> Response:
+async def get_project(req: ApiRequest[PeopleScope]) -> Response:
     pid = project_param(req)
     store = _store(req)
     project = await store.get_project(pid)
@@ -132,7 +135,7 @@ async def get_project(req: ApiRequest) -> Response:
 # ---------------------------------------------------------------------------- members
 
 
-async def put_member(req: ApiRequest) -> Response:
+async def put_member(req: ApiRequest[PeopleScope]) -> Response:
     pid, uid = project_param(req), user_param(req)
     body = await read_json(req, PutMember)
     try:
@@ -144,7 +147,7 @@ async def put_member(req: ApiRequest) -> Response:
     return Response(201 if created else 200, member.public(pid, uid))
 
 
-async def delete_member(req: ApiRequest) -> Response:
+async def delete_member(req: ApiRequest[PeopleScope]) -> Response:
     pid, uid = project_param(req), user_param(req)
     store = _store(req)
     try:
@@ -161,16 +164,28 @@ async def delete_member(req: ApiRequest) -> Response:
     return Response(204)
 
 
-def add_people_routes(router: Router[Endpoint]) -> None:
-    """Register the user, project, membership, PAT and public-api endpoints."""
-    admin = Access.ADMIN
-    router.add("GET", f"{USERS}/", Endpoint(admin, list_users))
-    router.add("POST", f"{USERS}/", Endpoint(admin, create_user))
-    router.add("GET", f"{USERS}/{{user_id}}", Endpoint(admin, get_user))
-    router.add("GET", f"{PROJECTS}/", Endpoint(admin, list_projects))
-    router.add("POST", f"{PROJECTS}/", Endpoint(admin, create_project))
-    router.add("GET", f"{PROJECTS}/{{project_id}}", Endpoint(admin, get_project))
-    member = f"{PROJECTS}/{{project_id}}/members/{{user_id}}"
-    router.add("PUT", member, Endpoint(admin, put_member))
-    router.add("DELETE", member, Endpoint(admin, delete_member))
-    add_pat_routes(router, PROJECTS)
+class PeopleApi:
+    """Users, projects, memberships, their PATs (the admin token), and ``/public-api``
+    (a PAT): the people store and PAT verifier of the worker, which it closes."""
+
+    def __init__(self, tokens: TokenStore, people: PeopleContext) -> None:
+        self.tokens = tokens
+        self.people = people
+
+    def register(self, router: Router[Endpoint[Any]]) -> None:
+        people = self.people
+        admin = Scoped(TokenAuth(self.tokens, admin_only=True), lambda _: PeopleScope(people))
+        router.add("GET", f"{USERS}/", Endpoint(admin, list_users))
+        router.add("POST", f"{USERS}/", Endpoint(admin, create_user))
+        router.add("GET", f"{USERS}/{{user_id}}", Endpoint(admin, get_user))
+        router.add("GET", f"{PROJECTS}/", Endpoint(admin, list_projects))
+        router.add("POST", f"{PROJECTS}/", Endpoint(admin, create_project))
+        router.add("GET", f"{PROJECTS}/{{project_id}}", Endpoint(admin, get_project))
+        member = f"{PROJECTS}/{{project_id}}/members/{{user_id}}"
+        router.add("PUT", member, Endpoint(admin, put_member))
+        router.add("DELETE", member, Endpoint(admin, delete_member))
+        add_pat_routes(router, PROJECTS, self.tokens, people)
+
+    async def close(self) -> None:
+        """Stop the Argon2 pool."""
+        self.people.close()

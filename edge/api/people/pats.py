@@ -3,8 +3,8 @@
     {"data": <document>, "errors": null}
     {"data": null, "errors": [{"code": "...", "message": "...", "field": "..." | null}]}
 
-The token management endpoints take the admin token (``Access.ADMIN``) acting for the user
-named by ``user_id``; ``/public-api/me`` takes a PAT only (``Access.PAT``: the worker's
+The token management endpoints take the admin token acting for the user
+named by ``user_id``; ``/public-api/me`` takes a PAT only (:class:`PatAuthenticator`: the worker's
 :class:`~edge.api.people.auth.PatAuthenticator`, which refuses a mistyped PAT before any
 Redis command). Every answer, authentication and Redis failures included, is an envelope;
 only the router's 404/405 (before any endpoint runs) are the standard error document.
@@ -13,8 +13,9 @@ only the router's 404/405 (before any endpoint runs) are the standard error docu
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -22,10 +23,12 @@ from edge.api.http import (
     InvalidBody,
     Response,
 )
+from edge.api.identity import PatIdentity
 from edge.api.people.auth import PeopleContext
 from edge.api.people.common import (
     DisplayName,
     NotAMember,
+    PeopleScope,
     TokenLimit,
     UserId,
     not_token_owner,
@@ -45,9 +48,10 @@ from edge.api.people.store import (
     new_id,
     valid_id,
 )
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.request import ApiRequest, Endpoint, Scoped
 from edge.api.router import Router
-from edge.api.tokens.store import now_iso
+from edge.api.tokens.auth import TokenAuth
+from edge.api.tokens.store import TokenStore, now_iso
 from edge.auth.pat import new_pat
 from edge.auth.roles import has_permission
 
@@ -76,8 +80,8 @@ async def _acting_member(context: PeopleContext, pid: str, uid: str) -> str:
     return member.role
 
 
-async def create_pat(req: ApiRequest) -> Response:
-    context = req.people
+async def create_pat(req: ApiRequest[PeopleScope]) -> Response:
+    context = req.scope.people
     pid = project_param(req)
     body = await read_json(req, CreatePat)
     now = datetime.now(UTC)
@@ -113,16 +117,16 @@ async def create_pat(req: ApiRequest) -> Response:
     return Response(201, {**record.public(now), "token": minted.token})
 
 
-async def list_pats(req: ApiRequest) -> Response:
-    context = req.people
+async def list_pats(req: ApiRequest[PeopleScope]) -> Response:
+    context = req.scope.people
     pid, uid = project_param(req), query_user(req)
     await _acting_member(context, pid, uid)
     now = datetime.now(UTC)
     return Response(200, [r.public(now) for r in await context.store.list_pats(pid, uid)])
 
 
-async def revoke_pat(req: ApiRequest) -> Response:
-    context = req.people
+async def revoke_pat(req: ApiRequest[PeopleScope]) -> Response:
+    context = req.scope.people
     pid, uid = project_param(req), query_user(req)
     tid = req.params["token_id"]
     role = await _acting_member(context, pid, uid)
@@ -137,8 +141,8 @@ async def revoke_pat(req: ApiRequest) -> Response:
     return Response(200, revoked.public(datetime.now(UTC)))
 
 
-async def me(req: ApiRequest) -> Response:
-    caller = req.pat_caller
+async def me(req: ApiRequest[PatScope]) -> Response:
+    caller = req.scope.pat
     pat = caller.pat
     return Response(
         200,
@@ -151,10 +155,21 @@ async def me(req: ApiRequest) -> Response:
     )
 
 
-def add_pat_routes(router: Router[Endpoint], projects: str) -> None:
-    admin, pat = Access.ADMIN, Access.PAT
-    tokens = f"{projects}/{{project_id}}/tokens"
-    router.add("GET", tokens, Endpoint(admin, list_pats, envelope=True))
-    router.add("POST", tokens, Endpoint(admin, create_pat, envelope=True))
-    router.add("DELETE", f"{tokens}/{{token_id}}", Endpoint(admin, revoke_pat, envelope=True))
+@dataclass(frozen=True, slots=True)
+class PatScope:
+    """A PAT request: who it acts as, and the people store it reads."""
+
+    pat: PatIdentity
+    people: PeopleContext
+
+
+def add_pat_routes(
+    router: Router[Endpoint[Any]], projects: str, tokens: TokenStore, people: PeopleContext
+) -> None:
+    admin = Scoped(TokenAuth(tokens, admin_only=True), lambda _: PeopleScope(people))
+    pat = Scoped(people.auth.authenticate, lambda caller: PatScope(caller, people))
+    tokens_path = f"{projects}/{{project_id}}/tokens"
+    router.add("GET", tokens_path, Endpoint(admin, list_pats, envelope=True))
+    router.add("POST", tokens_path, Endpoint(admin, create_pat, envelope=True))
+    router.add("DELETE", f"{tokens_path}/{{token_id}}", Endpoint(admin, revoke_pat, envelope=True))
     router.add("GET", ME, Endpoint(pat, me, envelope=True))

@@ -12,30 +12,18 @@ the token.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
-from edge.api.http import Unauthorized
+from edge.api.http import Forbidden, Unauthorized
+from edge.api.identity import Identity
 from edge.api.tokens.store import ADMIN_NAME, TokenStore
 from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
 
-__all__ = ["Identity", "authenticate", "bearer_token"]
+__all__ = ["Identity", "TokenAuth", "authenticate", "bearer_token"]
 
 MAX_TOKEN = 256
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(rb"\A[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+([A-Za-z0-9._~+/-]+=*)[ \t]*\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who made the request: the token's name, whether it is the admin token, its hash.
-
-    The hash identifies the token in ownership records (it is not the token value).
-    """
-
-    name: str
-    is_admin: bool
-    token_hash: str = field(repr=False)
 
 
 def bearer_token(ex: Exchange) -> tuple[str | None, AuthFailure]:
@@ -60,3 +48,20 @@ async def authenticate(ex: Exchange, store: TokenStore) -> Identity:
     if record is None:
         raise Unauthorized(f"authentication failed: {reason.value}")
     return Identity(record.name, record.name == ADMIN_NAME, record.hash)
+
+
+class TokenAuth:
+    """An endpoint's authenticator for API tokens: any valid token, or (``admin_only``)
+    the admin token alone (403 for another)."""
+
+    __slots__ = ("admin_only", "store")
+
+    def __init__(self, store: TokenStore, *, admin_only: bool) -> None:
+        self.store = store
+        self.admin_only = admin_only
+
+    async def __call__(self, ex: Exchange) -> Identity:
+        identity = await authenticate(ex, self.store)
+        if self.admin_only and not identity.is_admin:
+            raise Forbidden(f"token {identity.name!r} is not the admin token")
+        return identity

@@ -10,26 +10,30 @@ may call on itself.
 from __future__ import annotations
 
 import secrets
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 
-from edge.api.config.cascade import prepare_cascade
 from edge.api.http import ApiError, Conflict, InvalidBody, NotFound, Response, Unauthorized
-from edge.api.request import Access, ApiRequest, Endpoint
+from edge.api.identity import Identity
+from edge.api.request import ApiRequest, Endpoint, Scoped
 from edge.api.router import Router
+from edge.api.tokens.auth import TokenAuth
 from edge.api.tokens.store import (
     ADMIN_NAME,
+    Cascade,
     Email,
     Name,
     TokenExists,
     TokenRecord,
+    TokenStore,
     now_iso,
     valid_name,
 )
 from edge.auth.secrets import new_admin_token, token_hash
 
-__all__ = ["PREFIX", "RESERVED_NAMES", "add_token_routes"]
+__all__ = ["PREFIX", "RESERVED_NAMES", "TokenApi", "TokenScope"]
 
 PREFIX = "/api/v1/tokens"
 # literal segments under /api/v1/tokens/: a token with one of these names could never be
@@ -65,6 +69,15 @@ class NotRecoverable(ApiError):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TokenScope:
+    """What the token endpoints act as and through."""
+
+    caller: Identity
+    store: TokenStore
+    cascade: Cascade
+
+
 def _token_not_found() -> NotFound:
     return NotFound(code="token_not_found", public_message="no token with this name")
 
@@ -72,7 +85,7 @@ def _token_not_found() -> NotFound:
 S = TypeVar("S", bound=msgspec.Struct)
 
 
-async def _body(req: ApiRequest, kind: type[S], required: bool) -> S | None:
+async def _body(req: ApiRequest[TokenScope], kind: type[S], required: bool) -> S | None:
     """The decoded body, with the field rules said in words instead of regexes."""
     try:
         return await req.json(kind, required=required)
@@ -83,7 +96,7 @@ async def _body(req: ApiRequest, kind: type[S], required: bool) -> S | None:
         raise
 
 
-async def _issue(req: ApiRequest, name: str, email: str | None) -> Response:
+async def _issue(req: ApiRequest[TokenScope], name: str, email: str | None) -> Response:
     """Create token ``name``: 201 with its value, shown this once."""
     token = new_admin_token()
     record = TokenRecord(
@@ -91,20 +104,20 @@ async def _issue(req: ApiRequest, name: str, email: str | None) -> Response:
         hash=token_hash(token),
         cert_email=email,
         created_at=now_iso(),
-        created_by=req.caller.name,
+        created_by=req.scope.caller.name,
     )
-    await req.store.create(record)
+    await req.scope.store.create(record)
     document = {"name": name, "token": token, **record.public()}
     location = f"{PREFIX}/{name}".encode("ascii")
     return Response(201, document, [(b"location", location)])
 
 
-async def list_tokens(req: ApiRequest) -> Response:
-    records = await req.store.list()
+async def list_tokens(req: ApiRequest[TokenScope]) -> Response:
+    records = await req.scope.store.list()
     return Response(200, {"tokens": [r.public() for r in records]})
 
 
-async def create_token(req: ApiRequest) -> Response:
+async def create_token(req: ApiRequest[TokenScope]) -> Response:
     body = await _body(req, CreateToken, required=True)
     assert body is not None
     if body.name in RESERVED_NAMES:
@@ -122,7 +135,7 @@ async def create_token(req: ApiRequest) -> Response:
         ) from None
 
 
-async def generate_token(req: ApiRequest) -> Response:
+async def generate_token(req: ApiRequest[TokenScope]) -> Response:
     body = await _body(req, GenerateToken, required=False)
     email = body.cert_email if body is not None else None
     for _ in range(_GENERATE_ATTEMPTS):
@@ -133,23 +146,23 @@ async def generate_token(req: ApiRequest) -> Response:
     raise RuntimeError("could not pick a free token name")
 
 
-async def token_info(req: ApiRequest) -> Response:
-    record = await req.store.get(req.caller.name)
+async def token_info(req: ApiRequest[TokenScope]) -> Response:
+    record = await req.scope.store.get(req.scope.caller.name)
     if record is None:  # deleted since it authenticated this request
         raise Unauthorized("token deleted during the request")
     return Response(200, record.public(with_hash=True))
 
 
-async def set_email(req: ApiRequest) -> Response:
+async def set_email(req: ApiRequest[TokenScope]) -> Response:
     body = await _body(req, SetEmail, required=True)
     assert body is not None
-    record = await req.store.set_email(req.caller.name, body.cert_email)
+    record = await req.scope.store.set_email(req.scope.caller.name, body.cert_email)
     if record is None:
         raise Unauthorized("token deleted during the request")
     return Response(200, record.public(with_hash=True))
 
 
-def _name(req: ApiRequest) -> str:
+def _name(req: ApiRequest[TokenScope]) -> str:
     name = req.params["name"]
     if not valid_name(name):
         # never reaches Redis: "hash:..." or "*" must not address other keys
@@ -157,14 +170,14 @@ def _name(req: ApiRequest) -> str:
     return name
 
 
-async def get_token(req: ApiRequest) -> Response:
-    record = await req.store.get(_name(req))
+async def get_token(req: ApiRequest[TokenScope]) -> Response:
+    record = await req.scope.store.get(_name(req))
     if record is None:
         raise _token_not_found()
     return Response(200, record.public(with_hash=True))
 
 
-async def delete_token(req: ApiRequest) -> Response:
+async def delete_token(req: ApiRequest[TokenScope]) -> Response:
     name = _name(req)
     if name == ADMIN_NAME:
         raise Conflict(
@@ -172,24 +185,39 @@ async def delete_token(req: ApiRequest) -> Response:
             code="admin_token_protected",
             public_message="the admin token cannot be deleted; change ADMIN_TOKEN to replace it",
         )
-    if not await req.store.delete(name, prepare_cascade):
+    if not await req.scope.store.delete(name, req.scope.cascade):
         raise _token_not_found()
     return Response(204)
 
 
-async def reveal_token(req: ApiRequest) -> Response:
-    if await req.store.get(_name(req)) is None:
+async def reveal_token(req: ApiRequest[TokenScope]) -> Response:
+    if await req.scope.store.get(_name(req)) is None:
         raise _token_not_found()
     raise NotRecoverable("token values are not stored")
 
 
-def add_token_routes(router: Router[Endpoint]) -> None:
-    admin, own = Access.ADMIN, Access.TOKEN
-    router.add("GET", f"{PREFIX}/", Endpoint(admin, list_tokens))
-    router.add("POST", f"{PREFIX}/", Endpoint(admin, create_token))
-    router.add("POST", f"{PREFIX}/generate", Endpoint(admin, generate_token))
-    router.add("GET", f"{PREFIX}/info", Endpoint(own, token_info))
-    router.add("PUT", f"{PREFIX}/email", Endpoint(own, set_email))
-    router.add("GET", f"{PREFIX}/{{name}}", Endpoint(admin, get_token))
-    router.add("DELETE", f"{PREFIX}/{{name}}", Endpoint(admin, delete_token))
-    router.add("GET", f"{PREFIX}/{{name}}/reveal", Endpoint(admin, reveal_token))
+class TokenApi:
+    """``/api/v1/tokens``: the token store, and the cascade a token's delete runs (what
+    the token owns elsewhere, found by the caller's code)."""
+
+    def __init__(self, store: TokenStore, cascade: Cascade) -> None:
+        self.store = store
+        self.cascade = cascade
+
+    def _scope(self, caller: Identity) -> TokenScope:
+        return TokenScope(caller, self.store, self.cascade)
+
+    def register(self, router: Router[Endpoint[Any]]) -> None:
+        admin = Scoped(TokenAuth(self.store, admin_only=True), self._scope)
+        own = Scoped(TokenAuth(self.store, admin_only=False), self._scope)
+        router.add("GET", f"{PREFIX}/", Endpoint(admin, list_tokens))
+        router.add("POST", f"{PREFIX}/", Endpoint(admin, create_token))
+        router.add("POST", f"{PREFIX}/generate", Endpoint(admin, generate_token))
+        router.add("GET", f"{PREFIX}/info", Endpoint(own, token_info))
+        router.add("PUT", f"{PREFIX}/email", Endpoint(own, set_email))
+        router.add("GET", f"{PREFIX}/{{name}}", Endpoint(admin, get_token))
+        router.add("DELETE", f"{PREFIX}/{{name}}", Endpoint(admin, delete_token))
+        router.add("GET", f"{PREFIX}/{{name}}/reveal", Endpoint(admin, reveal_token))
+
+    async def close(self) -> None:
+        """Nothing of its own to close (the Redis handle is the worker's)."""
