@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from edge.health import Report
+
 log = logging.getLogger("edge.lifecycle")
 
 BACKOFF_INITIAL = 1.0  # seconds before the first restart of a crashed service
@@ -96,6 +98,11 @@ class ServiceRunner:
             task.cancel()
         if left:
             await asyncio.wait(left)
+
+    def health_report(self) -> Report:
+        """Each service's state under ``background`` (the configured ``services`` are
+        the config's count; these are the worker's own jobs)."""
+        return Report({"background": self.health()})
 
     def health(self) -> dict[str, dict[str, object]]:
         return {

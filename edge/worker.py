@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import time
-from typing import Any
 
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
@@ -24,11 +23,12 @@ from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
 from edge.config.watcher import ConfigWatcher
 from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.forward import Forwarder
+from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
 from edge.lifecycle import ServiceRunner, TaskService
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
-from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers
+from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_report
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
@@ -67,7 +67,8 @@ class Worker:
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_target()))
         self.api = ApiApp(
-            self.health, default_groups(self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl)
+            lambda: self.health(),
+            default_groups(self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl),
         )
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
@@ -90,44 +91,28 @@ class Worker:
         self.stop = asyncio.Event()
         self.started = time.time()
         self._interrupts = 0
+        self.health = self._health_view()
 
-    def health(self) -> dict[str, Any]:
-        snap = self.watcher.snapshot
-        if self.hub.draining:
-            status = "draining"
-        elif not self.watcher.connected or snap.rejected or (self.tls and self.tls.errors):
-            status = "degraded"
-        else:
-            status = "ok"
-        return {
-            "status": status,
-            "redis": {
-                "connected": self.watcher.connected,
-                "notifications": self.watcher.notifications,
-                "last_sync": self.watcher.last_sync,
-                "error": self.watcher.last_error or None,
-            },
-            "generation": snap.generation,
-            "proxies": snap.proxy_count,
-            "routes": len(snap.routes),
-            "services": len(snap.services) + len(snap.urls),
-            "rejected": dict(snap.rejected),
-            # the rejected keys still served by their last good value (the others are not)
-            "last_good": sorted(snap.kept),
+    def _health_view(self) -> HealthView:
+        """``/health``: what each part says of itself, in this order."""
+        view = HealthView()
+        view.add(self.watcher.health_report)
+        view.add(self._identity_report)
+        view.add(self.hub.health_report)
+        tls = self.tls
+        view.add(tls.health_report if tls is not None else lambda: Report({"tls": None}))
+        view.add(self.pool.health_report)
+        view.add(lambda: stages_report(self.proxy_stages))
+        view.add(self.services.health_report)
+        return view
+
+    def _identity_report(self) -> Report:
+        fields = {
             "worker": self.worker_id,
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 3),
-            "connections": len(self.hub.connections),
-            "requests": self.hub.requests,
-            "tls": self.tls.health() if self.tls is not None else None,
-            "upstream": {"closed_with_extra_bytes": self.pool.extra_bytes_closed},
-            "proxy_protocol": {
-                "refused_peers": sum(p.refused for p in self.proxy_stages),
-                "invalid_headers": sum(p.invalid for p in self.proxy_stages),
-            },
-            # ("services" above counts configured services; these are the worker's jobs)
-            "background": self.services.health(),
         }
+        return Report(fields)
 
     async def run(self) -> int:
         """Serve until told to stop; the process exit status."""

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from edge.config.last_good import apply_shared, settle
 from edge.config.redis_source import fetch, scan_all
 from edge.config.snapshot import Snapshot, resync_updates
+from edge.health import Report, Verdict
 from edge.settings import RedisTarget
 from edge.store import keys
 from edge.store.client import redis_client
@@ -108,6 +109,28 @@ class ConfigWatcher:
         self.synced.set()
 
     # ------------------------------------------------------------------ running
+    def health_report(self) -> Report:
+        """Redis, the snapshot served and its rejected keys (degraded: Redis unreachable,
+        or a key refused)."""
+        snap = self.snapshot
+        fields = {
+            "redis": {
+                "connected": self.connected,
+                "notifications": self.notifications,
+                "last_sync": self.last_sync,
+                "error": self.last_error or None,
+            },
+            "generation": snap.generation,
+            "proxies": snap.proxy_count,
+            "routes": len(snap.routes),
+            "services": len(snap.services) + len(snap.urls),
+            "rejected": dict(snap.rejected),
+            # the rejected keys still served by their last good value (the others are not)
+            "last_good": sorted(snap.kept),
+        }
+        healthy = self.connected and not snap.rejected
+        return Report(fields, Verdict.OK if healthy else Verdict.DEGRADED)
+
     async def run(self) -> None:
         backoff = BACKOFF_START
         while True:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from edge.health import Report, Verdict
 from edge.observe import ExchangeObserver, fan_out
 from edge.observe.accesslog import AccessLog, AccessRecord
 from edge.settings import Settings
@@ -78,6 +79,10 @@ class Hub:
             if not self.connections:
                 self._idle.set()
         return self._idle
+
+    def health_report(self) -> Report:
+        fields = {"connections": len(self.connections), "requests": self.requests}
+        return Report(fields, Verdict.DRAINING if self.draining else Verdict.OK)
 
     def start_drain(self) -> None:
         """Stop keep-alive everywhere: busy connections close after their response, idle

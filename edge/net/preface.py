@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
+from edge.health import Report
 from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 log = logging.getLogger("edge.net")
@@ -121,6 +122,18 @@ class ProxyStage:
         """Drop the connections still in the preface (a drain that ran out of time)."""
         for item in list(self.pending):
             item.drop()
+
+
+def stages_report(stages: Sequence[ProxyStage]) -> Report:
+    """The PROXY listeners' refusals, summed over their stages."""
+    return Report(
+        {
+            "proxy_protocol": {
+                "refused_peers": sum(stage.refused for stage in stages),
+                "invalid_headers": sum(stage.invalid for stage in stages),
+            }
+        }
+    )
 
 
 def client_address(header: ProxyHeader, peer: tuple[str, int]) -> tuple[str, int]:

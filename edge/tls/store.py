@@ -31,6 +31,7 @@ from typing import Any
 
 from edge.config.schema import ConfigError
 from edge.config.snapshot import Snapshot
+from edge.health import Report, Verdict
 from edge.settings import Settings
 from edge.store import keys
 from edge.store.lease import hold
@@ -201,6 +202,10 @@ class TlsStore:
         if chosen is not None:
             return chosen.covers(host)
         return self.index.select(host) is None
+
+    def health_report(self) -> Report:
+        """Degraded while a certificate record does not load."""
+        return Report({"tls": self.health()}, Verdict.DEGRADED if self.errors else Verdict.OK)
 
     def health(self) -> dict[str, Any]:
         return {

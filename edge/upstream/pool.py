@@ -12,6 +12,7 @@ import asyncio
 import ssl
 
 from edge.errors import UpstreamConnectError, UpstreamConnectTimeout
+from edge.health import Report
 from edge.routing.target import Target
 from edge.upstream.connection import UpstreamConnection
 
@@ -107,6 +108,9 @@ class UpstreamPool:
         if last is None:
             raise UpstreamConnectTimeout(f"connect to {target.host}:{target.port} timed out")
         raise UpstreamConnectError(f"connect to {target.host}:{target.port}: {last}") from last
+
+    def health_report(self) -> Report:
+        return Report({"upstream": {"closed_with_extra_bytes": self.extra_bytes_closed}})
 
     def close_all(self) -> None:
         self.closing = True
