@@ -27,15 +27,15 @@ from edge.errors import (
     NotImplementedByEdge,
     RequestTimeout,
 )
-from edge.http1.exchange import Exchange, Headers, TunnelPeer
-from edge.http1.guard import HeadGuard
-from edge.http1.h11compat import (
+from edge.h11compat import (
     END_OF_MESSAGE,
     FullItems,
     ServerConnection,
     full_items,
     outgoing_response,
 )
+from edge.http1.exchange import Exchange, Headers, TunnelPeer
+from edge.http1.guard import HeadGuard
 from edge.http1.hub import Hub
 from edge.http1.render import edge_error
 from edge.http1.responses import REASONS, simple_headers, wallclock
