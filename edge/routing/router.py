@@ -108,7 +108,7 @@ class Router:
         *,
         pipeline: Pipeline,
         handlers: Mapping[Kind, Step],
-        chains: Mapping[str, ProxyChains] | None = None,
+        chains: dict[str, ProxyChains] | None = None,
         rejected: Mapping[str, str] | None = None,
         unserved: Mapping[str, str] | None = None,
     ) -> None:
@@ -120,8 +120,8 @@ class Router:
         self.pipeline = pipeline
         self.pipeline_version = pipeline.version
         self.handlers = dict(handlers)  # kind -> what answers a request resolved to it
-        # proxy hostname -> its compiled chains (every proxy's, made at install)
-        self._chains: dict[str, ProxyChains] = dict(chains or {})
+        # proxy hostname -> its compiled chains (every proxy's, made at install; owned)
+        self._chains: dict[str, ProxyChains] = {} if chains is None else chains
         self._rejected = rejected or {}  # config key -> why its value was refused
         self._unserved = unserved or {}  # "a.test" / "*.a.test" -> its rejected proxy key
         enabled = [r for r in routes.values() if r.route.enabled]
