@@ -7,8 +7,8 @@ Every writer of certificates (``edge cert``, and next the admin API and ACME iss
 through here, so a record and its domain keys always change together: each write is one
 ``MULTI``/``EXEC`` transaction guarded by ``WATCH`` on every key it read. A concurrent edit
 makes it fail with :class:`CertConflict` and nothing is written; the caller decides whether
-to try again. (The admin API's ``watched_transaction`` retries by itself; ``edge cert`` has
-always reported the conflict instead, so this keeps one attempt.)
+to try again: each write is :func:`edge.store.transaction.transaction` with one attempt
+(the admin API's own transactions retry; ``edge cert`` has always reported the conflict).
 
 Functions take a connected asyncio client and may raise ``RedisError``/``OSError`` besides
 :class:`CertRepositoryError`. Nothing here prints; no error message holds key material.
