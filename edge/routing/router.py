@@ -21,6 +21,7 @@ from edge.http1.exchange import Exchange
 from edge.routing.middleware import Pipeline, ProxyChains, link
 from edge.routing.resolution import EncodedHeaders, Kind, Resolution, Step
 from edge.routing.target import Target, parse_target
+from edge.store import keys
 
 __all__ = ["CompiledRoute", "Resolution", "Router", "compile_route", "evaluation_order"]
 
@@ -309,7 +310,10 @@ class Router:
 
     def _rejected_service(self, route: RouteConfig) -> str | None:
         """The rejected key of the service a route names but cannot reach, if any."""
-        for key in (f"service:url:{route.target_value}", f"service:external:{route.target_value}"):
+        for key in (
+            keys.service_url(route.target_value),
+            keys.service_external(route.target_value),
+        ):
             if key in self._rejected:
                 return key
         return None
