@@ -12,11 +12,20 @@ deadline of seconds trips in a millisecond of test. This is uvicorn's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import h11
+
+from edge.http1.connection import HttpConnection
+from edge.http1.exchange import Exchange
+from edge.http1.hub import Hub
+from edge.observe.accesslog import AccessRecord
+from edge.settings import load_settings
 
 PEER = ("127.0.0.1", 5000)
 LOCAL = ("127.0.0.1", 80)
@@ -94,8 +103,11 @@ class H11Peer:
         self.transport = transport
 
     def receive(self) -> list[h11.Event]:
-        """Every event in what the shell wrote since the last call."""
-        self.h11.receive_data(self.transport.take())
+        """Every event in what the shell wrote since the last call (none if it wrote
+        nothing: no bytes at all would be h11's end of stream)."""
+        data = self.transport.take()
+        if data:
+            self.h11.receive_data(data)
         return list(self._events())
 
     def _events(self) -> Iterator[h11.Event]:
@@ -161,3 +173,100 @@ class LoopClock:
         self.offset += seconds
         for _ in range(3):  # a timer may re-arm itself once (LazyTimer waking early)
             await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------
+# a downstream client of a real HttpConnection
+# ---------------------------------------------------------------------------
+
+
+class Records(list[AccessRecord]):
+    """An exchange observer that keeps every record (instead of the access log, which
+    would write to the test's stdout)."""
+
+    def exchange_done(self, record: AccessRecord) -> None:
+        self.append(record)
+
+
+def quiet_hub(**settings: Any) -> tuple[Hub, Records]:
+    """A hub whose only observer keeps the records; ``settings`` override the defaults."""
+    hub = Hub(load_settings({}, **settings), asyncio.get_running_loop())
+    records = Records()
+    hub.install_observers((records,))
+    return hub, records
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Downstream:
+    """A real ``HttpConnection`` on a ``FakeTransport``, with a real h11 client at the other
+    end: ``send`` writes a request into ``data_received``, ``answer`` reads the whole
+    response once it is on the wire (at once, or when the loop got it from an upstream or
+    Redis). Keep-alive: after an answer the next request may be sent."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        dispatch: Callable[[Exchange], None],
+        scheme: str = "http",
+        transport: FakeTransport | None = None,
+    ) -> None:
+        self.transport = transport or FakeTransport()
+        self.conn = HttpConnection(hub, dispatch, scheme)
+        self.conn.connection_made(self.transport)
+        self.client = H11Peer(h11.CLIENT, self.transport)
+        self._events: list[h11.Event] = []
+
+    def send(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        host: str = "a.test",
+    ) -> None:
+        fields = [("host", host), *(headers or [])]
+        if body or method in ("POST", "PUT", "PATCH"):
+            fields.append(("content-length", str(len(body))))
+        events: list[h11.Event] = [h11.Request(method=method, target=target, headers=fields)]
+        if body:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        self.conn.data_received(self.client.send(*events))
+
+    def ready(self) -> Answer | None:
+        """The answer, if all of it was written by now."""
+        self._events += self.client.receive()
+        if not self._events or not isinstance(self._events[-1], h11.EndOfMessage):
+            return None
+        head, *rest = self._events
+        self._events = []
+        assert isinstance(head, h11.Response), head
+        body = b"".join(event.data for event in rest if isinstance(event, h11.Data))
+        h = self.client.h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE:
+            h.start_next_cycle()
+        return Answer(head.status_code, dict(head.headers), body)
+
+    async def answer(self, within: float = 5.0) -> Answer:
+        """The answer, waiting (real time) for the loop to deliver it."""
+        deadline = time.monotonic() + within
+        while (found := self.ready()) is None:
+            assert time.monotonic() < deadline, f"no whole answer within {within} s"
+            await asyncio.sleep(0.001)
+        return found
+
+    async def request(self, method: str, target: str, **kwargs: Any) -> Answer:
+        self.send(method, target, **kwargs)
+        return await self.answer()
+
+    def close(self) -> None:
+        self.conn.connection_lost(None)
