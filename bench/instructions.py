@@ -75,7 +75,10 @@ def run_once(requests: int, connections: int, env: dict[str, str], port: int, ou
     ]  # fmt: skip
     err_path = out.with_name(out.name + ".stderr")
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # cwd "/": ``-m`` puts the working directory first on sys.path, ahead of
+        # PYTHONPATH, so from a checkout the worker would import that checkout's edge
+        # instead of the revision asked for
+        proc = subprocess.Popen(cmd, env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 300  # a worker starts slowly under valgrind
         while True:
