@@ -359,6 +359,17 @@ def http_request(
         return b"".join(chunks)
 
 
+def parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """A response head's status and its header fields (names lowercased), in order."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.append((name.strip().lower(), value.strip()))
+    return status, headers
+
+
 def read_message(sock: socket.socket) -> bytes:
     """One HTTP message from ``sock``: its head and a body of Content-Length bytes (less if
     the peer closes first)."""

@@ -6,7 +6,15 @@ import json
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
-from tests.helpers import EdgeProcess, RedisServer, Upstream, http_request, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    http_request,
+    parse_head,
+    proxy_doc,
+    wait_for,
+)
 
 HOST = "app.test"
 
@@ -18,12 +26,7 @@ def configure(redis_db: RedisServer, edge: EdgeProcess, target_url: str, **field
 
 def parse(raw: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.append((name.strip().lower(), value.strip()))
+    status, headers = parse_head(head)
     return status, headers, body
 
 

@@ -35,6 +35,7 @@ from tests.helpers import (
     RedisServer,
     Upstream,
     free_port,
+    parse_head,
     proxy_doc,
     wait_for,
 )
@@ -121,12 +122,7 @@ class ResponseReader:
         while b"\r\n\r\n" not in self.buf:
             self._more()
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers.append((name.strip().lower(), value.strip()))
+        status, headers = parse_head(head)
         lengths = [int(v) for k, v in headers if k == "content-length"]
         assert lengths, f"response without Content-Length: {head!r}"
         while len(self.buf) < lengths[0]:
