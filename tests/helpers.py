@@ -393,6 +393,18 @@ def read_message(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
+def encrypted_key_pem(key_pem: str, password: bytes = b"hunter2") -> str:
+    """``key_pem`` (an unencrypted PEM private key) encrypted with ``password``."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    ).decode()
+
+
 @contextlib.contextmanager
 def temp_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="edge-test-") as d:

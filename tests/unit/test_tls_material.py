@@ -23,6 +23,7 @@ from edge.tls.material import (
     validate_record,
 )
 from edge.tls.selfsigned import generate_self_signed
+from tests.helpers import encrypted_key_pem
 
 UTC = datetime.UTC
 
@@ -55,11 +56,14 @@ def _key_pem(key: Any) -> str:
     )
 
 
-def _self_signed(key: Any, names: list[str], algorithm: hashes.SHA256 | None) -> str:
-    """A self-signed certificate for ``names``, made with cryptography directly."""
+def _self_signed(
+    key: Any, names: list[str], algorithm: hashes.SHA256 | None, *, san: bool = True
+) -> str:
+    """A self-signed certificate for ``names`` (the first is its CN; without ``san``, it has
+    no subjectAltName), made with cryptography directly."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -67,9 +71,11 @@ def _self_signed(key: Any, names: list[str], algorithm: hashes.SHA256 | None) ->
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, algorithm)
     )
+    if san:
+        names_ext = x509.SubjectAlternativeName([x509.DNSName(n) for n in names])
+        builder = builder.add_extension(names_ext, False)
+    cert = builder.sign(key, algorithm)
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -309,12 +315,7 @@ def test_garbage_key_is_described_without_its_content(ca: trustme.CA) -> None:
 def test_encrypted_key_is_refused(ca: trustme.CA) -> None:
     leaf = ca.issue_cert("a.example.com")
     chain, key_pem = _pems(leaf)
-    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"hunter2"),
-    ).decode()
+    encrypted = encrypted_key_pem(key_pem)
     with pytest.raises(MaterialError, match="encrypted"):
         validate_material(chain, encrypted, ["a.example.com"])
 
@@ -342,19 +343,7 @@ def test_ed25519_is_accepted() -> None:
 
 def test_certificate_without_san_covers_nothing() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.example.com")])
-    now = datetime.datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    chain = cert.public_bytes(serialization.Encoding.PEM).decode()
+    chain = _self_signed(key, ["a.example.com"], hashes.SHA256(), san=False)
     with pytest.raises(MaterialError, match=r"\(SAN: none\)"):  # the CN is not consulted
         validate_material(chain, _key_pem(key), ["a.example.com"])
 

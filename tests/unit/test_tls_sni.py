@@ -40,6 +40,7 @@ from edge.tls.sni import (
     requested_server_name,
     selected_cert,
 )
+from tests.helpers import encrypted_key_pem
 
 # an exception escaping the SNI callback would be "unraisable": make it fail the test
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -478,14 +479,7 @@ def test_factory_reports_bad_material_without_the_key(certs: Certs) -> None:
 
 
 def test_factory_never_prompts_for_an_encrypted_key(certs: Certs) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(certs.a.key.encode(), password=None)
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"hunter2"),
-    ).decode()
+    encrypted = encrypted_key_pem(certs.a.key)
     with pytest.raises(MaterialError, match="encrypted"):
         server_context(certs.a.chain, encrypted)
 
