@@ -15,45 +15,20 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import wsproto
 import wsproto.events as wse
-from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import EdgeProcess, RedisServer
 from tests.integration.test_upstream_pool import HOST, configure
-from tests.integration.test_websocket_sse import ws_connect
+from tests.integration.test_websocket_sse import WsUpstream, ws_connect
 
 GRACE = 1.0  # DRAIN_WEBSOCKET_GRACE in these tests
 DRAIN = 10.0  # DRAIN_TIMEOUT: the old abort came only after it
 
 
-class Recorder:
-    """A ``websockets`` upstream: greets, echoes, and records every message and its close."""
-
-    def __init__(self) -> None:
-        self.messages: list[str | bytes] = []
-        self.closed_with: list[tuple[int | None, str | None]] = []
-        self.done = asyncio.Event()
-        self.port = 0
-
-    async def handler(self, ws: ServerConnection) -> None:
-        await ws.send("welcome")
-        try:
-            async for message in ws:
-                self.messages.append(message)
-                await ws.send(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            await ws.wait_closed()
-            self.closed_with.append((ws.close_code, ws.close_reason))
-            self.done.set()
-
-
 @pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    up = Recorder()
-    async with serve(up.handler, "127.0.0.1", 0, max_size=None) as server:
-        up.port = int(next(iter(server.sockets)).getsockname()[1])
+async def recorder() -> AsyncIterator[WsUpstream]:
+    """The greeting, echoing upstream, without a limit on a message's size."""
+    async with WsUpstream().serving(max_size=None) as up:
         yield up
 
 
@@ -61,7 +36,7 @@ async def recorder() -> AsyncIterator[Recorder]:
 def draining_edge(
     edge_factory: Callable[..., EdgeProcess],
     redis_db: RedisServer,
-    recorder: Recorder,
+    recorder: WsUpstream,
     event_loop_name: str,
 ) -> EdgeProcess:
     edge = edge_factory(
@@ -83,7 +58,7 @@ async def exits(edge: EdgeProcess) -> tuple[int, float]:
 
 
 async def test_sigterm_closes_a_websocket_with_1001_both_ways(
-    draining_edge: EdgeProcess, recorder: Recorder
+    draining_edge: EdgeProcess, recorder: WsUpstream
 ) -> None:
     edge = draining_edge
     big = bytes(range(256)) * 4096  # 1 MiB: many segments, many reads on the way
@@ -142,7 +117,7 @@ class RawClient:
 
 
 async def test_a_frame_in_flight_at_going_away_is_delivered_whole_then_closed(
-    draining_edge: EdgeProcess, recorder: Recorder
+    draining_edge: EdgeProcess, recorder: WsUpstream
 ) -> None:
     edge = draining_edge
     client = await RawClient.connect(edge.http_port)
@@ -174,7 +149,7 @@ async def test_a_frame_in_flight_at_going_away_is_delivered_whole_then_closed(
 async def test_a_client_that_never_answers_the_close_is_cut_after_the_close_deadline(
     edge_factory: Callable[..., EdgeProcess],
     redis_db: RedisServer,
-    recorder: Recorder,
+    recorder: WsUpstream,
 ) -> None:
     drain = 30.0
     edge = edge_factory(DRAIN_TIMEOUT=drain, DRAIN_WEBSOCKET_GRACE=GRACE, CONFIG_RESYNC_INTERVAL=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -27,12 +28,14 @@ __all__ = ["scripted"]  # fixture re-used from the pool tests
 
 
 class WsUpstream:
-    """A ``websockets`` server: echoes, greets, closes on request; records what it saw."""
+    """A ``websockets`` server: echoes, greets, closes on request; records what it saw
+    (each request's path and headers, every message, how the connection closed)."""
 
     def __init__(self) -> None:
         self.server: Server | None = None
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        self.messages: list[str | bytes] = []
         self.closed_with: list[tuple[int | None, str | None]] = []
         self.done = asyncio.Event()
 
@@ -43,6 +46,7 @@ class WsUpstream:
         await ws.send("welcome")
         try:
             async for message in ws:
+                self.messages.append(message)
                 if message == "close-please":
                     await ws.close(4001, "server says bye")
                     break
@@ -59,12 +63,17 @@ class WsUpstream:
         assert self.server is not None
         return int(next(iter(self.server.sockets)).getsockname()[1])
 
+    @contextlib.asynccontextmanager
+    async def serving(self, **options: Any) -> AsyncIterator[WsUpstream]:
+        """Listening on a free loopback port (``options`` go to ``websockets.serve``)."""
+        async with serve(self.handler, "127.0.0.1", 0, **options) as server:
+            self.server = server
+            yield self
+
 
 @pytest.fixture
 async def ws_upstream() -> AsyncIterator[WsUpstream]:
-    up = WsUpstream()
-    async with serve(up.handler, "127.0.0.1", 0) as server:
-        up.server = server
+    async with WsUpstream().serving() as up:
         yield up
 
 
