@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge.cpu_quota import default_workers
+
 
 class SettingsError(ValueError):
     """A static setting is invalid; the message names the variable."""
@@ -69,6 +71,28 @@ def _level(raw: str) -> str:
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     return value
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "console"}:
+        raise ValueError("must be 'json' or 'console' (unset: console on a terminal, else json)")
+    return value
+
+
+def _paths(raw: str) -> tuple[str, ...]:
+    """Comma-separated request paths (``none``: an empty list)."""
+    if raw.strip().lower() == "none":
+        return ()
+    paths = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.startswith("/") or "?" in part or any(c.isspace() for c in part):
+            raise ValueError(f"{part!r} is not a path such as /health (or 'none')")
+        paths.append(part)
+    return tuple(paths)
 
 
 def _redis_url(raw: str) -> str:
@@ -233,6 +257,10 @@ class Settings:
     api_port: int = 9000
     api_hostname: str | None = None
     log_level: str = "INFO"
+    log_format: str | None = None  # None: console when stdout is a terminal, else json
+    # access lines not written for these paths when the client is loopback or a trusted
+    # PROXY peer (load balancer and local health checks)
+    access_log_skip_paths: tuple[str, ...] = ("/health",)
     proxy_connect_timeout: float = 30.0
     proxy_request_timeout: float = 120.0
     proxy_total_timeout: float = 0.0  # 0: no cap on a whole exchange
@@ -248,7 +276,7 @@ class Settings:
     max_header_bytes: int = 16384
     max_header_count: int = 100
     max_request_line: int = 8192
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = dataclasses.field(default_factory=lambda: default_workers())
     state_dir: str = "/var/lib/edge"
     seed_file: str | None = None
     config_resync_interval: float = 30.0
@@ -306,6 +334,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "API_PORT": ("api_port", _int(0, 65535)),
     "API_HOSTNAME": ("api_hostname", _optional_text),
     "LOG_LEVEL": ("log_level", _level),
+    "LOG_FORMAT": ("log_format", _log_format),
+    "ACCESS_LOG_SKIP_PATHS": ("access_log_skip_paths", _paths),
     "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", _seconds),
     "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", _seconds),
     "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", _optional_seconds),

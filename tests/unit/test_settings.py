@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import re
 from pathlib import Path
 
 import pytest
 
+from edge.cpu_quota import default_workers
 from edge.settings import (
     ENV_NAMES,
     RedisTarget,
@@ -34,6 +34,8 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "API_PORT": ("api_port", 9000),
     "API_HOSTNAME": ("api_hostname", None),
     "LOG_LEVEL": ("log_level", "INFO"),
+    "LOG_FORMAT": ("log_format", None),
+    "ACCESS_LOG_SKIP_PATHS": ("access_log_skip_paths", ("/health",)),
     "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", 30.0),
     "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", 120.0),
     "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", 0.0),
@@ -49,7 +51,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "MAX_HEADER_BYTES": ("max_header_bytes", 16384),
     "MAX_HEADER_COUNT": ("max_header_count", 100),
     "MAX_REQUEST_LINE": ("max_request_line", 8192),
-    "EDGE_WORKERS": ("workers", os.cpu_count() or 1),
+    "EDGE_WORKERS": ("workers", default_workers()),
     "EDGE_STATE_DIR": ("state_dir", "/var/lib/edge"),
     "EDGE_SEED_FILE": ("seed_file", None),
     "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", 30.0),
@@ -136,6 +138,11 @@ INVALID: list[tuple[str, str]] = [
     ("UPSTREAM_IDLE_LIMIT", "many"),
     ("LOG_LEVEL", "VERBOSE"),
     ("LOG_LEVEL", "warn"),
+    ("LOG_FORMAT", "text"),
+    ("LOG_FORMAT", "pretty"),
+    ("ACCESS_LOG_SKIP_PATHS", "health"),
+    ("ACCESS_LOG_SKIP_PATHS", "/health,/ready?x=1"),
+    ("ACCESS_LOG_SKIP_PATHS", "/a b"),
     ("EDGE_LOOP", "trio"),
     ("EDGE_LOOP", "uv loop"),
     ("REDIS_URL", "http://127.0.0.1:6379"),
@@ -458,3 +465,11 @@ def test_trusted_cidrs_parse_as_a_list() -> None:
         ipaddress.ip_network("2001:db8::/32"),
     )
     assert load_settings({"TLS_STRICT_SNI": "true"}).tls_strict_sni is True
+
+
+def test_log_format_and_access_log_skip_paths() -> None:
+    assert load_settings({"LOG_FORMAT": "Console"}).log_format == "console"
+    assert load_settings({"LOG_FORMAT": "json"}).log_format == "json"
+    paths = load_settings({"ACCESS_LOG_SKIP_PATHS": " /health, /ready ,"})
+    assert paths.access_log_skip_paths == ("/health", "/ready")
+    assert load_settings({"ACCESS_LOG_SKIP_PATHS": "none"}).access_log_skip_paths == ()
