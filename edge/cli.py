@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "worker":
         settings = _settings(env)
-        setup_logging(settings.log_level, worker=args.id)
+        setup_logging(settings.log_level, worker=args.id, fmt=settings.log_format)
         from edge.worker import run_worker
 
         return run_worker(
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("edge: invalid setting: --workers must be >= 1", file=sys.stderr)
         return 2
     settings = _settings(env, workers=args.workers, seed_file=args.seed)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, fmt=settings.log_format)
     _log_unknown_settings(args.env_file)
     from edge.embedded_redis import EmbeddedRedisError, SeedError
     from edge.supervisor import Supervisor

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from edge.health import Report, Verdict
 from edge.observe import ExchangeObserver, fan_out
-from edge.observe.accesslog import AccessLog, AccessRecord
+from edge.observe.accesslog import AccessLog, AccessRecord, access_log_for
 from edge.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Hub:
         self.settings = settings
         self.loop = loop
         self.worker_id = worker_id
-        self.access_log = AccessLog(loop)
+        self.access_log: AccessLog = access_log_for(settings, loop)
         self.observers: tuple[ExchangeObserver, ...] = ()
         self.exchange_done: Callable[[AccessRecord], None]
         self.install_observers((self.access_log,))
