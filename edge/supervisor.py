@@ -17,6 +17,7 @@ from types import FrameType
 
 from edge.embedded_redis import EmbeddedRedis, die_with, seed
 from edge.net.listener import EXIT_LISTEN_FAILED
+from edge.sdnotify import SystemdLink
 from edge.settings import Settings
 
 log = logging.getLogger("edge.supervisor")
@@ -35,6 +36,8 @@ class Supervisor:
         self.interrupts = 0
         self.embedded: EmbeddedRedis | None = None
         self._restarts: dict[int, tuple[int, float]] = {}
+        # systemd's READY=1/WATCHDOG=1, fed by the workers' reports (edge/sdnotify.py)
+        self.systemd = SystemdLink.from_env(env)
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
@@ -47,17 +50,29 @@ class Supervisor:
                 os._exit(130)
         self.stopping = True
 
+    def _hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        # a SIGHUP would otherwise end the supervisor without a drain
+        log.warning(
+            "SIGHUP: nothing to reload; the configuration in Redis applies live, static "
+            "settings need a restart"
+        )
+
     def spawn(self, worker_id: int) -> None:
         cmd = [sys.executable, "-m", "edge", "worker", "--id", str(worker_id)]
         # the parent-death signal is set before exec, not once the worker has imported
         # everything: a supervisor killed meanwhile would leave it orphaned
+        self.systemd.spawned(worker_id)
         self.workers[worker_id] = subprocess.Popen(
-            cmd, env=self.env, preexec_fn=die_with(os.getpid())
+            cmd,
+            env=self.env,
+            preexec_fn=die_with(os.getpid()),
+            pass_fds=(self.systemd.report_fd,),
         )
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._hangup)
         try:
             if self.settings.redis_url is None:
                 self.embedded = EmbeddedRedis(self.settings.state_dir)
@@ -83,10 +98,11 @@ class Supervisor:
                     proc.kill()
             if self.embedded is not None:
                 self.embedded.stop()
+            self.systemd.close()
 
     def _watch(self) -> None:
         while not self.stopping:
-            time.sleep(0.1)
+            self.systemd.pause(0.1, self.workers)
             for wid, proc in list(self.workers.items()):
                 code = proc.poll()
                 if code is None or self.stopping:
@@ -110,12 +126,13 @@ class Supervisor:
                 self._restarts[wid] = (count + 1, now)
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not self.stopping:
-                    time.sleep(0.05)
+                    self.systemd.pause(0.05, self.workers)
                 if not self.stopping:
                     self.spawn(wid)
 
     def _shutdown(self) -> int:
         log.info("stopping: draining workers")
+        self.systemd.stopping()
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -32,6 +32,7 @@ from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_r
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
+from edge.sdnotify import WorkerReporter
 from edge.settings import Settings
 from edge.store.client import redis_client
 from edge.tls.store import TlsStore
@@ -215,6 +216,7 @@ class Worker:
             "worker serving",
             extra={"fields": {"http": f"{s.server_host}:{s.http_port}", "api_port": s.api_port}},
         )
+        WorkerReporter.start(self.loop, self.worker_id)  # the supervisor's READY, watchdog
         await self.stop.wait()
         await self.drain()
         await self.services.stop()  # before the API's Redis client the flush uses closes
