@@ -294,6 +294,8 @@ class Settings:
     proxy_protocol_timeout: float = 5.0
     tls_handshake_timeout: float = 10.0
     tls_strict_sni: bool = False
+    # let another edge that sets it too listen on the same ports (zero-downtime upgrade)
+    share_ports: bool = False
     self_signed_cn: str = "localhost"
     self_signed_days: int = 365
     rsa_key_size: int = 2048
@@ -365,6 +367,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROXY_PROTOCOL_TIMEOUT": ("proxy_protocol_timeout", _seconds),
     "TLS_HANDSHAKE_TIMEOUT": ("tls_handshake_timeout", _seconds),
     "TLS_STRICT_SNI": ("tls_strict_sni", _bool),
+    "SHARE_PORTS": ("share_ports", _bool),
     "SELF_SIGNED_CN": ("self_signed_cn", _common_name),
     "SELF_SIGNED_DAYS": ("self_signed_days", _int(1, 3650)),
     "RSA_KEY_SIZE": ("rsa_key_size", _key_size),

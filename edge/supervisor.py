@@ -16,7 +16,7 @@ import time
 from types import FrameType
 
 from edge.embedded_redis import EmbeddedRedis, die_with, seed
-from edge.net.listener import EXIT_LISTEN_FAILED
+from edge.net.listener import EXIT_LISTEN_FAILED, PortGuard, PortsInUse
 from edge.sdnotify import SystemdLink
 from edge.settings import Settings
 
@@ -38,6 +38,7 @@ class Supervisor:
         self._restarts: dict[int, tuple[int, float]] = {}
         # systemd's READY=1/WATCHDOG=1, fed by the workers' reports (edge/sdnotify.py)
         self.systemd = SystemdLink.from_env(env)
+        self.ports = PortGuard()
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
@@ -74,6 +75,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._signal)
         signal.signal(signal.SIGHUP, self._hangup)
         try:
+            if not self._claim_ports():
+                return 1
             if self.settings.redis_url is None:
                 self.embedded = EmbeddedRedis(self.settings.state_dir)
                 self.env["REDIS_URL"] = self.embedded.start()
@@ -99,6 +102,28 @@ class Supervisor:
             if self.embedded is not None:
                 self.embedded.stop()
             self.systemd.close()
+            self.ports.release()
+
+    def _claim_ports(self) -> bool:
+        """Refuse (False, logged) ports that another edge or program holds, before anything
+        starts: see :class:`~edge.net.listener.PortGuard`."""
+        s = self.settings
+        listeners = [
+            ("HTTP_PORT", s.server_host, s.http_port),
+            ("HTTPS_PORT", s.server_host, s.https_port),
+            ("PROXY_PROTOCOL_PORT", s.server_host, s.proxy_protocol_port),
+            ("PROXY_PROTOCOL_TLS_PORT", s.server_host, s.proxy_protocol_tls_port),
+            ("API_PORT", s.api_host, s.api_port),
+        ]
+        try:
+            self.ports.claim(listeners, share=s.share_ports)
+        except PortsInUse as exc:
+            fields = {"address": exc.address, "setting": exc.setting, "error": exc.error}
+            if exc.hint:
+                fields["hint"] = exc.hint
+            log.critical("cannot listen", extra={"fields": fields})
+            return False
+        return True
 
     def _watch(self) -> None:
         while not self.stopping:

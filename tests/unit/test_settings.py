@@ -68,6 +68,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "PROXY_PROTOCOL_TIMEOUT": ("proxy_protocol_timeout", 5.0),
     "TLS_HANDSHAKE_TIMEOUT": ("tls_handshake_timeout", 10.0),
     "TLS_STRICT_SNI": ("tls_strict_sni", False),
+    "SHARE_PORTS": ("share_ports", False),
     "SELF_SIGNED_CN": ("self_signed_cn", "localhost"),
     "SELF_SIGNED_DAYS": ("self_signed_days", 365),
     "RSA_KEY_SIZE": ("rsa_key_size", 2048),
