@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.helpers import EdgeProcess, RedisServer, Upstream
 
@@ -64,6 +65,12 @@ def edge_factory(
     allowed = [p for mark in request.node.iter_markers("edge_errors") for p in mark.args]
     for edge in started:
         edge.check_errors(allowed)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A certificate authority for the module's certificates."""
+    return trustme.CA()
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -33,11 +33,6 @@ SECRET = "hunter2"
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @dataclass
 class Pems:
     """One certificate written to files, with what the tests compare against."""

@@ -14,11 +14,6 @@ from tests.async_redis import run
 from tests.helpers import RedisServer
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def prepared(ca: trustme.CA, name: str, *domains: str) -> Prepared:
     leaf = ca.issue_cert(*domains)
     chain = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)

@@ -189,11 +189,6 @@ def test_upstream_close_mid_body_aborts_client(
     assert record.get("aborted") is True
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def tls_upstream(ca: trustme.CA, scripted: Callable[..., ScriptedUpstream]) -> ScriptedUpstream:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -32,11 +32,6 @@ UTC = datetime.UTC
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def _pems(leaf: trustme.LeafCert) -> tuple[str, str]:
     chain = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)
     return chain, leaf.private_key_pem.bytes().decode()
