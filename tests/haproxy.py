@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +18,7 @@ from types import TracebackType
 
 import pytest
 
-from tests.helpers import free_port, require_tool
+from tests.helpers import free_port, require_tool, stop_process
 
 
 def required_tool(name: str) -> str:
@@ -124,13 +123,7 @@ class HAProxy:
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.proc = None
 
     def log(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from edge.settings import ENV_NAMES
 from tests import edge_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +143,56 @@ def proxy_doc(hostname: str, target_url: str, **fields: Any) -> str:
     return json.dumps({"hostname": hostname, "target_url": target_url, **fields})
 
 
+def route_doc(route_id: str, path: str, target_type: str, target_value: str, **extra: Any) -> str:
+    doc = {
+        "route_id": route_id,
+        "path_pattern": path,
+        "target_type": target_type,
+        "target_value": target_value,
+        **extra,
+    }
+    return json.dumps(doc)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test environment without any edge variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env["PYTHONPATH"] = str(ROOT)
+    # never let a start-up that wrongly succeeds grab a well-known port
+    env["HTTP_PORT"] = str(free_port())
+    env["API_PORT"] = str(free_port())
+    env["SERVER_HOST"] = "127.0.0.1"
+    env["EDGE_WORKERS"] = "1"
+    env.update(extra)
+    return env
+
+
+def edge_command(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m edge <args>`` run to its end, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        env=env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``proc`` if it still runs, SIGKILL it after ``timeout`` s; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class EdgeProcess:
     """``edge serve`` as a child process with its own ports and log files."""
 
@@ -219,14 +270,7 @@ class EdgeProcess:
     def stop(self, timeout: float = 40.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""

@@ -9,7 +9,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tests.helpers import EdgeProcess, RedisServer, Upstream, free_port, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    free_port,
+    proxy_doc,
+    route_doc,
+    wait_for,
+)
 
 ACCESS_FIELDS = {
     "time",
@@ -49,17 +57,7 @@ def configure(redis_db: RedisServer, upstream: Upstream, dead_port: int) -> None
     client = redis_db.client()
     client.set("proxy:app.test", proxy_doc("app.test", upstream.url))
     client.set("proxy:dead.test", proxy_doc("dead.test", f"http://127.0.0.1:{dead_port}"))
-    client.set(
-        "route:api",
-        json.dumps(
-            {
-                "route_id": "api",
-                "path_pattern": "/api",
-                "target_type": "port",
-                "target_value": str(upstream.port),
-            }
-        ),
-    )
+    client.set("route:api", route_doc("api", "/api", "port", str(upstream.port)))
 
 
 def one_line(edge: EdgeProcess, path: str) -> dict[str, Any]:

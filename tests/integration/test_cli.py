@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -14,37 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from edge.settings import ENV_NAMES
-from tests.helpers import ROOT, EdgeProcess, RedisServer, free_port, proxy_doc
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    clean_env,
+    edge_command,
+    free_port,
+    proxy_doc,
+    route_doc,
+)
 
 SECRET = "hunter2"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test environment without any edge variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
-    env["PYTHONPATH"] = str(ROOT)
-    # never let a start-up that wrongly succeeds grab a well-known port
-    env["HTTP_PORT"] = str(free_port())
-    env["API_PORT"] = str(free_port())
-    env["SERVER_HOST"] = "127.0.0.1"
-    env["EDGE_WORKERS"] = "1"
-    env.update(extra)
-    return env
 
 
 def run_edge(
     *args: str, env: dict[str, str], cwd: Path, timeout: float = 30.0
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "edge", *args],
-        env=env,
-        cwd=str(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    done = edge_command(*args, env=env, cwd=cwd, timeout=timeout)
     return done, time.monotonic() - started
 
 
@@ -190,17 +175,7 @@ def test_serve_reads_env_file_and_real_environment_wins(
 def test_check_clean_config_exits_zero(tmp_path: Path, redis_db: RedisServer) -> None:
     client = redis_db.client()
     client.set("proxy:app.test", proxy_doc("app.test", "http://127.0.0.1:8080"))
-    client.set(
-        "route:api",
-        json.dumps(
-            {
-                "route_id": "api",
-                "path_pattern": "/api",
-                "target_type": "port",
-                "target_value": "9000",
-            }
-        ),
-    )
+    client.set("route:api", route_doc("api", "/api", "port", "9000"))
     client.set("service:url:billing", "http://10.0.0.12:8000")
     client.set("unrelated:key", "whatever")
     done, _ = run_edge("check", env=clean_env(REDIS_URL=redis_db.url), cwd=tmp_path)

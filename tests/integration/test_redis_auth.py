@@ -5,21 +5,19 @@ makes (the workers' config watcher, API store and TLS store, the supervisor's se
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.auth.secrets import new_admin_token
-from edge.settings import ENV_NAMES
 from tests.helpers import (
-    ROOT,
     EdgeProcess,
     RedisServer,
     Upstream,
+    clean_env,
+    edge_command,
     free_port,
     http_request,
     proxy_doc,
@@ -53,23 +51,8 @@ def locked(locked_server: RedisServer) -> RedisServer:
     return locked_server
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(HTTP_PORT=str(free_port()), API_PORT=str(free_port()), SERVER_HOST="127.0.0.1")
-    env.update(EDGE_WORKERS="1", **extra)
-    return env
-
-
 def run_edge(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "edge", *args],
-        env=env,
-        cwd=str(cwd),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = edge_command(*args, env=env, cwd=cwd)
     assert "Traceback" not in done.stdout + done.stderr
     return done
 
