@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from edge.auth.secrets import BASE58_ALPHABET
+from tests.helpers import EdgeProcess
 
 
 @dataclass
@@ -89,6 +93,45 @@ def assert_error(answer: Answer, status: int, code: str, field: str | None = Non
         assert "field" not in err, err
     else:
         assert err["field"] == field, err
+
+
+def ok(answer: Answer, status: int = 200) -> Any:
+    """The answer's document (None without a body), once its status is ``status``."""
+    assert answer.status == status, (answer.status, answer.raw)
+    return answer.doc if answer.raw else None
+
+
+def new_token(port: int, admin: str, name: str) -> str:
+    """Token ``name`` created with the ``admin`` token: its value."""
+    token = ok(call(port, "POST", "/api/v1/tokens", admin, {"name": name}), 201)["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def served_by(edge: EdgeProcess, host: str, path: str = "/") -> str | int:
+    """The tag of the upstream that answered ``host`` through the edge (an upstream of
+    ``tests.helpers.tagged``), or the edge's status."""
+    answer = call(edge.http_port, "GET", path, host=host)
+    if answer.status == 200:
+        tag = answer.doc.get("upstream")
+        if isinstance(tag, str):
+            return tag
+    return answer.status
+
+
+def forge_pat(prefix: str) -> str:
+    """A well-formed PAT with a valid checksum for ``prefix`` but a random (wrong) secret.
+
+    Built from the documented construction, independently of edge.auth.pat.
+    """
+    random = secrets.token_bytes(20)
+    check = hashlib.sha256(b"edge-pat-v1\x00" + prefix.encode() + random).digest()[:4]
+    n = int.from_bytes(random + check, "big")
+    digits = ""
+    while n:
+        n, r = divmod(n, 58)
+        digits = BASE58_ALPHABET[r] + digits
+    return f"edge_{prefix}_{digits.rjust(33, '1')}"
 
 
 def sha256(value: str) -> str:

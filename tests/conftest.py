@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import trustme
 
+from edge.auth.secrets import new_admin_token
 from tests.helpers import EdgeProcess, RedisServer, Upstream
 
 
@@ -71,6 +73,24 @@ def edge_factory(
 def ca() -> trustme.CA:
     """A certificate authority for the module's certificates."""
     return trustme.CA()
+
+
+@pytest.fixture
+def rdb(redis_db: RedisServer) -> redis.Redis:
+    """A client of the test's (empty) redis."""
+    return redis_db.client()
+
+
+@pytest.fixture
+def admin() -> str:
+    """A fresh admin token (give it to an edge as ADMIN_TOKEN)."""
+    return new_admin_token()
+
+
+@pytest.fixture
+def api(edge_factory: Callable[..., EdgeProcess], admin: str) -> EdgeProcess:
+    """An edge whose ADMIN_TOKEN is ``admin``."""
+    return edge_factory(ADMIN_TOKEN=admin)
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -362,6 +362,35 @@ class Upstream:
         self.server.server_close()
 
 
+def tagged(
+    name: str,
+) -> Callable[[BaseHTTPRequestHandler], tuple[int, list[tuple[str, str]], bytes]]:
+    """An upstream's answer that names it: JSON with ``name`` as ``upstream`` and the
+    request's path, Host and headers."""
+
+    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        doc = {
+            "upstream": name,
+            "path": req.path,
+            "host": req.headers.get("Host"),
+            "headers": dict(req.headers),
+        }
+        return 200, [("Content-Type", "application/json")], json.dumps(doc).encode()
+
+    return answer
+
+
+@contextlib.contextmanager
+def tagged_upstreams(*names: str) -> Iterator[dict[str, Upstream]]:
+    """One upstream per name, each answering with :func:`tagged`, closed afterwards."""
+    servers = {name: Upstream(tagged(name)) for name in names}
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.close()
+
+
 def echo(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
     length = int(req.headers.get("Content-Length") or 0)
     body = req.rfile.read(length) if length else b""

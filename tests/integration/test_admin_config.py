@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote
 
@@ -23,8 +22,16 @@ import trustme
 
 from edge.auth.secrets import new_admin_token
 from edge.config.schema import ProxyConfig
-from tests.api_client import Answer, assert_error, call, sha256
-from tests.helpers import EdgeProcess, Monitor, RedisServer, Upstream, proxy_doc, wait_for
+from tests.api_client import Answer, assert_error, call, new_token, ok, served_by, sha256
+from tests.helpers import (
+    EdgeProcess,
+    Monitor,
+    RedisServer,
+    Upstream,
+    proxy_doc,
+    tagged_upstreams,
+    wait_for,
+)
 
 P = "/api/v1/proxy/targets"
 R = "/api/v1/routes"
@@ -40,34 +47,9 @@ EdgeFactory = Callable[..., EdgeProcess]
 # ---------------------------------------------------------------------------- helpers
 
 
-def ok(answer: Answer, status: int = 200) -> Any:
-    assert answer.status == status, (answer.status, answer.raw)
-    return answer.doc if answer.raw else None
-
-
 def enc(text: str) -> str:
     """One percent-encoded path segment."""
     return quote(text, safe="")
-
-
-def tagged(
-    name: str,
-) -> Callable[[BaseHTTPRequestHandler], tuple[int, list[tuple[str, str]], bytes]]:
-    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
-        doc = {"upstream": name, "path": req.path, "headers": dict(req.headers)}
-        return 200, [("Content-Type", "application/json")], json.dumps(doc).encode()
-
-    return answer
-
-
-def served_by(edge: EdgeProcess, host: str, path: str = "/") -> str | int:
-    """The tag of the upstream that answered through the edge, or the edge's status."""
-    answer = call(edge.http_port, "GET", path, host=host)
-    if answer.status == 200:
-        tag = answer.doc.get("upstream")
-        if isinstance(tag, str):
-            return tag
-    return answer.status
 
 
 def becomes(edge: EdgeProcess, host: str, expected: str | int, path: str = "/") -> None:
@@ -77,38 +59,10 @@ def becomes(edge: EdgeProcess, host: str, expected: str | int, path: str = "/") 
     assert time.monotonic() - start < LIVE
 
 
-def new_token(port: int, admin: str, name: str) -> str:
-    token = ok(call(port, "POST", T, admin, {"name": name}), 201)["token"]
-    assert isinstance(token, str)
-    return token
-
-
-@pytest.fixture
-def admin() -> str:
-    return new_admin_token()
-
-
-@pytest.fixture
-def api(edge_factory: EdgeFactory, admin: str) -> EdgeProcess:
-    return edge_factory(ADMIN_TOKEN=admin)
-
-
-@pytest.fixture
-def rdb(redis_db: RedisServer) -> redis.Redis:
-    return redis_db.client()
-
-
 @pytest.fixture
 def ups() -> Iterator[dict[str, Upstream]]:
-    servers = {name: Upstream(tagged(name)) for name in ("one", "two")}
-    yield servers
-    for server in servers.values():
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
+    with tagged_upstreams("one", "two") as servers:
+        yield servers
 
 
 @dataclass

@@ -23,11 +23,6 @@ EdgeFactory = Callable[..., EdgeProcess]
 
 
 @pytest.fixture
-def admin() -> str:
-    return new_admin_token()
-
-
-@pytest.fixture
 def api(edge_factory: EdgeFactory, admin: str, event_loop_name: str) -> Iterator[EdgeProcess]:
     """An edge with ``admin`` as ADMIN_TOKEN, under uvloop and under asyncio."""
     yield edge_factory(ADMIN_TOKEN=admin, LOG_LEVEL="DEBUG", EDGE_LOOP=event_loop_name)

@@ -108,17 +108,6 @@ def closed_url() -> str:
 
 
 @pytest.fixture
-def admin() -> str:
-    return new_admin_token()
-
-
-@pytest.fixture
-def api(edge_factory: Any, admin: str) -> EdgeProcess:
-    edge: EdgeProcess = edge_factory(ADMIN_TOKEN=admin)
-    return edge
-
-
-@pytest.fixture
 def home(tmp_path: Path) -> Path:
     (tmp_path / "home").mkdir()
     return tmp_path

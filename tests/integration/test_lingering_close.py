@@ -15,9 +15,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-import pytest
-
-from edge.auth.secrets import new_admin_token
 from tests.helpers import EdgeProcess, wait_for
 
 EdgeFactory = Callable[..., EdgeProcess]
@@ -83,11 +80,6 @@ def upload(port: int, admin: str, size: int) -> tuple[int, bytes] | str:
         return f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
-
-
-@pytest.fixture
-def admin() -> str:
-    return new_admin_token()
 
 
 def test_an_oversized_upload_gets_the_whole_413_every_time(

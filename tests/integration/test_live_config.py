@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from tests.helpers import (
     free_port,
     proxy_doc,
     require_tool,
+    route_doc,
+    tagged_upstreams,
     wait_for,
 )
 
@@ -38,22 +39,10 @@ POLL = 0.02
 # ---------------------------------------------------------------------------
 
 
-def tagged(
-    name: str,
-) -> Callable[[BaseHTTPRequestHandler], tuple[int, list[tuple[str, str]], bytes]]:
-    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
-        body = json.dumps({"upstream": name, "path": req.path, "host": req.headers.get("Host")})
-        return 200, [("Content-Type", "application/json")], body.encode()
-
-    return answer
-
-
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, Upstream]]:
-    servers = {name: Upstream(tagged(name)) for name in ("A", "B", "C")}
-    yield servers
-    for server in servers.values():
-        server.close()
+    with tagged_upstreams("A", "B", "C") as servers:
+        yield servers
 
 
 def fetch(port: int, host: str, path: str = "/", method: str = "GET") -> tuple[int, bytes]:
@@ -143,17 +132,6 @@ def all_fresh(port: int, host: str, expected: str | int, path: str = "/", n: int
     """``n`` requests on fresh connections (spread over the workers) all answered as expected."""
     got = [served_by(port, host, path) for _ in range(n)]
     assert got == [expected] * n
-
-
-def route_doc(route_id: str, path: str, target_type: str, target_value: str, **extra: Any) -> str:
-    doc = {
-        "route_id": route_id,
-        "path_pattern": path,
-        "target_type": target_type,
-        "target_value": target_value,
-        **extra,
-    }
-    return json.dumps(doc)
 
 
 def stderr_records(edge: EdgeProcess) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import json
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +22,10 @@ import pytest
 from argon2 import PasswordHasher
 
 from edge.auth.pat import PAT_REGEX
-from edge.auth.secrets import BASE58_ALPHABET, new_admin_token
+from edge.auth.secrets import BASE58_ALPHABET
 from tests.api_client import Answer, call
 from tests.api_client import assert_error as assert_admin_error
+from tests.api_client import forge_pat as forge
 from tests.helpers import EdgeProcess, Monitor, RedisServer, Upstream, proxy_doc, wait_for
 
 USERS = "/api/v1/users"
@@ -66,21 +66,6 @@ def assert_envelope_error(
     if status == 401:
         assert answer.headers["www-authenticate"] == 'Bearer realm="edge"'
     return error  # type: ignore[no-any-return]
-
-
-def forge(prefix: str) -> str:
-    """A well-formed PAT with a valid checksum for ``prefix`` but a random (wrong) secret.
-
-    Built from the documented construction, independently of edge.auth.pat.
-    """
-    random = secrets.token_bytes(20)
-    check = hashlib.sha256(b"edge-pat-v1\x00" + prefix.encode() + random).digest()[:4]
-    n = int.from_bytes(random + check, "big")
-    digits = ""
-    while n:
-        n, r = divmod(n, 58)
-        digits = BASE58_ALPHABET[r] + digits
-    return f"edge_{prefix}_{digits.rjust(33, '1')}"
 
 
 def mistype(token: str, position: int) -> str:
@@ -161,11 +146,6 @@ class Api:
 
     def me(self, token: str, **kw: Any) -> Answer:
         return call(self.port, "GET", ME, token, **kw)
-
-
-@pytest.fixture
-def admin() -> str:
-    return new_admin_token()
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from tests.helpers import (
     free_port,
     proxy_doc,
     require_tool,
+    route_doc,
+    tagged_upstreams,
     wait_for,
 )
 from tests.integration.test_live_config import (
@@ -26,7 +28,6 @@ from tests.integration.test_live_config import (
     propagate,
     served_by,
     stderr_records,
-    tagged,
 )
 
 WORKERS = 2
@@ -35,10 +36,8 @@ RECONNECT_LIMIT = 7.0  # reconnect backoff is capped at 5 s
 
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, Upstream]]:
-    servers = {name: Upstream(tagged(name)) for name in ("A", "B")}
-    yield servers
-    for server in servers.values():
-        server.close()
+    with tagged_upstreams("A", "B") as servers:
+        yield servers
 
 
 def messages(edge: EdgeProcess, text: str) -> list[dict[str, object]]:
@@ -60,10 +59,7 @@ def test_outage_keeps_serving_and_restart_empty_does_not_wipe(
 ) -> None:
     r = redis_db.client()
     r.set("proxy:live.test", proxy_doc("live.test", upstreams["A"].url))
-    r.set("route:b", json.dumps({
-        "route_id": "b", "path_pattern": "/b", "target_type": "port",
-        "target_value": str(upstreams["B"].port),
-    }))  # fmt: skip
+    r.set("route:b", route_doc("b", "/b", "port", str(upstreams["B"].port)))
     edge = edge_factory(EDGE_WORKERS=WORKERS, CONFIG_RESYNC_INTERVAL=30)
     port = edge.http_port
     assert all_workers(edge, lambda h: h["status"] == "ok" and h["proxies"] == 1)

@@ -12,8 +12,8 @@ import pytest
 from edge.config.snapshot import Snapshot, apply
 from edge.routing.router import Router
 from edge.routing.table import compile_table
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
-from tests.integration.test_live_config import per_worker, propagate, served_by, tagged
+from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, tagged_upstreams, wait_for
+from tests.integration.test_live_config import per_worker, propagate, served_by
 
 COUNT = 10_000
 WORKERS = 2
@@ -21,10 +21,8 @@ WORKERS = 2
 
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, Upstream]]:
-    servers = {name: Upstream(tagged(name)) for name in ("A", "B", "W")}
-    yield servers
-    for server in servers.values():
-        server.close()
+    with tagged_upstreams("A", "B", "W") as servers:
+        yield servers
 
 
 def host(i: int) -> str:

@@ -8,76 +8,24 @@ admin may still do is served with the most specific owner winning.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from edge.auth.secrets import new_admin_token
-from tests.api_client import Answer, assert_error, call, sha256
-from tests.helpers import EdgeProcess, RedisServer, Upstream, proxy_doc, wait_for
+from tests.api_client import Answer, assert_error, call, new_token, ok, served_by, sha256
+from tests.helpers import EdgeProcess, Upstream, proxy_doc, tagged_upstreams, wait_for
 
 P = "/api/v1/proxy/targets"
-T = "/api/v1/tokens"
 LIVE = 1.0  # seconds from an API answer to the change being served
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
 KEY_PEM = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"
-EdgeFactory = Callable[..., EdgeProcess]
-
-
-def ok(answer: Answer, status: int = 200) -> Any:
-    assert answer.status == status, (answer.status, answer.raw)
-    return answer.doc if answer.raw else None
-
-
-def tagged(
-    name: str,
-) -> Callable[[BaseHTTPRequestHandler], tuple[int, list[tuple[str, str]], bytes]]:
-    def answer(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
-        body = json.dumps({"upstream": name}).encode()
-        return 200, [("Content-Type", "application/json")], body
-
-    return answer
-
-
-def served_by(edge: EdgeProcess, host: str) -> str | int:
-    answer = call(edge.http_port, "GET", "/", host=host)
-    if answer.status == 200:
-        tag = answer.doc.get("upstream")
-        if isinstance(tag, str):
-            return tag
-    return answer.status
 
 
 @pytest.fixture
 def ups() -> Iterator[dict[str, Upstream]]:
-    servers = {name: Upstream(tagged(name)) for name in ("alice", "bob", "admin")}
-    yield servers
-    for server in servers.values():
-        server.close()
-
-
-@pytest.fixture
-def admin() -> str:
-    return new_admin_token()
-
-
-@pytest.fixture
-def api(edge_factory: EdgeFactory, admin: str) -> EdgeProcess:
-    return edge_factory(ADMIN_TOKEN=admin)
-
-
-@pytest.fixture
-def rdb(redis_db: RedisServer) -> redis.Redis:
-    return redis_db.client()
-
-
-def new_token(port: int, admin: str, name: str) -> str:
-    token = ok(call(port, "POST", T, admin, {"name": name}), 201)["token"]
-    assert isinstance(token, str)
-    return token
+    with tagged_upstreams("alice", "bob", "admin") as servers:
+        yield servers
 
 
 def create(port: int, token: str, hostname: str, target: Upstream) -> Answer:
