@@ -30,19 +30,15 @@ Only loopback addresses are used. Needs redis-server, wrk and caddy.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import hashlib
 import http.client
 import json
 import os
-import secrets
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run
 
-from edge.auth.secrets import BASE58_ALPHABET, new_admin_token
+from edge.auth.secrets import new_admin_token
+from tests.api_client import forge_pat as forge
 
 SECTION_START = "<!-- bench/pats.py:start -->"
 SECTION_END = "<!-- bench/pats.py:end -->"
@@ -94,18 +91,6 @@ class Result:
 
 
 # -------------------------------------------------------------------------------- helpers
-
-
-def forge(prefix: str) -> str:
-    """A well-formed PAT for ``prefix`` with a valid checksum and a random (wrong) secret."""
-    random = secrets.token_bytes(20)
-    check = hashlib.sha256(b"edge-pat-v1\x00" + prefix.encode() + random).digest()[:4]
-    n = int.from_bytes(random + check, "big")
-    digits = ""
-    while n:
-        n, r = divmod(n, 58)
-        digits = BASE58_ALPHABET[r] + digits
-    return f"edge_{prefix}_{digits.rjust(33, '1')}"
 
 
 def api(port: int, method: str, path: str, auth: str, body: Any = None) -> tuple[int, Any]:
@@ -475,40 +460,30 @@ def report(
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=8)
-    p.add_argument("--only", help="comma-separated scenarios")
-    p.add_argument("--write-results", action="store_true")
+    p = run.side_bench_options(__doc__.split("\n")[0])
     p.add_argument("--bcrypt-cost", type=int, default=10, help="Caddy's bcrypt cost (Go default)")
     args = p.parse_args()
     command = shlex.join(["python", "bench/pats.py", *sys.argv[1:]])
     cases = [c for c in CASES if not args.only or c.scenario in args.only.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="pat-bench-"))
-    children = run.Children()
     results: list[Result] = []
-    try:
-        _redis, redis_port = run.start_redis(children, tmp)
-        hashed, costs = hash_costs(args.bcrypt_cost)
-        w = World(children, tmp, redis_port, new_admin_token(), hashed)
-        for rnd in range(1, args.rounds + 1):
-            for case in cases:
-                r = measure(w, case, args.duration, rnd)
-                results.append(r)
-                extra = " ".join(f"{k}:p50={pct(v, 0.5):.2f}ms,p99={pct(v, 0.99):.2f}ms"
-                                 for k, v in r.probes.items())  # fmt: skip
-                print(f"round {rnd} {case.scenario:<15} {r.rps:>9,.0f} req/s {r.cpu_us:8.0f} "
-                      f"µs CPU/req {r.statuses} {extra}", file=sys.stderr, flush=True)  # fmt: skip
-    except run.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        children.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with run.side_bench_run("pat-bench-") as (children, tmp):
+        try:
+            _redis, redis_port = run.start_redis(children, tmp)
+            hashed, costs = hash_costs(args.bcrypt_cost)
+            w = World(children, tmp, redis_port, new_admin_token(), hashed)
+            for rnd in range(1, args.rounds + 1):
+                for case in cases:
+                    r = measure(w, case, args.duration, rnd)
+                    results.append(r)
+                    extra = " ".join(f"{k}:p50={pct(v, 0.5):.2f}ms,p99={pct(v, 0.99):.2f}ms"
+                                     for k, v in r.probes.items())  # fmt: skip
+                    run.progress(f"round {rnd} {case.scenario:<15} {r.rps:>9,.0f} req/s "
+                                 f"{r.cpu_us:8.0f} µs CPU/req {r.statuses} {extra}")  # fmt: skip
+        except run.BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     text = report(results, args.rounds, args.duration, command, costs)
-    print(text)
-    if args.write_results:
-        run.replace_marked(text, SECTION_START, SECTION_END)
+    run.publish(text, args.write_results, SECTION_START, SECTION_END)
     return 0
 
 

@@ -1187,6 +1187,41 @@ def write_results(section: str) -> None:
     RESULTS_MD.write_text(text)
 
 
+def progress(line: str) -> None:
+    """One line of a benchmark's progress, on stderr at once (the report goes to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def side_bench_options(description: str) -> argparse.ArgumentParser:
+    """The options of a side benchmark (``pats.py``, ``transports.py``), which may add more."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=8)
+    p.add_argument("--only", help="comma-separated scenarios")
+    p.add_argument("--write-results", action="store_true")
+    return p
+
+
+@contextlib.contextmanager
+def side_bench_run(prefix: str) -> Iterator[tuple[Children, Path]]:
+    """A side benchmark's processes and scratch folder: on leaving, every process is
+    stopped and the folder removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    children = Children()
+    try:
+        yield children, tmp
+    finally:
+        children.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(block: str, write: bool, start: str, end: str) -> None:
+    """Print a side benchmark's report; with ``write``, also put it into RESULTS.md."""
+    print(block)
+    if write:
+        replace_marked(block, start, end)
+
+
 def replace_marked(block: str, start: str, end: str) -> None:
     """Put ``block`` (which begins with ``start`` and ends with ``end``) into RESULTS.md,
     replacing the block between the same markers or appending it."""
@@ -1492,10 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     else:
                         status = "FAILED: " + s.error.strip().splitlines()[0]
-                    print(
-                        f"[{n:>3}/{total}] round {rnd} {sc.name:<9} {label(proxy):<8} {status}",
-                        file=sys.stderr,
-                        flush=True,
+                    progress(
+                        f"[{n:>3}/{total}] round {rnd} {sc.name:<9} {label(proxy):<8} {status}"
                     )
                     detail = s.error.strip().splitlines()[1:]
                     if detail:

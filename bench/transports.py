@@ -22,7 +22,6 @@ Only loopback addresses are used. Needs nginx, haproxy, wrk, redis-server.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -30,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,50 +242,39 @@ def report(results: list[Result], rounds: int, secs: int, command: str) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=8)
-    p.add_argument("--only", help="comma-separated scenarios")
-    p.add_argument("--write-results", action="store_true")
-    args = p.parse_args()
+    args = run.side_bench_options(__doc__.split("\n")[0]).parse_args()
     command = shlex.join(["python", "bench/transports.py", *sys.argv[1:]])
     cases = [c for c in CASES if not args.only or c.scenario in args.only.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="transport-bench-"))
-    tmp.chmod(0o755)
-    children = run.Children()
     results: list[Result] = []
-    try:
-        _up, upstream_port = run.start_upstream(children, tmp)
-        _redis, redis_port = run.start_redis(children, tmp)
-        run.configure_edge(redis_port, upstream_port)
-        chain, key = generate_self_signed(HOST, 30, 2048)
-        cert, keyfile = tmp / "cert.pem", tmp / "key.pem"
-        cert.write_text(chain)
-        keyfile.write_text(key)
-        keyfile.chmod(0o644)  # nginx workers read it as another user; a throwaway key
-        # the edge serves the same certificate: its default (wrk sends the IP as SNI)
-        doc = {"cn": HOST, "fullchain_pem": chain, "private_key_pem": key}
-        run.redis_command(redis_port, "SET", "edge:tls:default", json.dumps(doc))
-        env = {"SELF_SIGNED_CN": HOST}
-        st = run.Settings(tmp, upstream_port, f"redis://{run.LOOPBACK}:{redis_port}/0",
-                          [sys.executable, "-m", "edge", "serve"], env)  # fmt: skip
-        for rnd in range(1, args.rounds + 1):
-            for case in cases:
-                r = measure(children, st, case, args.duration, rnd, (cert, keyfile))
-                results.append(r)
-                print(f"round {rnd} {case.scenario:<16} {case.target:<12} {r.rps:>9,.0f} req/s "
-                      f"{r.cpu_us:7.1f} µs CPU/req  {r.errors} errors",
-                      file=sys.stderr, flush=True)  # fmt: skip
-    except run.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        children.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    text = report(results, args.rounds, args.duration, command)
-    print(text)
-    if args.write_results:
-        run.replace_marked(text, SECTION_START, SECTION_END)
+    with run.side_bench_run("transport-bench-") as (children, tmp):
+        tmp.chmod(0o755)
+        try:
+            _up, upstream_port = run.start_upstream(children, tmp)
+            _redis, redis_port = run.start_redis(children, tmp)
+            run.configure_edge(redis_port, upstream_port)
+            chain, key = generate_self_signed(HOST, 30, 2048)
+            cert, keyfile = tmp / "cert.pem", tmp / "key.pem"
+            cert.write_text(chain)
+            keyfile.write_text(key)
+            keyfile.chmod(0o644)  # nginx workers read it as another user; a throwaway key
+            # the edge serves the same certificate: its default (wrk sends the IP as SNI)
+            doc = {"cn": HOST, "fullchain_pem": chain, "private_key_pem": key}
+            run.redis_command(redis_port, "SET", "edge:tls:default", json.dumps(doc))
+            env = {"SELF_SIGNED_CN": HOST}
+            st = run.Settings(tmp, upstream_port, f"redis://{run.LOOPBACK}:{redis_port}/0",
+                              [sys.executable, "-m", "edge", "serve"], env)  # fmt: skip
+            for rnd in range(1, args.rounds + 1):
+                for case in cases:
+                    r = measure(children, st, case, args.duration, rnd, (cert, keyfile))
+                    results.append(r)
+                    run.progress(f"round {rnd} {case.scenario:<16} {case.target:<12} "
+                                 f"{r.rps:>9,.0f} req/s {r.cpu_us:7.1f} µs CPU/req  "
+                                 f"{r.errors} errors")  # fmt: skip
+        except run.BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    run.publish(report(results, args.rounds, args.duration, command), args.write_results,
+                SECTION_START, SECTION_END)  # fmt: skip
     return 0
 
 
