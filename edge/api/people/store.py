@@ -307,6 +307,7 @@ def _ids(kind: str, members: Iterable[bytes | str]) -> list[str]:
 
 
 S = TypeVar("S", bound=msgspec.Struct)
+R = TypeVar("R")
 
 
 class PeopleStore(RedisStore):
@@ -318,6 +319,24 @@ class PeopleStore(RedisStore):
         for start in range(0, len(keys), _BATCH):
             values.extend(await client.mget(keys[start : start + _BATCH]))
         return values
+
+    async def _indexed(
+        self,
+        kind: str,
+        index: str,
+        key_of: Callable[[str], str],
+        decode: Callable[[str, bytes | str | None], R | None],
+    ) -> list[tuple[str, R]]:
+        """The records whose ids (of ``kind``) the set ``index`` lists, by id: each id with
+        its record, leaving out a record that is missing or does not decode."""
+
+        async def work() -> list[tuple[str, R]]:
+            ids = _ids(kind, await self.redis.client.smembers(index))
+            raws = await self._mget([key_of(i) for i in ids])
+            found = ((i, decode(i, raw)) for i, raw in zip(ids, raws, strict=True))
+            return [(i, record) for i, record in found if record is not None]
+
+        return await self._bounded(work())
 
     async def _create(
         self,
@@ -363,22 +382,16 @@ class PeopleStore(RedisStore):
         return decode_user(uid, raw)
 
     async def list_users(self) -> list[User]:
-        async def work() -> list[User]:
-            uids = _ids("u", await self.redis.client.smembers(USER_IDS))
-            raws = await self._mget([user_key(u) for u in uids])
-            found = (decode_user(u, r) for u, r in zip(uids, raws, strict=True))
-            return [u for u in found if u is not None]
-
-        return await self._bounded(work())
+        found = await self._indexed("u", USER_IDS, user_key, decode_user)
+        return [user for _, user in found]
 
     async def user_memberships(self, uid: str) -> list[tuple[str, Membership]]:
-        async def work() -> list[tuple[str, Membership]]:
-            pids = _ids("p", await self.redis.client.smembers(user_projects_key(uid)))
-            raws = await self._mget([member_key(p, uid) for p in pids])
-            found = ((p, decode_member(p, uid, r)) for p, r in zip(pids, raws, strict=True))
-            return [(p, m) for p, m in found if m is not None]
-
-        return await self._bounded(work())
+        return await self._indexed(
+            "p",
+            user_projects_key(uid),
+            lambda pid: member_key(pid, uid),
+            lambda pid, raw: decode_member(pid, uid, raw),
+        )
 
     # ---------------------------------------------------------------- projects
     async def create_project(self, name: str) -> Project:
@@ -396,22 +409,16 @@ class PeopleStore(RedisStore):
         return decode_project(pid, raw)
 
     async def list_projects(self) -> list[Project]:
-        async def work() -> list[Project]:
-            pids = _ids("p", await self.redis.client.smembers(PROJECT_IDS))
-            raws = await self._mget([project_key(p) for p in pids])
-            found = (decode_project(p, r) for p, r in zip(pids, raws, strict=True))
-            return [p for p in found if p is not None]
-
-        return await self._bounded(work())
+        found = await self._indexed("p", PROJECT_IDS, project_key, decode_project)
+        return [project for _, project in found]
 
     async def project_members(self, pid: str) -> list[tuple[str, Membership]]:
-        async def work() -> list[tuple[str, Membership]]:
-            uids = _ids("u", await self.redis.client.smembers(members_key(pid)))
-            raws = await self._mget([member_key(pid, u) for u in uids])
-            found = ((u, decode_member(pid, u, r)) for u, r in zip(uids, raws, strict=True))
-            return [(u, m) for u, m in found if m is not None]
-
-        return await self._bounded(work())
+        return await self._indexed(
+            "u",
+            members_key(pid),
+            lambda uid: member_key(pid, uid),
+            lambda uid, raw: decode_member(pid, uid, raw),
+        )
 
     # ---------------------------------------------------------------- memberships
     async def lookup(
