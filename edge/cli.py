@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "check":
         from edge.config.check import run_check
+        from edge.env_typos import inline_comments
 
+        for comment in inline_comments(os.environ, args.env_file):  # may explain an error
+            print(f"warning: {comment}")
         settings = _settings(env)
         for unknown in _unknown_settings(args.env_file):
             print(f"warning: {unknown}")

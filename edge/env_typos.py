@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from edge.settings import ENV_NAMES, read_env_file
 
@@ -25,6 +26,7 @@ __all__ = [
     "PREFIXES",
     "UnknownSetting",
     "find_unknown",
+    "inline_comments",
     "unknown_settings",
 ]
 
@@ -144,3 +146,35 @@ def unknown_settings(environ: Mapping[str, str], env_file: str | None) -> list[U
     found = {u.name: u for u in find_unknown(read_env_file(env_file), env_file)} if env_file else {}
     found.update((u.name, u) for u in find_unknown(environ))
     return [found[name] for name in sorted(found)]
+
+
+def inline_comments(environ: Mapping[str, str], env_file: str | None) -> list[str]:
+    """Settings whose value holds a comment (`` #``): systemd's ``EnvironmentFile=``
+    keeps ``80  # public`` as the value, while ``--env-file`` drops the comment, so the
+    two disagree. Lines of ``env_file`` and settings of the environment (where systemd
+    put such a value); names only, never a value (it may be a secret)."""
+    found = []
+    if env_file:
+        try:
+            lines = Path(env_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            lines = []  # the settings' own reading reports that
+        for lineno, line in enumerate(lines, 1):
+            stripped = line.strip()
+            if stripped.startswith("#") or "=" not in stripped:
+                continue
+            name, _, value = stripped.partition("=")
+            if " #" in value or "\t#" in value:
+                found.append(
+                    f"{env_file}:{lineno}: {name.strip()}: a comment after the value; "
+                    "systemd's EnvironmentFile= keeps it as part of the value: put it on "
+                    "a line of its own"
+                )
+    for name in sorted(KNOWN_NAMES):
+        value = environ.get(name, "")
+        if " #" in value or "\t#" in value:
+            found.append(
+                f"{name} in the environment contains ' #': a comment that an "
+                "EnvironmentFile= kept in the value? Put comments on lines of their own"
+            )
+    return found
