@@ -11,6 +11,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from edge import __version__
+from edge.admin_cli import COMMANDS as ADMIN_COMMANDS
+from edge.admin_cli import add_admin_parsers
 from edge.settings import Settings, SettingsError, environment, load_settings
 from edge.tls.cli_parser import add_cert_parser
 
@@ -33,6 +35,7 @@ def _parser(with_client: bool = True) -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and the config keys in Redis")
     check.add_argument("--env-file", help="read settings from this .env file first")
     add_cert_parser(sub)
+    add_admin_parsers(sub)
     if with_client:
         from edge.client import add_client_parsers
 
@@ -74,6 +77,10 @@ def _unknown_settings(env_file: str | None) -> list[UnknownSetting]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in ADMIN_COMMANDS:  # admin-token, redis-cli: edge/admin_cli.py
+        from edge.admin_cli import main as admin_main
+
+        return admin_main(argv)
     args = _parser(with_client=not argv or argv[0] not in SERVER_COMMANDS).parse_args(argv)
     if args.command == "cert":
         from edge.tls.cli import run_cert

@@ -15,6 +15,7 @@ import sys
 import time
 from types import FrameType
 
+from edge.admin_token import FILE_ENV, AdminTokenError, ensure_token, show_once
 from edge.embedded_redis import EmbeddedRedis, die_with, seed
 from edge.net.listener import EXIT_LISTEN_FAILED, PortGuard, PortsInUse
 from edge.sdnotify import SystemdLink
@@ -87,6 +88,10 @@ class Supervisor:
                     "seeded",
                     extra={"fields": {"file": self.settings.seed_file, "written": written}},
                 )
+            self.env.pop(FILE_ENV, None)  # only ever the one this supervisor chose
+            if self.embedded is not None and self.settings.admin_token is None:
+                if not self._admin_token_file():
+                    return 1
             for i in range(self.settings.workers):
                 self.spawn(i)
             log.info(
@@ -103,6 +108,24 @@ class Supervisor:
                 self.embedded.stop()
             self.systemd.close()
             self.ports.release()
+
+    def _admin_token_file(self) -> bool:
+        """Embedded, without ADMIN_TOKEN: the state directory's admin token (created, and
+        shown once on the terminal, on the first start) is the one the workers store."""
+        try:
+            path, created = ensure_token(self.settings.state_dir)
+        except AdminTokenError as exc:
+            log.critical("no admin token", extra={"fields": {"error": str(exc)}})
+            return False
+        path = path.resolve()
+        self.env[FILE_ENV] = str(path)
+        if created is None:
+            log.info("admin token from the state directory", extra={"fields": {"file": str(path)}})
+            return True
+        shown = show_once(created, path)  # the terminal only, never a log
+        fields: dict[str, object] = {"file": str(path), "shown_on_terminal": shown}
+        log.info("admin token created", extra={"fields": fields})
+        return True
 
     def _claim_ports(self) -> bool:
         """Refuse (False, logged) ports that another edge or program holds, before anything

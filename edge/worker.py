@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
+from edge.admin_token import FILE_ENV, read_token
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
@@ -271,7 +273,7 @@ class Worker:
         yet, serve anyway and keep trying in the background. Once stored, a record that
         disappears (a Redis restarted without persistence, a flush) is stored again.
         """
-        if self.settings.admin_token is None:
+        if self._admin_token() is None:
             log.info("ADMIN_TOKEN not set: the admin token in redis (if any) is unchanged")
             return
         stored = True
@@ -285,9 +287,18 @@ class Worker:
             )
         self.services.start(TaskService("admin-token", lambda: self._keep_admin(stored)))
 
+    def _admin_token(self) -> str | None:
+        """ADMIN_TOKEN, else the embedded edge's token file (read again each time: ``edge
+        admin-token rotate`` replaces it), else None. Raises AdminTokenError."""
+        if self.settings.admin_token is not None:
+            return self.settings.admin_token
+        path = os.environ.get(FILE_ENV)
+        return read_token(Path(path)) if path else None
+
     async def _store_admin_token(self) -> None:
-        assert self.settings.admin_token is not None
-        changed = await self.tokens.bootstrap_admin(self.settings.admin_token)
+        token = self._admin_token()
+        assert token is not None
+        changed = await self.tokens.bootstrap_admin(token)
         # never the token, nor its hash: only whether redis changed
         log.info("admin token ready", extra={"fields": {"changed": changed}})
 

@@ -93,6 +93,21 @@ def _whoami(api: Api, token: str) -> str:
     return f"as token {name!r}" if name else "token accepted"
 
 
+def _admin_token_file(ctx: Context) -> str | None:
+    """The admin token an embedded edge on this machine saved (edge/admin_token.py)."""
+    from edge.admin_token import AdminTokenError, find_token_file, read_token
+
+    path = find_token_file(ctx.env)
+    if path is None:
+        return None
+    try:
+        token = read_token(path)
+    except AdminTokenError as exc:
+        raise ClientError(str(exc)) from None
+    ctx.out.message(f"using the admin token of {path}")
+    return token
+
+
 def login(ctx: Context) -> int:
     base = resolve(
         ctx.env,
@@ -104,6 +119,12 @@ def login(ctx: Context) -> int:
     token = base.token
     if ctx.option("token") == "-":
         token = _read_token("-")
+    found = None
+    if base.token_source not in ("--token", "env TOKEN", "env ADMIN_TOKEN"):
+        # a token the user did not name: the local edge's admin token file wins over the
+        # profile's (after `edge admin-token rotate`, `edge login` saves the new one)
+        found = _admin_token_file(ctx)
+        token = found or token
     if token is None:
         if not sys.stdin.isatty():
             raise ClientError("no token: pass --token TOKEN (or --token - to read stdin)", 2)
@@ -220,7 +241,9 @@ def add_session_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
         sub,
         "login",
         "check a token (an API token or a personal access token) against an edge and "
-        "save both in a profile of the config file",
+        "save both in a profile of the config file; without --token, TOKEN or ADMIN_TOKEN, "
+        "the admin token file of a local embedded edge (EDGE_STATE_DIR, ./.edge-state or "
+        "/var/lib/edge) when there is one",
         login,
         common,
     )
