@@ -55,3 +55,14 @@ def test_exposure_at_most_2_and_documented() -> None:
     quoted = f"exposure {match.group(1)}"
     assert quoted in UNIT.read_text()
     assert quoted in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_env_file_examples_carry_no_inline_comments() -> None:
+    """systemd keeps ``80  # note`` as the value: a setting's example line never has one."""
+    from edge.settings import ENV_NAMES
+
+    setting = re.compile(rf"^#?({'|'.join(ENV_NAMES)})=[^\n]*[ \t]#", re.M)
+    files = [*ROOT.glob("docs/*.md"), ROOT / "README.md", *ROOT.glob("config/*.env")]
+    files.append(ROOT / "systemd" / "edge.env.example")
+    offending = [f"{f.name}: {m.group(0)}" for f in files for m in setting.finditer(f.read_text())]
+    assert not offending, offending
