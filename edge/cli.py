@@ -19,31 +19,97 @@ from edge.tls.cli_parser import add_cert_parser
 if TYPE_CHECKING:
     from edge.env_typos import UnknownSetting
 
-SERVER_COMMANDS = ("serve", "check", "cert", "worker")
+SERVER_COMMANDS = ("serve", "check", "cert", "worker", "reverse-proxy", "version", "completion")
+VERSION_WORDS = ("version", "-V", "--version")
 
 
 def _parser(with_client: bool = True) -> argparse.ArgumentParser:
     """The whole command line; without the client commands (and their imports) when the
-    command is known to be one of the server's: every worker process starts this way."""
-    parser = argparse.ArgumentParser(prog="edge", description="HTTP edge server")
-    parser.add_argument("--version", action="version", version=f"edge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the edge (supervisor and workers)")
+    command is known to be one of the server's."""
+    from edge.cli_help import (
+        add_completion_parser,
+        add_reverse_proxy_parser,
+        examples,
+        serve_settings_help,
+    )
+
+    common = None
+    if with_client:
+        from edge.client.base import common_options
+
+        common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="edge",
+        usage="%(prog)s [-h] [--version] COMMAND ...",
+        description="HTTP edge server",
+        parents=[common] if common is not None else [],
+        epilog=examples("edge"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="edge")
+    serve = sub.add_parser(
+        "serve",
+        help="run the edge (supervisor and workers)",
+        description="Run the edge: a supervisor, its workers and (without REDIS_URL) the\n"
+        "embedded Redis. Settings come from the environment and --env-file.",
+        epilog=serve_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--env-file", help="read settings from this .env file first")
     serve.add_argument("--workers", type=int, help="worker processes (EDGE_WORKERS)")
     serve.add_argument("--seed", help="JSON file of config keys to create if absent")
-    check = sub.add_parser("check", help="validate settings and the config keys in Redis")
+    serve.add_argument(
+        "--seed-replace",
+        action="store_true",
+        help="write every key of the seed file, replacing the keys that exist",
+    )
+    check = sub.add_parser(
+        "check",
+        help="validate the settings, a seed file and the Redis keys",
+        description="Validate the settings, the seed file (--seed or EDGE_SEED_FILE) and every\n"
+        "config key in Redis (the embedded one, running or stopped, or REDIS_URL).\n"
+        "Exits 1 on a problem or when something asked for could not be checked.",
+        epilog=examples("check"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("--env-file", help="read settings from this .env file first")
+    check.add_argument("--seed", help="JSON seed file to validate (default: EDGE_SEED_FILE)")
     add_cert_parser(sub)
     add_admin_parsers(sub)
+    add_reverse_proxy_parser(sub)
+    sub.add_parser("version", help="print the version", description="Print the version.")
+    add_completion_parser(sub)
     if with_client:
         from edge.client import add_client_parsers
 
-        add_client_parsers(sub)
-    worker = sub.add_parser("worker")  # internal: no help, so not listed
+        assert common is not None
+        add_client_parsers(sub, common)
+    return parser
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    """``edge worker``: internal (the supervisor starts it), so never listed nor suggested."""
+    worker = argparse.ArgumentParser(prog="edge worker")
     worker.add_argument("--id", type=int, default=0)
     worker.add_argument("--asyncio", action="store_true", help="default loop instead of uvloop")
-    return parser
+    worker.set_defaults(command="worker")
+    return worker
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv``: its first word that is not an option (nor the value
+    of a global option given before the command)."""
+    valued = ("--api-url", "--token", "--profile", "-o", "--format", "--timeout")
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in valued:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _log_unknown_settings(env_file: str | None) -> None:
@@ -81,7 +147,25 @@ def main(argv: list[str] | None = None) -> int:
         from edge.admin_cli import main as admin_main
 
         return admin_main(argv)
-    args = _parser(with_client=not argv or argv[0] not in SERVER_COMMANDS).parse_args(argv)
+    if argv[:1] == ["worker"]:
+        args = _worker_parser().parse_args(argv[1:])
+    elif len(argv) == 1 and argv[0] in VERSION_WORDS:
+        print(f"edge {__version__}")  # before any parser: nothing else to import
+        return 0
+    else:
+        command = _command_of(argv)
+        args = _parser(with_client=command not in SERVER_COMMANDS).parse_args(argv)
+    if args.command == "version":
+        print(f"edge {__version__}")
+        return 0
+    if args.command == "completion":
+        from edge.cli_help import run_completion
+
+        return run_completion(args, _parser())
+    if args.command == "reverse-proxy":
+        from edge.reverse_proxy import run
+
+        return run(args, serve)
     if args.command == "cert":
         from edge.tls.cli import run_cert
 
@@ -114,18 +198,46 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(env)
         for unknown in _unknown_settings(args.env_file):
             print(f"warning: {unknown}")
-        return run_check(settings)
-    if args.workers is not None and args.workers < 1:
+        return run_check(settings, seed_file=args.seed, env_file=args.env_file)
+    return serve(
+        env, args.env_file, workers=args.workers, seed=args.seed, seed_replace=args.seed_replace
+    )
+
+
+def serve(
+    env: dict[str, str],
+    env_file: str | None,
+    *,
+    workers: int | None = None,
+    seed: str | None = None,
+    seed_replace: bool = False,
+) -> int:
+    """``edge serve`` with the settings of ``env`` (and the overrides given); its status."""
+    from edge.observe.accesslog import setup_logging
+
+    if workers is not None and workers < 1:
         print("edge: invalid setting: --workers must be >= 1", file=sys.stderr)
         return 2
-    settings = _settings(env, workers=args.workers, seed_file=args.seed)
+    settings = _settings(
+        env, workers=workers, seed_file=seed, seed_replace=True if seed_replace else None
+    )
+    if settings.seed_file:  # a bad seed file is refused before anything starts
+        from edge.config.seed import SeedError, load_seed
+
+        try:
+            load_seed(settings.seed_file)
+        except SeedError as exc:
+            print(f"edge: {exc}", file=sys.stderr)
+            return 2
+    if seed_replace:
+        env["EDGE_SEED_REPLACE"] = "true"
     setup_logging(settings.log_level, fmt=settings.log_format)
-    _log_unknown_settings(args.env_file)
+    _log_unknown_settings(env_file)
     from edge.embedded_redis import EmbeddedRedisError, SeedError
     from edge.supervisor import Supervisor
 
-    if args.workers is not None:
-        env["EDGE_WORKERS"] = str(args.workers)
+    if workers is not None:
+        env["EDGE_WORKERS"] = str(workers)
     try:
         return Supervisor(settings, env).run()
     except (EmbeddedRedisError, SeedError) as exc:

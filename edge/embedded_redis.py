@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.settings import RedisTarget
+from edge.config.seed import SeedError, seed  # re-exported: the supervisor seeds
 
 log = logging.getLogger("edge.redis")
 
@@ -138,41 +138,6 @@ class EmbeddedRedis:
             proc.kill()
             proc.wait()
         log.info("embedded redis stopped")
-
-
-class SeedError(RuntimeError):
-    """The seed file cannot be read or applied; the message says why, without secrets."""
-
-
-def seed(redis_target: RedisTarget, path: str) -> int:
-    """Write the keys of a seed file (``{"keys": {key: value}}``) that do not exist yet."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SeedError(f"seed file {path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise SeedError(f"seed file {path}: invalid JSON: {exc}") from None
-    keys = data.get("keys", data) if isinstance(data, dict) else None
-    if not isinstance(keys, dict):
-        raise SeedError(f'seed file {path}: expected a JSON object {{"keys": {{key: value}}}}')
-    import redis  # only a seed file needs it in the supervisor
-
-    client = redis.Redis.from_url(
-        redis_target.url, socket_timeout=5, **redis_target.client_kwargs()
-    )
-    written = 0
-    try:
-        for key, value in keys.items():
-            raw = value if isinstance(value, str) else json.dumps(value)
-            if client.set(key, raw, nx=True):
-                written += 1
-    except (redis.RedisError, OSError) as exc:
-        raise SeedError(f"seed file {path}: cannot write to redis: {exc}") from None
-    finally:
-        client.close()
-    return written
 
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "SeedError", "seed", "socket_url"]

@@ -279,6 +279,7 @@ class Settings:
     workers: int = dataclasses.field(default_factory=lambda: default_workers())
     state_dir: str = "/var/lib/edge"
     seed_file: str | None = None
+    seed_replace: bool = False  # write every seed key, replacing those that exist
     config_resync_interval: float = 30.0
     upstream_idle_limit: int = 64
     upstream_idle_timeout: float = 60.0
@@ -356,6 +357,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "EDGE_WORKERS": ("workers", _int(1, 1024)),
     "EDGE_STATE_DIR": ("state_dir", _text),
     "EDGE_SEED_FILE": ("seed_file", _optional_text),
+    "EDGE_SEED_REPLACE": ("seed_replace", _bool),
     "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", _seconds),
     "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", _int(0, 100000)),
     "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", _seconds),

@@ -83,7 +83,11 @@ class Supervisor:
                 self.env["REDIS_URL"] = self.embedded.start()
             url = self.env["REDIS_URL"]
             if self.settings.seed_file:
-                written = seed(self.settings.redis_target(url), self.settings.seed_file)
+                written = seed(
+                    self.settings.redis_target(url),
+                    self.settings.seed_file,
+                    replace=self.settings.seed_replace,
+                )
                 log.info(
                     "seeded",
                     extra={"fields": {"file": self.settings.seed_file, "written": written}},

@@ -24,9 +24,10 @@ from edge.client.tokens import add_token_parsers
 __all__ = ["add_client_parsers", "run_client"]
 
 
-def add_client_parsers(sub: Sub) -> None:
-    """Add the client commands to the ``edge`` subparsers ``sub``."""
-    common = common_options()
+def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) -> None:
+    """Add the client commands to the ``edge`` subparsers ``sub`` (``common``: their
+    options, also accepted before the command when the ``edge`` parser has them too)."""
+    common = common_options() if common is None else common
     add_session_parsers(sub, common)
     add_token_parsers(sub, common)
     add_config_parsers(sub, common)

@@ -70,7 +70,16 @@ def common_options() -> argparse.ArgumentParser:
 
 def group(sub: Sub, name: str, help_text: str, common: argparse.ArgumentParser) -> Sub:
     """A command group (``edge proxy``) and the subparsers of its commands."""
-    parser = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+    from edge.cli_help import examples
+
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        parents=[common],
+        epilog=examples(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands: Sub = parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
     return commands
 

@@ -29,7 +29,7 @@ from edge.certs import repository
 from edge.certs.described import Described, days_left, scrub
 from edge.certs.repository import CertRepositoryError, Prepared
 from edge.config.schema import ConfigError
-from edge.embedded_redis import socket_path, socket_url
+from edge.embedded_redis import socket_path
 from edge.settings import RedisTarget, SettingsError, environment, load_settings, redact_url
 from edge.store.client import redis_client
 from edge.tls.material import MaterialError, san_covers, validate_material
@@ -99,14 +99,19 @@ def _redis_target(env_file: str | None) -> RedisTarget:
         settings = load_settings(env)
     except SettingsError as exc:
         raise CliError(f"invalid setting: {exc}", 2) from None
-    if settings.redis_url is not None:
-        return settings.redis_target()
-    if not socket_path(settings.state_dir).exists():
+    from edge.config.check import Unresolved, resolve_redis
+
+    try:
+        settings, url = resolve_redis(settings, env_file)
+    except Unresolved as exc:
+        raise CliError(str(exc)) from None
+    if url is None:
+        where = "--env-file FILE, the one the edge runs with" if env_file is None else "REDIS_URL"
         raise CliError(
             "REDIS_URL is not set and the embedded redis is not running (no socket at "
-            f"{socket_path(settings.state_dir)}); start the edge or set REDIS_URL"
+            f"{socket_path(settings.state_dir)}); start the edge, or pass {where}"
         )
-    return settings.redis_target(socket_url(settings.state_dir))
+    return settings.redis_target(url)
 
 
 def _run(work: Work, args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "EDGE_WORKERS": ("workers", default_workers()),
     "EDGE_STATE_DIR": ("state_dir", "/var/lib/edge"),
     "EDGE_SEED_FILE": ("seed_file", None),
+    "EDGE_SEED_REPLACE": ("seed_replace", False),
     "CONFIG_RESYNC_INTERVAL": ("config_resync_interval", 30.0),
     "UPSTREAM_IDLE_LIMIT": ("upstream_idle_limit", 64),
     "UPSTREAM_IDLE_TIMEOUT": ("upstream_idle_timeout", 60.0),
