@@ -62,7 +62,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "login": ("edge login --api-url http://127.0.0.1:9000", "edge login --profile prod"),
     "logout": ("edge logout", "edge logout --profile prod"),
     "config": ("edge config show", "edge config set api_url http://127.0.0.1:9000"),
-    "token": ("edge token list", "edge token create ci --role admin"),
+    "token": ("edge token list", "edge token create ci --email ci@example.com"),
     "proxy": (
         "edge proxy create app.example.com --target http://127.0.0.1:9000",
         "edge proxy update app.example.com --no-http --header X-Env=prod",
@@ -85,7 +85,10 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "user": ("edge user list", "edge user show alice"),
     "project": ("edge project list",),
-    "pat": ("edge pat list", "edge pat create laptop --expires 30d"),
+    "pat": (
+        "edge pat list --project web --user alice",
+        "edge pat create laptop --project web --user alice --expires-in 30d",
+    ),
 }
 
 

@@ -10,7 +10,17 @@ __all__ = ["add_cert_parser"]
 
 def add_cert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cert`` and its subcommands to the ``edge`` subparsers ``sub``."""
-    cert = sub.add_parser("cert", help="import, list, show and delete TLS certificates in Redis")
+    from edge.cli_help import examples
+
+    cert = sub.add_parser(
+        "cert",
+        help="import, list, show and delete TLS certificates in Redis",
+        description="Import, list, show and delete the TLS certificates in Redis (cert:*).\n"
+        "Without --env-file: REDIS_URL, the embedded Redis in EDGE_STATE_DIR, or else\n"
+        "the one edge running on this machine.",
+        epilog=examples("cert"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
