@@ -35,7 +35,7 @@ from edge.api.config.store import (
 from edge.api.http import Conflict, NotFound, Response
 from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
-from edge.config.schema import ExternalService, classify_key
+from edge.config.schema import ExternalService, ServiceURL, classify_key
 from edge.store import keys
 from edge.store.transaction import Txn
 
@@ -75,6 +75,22 @@ async def list_services(req: ApiRequest[ConfigScope]) -> Response:
             services.append(_document(_service(stored_item(key, raw))))
         except Conflict:
             continue
+    # and the plain service:url:{name} keys (set by hand or by a seed) that routes use
+    # too: service_type "url", read-only here (no owner: the admin sees them)
+    named = {service["service_name"] for service in services}
+    urls = await visible_values(
+        req.scope, keys.SERVICE_URL + "*", lambda k: classify_key(k) == "service_url"
+    )
+    for key, raw in sorted(urls.items()):
+        try:
+            item = stored_item(key, raw)
+        except Conflict:
+            continue
+        assert isinstance(item, ServiceURL)
+        if item.name not in named:
+            services.append(
+                {"service_name": item.name, "target_url": item.url, "service_type": "url"}
+            )
     return Response(200, {"services": services})
 
 
