@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import grp
 import io
 import json
 import os
+import pwd
 import socket
 import ssl
 import subprocess
@@ -112,6 +114,9 @@ class RecipeHAProxy:
             "FRONT_HTTPS_BIND": f"127.0.0.1:{self.https_port}",
             "STATS_SOCKET": str(self.stats_socket),
             "EDGE_HEALTH_HOST": HEALTH_HOST,
+            # the recipe drops root for the haproxy user: here, stay who we are
+            "RUN_USER": pwd.getpwuid(os.getuid()).pw_name,
+            "RUN_GROUP": grp.getgrgid(os.getgid()).gr_name,
         }
         for name, edge in zip(SERVERS, edges, strict=True):
             self.env[f"{name.upper()}_HTTP"] = f"127.0.0.1:{edge.env['PROXY_PROTOCOL_PORT']}"
@@ -346,7 +351,7 @@ def test_recipe_is_valid_and_needs_its_variables() -> None:
     """``haproxy -c`` refuses the recipe when the edge addresses or the health host are
     missing, instead of starting with empty servers."""
     binary = required_tool("haproxy")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE", "FRONT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE", "FRONT_", "RUN_"))}
     result = subprocess.run(
         [binary, "-c", "-f", str(RECIPE)], env=env, capture_output=True, timeout=20
     )
