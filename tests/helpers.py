@@ -39,10 +39,62 @@ def require_tool(name: str) -> str:
     return path
 
 
+_BLOCK = 1000  # ports per test process
+_block_lock: socket.socket | None = None  # held for the life of the test process
+
+
+def _port_block() -> Iterator[int]:
+    """This test process's own ports, below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to port 0) is free when asked, and may be handed to
+    another test process, or used as an outgoing connection's local port, before the edge
+    it was meant for binds it. So each test process claims a block of ports of its own
+    below ``ip_local_port_range``, where the kernel never picks one: the first block whose
+    lock (an abstract Unix socket, gone with the process) it can take, whatever other
+    pytest runs on the machine hold. Inside it ports are taken in turn; one already bound
+    (a service of the machine) is skipped.
+    """
+    global _block_lock
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for index in range(max(0, (low - 10000) // _BLOCK)):
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0edge-tests-port-block:{index}".encode())
+        except OSError:
+            lock.close()
+            continue
+        _block_lock = lock
+        start = 10000 + index * _BLOCK
+        while True:
+            yield from range(start, start + _BLOCK)
+    # every block taken: ask the kernel, as before
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            yield int(s.getsockname()[1])
+
+
+_ports: Iterator[int] | None = None
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, that no other test process will be given."""
+    global _ports
+    with _ports_lock:
+        if _ports is None:
+            _ports = _port_block()
+        for port in _ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use here: a service of the machine, or still ours
+            return port
+    raise AssertionError("unreachable")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
