@@ -106,10 +106,14 @@ def _redis_target(env_file: str | None) -> RedisTarget:
     except Unresolved as exc:
         raise CliError(str(exc)) from None
     if url is None:
-        where = "--env-file FILE, the one the edge runs with" if env_file is None else "REDIS_URL"
+        where = (
+            "pass --env-file FILE, the one the edge runs with"
+            if env_file is None
+            else "set REDIS_URL"
+        )
         raise CliError(
             "REDIS_URL is not set and the embedded redis is not running (no socket at "
-            f"{socket_path(settings.state_dir)}); start the edge, or pass {where}"
+            f"{socket_path(settings.state_dir)}); start the edge, or {where}"
         )
     return settings.redis_target(url)
 
