@@ -542,8 +542,16 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def tunnel_write_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        """The tunnel peer sent its last byte: pass the end on to the client."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            # TLS cannot half-close (its end is close_notify): close once what is
+            # buffered is out, or the client waits for an end that never comes
+            self.tunnel_close()
 
     def pause_tunnel(self) -> None:
         self._pause(_PAUSE_TUNNEL)
