@@ -8,11 +8,8 @@ or something that could not be checked.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TextIO
 
@@ -24,22 +21,46 @@ __all__ = ["check_redis", "embedded_data", "resolve_redis", "run_check"]
 _DATA = ("appendonlydir", "edge.aof", "dump.rdb")
 
 
-async def check_redis(redis: RedisTarget, out: TextIO) -> int:
+class WrongType(bytes):
+    """The Redis type of a config key that holds something other than a string."""
+
+
+def _config_values(redis: RedisTarget) -> dict[str, bytes]:
+    """Every config key and its value (:class:`WrongType` for another Redis type), read
+    with one-shot blocking commands: no redis-py nor asyncio import for a command that
+    reads once and exits (edge.store.oneshot)."""
+    from edge.config.schema import CONFIG_KEY_PATTERNS, classify_key
+    from edge.store.oneshot import open_reader
+
+    reader = open_reader(redis)
+    try:
+        keys: set[str] = set()
+        for pattern in CONFIG_KEY_PATTERNS:
+            keys.update(k for k in reader.scan(pattern) if classify_key(k) is not None)
+        found = reader.mget(sorted(keys))
+        missing = [k for k, v in found.items() if v is None]
+        # MGET answers nil for another type too: TYPE tells those from absent keys
+        kinds = reader.types(missing)
+    finally:
+        reader.close()
+    values = {k: v for k, v in found.items() if v is not None}
+    values.update({k: WrongType(kind.encode()) for k, kind in kinds.items() if kind != "none"})
+    return values
+
+
+def check_redis(redis: RedisTarget, out: TextIO) -> int:
     """Decode every config key; print each problem with its key and field. Returns count.
 
     A rejected value is reported whether or not the edge still serves the key's last good
     value: this reads Redis, not what the workers hold.
     """
-    from edge.config.redis_source import WrongType, scan_all
+    values = _config_values(redis)
+    if not values:
+        print("0 config keys checked, 0 problem(s)", file=out)
+        return 0
     from edge.config.schema import ConfigError, decode_item
-    from edge.store.client import redis_client
     from edge.tls.material import CertRecord, validate_record
 
-    client = redis_client(redis)
-    try:
-        values = await scan_all(client)
-    finally:
-        await client.aclose()
     problems = 0
     for key in sorted(values):
         raw = values[key]
@@ -125,6 +146,7 @@ def _check_stopped(settings: Settings, out: TextIO) -> int:
     """Check the keys of a stopped embedded Redis: its data copied and served on a
     private socket, then thrown away (the state directory is only read)."""
     from edge.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+    from edge.store.oneshot import OneShotError
 
     state = settings.state_dir
     try:
@@ -145,6 +167,9 @@ def _check_stopped(settings: Settings, out: TextIO) -> int:
             file=out,
         )
         return 0
+    import shutil
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="edge-check-") as scratch:
         try:
             for path in found:
@@ -160,8 +185,8 @@ def _check_stopped(settings: Settings, out: TextIO) -> int:
         try:
             url = embedded.start()
             print(f"redis: embedded, not running: its data in {state} checked offline", file=out)
-            problems = asyncio.run(check_redis(settings.redis_target(url), out))
-        except (EmbeddedRedisError, OSError) as exc:
+            problems = check_redis(settings.redis_target(url), out)
+        except (EmbeddedRedisError, OSError, OneShotError) as exc:
             print(f"error: embedded redis data in {state}: {exc}", file=out)
             return 1
         finally:
@@ -189,7 +214,7 @@ def run_check(
     if url is None:
         return _check_stopped(settings, out) or status
     try:
-        problems = asyncio.run(check_redis(settings.redis_target(url), out))
+        problems = check_redis(settings.redis_target(url), out)
     except Exception as exc:  # any connection failure is a check failure, said plainly
         print(f"error: redis at {redact_url(url)}: {exc}", file=out)
         return 1
