@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from edge.admin_token import FILE_ENV, AdminTokenError, ensure_token, show_once
@@ -53,11 +54,17 @@ class Supervisor:
         self.stopping = True
 
     def _hangup(self, _signum: int, _frame: FrameType | None) -> None:
-        # a SIGHUP would otherwise end the supervisor without a drain
-        log.warning(
-            "SIGHUP: nothing to reload; the configuration in Redis applies live, static "
-            "settings need a restart"
+        """Reload (``systemctl reload``): every worker reads all of its configuration from
+        Redis again now. Changes apply live anyway; this catches up at once with edits made
+        while keyspace notifications were off. Settings of the environment need a restart."""
+        log.info(
+            "reload: every worker resyncs its configuration from redis "
+            "(settings of the environment need a restart)",
+            extra={"fields": {"workers": len(self.workers)}},
         )
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
 
     def spawn(self, worker_id: int) -> None:
         cmd = [sys.executable, "-m", "edge", "worker", "--id", str(worker_id)]
@@ -67,7 +74,7 @@ class Supervisor:
         self.workers[worker_id] = subprocess.Popen(
             cmd,
             env=self.env,
-            preexec_fn=die_with(os.getpid()),
+            preexec_fn=_worker_setup(os.getpid()),
             pass_fds=(self.systemd.report_fd,),
         )
 
@@ -203,3 +210,15 @@ class Supervisor:
                 status = 1
         log.info("stopped")
         return status
+
+
+def _worker_setup(parent: int) -> Callable[[], None]:
+    """A worker's ``preexec_fn``: it dies with ``parent``, and ignores SIGHUP (a reload)
+    until its loop handles it: a reload while it starts must not end it."""
+    dies = die_with(parent)
+
+    def setup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        dies()
+
+    return setup

@@ -372,6 +372,8 @@ class Worker:
     def _install_signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         self.loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        # a reload: read every configuration key again now
+        self.loop.add_signal_handler(signal.SIGHUP, self.watcher.request_resync)
 
     def _interrupt(self) -> None:
         self._interrupts += 1

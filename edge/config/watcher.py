@@ -33,6 +33,8 @@ log = logging.getLogger("edge.config")
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
 BATCH_WINDOW = 0.01  # gather notifications for this long before fetching
+# the longest wait between two looks at a requested resync (``request_resync``)
+RESYNC_REQUEST_CHECK = 0.5
 # keyspace channel; generic (DEL, EXPIRE, RENAME), string, expired; and the commands of the
 # other types (list, set, hash, sorted set, stream): a config key written with HSET or
 # RPUSH is reported when it is written, not at the next full resync
@@ -70,6 +72,7 @@ class ConfigWatcher:
         self.last_sync = 0.0
         self.synced = asyncio.Event()
         self._said_no_notifications = False
+        self._resync_requested = False
 
     # ------------------------------------------------------------------ applying
     def _install(self, snapshot: Snapshot) -> None:
@@ -198,13 +201,19 @@ class ConfigWatcher:
                 self._said_no_notifications = True
             return False
 
+    def request_resync(self) -> None:
+        """Read every key again soon (within ``RESYNC_REQUEST_CHECK``), as the periodic
+        resync does: what a reload (SIGHUP) asks for, e.g. after keys were changed while
+        keyspace notifications were off."""
+        self._resync_requested = True
+
     async def _listen(
         self, client: aioredis.Redis, pubsub: aioredis.client.PubSub, db: int
     ) -> None:
         prefix = f"__keyspace@{db}__:".encode()
         next_resync = time.monotonic() + self.resync_interval
         while True:
-            timeout = max(0.0, next_resync - time.monotonic())
+            timeout = max(0.0, min(next_resync - time.monotonic(), RESYNC_REQUEST_CHECK))
             dirty: set[str] = set()
             if self.notifications:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
@@ -224,7 +233,8 @@ class ConfigWatcher:
             if dirty:
                 values = await fetch(client, dirty)
                 self._install(await apply_shared(client, self.snapshot, values))
-            if time.monotonic() >= next_resync:
+            if self._resync_requested or time.monotonic() >= next_resync:
+                self._resync_requested = False
                 if not self.notifications:
                     self.notifications = await self._enable_notifications(client)
                     if self.notifications:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from tests.helpers import (
     EdgeProcess,
     RedisServer,
     Upstream,
+    child_pids,
     free_port,
     proxy_doc,
     require_tool,
@@ -905,3 +907,34 @@ def test_without_notifications_changes_apply_at_resync(
     assert warnings, edge.stderr()
     assert "CONFIG" in warnings[0]["error"].upper()
     assert "unknown command" in warnings[0]["error"].lower()
+
+
+def _workers(supervisor: int) -> set[int]:
+    return child_pids(supervisor, lambda argv: b"worker" in argv)
+
+
+def test_a_reload_reads_every_key_again_in_every_worker(
+    edge_factory: Callable[..., EdgeProcess], redis_db: RedisServer, upstreams: dict[str, Upstream]
+) -> None:
+    """SIGHUP (systemctl reload): keys changed while keyspace notifications were off are
+    served at once, not at the next periodic resync; no worker restarts."""
+    edge = edge_factory(EDGE_WORKERS=WORKERS, CONFIG_RESYNC_INTERVAL=300)
+    r = redis_db.client()
+    r.set("proxy:before.test", proxy_doc("before.test", upstreams["A"].url))
+    wait_for(lambda: served_by(edge.http_port, "before.test") == "A", timeout=5)
+    assert edge.proc is not None
+    pid = edge.proc.pid
+    wait_for(lambda: len(_workers(pid)) == WORKERS)
+    workers = _workers(pid)
+    r.config_set("notify-keyspace-events", "")  # a managed Redis that drops them
+    r.set("proxy:quiet.test", proxy_doc("quiet.test", upstreams["B"].url))
+    time.sleep(1.5)
+    assert served_by(edge.http_port, "quiet.test") == 404  # nothing told the workers
+    edge.signal(signal.SIGHUP)
+    # every worker: several fresh connections, spread by SO_REUSEPORT
+    wait_for(
+        lambda: all(served_by(edge.http_port, "quiet.test") == "B" for _ in range(8)),
+        timeout=10,  # well under the 300 s of the periodic resync, even on a loaded machine
+    )
+    assert _workers(pid) == workers
+    assert "reload: every worker resyncs" in edge.stderr()

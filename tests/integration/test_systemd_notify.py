@@ -1,5 +1,5 @@
 """``Type=notify``: READY=1 once every worker listens, WATCHDOG=1 at half WATCHDOG_USEC
-while every worker's loop runs, STOPPING=1 on SIGTERM; SIGHUP does not stop the edge.
+while every worker's loop runs, STOPPING=1 on SIGTERM; SIGHUP (a reload) does not stop the edge.
 A real unix datagram socket stands in for systemd's."""
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def test_ready_after_every_worker_listens_then_watchdog_pings(
     assert receive(sock, 3.0) == ["WATCHDOG=1"]
     assert "worker not responding; watchdog pings stopped" in edge.stderr()
 
-    # SIGHUP: logged, and nothing else happens
+    # SIGHUP (a reload): logged, the workers resync; none stops
     edge.signal(signal.SIGHUP)
-    wait_for(lambda: "SIGHUP: nothing to reload" in edge.stderr())
+    wait_for(lambda: "reload: every worker resyncs" in edge.stderr())
     assert edge.proc is not None and edge.proc.poll() is None
     assert worker_pids(edge) == pids
 

@@ -27,7 +27,8 @@ def test_notify_with_watchdog_and_sandbox() -> None:
     d = directives()
     assert d["Type"] == ["notify"]
     assert d["WatchdogSec"] == ["30s"]
-    assert "ExecReload" not in d  # nothing to reload: see the unit's comment
+    # a reload re-reads every configuration key from Redis in every worker (SIGHUP)
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     for name, value in {
         "ProtectProc": "invisible",
         "ProcSubset": "pid",
