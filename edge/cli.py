@@ -23,7 +23,7 @@ SERVER_COMMANDS = ("serve", "check", "cert", "worker", "reverse-proxy", "version
 VERSION_WORDS = ("version", "-V", "--version")
 
 
-def _parser(with_client: bool = True) -> argparse.ArgumentParser:
+def _parser(with_client: bool = True, command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; without the client commands (and their imports) when the
     command is known to be one of the server's."""
     from edge.cli_help import (
@@ -32,17 +32,16 @@ def _parser(with_client: bool = True) -> argparse.ArgumentParser:
         examples,
         serve_settings_help,
     )
+    from edge.client.options import common_options
 
-    common = None
-    if with_client:
-        from edge.client.base import common_options
-
-        common = common_options()
+    common = common_options()
+    # before the group too: `edge --api-url URL cert list` (the list may call the API)
+    top_level = with_client or command == "cert"
     parser = argparse.ArgumentParser(
         prog="edge",
         usage="%(prog)s [-h] [--version] COMMAND ...",
         description="HTTP edge server",
-        parents=[common] if common is not None else [],
+        parents=[common] if top_level else [],
         epilog=examples("edge"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -75,7 +74,7 @@ def _parser(with_client: bool = True) -> argparse.ArgumentParser:
     )
     check.add_argument("--env-file", help="read settings from this .env file first")
     check.add_argument("--seed", help="JSON seed file to validate (default: EDGE_SEED_FILE)")
-    add_cert_parser(sub)
+    add_cert_parser(sub, common)
     add_admin_parsers(sub)
     add_reverse_proxy_parser(sub)
     sub.add_parser("version", help="print the version", description="Print the version.")
@@ -83,7 +82,6 @@ def _parser(with_client: bool = True) -> argparse.ArgumentParser:
     if with_client:
         from edge.client import add_client_parsers
 
-        assert common is not None
         add_client_parsers(sub, common)
     return parser
 
@@ -154,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         command = _command_of(argv)
-        args = _parser(with_client=command not in SERVER_COMMANDS).parse_args(argv)
+        args = _parser(command not in SERVER_COMMANDS, command).parse_args(argv)
+    if getattr(args, "cert_list", False):  # `edge cert list` and `edge certs list`: one
+        from edge.certs.listing import run_list
+
+        return run_list(args)
     if args.command == "version":
         print(f"edge {__version__}")
         return 0
@@ -179,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 2
-    from edge.observe.accesslog import setup_logging
-
     if args.command == "worker":
+        from edge.observe.accesslog import setup_logging
+
         settings = _settings(env)
         setup_logging(settings.log_level, worker=args.id, fmt=settings.log_format)
         from edge.worker import run_worker

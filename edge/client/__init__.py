@@ -13,13 +13,13 @@ import argparse
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
-from edge.client.base import Context, Sub, common_options
-from edge.client.configs import add_config_parsers
-from edge.client.errors import ClientError, one_line
-from edge.client.people import add_people_parsers
-from edge.client.session import add_session_parsers
-from edge.client.tokens import add_token_parsers
+if TYPE_CHECKING:
+    from edge.client.base import Sub
+
+# the modules below are imported where used: importing this package for one of them
+# (edge.client.options, by `edge cert list`) must not pull in the HTTP client
 
 __all__ = ["add_client_parsers", "run_client"]
 
@@ -27,6 +27,12 @@ __all__ = ["add_client_parsers", "run_client"]
 def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) -> None:
     """Add the client commands to the ``edge`` subparsers ``sub`` (``common``: their
     options, also accepted before the command when the ``edge`` parser has them too)."""
+    from edge.client.configs import add_config_parsers
+    from edge.client.options import common_options
+    from edge.client.people import add_people_parsers
+    from edge.client.session import add_session_parsers
+    from edge.client.tokens import add_token_parsers
+
     common = common_options() if common is None else common
     add_session_parsers(sub, common)
     add_token_parsers(sub, common)
@@ -36,6 +42,9 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
 
 def run_client(args: argparse.Namespace) -> int:
     """Run a client command; its exit status. Never raises (but SystemExit)."""
+    from edge.client.base import Context
+    from edge.client.errors import ClientError, one_line
+
     ctx = Context(args)
     try:
         status = args.handler(ctx)

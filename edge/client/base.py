@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -13,8 +12,9 @@ from typing import Any, TypeAlias
 
 from edge.client.config import Settings, resolve
 from edge.client.errors import ClientError
-from edge.client.http import DEFAULT_TIMEOUT, Api
-from edge.client.output import FORMATS, Column, Printer
+from edge.client.http import Api
+from edge.client.options import DEFAULT_TIMEOUT, common_options
+from edge.client.output import Column, Printer
 
 __all__ = [
     "Context",
@@ -31,41 +31,6 @@ __all__ = [
 
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[["Context"], int | None]
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0 or value > 3600:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
-    return value
-
-
-def common_options() -> argparse.ArgumentParser:
-    """The options of every client command (accepted before or after the subcommand)."""
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a value given on the group is not reset by the subcommand's default
-    s = argparse.SUPPRESS
-    opts = common.add_argument_group("connection and output")
-    opts.add_argument("--api-url", default=s, metavar="URL", help="the edge's admin API URL")
-    opts.add_argument(
-        "--token", default=s, metavar="TOKEN", help="the API token ('-' reads it from stdin)"
-    )
-    opts.add_argument("--profile", default=s, metavar="NAME", help="config file profile")
-    opts.add_argument(
-        "-o", "--format", default=s, choices=FORMATS, help="output format (default: table)"
-    )
-    opts.add_argument(
-        "--timeout",
-        default=s,
-        type=_timeout,
-        metavar="SECONDS",
-        help=f"timeout of each HTTP call (default: {DEFAULT_TIMEOUT:g})",
-    )
-    opts.add_argument("--debug", default=s, action="store_true", help="show requests, tracebacks")
-    return common
 
 
 def group(sub: Sub, name: str, help_text: str, common: argparse.ArgumentParser) -> Sub:

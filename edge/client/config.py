@@ -27,7 +27,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,6 +196,8 @@ def dump_toml(doc: Mapping[str, Any]) -> str:
 
 def write_config(path: Path, doc: Mapping[str, Any]) -> None:
     """Replace the file with ``doc`` atomically; mode 0600, its directory made 0700."""
+    import tempfile
+
     text = dump_toml(doc)
     try:
         if not path.parent.exists():

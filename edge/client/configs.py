@@ -17,6 +17,7 @@ from edge.client.base import Context, Sub, add_set_option, command, group, key_v
 from edge.client.errors import ClientError
 from edge.client.http import segment
 from edge.client.output import Column
+from edge.tls.cli_parser import add_list_parser
 
 __all__ = ["add_config_parsers"]
 
@@ -618,22 +619,11 @@ def _add_service_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- certificates
 
 
-def _problem(record: Mapping[str, Any]) -> str | None:
-    problem = record.get("problem")
-    return f"! {problem}" if problem else None
-
-
-CERT_COLUMNS = (
-    Column("NAME", "name"),
-    Column("DOMAINS", "domains"),
-    Column("EXPIRES", "expires_at"),
-    Column("STATUS", "status", status=True),
-    Column("PROBLEM", _problem, status=True),
-)
-
-
 def cert_list(ctx: Context) -> int:
-    return ctx.list(ctx.api.call("GET", f"{CERTS}/"), "certificates", CERT_COLUMNS)
+    """``edge certs list``: the same command as ``edge cert list`` (edge/certs/listing.py)."""
+    from edge.certs.listing import run_list
+
+    return run_list(ctx.args)
 
 
 def cert_show(ctx: Context) -> int:
@@ -651,10 +641,11 @@ def _add_cert_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     certs = group(
         sub,
         "certs",
-        "certificates through the API (/api/v1/certificates); 'edge cert' works on Redis directly",
+        "certificates through the API (/api/v1/certificates); 'edge cert' works on Redis "
+        "directly; 'list' is one command under both names (it reads either)",
         common,
     )
-    command(certs, "list", "list the certificates", cert_list, common)
+    add_list_parser(certs, common).set_defaults(handler=cert_list)
     command(certs, "show", "show one certificate (never its key)", cert_show, common).add_argument(
         "name", metavar="NAME"
     )

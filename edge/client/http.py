@@ -39,13 +39,13 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from edge import __version__
 from edge.client.errors import ClientError, one_line
+from edge.client.options import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = ["DEFAULT_TIMEOUT", "Api", "segment"]
 
-DEFAULT_TIMEOUT = 10.0
 MAX_ANSWER = 64 << 20  # far above any admin API answer
 _CHUNK = 65536
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})

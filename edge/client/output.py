@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge.client.errors import one_line
+from edge.client.options import FORMATS
 
 __all__ = [
     "FORMATS",
@@ -36,7 +37,6 @@ __all__ = [
     "use_color",
 ]
 
-FORMATS = ("table", "json", "yaml", "csv")
 
 _ISO_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?"
@@ -226,12 +226,13 @@ class Column:
     header: str
     field: str | Callable[[Mapping[str, Any]], Any]
     status: bool = False  # colour the value
+    relative: bool = True  # a date and time shown as "in 3d" (False: as it is)
 
     def value(self, record: Mapping[str, Any]) -> Any:
         return self.field(record) if callable(self.field) else record.get(self.field)
 
 
-def _cell(value: Any, now: datetime, absolute: bool = False) -> str:
+def _cell(value: Any, now: datetime, absolute: bool = False, relative: bool = True) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -243,7 +244,7 @@ def _cell(value: Any, now: datetime, absolute: bool = False) -> str:
     text = str(value)
     if not text:
         return '""'
-    when = parse_time(text)
+    when = parse_time(text) if relative else None
     if when is not None:
         return f"{text} ({relative_time(when, now)})" if absolute else relative_time(when, now)
     return text if text.isprintable() else one_line(text)
@@ -299,7 +300,7 @@ class Printer:
             return
         now = self._now
         header = [c.header for c in columns]
-        rows = [[_cell(c.value(item), now) for c in columns] for item in items]
+        rows = [[_cell(c.value(item), now, relative=c.relative) for c in columns] for item in items]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(columns))]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
         for row in rows:

@@ -1,4 +1,5 @@
-"""``edge cert``: import, list, show and delete the certificates stored in Redis.
+"""``edge cert``: import, show and delete the certificates stored in Redis (``list``, which
+may also read through the API, is :mod:`edge.certs.listing`).
 
 A shell over :mod:`edge.certs.repository`, which holds the keys, the checks and the
 transactions: this module parses arguments, reads the PEM files, calls the repository and
@@ -27,10 +28,11 @@ from redis.exceptions import RedisError
 
 from edge.certs import repository
 from edge.certs.described import Described, days_left, scrub
+from edge.certs.listing import CliError, redis_target, run_list
 from edge.certs.repository import CertRepositoryError, Prepared
+from edge.client.options import API_OPTIONS
 from edge.config.schema import ConfigError
-from edge.embedded_redis import socket_path
-from edge.settings import RedisTarget, SettingsError, environment, load_settings, redact_url
+from edge.settings import redact_url
 from edge.store.client import redis_client
 from edge.tls.material import MaterialError, san_covers, validate_material
 
@@ -41,15 +43,6 @@ PROG = "edge cert"
 
 # one command's work against a connected client: the exit status
 Work = Callable[[aioredis.Redis], Awaitable[int]]
-
-
-class CliError(Exception):
-    """A failure reported as ``edge cert: {message}`` with exit status ``status``."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 # ---------------------------------------------------------------------------
@@ -64,8 +57,15 @@ def run_cert(args: argparse.Namespace) -> int:
             # check the files before touching Redis: nothing is written unless they pass
             prepared = prepare_import(args)
             return _run(_import(args, prepared), args)
-        if args.cert_command == "list":
-            return _run(_list(args), args)
+        if args.cert_command == "list":  # edge/cli.py runs it before: one for cert, certs
+            return run_list(args)
+        given = [f"--{o.replace('_', '-')}" for o in API_OPTIONS if getattr(args, o, None)]
+        if given:
+            raise CliError(
+                f"{given[0]}: 'edge cert {args.cert_command}' works on Redis directly "
+                f"(through the API: edge certs {args.cert_command})",
+                2,
+            )
         if args.cert_command == "show":
             return _run(_show(args), args)
         if args.cert_command == "delete":
@@ -90,37 +90,9 @@ def _advice(exc: CertRepositoryError) -> str:
     return exc.message
 
 
-def _redis_target(env_file: str | None) -> RedisTarget:
-    try:
-        env = environment(env_file)
-    except SettingsError as exc:
-        raise CliError(str(exc), 2) from None
-    try:
-        settings = load_settings(env)
-    except SettingsError as exc:
-        raise CliError(f"invalid setting: {exc}", 2) from None
-    from edge.config.check import Unresolved, resolve_redis
-
-    try:
-        settings, url = resolve_redis(settings, env_file)
-    except Unresolved as exc:
-        raise CliError(str(exc)) from None
-    if url is None:
-        where = (
-            "pass --env-file FILE, the one the edge runs with"
-            if env_file is None
-            else "set REDIS_URL"
-        )
-        raise CliError(
-            "REDIS_URL is not set and the embedded redis is not running (no socket at "
-            f"{socket_path(settings.state_dir)}); start the edge, or {where}"
-        )
-    return settings.redis_target(url)
-
-
 def _run(work: Work, args: argparse.Namespace) -> int:
     """Run ``work(client)`` against the configured Redis; the exit status."""
-    redis = _redis_target(args.env_file)
+    redis = redis_target(args.env_file)
     url = redis.url
 
     async def main() -> int:
@@ -293,44 +265,6 @@ def _days_text(not_after: datetime, now: datetime) -> str:
 # ---------------------------------------------------------------------------
 # list, show, delete
 # ---------------------------------------------------------------------------
-
-
-def _list(args: argparse.Namespace) -> Work:
-    async def work(client: aioredis.Redis) -> int:
-        items = await repository.list_certs(client)
-        now = datetime.now(UTC)
-        if args.json:
-            text = json.dumps([_summary(item, now) for item in items], indent=2)
-            print(scrub(text, *(item.secret for item in items)))
-            return 0
-        if not items:
-            print("no certificates (no cert:* records)")
-            return 0
-        rows = [("NAME", "DOMAINS", "NOT_AFTER", "DAYS", "STATUS", "PROBLEM")]
-        secrets = [None, *(item.secret for item in items)]
-        for item in items:
-            not_after = item.not_after
-            days = item.days_left(now)
-            rows.append(
-                (
-                    item.name,
-                    ",".join(item.domains) or "-",
-                    not_after.isoformat() if not_after is not None else "-",
-                    str(days) if days is not None else "-",
-                    item.status or "-",
-                    f"! {item.problem}" if item.problem else "-",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        for row, secret in zip(rows, secrets, strict=True):
-            cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
-            print(scrub("  ".join([*cells, row[5]]).rstrip(), secret))
-        bad = sum(1 for item in items if item.problem)
-        if bad:
-            print(f"{PROG}: {bad} record(s) with problems (marked !)", file=sys.stderr)
-        return 0
-
-    return work
 
 
 def _show(args: argparse.Namespace) -> Work:

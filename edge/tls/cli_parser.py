@@ -4,12 +4,56 @@ of Redis and cryptography only the ``cert`` command itself pays for)."""
 from __future__ import annotations
 
 import argparse
+from typing import TypeAlias
 
-__all__ = ["add_cert_parser"]
+__all__ = ["LIST_DESCRIPTION", "add_cert_parser", "add_list_parser"]
 
 
-def add_cert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cert`` and its subcommands to the ``edge`` subparsers ``sub``."""
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+LIST_DESCRIPTION = """\
+List the certificates: one table (NAME, DOMAINS, EXPIRES, DAYS, STATUS, PROBLEM), the
+same whether they are read from Redis or through the admin API. 'edge cert list' and
+'edge certs list' are the same command.
+
+Where they are read from (--source api|redis says it outright):
+  --env-file FILE                      Redis directly, with the settings of that file
+  --api-url, --token or --profile,     the admin API (GET /api/v1/certificates/)
+  API_URL, TOKEN or EDGE_PROFILE set,
+  or a token saved by 'edge login'
+  otherwise                            Redis directly: REDIS_URL, the embedded Redis in
+                                       EDGE_STATE_DIR, or the one edge running here
+                                       (works with the API down)
+
+EXPIRES is the record's expires_at (written on import: the certificate's notAfter);
+DAYS the whole days left, negative once expired. A record that cannot be served says
+why under PROBLEM, marked '!'."""
+
+
+def add_list_parser(commands: Sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``list`` in ``commands``: the one listing of both ``edge cert`` and ``edge certs``
+    (run by :func:`edge.certs.listing.run_list`)."""
+    lst = commands.add_parser(
+        "list",
+        help="list the certificates (from Redis, or through the API)",
+        description=LIST_DESCRIPTION,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lst.add_argument("--env-file", help="read Redis with the settings (REDIS_URL) of this file")
+    lst.add_argument(
+        "--source",
+        choices=("api", "redis"),
+        help="read through the admin API or Redis directly (default: see above)",
+    )
+    lst.add_argument("--json", action="store_true", help="print a JSON array (as -o json)")
+    lst.set_defaults(cert_list=True)
+    return lst
+
+
+def add_cert_parser(sub: Sub, common: argparse.ArgumentParser) -> None:
+    """Add ``cert`` and its subcommands to the ``edge`` subparsers ``sub`` (``common``:
+    the client options, which ``list`` takes)."""
     from edge.cli_help import examples
 
     cert = sub.add_parser(
@@ -42,8 +86,7 @@ def add_cert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--allow-expired", action="store_true", help="import even if the certificate expired"
     )
 
-    lst = command("list", "list the certificate records (cert:*)")
-    lst.add_argument("--json", action="store_true", help="print a JSON array")
+    add_list_parser(commands, common)
 
     show = command("show", "show one certificate (never its private key)")
     show.add_argument("name", metavar="NAME")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from edge.settings import ENV_NAMES
 from edge.tls.material import decode_cert, validate_record
-from tests.helpers import ROOT, EdgeProcess, RedisServer, free_port, wait_for
+from tests.helpers import ROOT, EdgeProcess, RedisServer, edge_command, free_port, wait_for
 
 UTC = datetime.UTC
 SECRET = "hunter2"
@@ -81,8 +81,12 @@ def ab(pems: Callable[..., Pems]) -> Pems:
 
 
 def cert_env(redis_url: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    # no API settings (they would send `edge cert list` through the API), nor the user's
+    # config file: a logged-in profile there would too
+    api = ("API_URL", "TOKEN", "EDGE_PROFILE")
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k not in api}
     env["PYTHONPATH"] = str(ROOT)
+    env["XDG_CONFIG_HOME"] = "/nonexistent"
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     env.update(extra)
@@ -466,21 +470,23 @@ def test_list_reports_good_and_bad_records(
     done = run_cert("list", url=redis_db.url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "DOMAINS", "NOT_AFTER", "DAYS", "STATUS", "PROBLEM"]
+    # the one table of `edge cert list` and `edge certs list`, whichever the source
+    assert lines[0].split() == ["NAME", "DOMAINS", "EXPIRES", "DAYS", "STATUS", "PROBLEM"]
     names = [line.split()[0] for line in lines[1:]]
     assert names == ["ab", "broken", "hashed", "leaky", "mismatch"]
     rows = dict(zip(names, lines[1:], strict=True))
     good = rows["ab"].split()
     not_after = ab.leaf.not_valid_after_utc
     days = int((not_after - datetime.datetime.now(UTC)).total_seconds() / 86400)
-    assert good[:5] == [
+    assert good == [
         "ab",
-        "a.example.com,*.b.example.com",
+        "a.example.com,",
+        "*.b.example.com",
         not_after.isoformat(),
         str(days),
         "imported",
+        "-",
     ]
-    assert "!" not in rows["ab"]
     assert "! invalid JSON" in rows["broken"]
     assert "! holds a hash" in rows["hashed"]
     assert "! private_key_pem: private key does not match the certificate" in rows["mismatch"]
@@ -489,30 +495,27 @@ def test_list_reports_good_and_bad_records(
     assert "cert:domain" not in done.stdout
     assert_key_absent(done.stdout + done.stderr, ab, other)
 
-    done = run_cert("list", "--json", url=redis_db.url, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    items = json.loads(done.stdout)
-    assert [item["name"] for item in items] == ["ab", "broken", "hashed", "leaky", "mismatch"]
-    assert items[0] == {
-        "name": "ab",
-        "domains": ["a.example.com", "*.b.example.com"],
-        "not_after": not_after.isoformat(),
-        "expires_at": not_after.isoformat(),
-        "days_left": days,
-        "expired": False,
-        "status": "imported",
-        "problem": None,
-    }
-    assert all(item["problem"] for item in items[1:])
-    assert items[4]["not_after"] == not_after.isoformat()  # the chain itself is fine
-    assert_key_absent(done.stdout + done.stderr, ab, other)
+    for args in (("--json",), ("-o", "json")):
+        done = run_cert("list", *args, url=redis_db.url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        items = json.loads(done.stdout)
+        assert [item["name"] for item in items] == ["ab", "broken", "hashed", "leaky", "mismatch"]
+        assert items[0] == {
+            "name": "ab",
+            "domains": ["a.example.com", "*.b.example.com"],
+            "expires_at": not_after.isoformat(),
+            "status": "imported",
+            "problem": None,
+        }
+        assert all(item["problem"] for item in items[1:])
+        assert_key_absent(done.stdout + done.stderr, ab, other)
 
 
 def test_list_with_no_certificates(redis_db: RedisServer, tmp_path: Path) -> None:
     redis_db.client().set("cert:domain:a.example.com", "ghost")
     done = run_cert("list", url=redis_db.url, cwd=tmp_path)
     assert done.returncode == 0
-    assert "no certificates" in done.stdout
+    assert done.stdout == "(none)\n"
     done = run_cert("list", "--json", url=redis_db.url, cwd=tmp_path)
     assert json.loads(done.stdout) == []
 
@@ -834,3 +837,116 @@ def test_edge_serves_an_imported_certificate_and_the_default_after_delete(
     assert not verified_handshake(port, ca, "a.example.com")
     tls = edge.health()["tls"]
     assert tls["certificates"] == 0 and tls["rejected"] == {}
+
+
+# ---------------------------------------------------------------------------
+# `edge cert list` and `edge certs list`: one command, one table, two sources
+# ---------------------------------------------------------------------------
+
+
+def test_both_names_and_both_sources_print_the_same_table(ca: trustme.CA, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    edge = EdgeProcess(None, tmp_path, EDGE_STATE_DIR=str(state))
+    edge.start()
+    try:
+        local = cert_env(None, EDGE_STATE_DIR=str(state))
+        now = datetime.datetime.now(UTC)
+        lifetimes = {"fresh": 60, "soon": 5, "gone": -10}
+        for name, days in lifetimes.items():
+            # half a day away from a whole one: DAYS cannot change while the test runs
+            not_after = now + datetime.timedelta(days=days + (0.5 if days > 0 else -0.5))
+            leaf = ca.issue_cert(
+                f"{name}.example.com",
+                not_before=not_after - datetime.timedelta(days=90),
+                not_after=not_after,
+            )
+            files = write_pems(tmp_path, name, leaf)
+            done = run_cert(
+                "import", name, "--cert", files.cert, "--key", files.key, "--allow-expired",
+                url=None, cwd=tmp_path, env=local,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        api_url = f"http://127.0.0.1:{edge.api_port}"
+        admin = (state / "admin-token").read_text().strip()
+        through_api = {**local, "API_URL": api_url, "TOKEN": admin}
+        flags = ("--api-url", api_url, "--token", admin)
+        tables: dict[tuple[str, ...], str] = {}
+        for group in ("cert", "certs"):
+            for how, env, extra in (
+                ("redis (default)", local, ()),
+                ("api (API_URL, TOKEN)", through_api, ()),
+                ("api (flags)", local, flags),
+                ("redis (--source)", through_api, ("--source", "redis")),
+            ):
+                done = edge_command(group, "list", *extra, env=env, cwd=tmp_path)
+                assert done.returncode == 0, (group, how, done.stderr)
+                tables[(group, how)] = done.stdout
+                as_json = edge_command(group, "list", "-o", "json", *extra, env=env, cwd=tmp_path)
+                tables[(group, how, "json")] = as_json.stdout
+        # the global options before the group too
+        done = edge_command(*flags, "cert", "list", env=local, cwd=tmp_path)
+        tables[("edge --api-url ... cert list",)] = done.stdout
+    finally:
+        edge.stop()
+    table = tables[("cert", "redis (default)")]
+    assert {k: v for k, v in tables.items() if "json" not in k and v != table} == {}
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAME", "DOMAINS", "EXPIRES", "DAYS", "STATUS", "PROBLEM"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[0], r[1], r[3], r[4], r[5]) for r in rows] == [
+        ("fresh", "fresh.example.com", "60", "imported", "-"),
+        ("gone", "gone.example.com", "-10", "imported", "-"),
+        ("soon", "soon.example.com", "5", "imported", "-"),
+    ]
+    documents = {k: v for k, v in tables.items() if "json" in k}
+    first = json.loads(documents[("cert", "redis (default)", "json")])
+    assert [item["name"] for item in first] == ["fresh", "gone", "soon"]
+    assert all(json.loads(v) == first for v in documents.values())
+
+
+def test_list_reads_through_the_api_when_told_to_or_logged_in(
+    redis_db: RedisServer, tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the API source fails
+    config = tmp_path / "config"
+    local = cert_env(redis_db.url, XDG_CONFIG_HOME=str(config))
+    assert run_cert("list", url=None, cwd=tmp_path, env=local).stdout == "(none)\n"
+
+    def source(*args: str, **env: str) -> str:
+        done = run_cert("list", *args, url=None, cwd=tmp_path, env={**local, **env})
+        if done.returncode == 0:
+            return "redis"
+        # through the API: it is not there, or no token was given for it
+        said = done.stderr
+        assert f"cannot reach the edge API at {dead}" in said or "no token" in said, said
+        return "api"
+
+    assert source("--api-url", dead) == "api"
+    assert source("--token", "t", API_URL=dead) == "api"
+    assert source(API_URL=dead) == "api"
+    assert source(TOKEN="t", API_URL=dead) == "api"
+    assert source("--source", "api", API_URL=dead) == "api"
+    assert source("--source", "redis", API_URL=dead) == "redis"
+    # a token saved by `edge login` in the profile in use
+    (config / "edge").mkdir(parents=True)
+    (config / "edge" / "config.toml").write_text(
+        f'[profiles.default]\napi_url = "{dead}"\ntoken = "edge_t"\n'
+    )
+    (config / "edge" / "config.toml").chmod(0o600)
+    assert source() == "api"
+    env_file = tmp_path / "edge.env"
+    env_file.write_text(f"REDIS_URL={redis_db.url}\n")
+    assert source("--env-file", str(env_file)) == "redis"
+    done = run_cert("list", "--env-file", str(env_file), "--api-url", dead, url=None,
+                    cwd=tmp_path, env=local)  # fmt: skip
+    assert done.returncode == 2
+    assert "--env-file reads Redis directly: it cannot go with --api-url" in done.stderr
+    # the other commands of `edge cert` never call the API
+    done = run_cert("show", "x", "--api-url", dead, url=None, cwd=tmp_path, env=local)
+    assert done.returncode == 2 and "unrecognized arguments: --api-url" in done.stderr
+    done = edge_command("--api-url", dead, "cert", "show", "x", env=local, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "edge cert: --api-url: 'edge cert show' works on Redis directly "
+        "(through the API: edge certs show)\n"
+    )

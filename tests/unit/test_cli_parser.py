@@ -19,7 +19,7 @@ from edge.cli import _parser
 from edge.cli_help import _EXAMPLES, completion_script, grouped_settings
 from edge.config.seed import SeedError, load_seed
 from edge.settings import ENV_NAMES
-from tests.helpers import ROOT
+from tests.helpers import ROOT, RedisServer
 
 HEAVY = ("redis", "cryptography", "msgspec", "uvloop", "h11")
 
@@ -34,15 +34,16 @@ def edge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def imported(*args: str) -> set[str]:
+def imported(*args: str, env: dict[str, str] | None = None, status: int = 0) -> set[str]:
     """The top-level packages ``edge ARGS`` imports (python -X importtime)."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "edge", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=30,
     )
+    assert done.returncode == status, done.stdout + done.stderr
     names = set()
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -58,12 +59,42 @@ def test_version_three_ways() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("version",), ("--help",), ("proxy", "--help"), ("cert", "--help"), ("serve", "--help")],
+    [
+        ("version",),
+        ("--help",),
+        ("proxy", "--help"),
+        ("cert", "--help"),
+        ("cert", "list", "--help"),
+        ("certs", "list", "--help"),
+        ("check", "--help"),
+        ("serve", "--help"),
+    ],
 )
 def test_version_and_help_import_nothing_heavy(args: tuple[str, ...]) -> None:
     found = imported(*args)
     assert "edge" in found  # the measure works
     assert not found & set(HEAVY), (args, found & set(HEAVY))
+
+
+def test_one_shot_commands_import_only_what_they_use(redis_db: RedisServer) -> None:
+    """What bounds the start-up of `edge cert list` and `edge check` (python's start and
+    its imports are most of it): no redis-py nor asyncio for one read, no server code, the
+    certificate checks only for a record to check, the HTTP client only for the API."""
+    env = {k: "" for k in ENV_NAMES} | {"REDIS_URL": redis_db.url}
+    env |= {"API_URL": "", "TOKEN": "", "EDGE_PROFILE": "", "XDG_CONFIG_HOME": "/nonexistent"}
+    server = {"redis", "asyncio", "uvloop", "h11", "wsproto", "http", "ssl"}
+    empty = imported("cert", "list", env=env)
+    assert "edge" in empty
+    assert not empty & (server | {"cryptography", "msgspec"}), empty & server
+    checked = imported("check", env=env)
+    assert not checked & (server | {"cryptography"}), checked & server
+    # records to check: cryptography and msgspec now, still no server code
+    redis_db.client().set("proxy:a.test", '{"hostname": "a.test"}')  # invalid: exit 1
+    redis_db.client().set("cert:x", '{"cert_name": "x"}')
+    for args, status in ((("cert", "list"), 0), (("check",), 1)):
+        found = imported(*args, env=env, status=status)
+        assert "cryptography" in found and "msgspec" in found  # the records were checked
+        assert not found & server, (args, found & server)
 
 
 def test_global_options_before_or_after_the_command_group() -> None:
