@@ -216,6 +216,9 @@ def api_records(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def print_records(records: Sequence[Mapping[str, Any]], fmt: str, prog: str) -> None:
     """The table (or ``fmt``) of ``records``, and on stderr how many have problems."""
+    if not records and fmt == "table":
+        print("no certificates (no cert:* records)")
+        return
     Printer(fmt).records(records, COLUMNS)
     bad = sum(1 for record in records if record.get("problem"))
     if bad and fmt == "table":

@@ -515,7 +515,7 @@ def test_list_with_no_certificates(redis_db: RedisServer, tmp_path: Path) -> Non
     redis_db.client().set("cert:domain:a.example.com", "ghost")
     done = run_cert("list", url=redis_db.url, cwd=tmp_path)
     assert done.returncode == 0
-    assert done.stdout == "(none)\n"
+    assert done.stdout == "no certificates (no cert:* records)\n"
     done = run_cert("list", "--json", url=redis_db.url, cwd=tmp_path)
     assert json.loads(done.stdout) == []
 
@@ -910,7 +910,8 @@ def test_list_reads_through_the_api_when_told_to_or_logged_in(
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the API source fails
     config = tmp_path / "config"
     local = cert_env(redis_db.url, XDG_CONFIG_HOME=str(config))
-    assert run_cert("list", url=None, cwd=tmp_path, env=local).stdout == "(none)\n"
+    done = run_cert("list", url=None, cwd=tmp_path, env=local)
+    assert done.stdout == "no certificates (no cert:* records)\n"
 
     def source(*args: str, **env: str) -> str:
         done = run_cert("list", *args, url=None, cwd=tmp_path, env={**local, **env})
