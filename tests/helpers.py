@@ -40,6 +40,9 @@ def require_tool(name: str) -> str:
 
 
 _BLOCK = 1000  # ports per test process
+# above the ports the edge, nginx and the test tools listen on by default (8080, 8443,
+# 9000, 10001, 10443...): a test that leaves a listener at its default finds it free
+_FIRST_PORT = 20000
 _block_lock: socket.socket | None = None  # held for the life of the test process
 
 
@@ -59,7 +62,7 @@ def _port_block() -> Iterator[int]:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    for index in range(max(0, (low - 10000) // _BLOCK)):
+    for index in range(max(0, (low - _FIRST_PORT) // _BLOCK)):
         lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             lock.bind(f"\0edge-tests-port-block:{index}".encode())
@@ -67,7 +70,7 @@ def _port_block() -> Iterator[int]:
             lock.close()
             continue
         _block_lock = lock
-        start = 10000 + index * _BLOCK
+        start = _FIRST_PORT + index * _BLOCK
         while True:
             yield from range(start, start + _BLOCK)
     # every block taken: ask the kernel, as before
