@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -151,6 +152,30 @@ class RedisServer:
         return redis.Redis(
             host="127.0.0.1", port=self.port, socket_timeout=5, password=self.password
         )
+
+
+class PtyCapture:
+    """A pseudo-terminal to give a child process (``follower``): everything written to it
+    is gathered in ``data`` by a thread, from :meth:`start` (once the child has it) on."""
+
+    def __init__(self) -> None:
+        self.leader, self.follower = pty.openpty()
+        self.data = b""
+
+    def start(self) -> None:
+        os.close(self.follower)  # the child holds its own copy
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.leader, 65536)
+            except OSError:
+                break  # EIO once every writer is gone
+            if not chunk:
+                break
+            self.data += chunk
+        os.close(self.leader)
 
 
 class Monitor(threading.Thread):

@@ -5,8 +5,6 @@ once on the terminal (never in a log), saved 0600 in the state directory, picked
 from __future__ import annotations
 
 import hashlib
-import os
-import pty
 import re
 import shutil
 import signal
@@ -14,7 +12,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +22,7 @@ import pytest
 
 from edge.admin_cli import connection_args
 from tests.helpers import (
+    PtyCapture,
     RedisServer,
     clean_env,
     free_port,
@@ -52,36 +50,26 @@ class Serve:
             **env,
         )
         self.env.pop("REDIS_URL", None)
-        self.terminal = b""
         self.out = workdir / f"serve-{self.api_port}.out"
         self.err = workdir / f"serve-{self.api_port}.err"
-        master = slave = -1
-        if tty:
-            master, slave = pty.openpty()
+        self.pty = PtyCapture() if tty else None
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edge", "serve"],
                 env=self.env,
                 cwd=str(workdir),
                 stdout=out,
-                stderr=slave if tty else err,
+                stderr=self.pty.follower if self.pty is not None else err,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # no controlling terminal: /dev/tty fails
             )
-        if tty:
-            os.close(slave)
-            threading.Thread(target=self._read, args=(master,), daemon=True).start()
+        if self.pty is not None:
+            self.pty.start()
 
-    def _read(self, master: int) -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.terminal += chunk
-        os.close(master)
+    @property
+    def terminal(self) -> bytes:
+        """What the edge wrote on its terminal (nothing without one)."""
+        return self.pty.data if self.pty is not None else b""
 
     def ready(self) -> Serve:
         def up() -> bool:

@@ -13,20 +13,18 @@ Nothing is skipped: a missing tool or user fails the test.
 from __future__ import annotations
 
 import os
-import pty
 import pwd
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Upstream, free_port, wait_for
+from tests.helpers import ROOT, PtyCapture, Upstream, free_port, wait_for
 
 TOKEN = re.compile(r"edge_[1-9A-HJ-NP-Za-km-z]{44}")
 USER = "nobody"
@@ -83,25 +81,17 @@ class Terminal:
     """A process whose stdin, stdout and stderr are a pseudo-terminal; what it wrote."""
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        master, slave = pty.openpty()
+        self.pty = capture = PtyCapture()
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=str(cwd), stdin=slave, stdout=slave, stderr=slave,
+            argv, env=env, cwd=str(cwd),
+            stdin=capture.follower, stdout=capture.follower, stderr=capture.follower,
             start_new_session=True,
         )  # fmt: skip
-        os.close(slave)
-        self.text = b""
-        threading.Thread(target=self._read, args=(master,), daemon=True).start()
+        capture.start()
 
-    def _read(self, master: int) -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.text += chunk
-        os.close(master)
+    @property
+    def text(self) -> bytes:
+        return self.pty.data
 
 
 @pytest.mark.timeout(600)  # the first pip install of a fresh .venv
