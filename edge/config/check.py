@@ -21,15 +21,11 @@ __all__ = ["check_redis", "embedded_data", "resolve_redis", "run_check"]
 _DATA = ("appendonlydir", "edge.aof", "dump.rdb")
 
 
-class WrongType(bytes):
-    """The Redis type of a config key that holds something other than a string."""
-
-
 def _config_values(redis: RedisTarget) -> dict[str, bytes]:
     """Every config key and its value (:class:`WrongType` for another Redis type), read
     with one-shot blocking commands: no redis-py nor asyncio import for a command that
     reads once and exits (edge.store.oneshot)."""
-    from edge.config.schema import CONFIG_KEY_PATTERNS, classify_key
+    from edge.config.schema import CONFIG_KEY_PATTERNS, WrongType, classify_key
     from edge.store.oneshot import open_reader
 
     reader = open_reader(redis)
@@ -58,7 +54,7 @@ def check_redis(redis: RedisTarget, out: TextIO) -> int:
     if not values:
         print("0 config keys checked, 0 problem(s)", file=out)
         return 0
-    from edge.config.schema import ConfigError, decode_item
+    from edge.config.schema import ConfigError, WrongType, decode_item
     from edge.tls.material import CertRecord, validate_record
 
     problems = 0

@@ -6,12 +6,10 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from edge.config.schema import CONFIG_KEY_PATTERNS, classify_key
+from edge.config.schema import CONFIG_KEY_PATTERNS, WrongType, classify_key
 from edge.store.scan import mget, scan_keys
 
-
-class WrongType(bytes):
-    """Marker value for a config key that holds something other than a string."""
+__all__ = ["WrongType", "fetch", "scan_all"]
 
 
 async def fetch(client: aioredis.Redis, keys: Iterable[str]) -> dict[str, bytes | None]:

@@ -191,6 +191,10 @@ _CERT_PREFIX = keys.CERT
 _CERT_DOMAIN_PREFIX = keys.CERT_DOMAIN
 
 
+class WrongType(bytes):
+    """In place of a config key's value: the Redis type it holds instead of a string."""
+
+
 def classify_key(key: str) -> str | None:
     """Return the kind of configuration stored under ``key``.
 
