@@ -53,7 +53,7 @@ from edge.auth.secrets import AuthFailure
 from edge.http1.exchange import Exchange
 from edge.store import keys
 from edge.store.lease import hold
-from edge.store.scan import scan_values
+from edge.store.scan import as_text, scan_values
 from edge.store.transaction import Txn, transaction
 
 __all__ = [
@@ -202,7 +202,7 @@ class LastUsedFlusher:
             tid = key[len(LAST_USED_PREFIX) :]
             if not valid_id("t", tid):
                 continue
-            if await self._flush_one(tid, _text(value)):
+            if await self._flush_one(tid, as_text(value)):
                 updated += 1
         self.flushed += updated
         return updated
@@ -222,7 +222,3 @@ class LastUsedFlusher:
             return await transaction(self.redis.client, [key], write, attempts=4)
         except TooMuchContention:
             return False  # revoked or rewritten four times meanwhile: the next flush retries
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -43,6 +43,7 @@ from edge.api.tokens.store import now_iso
 from edge.auth.roles import OWNER, is_role
 from edge.auth.secrets import B58_CLASS, BASE58_ALPHABET
 from edge.store import keys
+from edge.store.scan import as_text
 from edge.store.transaction import Txn
 
 __all__ = [
@@ -297,13 +298,9 @@ def decode_pat(tid: str, raw: bytes | str | None) -> PatRecord | None:
     return record if _fits(key, ok) else None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 def _ids(kind: str, members: Iterable[bytes | str]) -> list[str]:
     """The well-formed ids of a set (anything else in an index set is ignored)."""
-    return sorted(t for t in (_text(m) for m in members) if valid_id(kind, t))
+    return sorted(t for t in (as_text(m) for m in members) if valid_id(kind, t))
 
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -569,7 +566,7 @@ class PeopleStore(RedisStore):
                 if record is None:
                     continue
                 if used is not None:
-                    seen = _text(used)
+                    seen = as_text(used)
                     if record.last_used_at is None or seen > record.last_used_at:
                         record = msgspec.structs.replace(record, last_used_at=seen)
                 records.append(record)
