@@ -926,6 +926,8 @@ def test_a_reload_reads_every_key_again_in_every_worker(
     pid = edge.proc.pid
     wait_for(lambda: len(_workers(pid)) == WORKERS)
     workers = _workers(pid)
+    # every worker has made its first full read (it says so before it serves)
+    wait_for(lambda: edge.stderr().count('"message":"worker serving"') == WORKERS, timeout=10)
     r.config_set("notify-keyspace-events", "")  # a managed Redis that drops them
     r.set("proxy:quiet.test", proxy_doc("quiet.test", upstreams["B"].url))
     time.sleep(1.5)
