@@ -102,3 +102,39 @@ def event_loop_name(request: pytest.FixtureRequest) -> str:
 def edge(edge_factory: Callable[..., EdgeProcess], event_loop_name: str) -> EdgeProcess:
     """One edge worker, run under uvloop and under the default asyncio loop."""
     return edge_factory(EDGE_LOOP=event_loop_name, CONFIG_RESYNC_INTERVAL=30)
+
+
+# ACME: a real Pebble, and the tests' own front for it (tests/pebble.py)
+from tests.pebble import AcmeFront, Pebble  # noqa: E402
+
+
+@pytest.fixture
+def pebble_factory(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
+    """Start Pebbles: ``pebble_factory(http_port=...)`` (the port HTTP-01 is validated
+    on; more keywords go to :class:`tests.pebble.Pebble`); each is stopped after the test."""
+    started: list[Pebble] = []
+
+    def start(http_port: int, **options: Any) -> Pebble:
+        pebble = Pebble(tmp_path, http_port, **options)
+        started.append(pebble)
+        return pebble.start()
+
+    yield start
+    for pebble in started:
+        pebble.stop()
+
+
+@pytest.fixture
+def acme_front_factory() -> Iterator[Callable[..., AcmeFront]]:
+    """Start AcmeFronts: ``acme_front_factory(pebble, renewal_info=False)``; each is
+    stopped after the test."""
+    started: list[AcmeFront] = []
+
+    def start(pebble: Pebble, **options: Any) -> AcmeFront:
+        front = AcmeFront(pebble, **options)
+        started.append(front)
+        return front.start()
+
+    yield start
+    for front in started:
+        front.stop()
