@@ -228,6 +228,39 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _https_url(raw: str) -> str:
+    """An ACME directory: ``https://``; ``http://`` only on a loopback host (a local CA)."""
+    value = raw.strip()
+    parts = urllib.parse.urlsplit(value)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    return value
+
+
+def _pem_file(raw: str) -> str:
+    value = raw.strip()
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read it ({exc})") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError("holds no PEM certificate")
+    return value
+
+
+def _email(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+        raise ValueError("must be an e-mail address such as ops@example.com")
+    return value
+
+
 _TOKEN_MIN, _TOKEN_MAX = 32, 256
 # what a client can send after "Bearer " (RFC 6750 section 2.1, b64token)
 _BEARER_TOKEN = re.compile(r"\A[A-Za-z0-9._~+/-]+=*\Z")
@@ -300,6 +333,25 @@ class Settings:
     self_signed_cn: str = "localhost"
     self_signed_days: int = 365
     rsa_key_size: int = 2048
+    # ACME: automatic HTTPS
+    auto_https: bool = True  # a proxy with enable_https gets a certificate by itself
+    acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_staging_url: str = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None  # trusted for the ACME server's own HTTPS
+    acme_poll_max_attempts: int = 30
+    acme_poll_interval_seconds: float = 2.0
+    acme_poll_initial_wait: float = 1.0
+    acme_retry_initial_seconds: float = 60.0  # first pause after a failed order, doubling
+    acme_retry_max_seconds: float = 21600.0
+    admin_email: str | None = None
+    cert_gen_max_workers: int = 4
+    cert_status_retention_seconds: float = 86400.0
+    renewal_check_interval: float = 3600.0
+    renewal_threshold_days: int = 30
+    renewal_min_age: float = 3600.0  # a certificate is never renewed younger than this
+    on_demand_tls: bool = False
+    on_demand_tls_wait: float = 10.0
+    on_demand_tls_max_per_hour: int = 20
     # personal access tokens
     pat_verify_cache_ttl: float = 30.0
     pat_last_used_flush_interval: float = 30.0
@@ -373,6 +425,24 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SELF_SIGNED_CN": ("self_signed_cn", _common_name),
     "SELF_SIGNED_DAYS": ("self_signed_days", _int(1, 3650)),
     "RSA_KEY_SIZE": ("rsa_key_size", _key_size),
+    "AUTO_HTTPS": ("auto_https", _bool),
+    "ACME_DIRECTORY_URL": ("acme_directory_url", _https_url),
+    "ACME_STAGING_URL": ("acme_staging_url", _https_url),
+    "ACME_CA_BUNDLE": ("acme_ca_bundle", _pem_file),
+    "ACME_POLL_MAX_ATTEMPTS": ("acme_poll_max_attempts", _int(1, 1000)),
+    "ACME_POLL_INTERVAL_SECONDS": ("acme_poll_interval_seconds", _seconds),
+    "ACME_POLL_INITIAL_WAIT": ("acme_poll_initial_wait", _optional_seconds),
+    "ACME_RETRY_INITIAL_SECONDS": ("acme_retry_initial_seconds", _seconds),
+    "ACME_RETRY_MAX_SECONDS": ("acme_retry_max_seconds", _seconds),
+    "ADMIN_EMAIL": ("admin_email", _email),
+    "CERT_GEN_MAX_WORKERS": ("cert_gen_max_workers", _int(1, 64)),
+    "CERT_STATUS_RETENTION_SECONDS": ("cert_status_retention_seconds", _seconds),
+    "RENEWAL_CHECK_INTERVAL": ("renewal_check_interval", _seconds),
+    "RENEWAL_THRESHOLD_DAYS": ("renewal_threshold_days", _int(0, 3650)),
+    "RENEWAL_MIN_AGE": ("renewal_min_age", _seconds),
+    "ON_DEMAND_TLS": ("on_demand_tls", _bool),
+    "ON_DEMAND_TLS_WAIT": ("on_demand_tls_wait", _seconds),
+    "ON_DEMAND_TLS_MAX_PER_HOUR": ("on_demand_tls_max_per_hour", _int(0, 100000)),
     "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", _cache_seconds),
     "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", _seconds),
     "ADMIN_TOKEN": ("admin_token", _bearer_token),

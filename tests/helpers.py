@@ -293,6 +293,8 @@ class EdgeProcess:
             "LOG_LEVEL": "INFO",
             # the TLS and PROXY listeners are off unless a test turns them on
             "HTTPS_PORT": "0",
+            # no certificate is ordered unless a test asks (its ACME server is local)
+            "AUTO_HTTPS": "false",
             "PROXY_PROTOCOL_PORT": "0",
             "PROXY_PROTOCOL_TLS_PORT": "0",
             "PYTHONPATH": str(ROOT),

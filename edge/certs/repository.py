@@ -17,11 +17,12 @@ Functions take a connected asyncio client and may raise ``RedisError``/``OSError
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from edge.certs.described import Described, describe
 from edge.errors import EdgeError
@@ -64,7 +65,8 @@ __all__ = [
 ]
 
 IMPORTED_STATUS = "imported"
-_RESERVED = "domain:"  # a name starting so would be read as a cert:domain: key
+# a name starting so would be read as a cert:domain: or a cert:status: key
+_RESERVED = ("domain:", "status:")
 
 
 class CertRepositoryError(EdgeError):
@@ -105,7 +107,7 @@ class ReservedCertName(InvalidCertName):
 
     status = 400
     code = "invalid_name"
-    public_message = "certificate names starting 'domain:' are reserved"
+    public_message = "certificate names starting 'domain:' or 'status:' are reserved"
 
 
 class CertExists(CertRepositoryError):
@@ -140,13 +142,13 @@ domain_key = keys.cert_domain
 def record_key(name: str) -> str:
     """``cert:{name}``, or :class:`InvalidCertName` for a name that is no record's."""
     key = cert_key(name)
-    if not name or key.startswith(CERT_DOMAIN_PREFIX):
+    if not name or key.startswith((CERT_DOMAIN_PREFIX, keys.CERT_STATUS)):
         raise InvalidCertName(f"{key} is not a certificate record key")
     return key
 
 
 def _cert_name(key: str) -> str | None:
-    if key.startswith(CERT_DOMAIN_PREFIX) or not key.startswith(CERT_PREFIX):
+    if key.startswith((CERT_DOMAIN_PREFIX, keys.CERT_STATUS)) or not key.startswith(CERT_PREFIX):
         return None
     return key[len(CERT_PREFIX) :] or None
 
@@ -229,7 +231,8 @@ def check_new_name(name: str) -> None:
     """:class:`ReservedCertName` for a name no new certificate may take."""
     if name.startswith(_RESERVED):
         raise ReservedCertName(
-            f"invalid certificate name {name!r}: names starting 'domain:' are reserved"
+            f"invalid certificate name {name!r}: names starting 'domain:' or 'status:' "
+            "are reserved"
         )
 
 
@@ -242,6 +245,8 @@ def prepare(
     email: str | None = None,
     allow_expired: bool = False,
     status: str = IMPORTED_STATUS,
+    acme_directory_url: str | None = None,
+    owner_token_hash: str | None = None,
 ) -> Prepared:
     """Check a certificate as the workers will; the record to :func:`store`.
 
@@ -259,6 +264,10 @@ def prepare(
     }
     if email is not None:
         doc["email"] = email
+    if acme_directory_url is not None:
+        doc["acme_directory_url"] = acme_directory_url
+    if owner_token_hash is not None:
+        doc["owner_token_hash"] = owner_token_hash
     # the shape first (name, domain syntax, email): the same check workers run
     record = decode_cert(cert_key(name), json.dumps(doc))
     info = validate_material(
@@ -283,12 +292,23 @@ class Stored:
     left: tuple[str, ...]  # keys naming this certificate, not listed, kept (new record)
 
 
-async def store(client: aioredis.Redis, prepared: Prepared, *, replace: bool = False) -> Stored:
+async def store(
+    client: aioredis.Redis,
+    prepared: Prepared,
+    *,
+    replace: bool = False,
+    guard: Callable[[Txn], Awaitable[None]] | None = None,
+    also: Callable[[Pipeline], None] | None = None,
+) -> Stored:
     """Write ``prepared`` and a ``cert:domain:`` key per domain, in one transaction.
 
     A domain key naming another certificate is taken over. When a record is replaced, the
     keys of domains it no longer lists are removed with it; keys naming this certificate
     while no record existed are left alone (they were written by hand, not by us).
+
+    ``guard`` reads (and so watches) what must still hold when the write lands, raising
+    if it does not (ACME's fence: the order's lease is still this node's); ``also`` queues
+    more writes in the same transaction.
     """
     record = prepared.record
     name = record.cert_name
@@ -296,6 +316,8 @@ async def store(client: aioredis.Redis, prepared: Prepared, *, replace: bool = F
     new_keys = [domain_key(d) for d in record.domains]
 
     async def write(txn: Txn) -> Stored:
+        if guard is not None:
+            await guard(txn)
         kind = await _type_of(txn.reader, key)
         if kind != "none" and not replace:
             raise CertExists(f"{key} already exists")
@@ -316,6 +338,8 @@ async def store(client: aioredis.Redis, prepared: Prepared, *, replace: bool = F
             writes.set(new_key, name)
         for stale_key in stale:
             writes.delete(stale_key)
+        if also is not None:
+            also(writes)
         return _stored(key, kind, new_keys, taken, stale, others)
 
     try:

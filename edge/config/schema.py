@@ -214,6 +214,8 @@ def classify_key(key: str) -> str | None:
         return "proxy" if len(key) > len(_PROXY_PREFIX) else None
     if key.startswith(_CERT_DOMAIN_PREFIX):
         return "cert_domain" if len(key) > len(_CERT_DOMAIN_PREFIX) else None
+    if key.startswith(keys.CERT_STATUS):
+        return None  # an ACME issuance's progress, not configuration
     if key.startswith(_CERT_PREFIX):
         return "cert" if len(key) > len(_CERT_PREFIX) else None
     return None

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from edge.config.last_good import apply_shared, settle
 from edge.config.redis_source import fetch, scan_all
+from edge.config.schema import classify_key
 from edge.config.snapshot import Snapshot, resync_updates
 from edge.health import Report, Verdict
 from edge.settings import RedisTarget
@@ -249,4 +250,8 @@ class ConfigWatcher:
     def _note(message: dict[str, object], prefix: bytes, dirty: set[str]) -> None:
         channel = message.get("channel")
         if isinstance(channel, bytes) and channel.startswith(prefix):
-            dirty.add(channel[len(prefix) :].decode("utf-8", "replace"))
+            key = channel[len(prefix) :].decode("utf-8", "replace")
+            # keys beside the configuration under a watched prefix (an ACME issuance's
+            # cert:status:) change often and never change the snapshot
+            if classify_key(key) is not None:
+                dirty.add(key)

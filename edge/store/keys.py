@@ -27,6 +27,9 @@ SERVICE_URL = "service:url:"
 SERVICE_EXTERNAL = "service:external:"
 CERT = "cert:"
 CERT_DOMAIN = "cert:domain:"
+# an ACME certificate's progress (pending, validating, issuing, active, failed): beside the
+# records, read by people as much as by the edge, but no configuration
+CERT_STATUS = "cert:status:"
 RESOURCE = "resource:"
 
 # what the config watcher subscribes to and resyncs
@@ -73,8 +76,26 @@ def cert_domain(domain: str) -> str:
     return CERT_DOMAIN + domain
 
 
+def cert_status(name: str) -> str:
+    """-> the JSON status document of certificate ``name``'s ACME issuance."""
+    return CERT_STATUS + name
+
+
 def resource(uri: str) -> str:
     return RESOURCE + uri
+
+
+# ------------------------------------------------------------------ ACME, shared by every node
+
+ACME_CHALLENGE = "acme:challenge:"
+# optional: when this set exists, on-demand TLS only asks for names it lists (exact names,
+# or "*.example.com" for any name directly under example.com)
+ACME_ON_DEMAND_ALLOWLIST = "acme:on-demand:allowlist"
+
+
+def acme_challenge(token: str) -> str:
+    """-> the HTTP-01 key authorization to answer for ``token`` (with a TTL)."""
+    return ACME_CHALLENGE + token
 
 
 # ------------------------------------------------------------------ API records
@@ -154,6 +175,35 @@ TLS_DEFAULT = "edge:tls:default"
 TLS_DEFAULT_LEASE = "edge:tls:default:lock"
 # the lease of the node copying pat_last_used:* into the PAT records
 PAT_LAST_USED_LEASE = "lock:pat_last_used"
+
+
+# ACME: the orders due (a sorted set: certificate name -> when, Unix seconds), each order's
+# lease, the accounts (one per directory URL and e-mail), the budgets that mirror the CA's
+# limits, the renewal time chosen for each certificate
+ACME_QUEUE = "edge:acme:queue"
+ACME_BUDGET = "edge:acme:budget:"
+
+
+def acme_lease(name: str) -> str:
+    return f"edge:acme:lease:{name}"
+
+
+def acme_account(account_id: str) -> str:
+    return f"edge:acme:account:{account_id}"
+
+
+def acme_account_lease(account_id: str) -> str:
+    return f"edge:acme:account:{account_id}:lock"
+
+
+def acme_budget(kind: str, subject: str, window: int) -> str:
+    """-> a counter of ``kind`` (orders, failures...) for ``subject`` in time window ``window``."""
+    return f"{ACME_BUDGET}{kind}:{subject}:{window}"
+
+
+def acme_renewal(name: str) -> str:
+    """-> when certificate ``name`` is to be renewed, chosen once for every node."""
+    return f"edge:acme:renewal:{name}"
 
 
 def token_deleting(token_hash: str) -> str:
