@@ -20,10 +20,9 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -198,25 +197,28 @@ class Pebble:
             )
 
     def _wait(
-        self, name: str, proc: subprocess.Popen[bytes], ready: Any, timeout: float
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        ready: Callable[[], bool],
+        timeout: float,
     ) -> None:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                self.stop()
                 raise AssertionError(
                     f"{name} exited with status {proc.returncode} while starting:\n{self.logs()}"
                 )
             try:
                 if ready():
                     return
-            except (OSError, ssl.SSLError, urllib.error.URLError) as exc:
+            except (OSError, ValueError) as exc:  # not listening yet, or a partial answer
                 last = exc
             time.sleep(0.05)
         self.stop()
-        raise AssertionError(
-            f"{name} not ready within {timeout}s (last: {last!r}):\n{self.logs()}"
-        )
+        raise AssertionError(f"{name} not ready within {timeout}s (last: {last!r}):\n{self.logs()}")
 
     def _dns_ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.dns_management_port), timeout=1):
@@ -283,17 +285,17 @@ class _FrontServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # the TLS handshake runs here, in the connection's own thread, not in accept()
-        with self.connections_lock:
-            self.connections.add(request)
         try:
-            try:
-                tls = self.context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                return
+            tls = self.context.wrap_socket(request, server_side=True)
+        except OSError:
+            return
+        with self.connections_lock:
+            self.connections.add(tls)
+        try:
             super().finish_request(tls, client_address)
         finally:
             with self.connections_lock:
-                self.connections.discard(request)
+                self.connections.discard(tls)
 
     def close_connections(self) -> None:
         """Cut kept-alive connections too: a stopped front answers nothing."""
