@@ -19,10 +19,13 @@ import time
 from pathlib import Path
 
 from edge.admin_token import FILE_ENV, read_token
+from edge.api.config.acme import AcmeDefaults
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
+from edge.certs.acme.service import AcmeService
 from edge.config.watcher import ConfigWatcher
+from edge.handlers.acme import ACME_CHALLENGE_PREFIX, ChallengeResponder
 from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.forward import Forwarder
 from edge.health import HealthView, Report
@@ -34,6 +37,7 @@ from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_r
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.routing.dispatch import Dispatcher
+from edge.routing.mount import Mount
 from edge.sdnotify import WorkerReporter
 from edge.settings import Settings
 from edge.store.client import redis_client
@@ -69,20 +73,37 @@ class Worker:
         )
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_target()))
-        self.api = ApiApp(
-            lambda: self.health(),
-            default_groups(self.tokens, pat_cache_ttl=settings.pat_verify_cache_ttl),
-        )
         self.tls: TlsStore | None = None
         if settings.https_port or settings.proxy_protocol_tls_port:
             self.tls = TlsStore(settings)
             self.watcher.on_install.append(self.tls.update)
+        # ACME: this worker's share of the orders (automatic HTTPS when it serves TLS),
+        # and the HTTP-01 answers every node gives
+        self.acme_client = redis_client(settings.redis_target())
+        self.acme = AcmeService(settings, self.acme_client, auto=self.tls is not None)
+        self.watcher.on_install.append(self.acme.note_snapshot)
+        self.challenges = ChallengeResponder(self.acme_client)
+        self.api = ApiApp(
+            lambda: self.health(),
+            default_groups(
+                self.tokens,
+                pat_cache_ttl=settings.pat_verify_cache_ttl,
+                acme=AcmeDefaults(
+                    directory_url=settings.acme_directory_url,
+                    staging_url=settings.acme_staging_url,
+                    admin_email=settings.admin_email,
+                    token_email=self._token_email,
+                    kick=self.acme.kick,
+                ),
+            ),
+        )
         self.dispatcher = Dispatcher(
             self.forwarder,
             self.api,
             settings.api_hostname,
             tls_covers=self.tls.covers if self.tls is not None else None,
         )
+        self.dispatcher.mount(Mount(ACME_CHALLENGE_PREFIX, self.challenges, scheme="http"))
         # each snapshot's routing table is compiled as it is installed
         self.watcher.on_install.append(self.dispatcher.install)
         self.servers: list[asyncio.Server] = []
@@ -109,6 +130,10 @@ class Worker:
         view.add(self.services.health_report)
         return view
 
+    async def _token_email(self, name: str) -> str | None:
+        record = await self.tokens.get(name)
+        return record.cert_email if record is not None else None
+
     def _identity_report(self) -> Report:
         fields = {
             "worker": self.worker_id,
@@ -134,6 +159,7 @@ class Worker:
         self.services.start(
             TaskService("pat-last-used", flusher.run, lambda: {"flushed": flusher.flushed})
         )
+        self.services.start(TaskService("acme", self.acme.run, self.acme.health))
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
         wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
@@ -223,6 +249,7 @@ class Worker:
         await self.drain()
         await self.services.stop()  # before the API's Redis client the flush uses closes
         await self.api.close()
+        await self.challenges.close()  # closes the ACME client too
         await self.tokens.redis.close()
         self.hub.access_log.flush()
         return 0

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
+from edge.api.config.acme import AcmeDefaults
 from edge.api.config.cascade import prepare_cascade
 from edge.api.config.routes import ConfigApi
 from edge.api.http import (
@@ -53,10 +54,13 @@ log = logging.getLogger("edge.api")
 _json = msgspec.json.Encoder()
 
 
-def default_groups(store: TokenStore, *, pat_cache_ttl: float = 30.0) -> list[EndpointGroup]:
-    """Every area of the API, wired to the worker's token store (and its Redis handle)."""
+def default_groups(
+    store: TokenStore, *, pat_cache_ttl: float = 30.0, acme: AcmeDefaults | None = None
+) -> list[EndpointGroup]:
+    """Every area of the API, wired to the worker's token store (and its Redis handle);
+    ``acme``: the certificate orders' defaults (without it, no issuance endpoints)."""
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
-    return [TokenApi(store, prepare_cascade), ConfigApi(store), PeopleApi(store, people)]
+    return [TokenApi(store, prepare_cascade), ConfigApi(store, acme), PeopleApi(store, people)]
 
 
 def build_router(

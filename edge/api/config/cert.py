@@ -19,10 +19,12 @@ import redis.asyncio as aioredis
 from edge.api.config.store import (
     ConfigScope,
     as_text,
+    can_see,
     cert_key,
     encode,
     fetch_visible,
     loose_doc,
+    owner_of,
     read,
     transaction,
     visible_raw,
@@ -179,8 +181,17 @@ async def delete_certificate(req: ApiRequest[ConfigScope]) -> Response:
     name = _name(req)
     key = cert_key(name)
 
+    status_key = keys.cert_status(name)
+
     async def write(txn: Txn) -> None:
-        await visible_raw(txn.reader, req.scope, key, _not_found)
+        # an ACME order in progress has a status and no record yet: deleting cancels it
+        raw_status = await txn.get(status_key)
+        ordering = raw_status is not None and can_see(req.scope, owner_of(raw_status))
+        try:
+            await visible_raw(txn.reader, req.scope, key, _not_found)
+        except NotFound:
+            if not ordering:
+                raise
         pointing = await _domain_keys(txn.reader, name)
         if pointing:
             await txn.watch(*pointing)
@@ -191,8 +202,10 @@ async def delete_certificate(req: ApiRequest[ConfigScope]) -> Response:
             ]
         pipe = txn.writes()
         pipe.delete(key, *pointing)
+        pipe.delete(status_key, keys.acme_renewal(name))
+        pipe.zrem(keys.ACME_QUEUE, name)
 
-    await transaction(req.scope, [key], write)
+    await transaction(req.scope, [key, status_key], write)
     return Response(204)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.api.config.acme import AcmeDefaults, add_acme_routes
 from edge.api.config.cert import add_cert_routes
 from edge.api.config.proxy import add_proxy_routes
 from edge.api.config.resource import add_resource_routes
@@ -27,8 +28,9 @@ class ConfigApi:
     """Proxies, routes, services, certificates and resources: any valid token, each
     handler acting in a :class:`ConfigScope` (the caller, the Redis it reads and writes)."""
 
-    def __init__(self, tokens: TokenStore) -> None:
+    def __init__(self, tokens: TokenStore, acme: AcmeDefaults | None = None) -> None:
         self.tokens = tokens
+        self.acme = acme
 
     def _scope(self, caller: Identity) -> ConfigScope:
         return ConfigScope(caller, self.tokens.redis, self.tokens.timeout)
@@ -39,6 +41,8 @@ class ConfigApi:
         add_routing_routes(router, token)
         add_service_routes(router, token)
         add_cert_routes(router, token)
+        if self.acme is not None:
+            add_acme_routes(router, token, self.acme)
         add_resource_routes(router, token)
 
     async def close(self) -> None:

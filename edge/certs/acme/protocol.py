@@ -209,7 +209,9 @@ def _connect(directory_url: str, account: AccountKey, ca_bundle: str | None) -> 
     if account.uri:
         regr = messages.RegistrationResource(body=messages.Registration(), uri=account.uri)
     net = _Network(jwk, account=regr, alg=alg, user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT)
-    net.session.verify = ca_bundle if ca_bundle else True
+    # the library passes ``verify=self.verify_ssl`` with every request, over the session's
+    # own setting; requests takes a CA bundle's path there as well as a bool
+    net.verify_ssl = ca_bundle if ca_bundle else True  # type: ignore[assignment]
     directory = _call(net, "directory", lambda: client.ClientV2.get_directory(directory_url, net))
     return client.ClientV2(directory, net)
 
