@@ -23,6 +23,7 @@ from edge.api.config.acme import AcmeDefaults
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
+from edge.certs.acme.ondemand import OnDemand
 from edge.certs.acme.service import AcmeService
 from edge.config.watcher import ConfigWatcher
 from edge.handlers.acme import ACME_CHALLENGE_PREFIX, ChallengeResponder
@@ -32,6 +33,7 @@ from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
 from edge.lifecycle import ServiceRunner, TaskService
+from edge.net.hello import HelloListener
 from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
 from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_report
 from edge.net.proxied import ProxyListener
@@ -83,6 +85,20 @@ class Worker:
         self.acme = AcmeService(settings, self.acme_client, auto=self.tls is not None)
         self.watcher.on_install.append(self.acme.note_snapshot)
         self.challenges = ChallengeResponder(self.acme_client)
+        # on-demand TLS: a name under a wildcard proxy gets its certificate at its first
+        # handshake, which the TLS listeners hold until then
+        self.on_demand: OnDemand | None = None
+        if settings.on_demand_tls and self.tls is not None:
+            tls = self.tls
+            self.on_demand = OnDemand(
+                self.acme_client,
+                self.acme,
+                lambda name: tls.index.select(name) is not None,
+                lambda: self.watcher.snapshot,
+                wait=settings.on_demand_tls_wait,
+                max_per_hour=settings.on_demand_tls_max_per_hour,
+            )
+            tls.on_index.append(self.on_demand.certificates_changed)
         self.api = ApiApp(
             lambda: self.health(),
             default_groups(
@@ -109,6 +125,7 @@ class Worker:
         self.servers: list[asyncio.Server] = []
         self.proxy_listeners: list[ProxyListener] = []
         self.proxy_stages: list[ProxyStage] = []
+        self.hello_listeners: list[HelloListener] = []
         # the background jobs (watcher, PAT flush, admin token, default certificate):
         # tracked, restarted when one crashes, stopped together after the drain
         self.services = ServiceRunner()
@@ -159,7 +176,17 @@ class Worker:
         self.services.start(
             TaskService("pat-last-used", flusher.run, lambda: {"flushed": flusher.flushed})
         )
-        self.services.start(TaskService("acme", self.acme.run, self.acme.health))
+        on_demand = self.on_demand
+        self.services.start(
+            TaskService(
+                "acme",
+                self.acme.run,
+                lambda: {
+                    **self.acme.health(),
+                    "on_demand": on_demand.health() if on_demand is not None else None,
+                },
+            )
+        )
         hub, dispatch, api = self.hub, self.dispatcher, self.api.handle
         wanted = (
             ("HTTP_PORT", s.server_host, s.http_port),
@@ -189,7 +216,19 @@ class Worker:
                 lambda: HttpConnection(hub, dispatch), sock=socks["HTTP_PORT"], backlog=backlog
             )
         )
-        if "HTTPS_PORT" in socks and self.tls is not None:
+        if "HTTPS_PORT" in socks and self.tls is not None and self.on_demand is not None:
+            hello = HelloListener(
+                loop,
+                socks["HTTPS_PORT"],
+                lambda: HttpConnection(hub, dispatch, "https"),
+                self.tls.listener,
+                self.on_demand,
+                s.tls_handshake_timeout,
+                s.on_demand_tls_wait,
+            )
+            hello.start()
+            self.hello_listeners.append(hello)
+        elif "HTTPS_PORT" in socks and self.tls is not None:
             self.servers.append(
                 await loop.create_server(
                     lambda: HttpConnection(hub, dispatch, "https"),
@@ -232,6 +271,8 @@ class Worker:
                 make,
                 tls=self.tls.listener,
                 handshake_timeout=s.tls_handshake_timeout,
+                gate=self.on_demand,
+                gate_wait=s.on_demand_tls_wait,
             )
             listener.start()
             self.proxy_listeners.append(listener)
@@ -260,6 +301,8 @@ class Worker:
             server.close()
         for listener in self.proxy_listeners:
             listener.close()
+        for hello in self.hello_listeners:
+            hello.close()
         self.hub.start_drain()
         s = self.settings
         # tunnels (WebSockets) have no end of their own: after a grace they are told to go
@@ -272,6 +315,8 @@ class Worker:
         going_away.cancel()
         for stage in self.proxy_stages:
             stage.abort()
+        for hello in self.hello_listeners:
+            hello.pending.abort()
         for conn in list(self.hub.connections):
             conn.abort()
         self.pool.close_all()
@@ -283,7 +328,11 @@ class Worker:
         """Return once no connection is left: none in HTTP, none in a PROXY preface or
         its TLS handshake. Each waits on its own event; after any wake-up all are checked
         again in one pass, since a connection leaving a preface joins the hub."""
-        events = (self.hub.idle, *(stage.idle for stage in self.proxy_stages))
+        events = (
+            self.hub.idle,
+            *(stage.idle for stage in self.proxy_stages),
+            *(hello.pending.idle for hello in self.hello_listeners),
+        )
         while True:
             for event in events:
                 if not event.is_set():

@@ -69,31 +69,17 @@ class Pending(Protocol):
     def drop(self) -> None: ...
 
 
-class ProxyStage:
-    """What every connection of one PROXY listener shares: trust, deadline, counters,
-    and the connections not handed to HTTP yet."""
+class PendingSet:
+    """Connections accepted and not handed to HTTP yet (a preface, a ClientHello being
+    read, a TLS handshake), so a drain can wait for them (``idle``) and drop them when
+    its time is up (``abort``)."""
 
-    __slots__ = ("_idle", "invalid", "pending", "refused", "timeout", "trusted")
+    __slots__ = ("_idle", "pending")
 
-    def __init__(self, trusted: TrustedPeers, timeout: float) -> None:
-        self.trusted = trusted
-        self.timeout = timeout
-        self.refused = 0  # untrusted peers
-        self.invalid = 0  # bad headers, timeouts, early close
+    def __init__(self) -> None:
         self.pending: set[Pending] = set()
         self._idle: asyncio.Event | None = None
 
-    def refuse_peer(self, peer: str) -> None:
-        """Count and log a connection from a peer not trusted to send PROXY headers."""
-        self.refused += 1
-        log.warning("untrusted peer on a PROXY listener", extra={"fields": {"peer": peer}})
-
-    def refuse_header(self, peer: str, reason: str) -> None:
-        """Count and log a connection whose PROXY header was bad, late or cut short."""
-        self.invalid += 1
-        log.info("PROXY header refused", extra={"fields": {"peer": peer, "reason": reason}})
-
-    # ------------------------------------------------------------------ drain
     def hold(self, item: Pending) -> None:
         self.pending.add(item)
         if self._idle is not None:
@@ -122,6 +108,51 @@ class ProxyStage:
         """Drop the connections still in the preface (a drain that ran out of time)."""
         for item in list(self.pending):
             item.drop()
+
+
+class ProxyStage(PendingSet):
+    """What every connection of one PROXY listener shares: trust, deadline, counters,
+    and the connections not handed to HTTP yet."""
+
+    __slots__ = ("invalid", "refused", "timeout", "trusted")
+
+    def __init__(self, trusted: TrustedPeers, timeout: float) -> None:
+        super().__init__()
+        self.trusted = trusted
+        self.timeout = timeout
+        self.refused = 0  # untrusted peers
+        self.invalid = 0  # bad headers, timeouts, early close
+
+    def refuse_peer(self, peer: str) -> None:
+        """Count and log a connection from a peer not trusted to send PROXY headers."""
+        self.refused += 1
+        log.warning("untrusted peer on a PROXY listener", extra={"fields": {"peer": peer}})
+
+    def refuse_header(self, peer: str, reason: str) -> None:
+        """Count and log a connection whose PROXY header was bad, late or cut short."""
+        self.invalid += 1
+        log.info("PROXY header refused", extra={"fields": {"peer": peer, "reason": reason}})
+
+
+class Handshake:
+    """A connection handed to the loop's TLS layer, until its HTTP connection is made."""
+
+    __slots__ = ("stage", "task")
+
+    def __init__(self, stage: PendingSet, task: asyncio.Task[object]) -> None:
+        self.stage = stage
+        self.task = task
+        stage.hold(self)
+        task.add_done_callback(self._done)
+
+    def drop(self) -> None:
+        self.task.cancel()
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self.stage.release(self)
+        if not task.cancelled() and task.exception() is not None:
+            # a failed TLS handshake or a peer gone: the transport is already closed
+            log.debug("connection setup failed", extra={"fields": {"error": str(task.exception())}})
 
 
 def stages_report(stages: Sequence[ProxyStage]) -> Report:

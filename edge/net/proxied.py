@@ -22,11 +22,14 @@ Refusals send nothing, as on the plain listener (``ProxyStage``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
 
+from edge.net.hello import HelloGate, PeekHello
 from edge.net.preface import (
+    Handshake,
     Preface,
     ProtocolFactory,
     ProxyStage,
@@ -61,6 +64,8 @@ class ProxyListener:
         factory: ProtocolFactory,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
+        gate: HelloGate | None = None,
+        gate_wait: float = 0.0,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -68,6 +73,9 @@ class ProxyListener:
         self.factory = factory
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        # on-demand TLS: the ClientHello's name is read (and perhaps waited on) first
+        self.gate = gate
+        self.hello_timeout = handshake_timeout + gate_wait
         self._serving = False
 
     def start(self) -> None:
@@ -110,6 +118,13 @@ class ProxyListener:
             _PendingHeader(self, conn, (addr[0], addr[1])).start()
 
     def handoff(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
+        if self.gate is not None and self.tls is not None:
+            then = functools.partial(self._connect, conn, header, peer)
+            PeekHello(self.loop, conn, self.gate, self.stage, self.hello_timeout, then)
+            return
+        self._connect(conn, header, peer)
+
+    def _connect(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
         port = server_port(header, int(conn.getsockname()[1]))
         protocol = self.factory(header, client_address(header, peer), port)
         coro = self.loop.connect_accepted_socket(
@@ -118,28 +133,7 @@ class ProxyListener:
             ssl=self.tls,
             ssl_handshake_timeout=self.handshake_timeout if self.tls is not None else None,
         )
-        _Handshake(self.stage, self.loop.create_task(coro))
-
-
-class _Handshake:
-    """A connection handed to the loop's TLS layer, until its HTTP connection is made."""
-
-    __slots__ = ("stage", "task")
-
-    def __init__(self, stage: ProxyStage, task: asyncio.Task[object]) -> None:
-        self.stage = stage
-        self.task = task
-        stage.hold(self)
-        task.add_done_callback(self._done)
-
-    def drop(self) -> None:
-        self.task.cancel()
-
-    def _done(self, task: asyncio.Task[object]) -> None:
-        self.stage.release(self)
-        if not task.cancelled() and task.exception() is not None:
-            # a failed TLS handshake or a peer gone: the transport is already closed
-            log.debug("connection setup failed", extra={"fields": {"error": str(task.exception())}})
+        Handshake(self.stage, self.loop.create_task(coro))
 
 
 class _PendingHeader:

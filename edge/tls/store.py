@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +95,8 @@ class TlsStore:
         self._refused: Mapping[str, str] = {}
         self._pending: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
+        # told each time a new index is in place (on-demand TLS waits on it)
+        self.on_index: list[Callable[[], None]] = []
         strict = settings.tls_strict_sni
         self.listener = listener_context(
             make_sni_callback(lambda: self.index, lambda: self.default, lambda: strict)
@@ -189,6 +191,8 @@ class TlsStore:
                 log.warning("certificate mapping skipped", extra={"fields": {"problem": problem}})
             self.index = index
             self.generation += 1
+            for hook in self.on_index:
+                hook()
 
     # ------------------------------------------------------------------ requests
     def covers(self, tls: ssl.SSLObject, host: str) -> bool:

@@ -24,6 +24,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 import redis.asyncio as aioredis
@@ -149,28 +150,31 @@ class AcmeService:
         for proxy in snapshot.exact.values():
             if not _wants_certificate(proxy) or _covered(snapshot, proxy.hostname):
                 continue
-            name = proxy_cert_name(proxy.hostname)
-            status = await self._proxy_status(proxy, name)
+            status = await self.status_for(proxy, proxy.hostname, "automatic")
             _, created = await records.request(self.client, status, only_if_absent=True)
             if created:
-                asked.append(name)
+                asked.append(status.cert_name)
                 log.info(
                     "certificate requested for a proxy",
-                    extra={"fields": {"cert": name, "hostname": proxy.hostname}},
+                    extra={"fields": {"cert": status.cert_name, "hostname": proxy.hostname}},
                 )
         return asked
 
-    async def _proxy_status(self, proxy: ProxyConfig, name: str) -> CertStatus:
+    async def status_for(
+        self, proxy: ProxyConfig, hostname: str, reason: Literal["automatic", "on-demand"]
+    ) -> CertStatus:
+        """The order of ``proxy-{hostname}`` for ``proxy``: its ACME account's e-mail (its
+        ``cert_email``, its owner token's, else ``ADMIN_EMAIL``) and CA."""
         stamp = records.now_iso()
         return CertStatus(
-            cert_name=name,
+            cert_name=proxy_cert_name(hostname),
             status="pending",
-            domains=(proxy.hostname,),
+            domains=(hostname,),
             email=proxy.cert_email
             or await self.owner_email(proxy.owner_token_hash)
             or self.options.admin_email,
             directory_url=proxy.acme_directory_url or self.options.directory_url,
-            reason="automatic",
+            reason=reason,
             owner_token_hash=proxy.owner_token_hash,
             requested_at=stamp,
             updated_at=stamp,
