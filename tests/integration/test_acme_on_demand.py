@@ -5,6 +5,8 @@ the allowlist and the cluster's hourly budget."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,3 +143,24 @@ def test_off_by_default(
     assert subject_names(https_port, "quiet.apps.example.test") == ["localhost"]
     time.sleep(1.5)  # an order would have been asked for by now
     assert rdb.get("cert:status:proxy-quiet-apps-example-test") is None
+
+
+def test_behind_haproxy_the_proxy_tls_listener_waits_too(
+    pebble_factory: Callable[..., Pebble],
+    edge_factory: Callable[..., EdgeProcess],
+    rdb: redis.Redis,
+    upstream: Upstream,
+    tmp_path: Path,
+) -> None:
+    proxy_tls_port = free_port()
+    pebble, _edge, _https = start(
+        pebble_factory, edge_factory, rdb, upstream, PROXY_PROTOCOL_TLS_PORT=proxy_tls_port
+    )
+    context = ssl.create_default_context(cafile=str(pebble.write_root(tmp_path / "root.pem")))
+    name = "lb.apps.example.test"
+    with socket.create_connection(("127.0.0.1", proxy_tls_port), timeout=20) as raw:
+        # what HAProxy's send-proxy writes before the client's ClientHello
+        raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            cert = tls.getpeercert()
+    assert ("DNS", name) in cert["subjectAltName"]
