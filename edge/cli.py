@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         command = _command_of(argv)
         args = _parser(command not in SERVER_COMMANDS, command).parse_args(argv)
+    if getattr(args, "cert_api", False):  # `edge cert create|status|renew`: the admin API
+        from edge.client.certs import run_cert_api
+
+        return run_cert_api(args)
     if getattr(args, "cert_list", False):  # `edge cert list` and `edge certs list`: one
         from edge.certs.listing import run_list
 
