@@ -25,5 +25,5 @@ def test_every_runtime_dependency_is_pinned() -> None:
             assert sep and version, f"not pinned: {line}"
             pins[canonical(name)] = version
     assert wanted <= pins.keys(), wanted - pins.keys()
-    # ACME is not implemented yet: its client library is not installed
-    assert "acme" not in wanted and "acme" not in pins
+    # certbot's ACME client and what it brings are pinned too
+    assert {"acme", "josepy", "requests"} <= pins.keys()
