@@ -100,10 +100,13 @@ def can_order(hostname: str) -> bool:
     return not (hostname == "localhost" or hostname.endswith((".localhost", ".local")))
 
 
+PROXY_CERT_PREFIX = "proxy-"
+
+
 def proxy_cert_name(hostname: str) -> str:
     """The certificate automatic HTTPS orders for a proxy: ``proxy-`` and its host name
     with dots as dashes (``proxy-app-example-com``)."""
-    return "proxy-" + hostname.replace(".", "-")
+    return PROXY_CERT_PREFIX + hostname.replace(".", "-")
 
 
 def iso(when: datetime | float | None) -> str | None:

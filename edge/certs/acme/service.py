@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from edge.certs.acme import protocol, records, renewal
 from edge.certs.acme.issuer import AcmeOptions, Issuer
-from edge.certs.acme.order import CertStatus, can_order, iso, proxy_cert_name
+from edge.certs.acme.order import PROXY_CERT_PREFIX, CertStatus, can_order, iso, proxy_cert_name
 from edge.certs.acme.protocol import AccountKey, CaError
 from edge.config.schema import ProxyConfig
 from edge.config.snapshot import Snapshot
@@ -199,6 +199,14 @@ class AcmeService:
         for name, record in snapshot.certs.items():
             if record.acme_directory_url is None:
                 continue
+            if name.startswith(PROXY_CERT_PREFIX) and not _in_use(snapshot, record):
+                # a proxy's own certificate outlives the proxy, unrenewed, like Caddy's
+                if await self.client.zrem(keys.ACME_QUEUE, name):
+                    log.info(
+                        "certificate not renewed: no proxy uses it",
+                        extra={"fields": {"cert": name}},
+                    )
+                continue
             try:
                 await self._schedule(name, record)
             except CaError as err:
@@ -271,6 +279,19 @@ class AcmeService:
 
 def _wants_certificate(proxy: ProxyConfig) -> bool:
     return proxy.enabled and proxy.enable_https and can_order(proxy.hostname)
+
+
+def _in_use(snapshot: Snapshot, record: CertRecord) -> bool:
+    """Whether a proxy (exact, or a wildcard's on-demand name) serves one of its names."""
+    for domain in record.domains:
+        if domain in snapshot.exact:
+            return True
+        dot = domain.find(".")
+        while dot >= 0:
+            if domain[dot:] in snapshot.wildcards:
+                return True
+            dot = domain.find(".", dot + 1)
+    return False
 
 
 def _covered(snapshot: Snapshot, hostname: str) -> bool:
