@@ -40,6 +40,10 @@ def require_tool(name: str) -> str:
     return path
 
 
+# where an edge under test finds "the CA" unless the test starts one: loopback, port 9
+# (discard), where nothing answers
+NO_ACME_SERVER = "https://127.0.0.1:9/directory"
+
 _BLOCK = 1000  # ports per test process
 # above the ports the edge, nginx and the test tools listen on by default (8080, 8443,
 # 9000, 10001, 10443...): a test that leaves a listener at its default finds it free
@@ -245,6 +249,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["API_PORT"] = str(free_port())
     env["SERVER_HOST"] = "127.0.0.1"
     env["EDGE_WORKERS"] = "1"
+    env["AUTO_HTTPS"] = "false"
+    env["ACME_DIRECTORY_URL"] = env["ACME_STAGING_URL"] = NO_ACME_SERVER
     env.update(extra)
     return env
 
@@ -293,8 +299,11 @@ class EdgeProcess:
             "LOG_LEVEL": "INFO",
             # the TLS and PROXY listeners are off unless a test turns them on
             "HTTPS_PORT": "0",
-            # no certificate is ordered unless a test asks (its ACME server is local)
+            # no certificate is ordered unless a test asks, and never from a CA on the
+            # internet: a test that orders names its own (local) ACME server
             "AUTO_HTTPS": "false",
+            "ACME_DIRECTORY_URL": NO_ACME_SERVER,
+            "ACME_STAGING_URL": NO_ACME_SERVER,
             "PROXY_PROTOCOL_PORT": "0",
             "PROXY_PROTOCOL_TLS_PORT": "0",
             "PYTHONPATH": str(ROOT),
