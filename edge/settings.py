@@ -343,6 +343,11 @@ class Settings:
     acme_poll_initial_wait: float = 1.0
     acme_retry_initial_seconds: float = 60.0  # first pause after a failed order, doubling
     acme_retry_max_seconds: float = 21600.0
+    # how long a certificate's order lease (edge:acme:lease:{name}) outlives a node that
+    # died holding it (it is renewed every third of it while the order runs): another node
+    # takes the order over once it has run out, and not before twice this long after the
+    # order started
+    acme_lease_seconds: float = 30.0
     admin_email: str | None = None
     cert_gen_max_workers: int = 4
     cert_status_retention_seconds: float = 86400.0
@@ -434,6 +439,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ACME_POLL_INITIAL_WAIT": ("acme_poll_initial_wait", _optional_seconds),
     "ACME_RETRY_INITIAL_SECONDS": ("acme_retry_initial_seconds", _seconds),
     "ACME_RETRY_MAX_SECONDS": ("acme_retry_max_seconds", _seconds),
+    "ACME_LEASE_SECONDS": ("acme_lease_seconds", _seconds),
     "ADMIN_EMAIL": ("admin_email", _email),
     "CERT_GEN_MAX_WORKERS": ("cert_gen_max_workers", _int(1, 64)),
     "CERT_STATUS_RETENTION_SECONDS": ("cert_status_retention_seconds", _seconds),

@@ -1,14 +1,16 @@
 """One certificate's order, run by whichever node takes its lease.
 
-The lease (``edge:acme:lease:{name}``, :mod:`edge.store.lease`) is renewed while the order
-runs. Having taken it, the issuer looks again at what is asked (another node may just have
+The lease (``edge:acme:lease:{name}``, :mod:`edge.store.lease`) lasts ``ACME_LEASE_SECONDS``
+and is renewed every third of it while the order runs; the queue entry is pushed twice that
+far out, so that if the node dies another node takes the order over once the lease has run
+out. Having taken it, the issuer looks again at what is asked (another node may just have
 finished): a certificate that is active and not yet due, or an order that was cancelled, is
-left alone. Otherwise the order runs in a thread (:mod:`edge.certs.acme.protocol`), and
-the certificate is written through the certificate repository behind a fence: in the same
-transaction that writes ``cert:{name}``, the lease is read (and watched) and must still
-hold this node's token, and the status must still exist, so a node that lost its lease, or
-whose order was cancelled, can never overwrite what another wrote since. The TLS listeners
-of every node then load the record like any imported certificate.
+left alone. Otherwise the order runs in a thread (:mod:`edge.certs.acme.protocol`), and the
+certificate is written through the certificate repository behind a fence: in the same
+transaction that writes ``cert:{name}``, the lease is read (and watched) and must still hold
+this node's token, and the status must still exist, so a node that lost its lease, or whose
+order was cancelled, can never overwrite what another wrote since. The TLS listeners of
+every node then load the record like any imported certificate.
 
 A failure is recorded in the status with the CA's words and the time of the next try:
 exponential backoff from ``ACME_RETRY_INITIAL_SECONDS`` to ``ACME_RETRY_MAX_SECONDS``, never
@@ -36,7 +38,7 @@ from redis.exceptions import RedisError
 
 from edge.certs import repository
 from edge.certs.acme import budget, challenges, protocol, records, renewal
-from edge.certs.acme.accounts import account_id, ensure_account
+from edge.certs.acme.accounts import account_id, ensure_account, forget_account
 from edge.certs.acme.order import CertStatus, KeyType, iso
 from edge.certs.acme.protocol import CaError, Issued, OrderAbandoned, Poll
 from edge.config.schema import ConfigError
@@ -51,7 +53,6 @@ __all__ = ["AcmeOptions", "Issuer", "Outcome"]
 
 log = logging.getLogger("edge.acme")
 
-LEASE_TTL = 30.0  # seconds; renewed every third of it while the order runs
 HOOK_TIMEOUT = 30.0  # seconds the order's thread waits for a Redis write it asked for
 
 Outcome = Literal["busy", "skipped", "deferred", "issued", "failed", "abandoned"]
@@ -70,6 +71,7 @@ class AcmeOptions:
     threshold: timedelta
     min_age: timedelta
     admin_email: str | None
+    lease: float = 30.0  # seconds; renewed every third of it while the order runs
 
     @classmethod
     def from_settings(cls, s: Settings) -> AcmeOptions:
@@ -87,6 +89,7 @@ class AcmeOptions:
             threshold=timedelta(days=s.renewal_threshold_days),
             min_age=timedelta(seconds=s.renewal_min_age),
             admin_email=s.admin_email,
+            lease=s.acme_lease_seconds,
         )
 
 
@@ -121,7 +124,11 @@ def _when(text: str | None) -> float | None:
 
 def _key_type(private_key_pem: str) -> KeyType:
     try:
-        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+        # only the key's type is wanted, on the event loop: the RSA consistency check would
+        # hold the GIL (and so the loop) for tens of milliseconds
+        key = serialization.load_pem_private_key(
+            private_key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
+        )
     except (ValueError, TypeError):
         return "rsa"
     return "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
@@ -201,7 +208,7 @@ class Issuer:
 
     # ------------------------------------------------------------------ the order
     async def run(self, name: str) -> Outcome:
-        lease = Lease(self.client, keys.acme_lease(name), LEASE_TTL)
+        lease = Lease(self.client, keys.acme_lease(name), self.options.lease)
         if not await lease.acquire():
             return "busy"
         try:
@@ -280,31 +287,14 @@ class Issuer:
             )
             return "deferred"
         status = records.updated(status, status="pending", error=status.error)
-        await self._save(status, time.time() + LEASE_TTL * 2)  # due again if this node dies
+        # due again if this node dies: another one takes over once the lease has run out
+        await self._save(status, time.time() + self.options.lease * 2)
 
         flags = _Flags()
         keeper = asyncio.create_task(self._keep(lease, name, flags))
         hooks = _Hooks(asyncio.get_running_loop(), client, status, flags)
         try:
-            account = await ensure_account(
-                client,
-                status.directory_url,
-                email,
-                lambda: self._thread(
-                    protocol.register_account, status.directory_url, email, opts.ca_bundle
-                ),
-            )
             replaces = await self._replaces(name, status, email) if status.attempts == 0 else None
-            request = protocol.OrderRequest(
-                directory_url=status.directory_url,
-                domains=status.domains,
-                key_type=status.key_type,
-                rsa_bits=opts.rsa_bits,
-                account=account,
-                ca_bundle=opts.ca_bundle,
-                poll=opts.poll,
-                replaces=replaces,
-            )
             log.info(
                 "certificate order started",
                 extra={
@@ -316,7 +306,7 @@ class Issuer:
                 },
             )
             try:
-                issued: Issued = await self._thread(protocol.place_order, request, hooks)
+                issued = await self._place(name, status, email, replaces, hooks)
             except asyncio.CancelledError:
                 flags.cancelled = True  # the thread stops at its next step
                 raise
@@ -344,10 +334,47 @@ class Issuer:
                 except (RedisError, OSError):
                     pass  # they expire
 
+    async def _place(
+        self, name: str, status: CertStatus, email: str | None, replaces: str | None, hooks: _Hooks
+    ) -> Issued:
+        """The order, placed with the account of ``status``'s CA and ``email``; once more
+        with a new account if the CA no longer knows the stored one."""
+        opts = self.options
+        directory = status.directory_url
+        for attempt in range(2):
+            account = await ensure_account(
+                self.client,
+                directory,
+                email,
+                lambda: self._thread(protocol.register_account, directory, email, opts.ca_bundle),
+            )
+            request = protocol.OrderRequest(
+                directory_url=directory,
+                domains=status.domains,
+                key_type=status.key_type,
+                rsa_bits=opts.rsa_bits,
+                account=account,
+                ca_bundle=opts.ca_bundle,
+                poll=opts.poll,
+                replaces=replaces,
+            )
+            try:
+                issued: Issued = await self._thread(protocol.place_order, request, hooks)
+                return issued
+            except CaError as err:
+                if err.kind != "account" or attempt > 0:
+                    raise
+                log.warning(
+                    "ACME account unknown to the CA: registering a new one",
+                    extra={"fields": {"cert": name, "account": account.uri, "error": err.message}},
+                )
+                await forget_account(self.client, directory, email, account.uri)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _keep(self, lease: Lease, name: str, flags: _Flags) -> None:
         """Renew the lease while the order runs; note a lost lease or a cancelled order."""
         while True:
-            await asyncio.sleep(LEASE_TTL / 3)
+            await asyncio.sleep(self.options.lease / 3)
             try:
                 if not await lease.renew():
                     flags.lost = True

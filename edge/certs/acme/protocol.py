@@ -48,7 +48,9 @@ USER_AGENT = "edge-acme/1"
 NETWORK_TIMEOUT = 30  # seconds per HTTP request to the CA
 BAD_NONCE_RETRIES = 6  # Pebble refuses 5% of nonces; each retry gets a fresh one
 
-Kind = Literal["unreachable", "rate_limited", "validation", "refused", "replaces", "timeout"]
+Kind = Literal[
+    "unreachable", "rate_limited", "validation", "refused", "replaces", "timeout", "account"
+]
 T = TypeVar("T")
 
 
@@ -184,6 +186,10 @@ def _problem(step: str, error: messages.Error, response: requests.Response | Non
     retry = _retry_after(response)
     if error.code == "rateLimited" or (response is not None and response.status_code == 429):
         return CaError(text, "rate_limited", retry)
+    if error.code == "accountDoesNotExist":
+        # the CA no longer knows the stored account (its data was reset, or the account
+        # was deleted): the caller registers a new one
+        return CaError(text, "account", retry)
     if error.code == "alreadyReplaced" or "replaces" in (error.detail or ""):
         return CaError(text, "replaces", retry)
     if error.code in ("connection", "dns", "incorrectResponse", "unauthorized", "tls"):
@@ -245,17 +251,30 @@ def register_account(directory_url: str, email: str | None, ca_bundle: str | Non
 # ---------------------------------------------------------------------------- order
 
 
-def _private_key(key_type: KeyType, rsa_bits: int) -> str:
+def _key_and_csr(key_type: KeyType, rsa_bits: int, domains: list[str]) -> tuple[str, bytes]:
+    """A new private key (PEM) and a CSR for ``domains`` signed with it (PEM), as the
+    library's ``make_csr`` makes it, without parsing the key's PEM again: loading an RSA
+    key checks it for tens of milliseconds while holding the GIL, which stalls the event
+    loop's thread as much (the key was just generated: there is nothing to check)."""
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if key_type == "ecdsa":
         key = ec.generate_private_key(ec.SECP256R1())
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    return key.private_bytes(
+    key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in domains]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
 def _new_order(acme: client.ClientV2, csr_pem: bytes, replaces: str | None) -> Any:
@@ -307,8 +326,7 @@ def place_order(req: OrderRequest, hooks: Hooks) -> Issued:
     """Order a certificate for ``req.domains`` and answer its HTTP-01 challenges."""
     acme = _connect(req.directory_url, req.account, req.ca_bundle)
     net = _net(acme)
-    key_pem = _private_key(req.key_type, req.rsa_bits)
-    csr_pem = crypto_util.make_csr(key_pem.encode(), list(req.domains))
+    key_pem, csr_pem = _key_and_csr(req.key_type, req.rsa_bits, list(req.domains))
     hooks.check()
     orderr = _call(net, "newOrder", lambda: _new_order(acme, csr_pem, req.replaces))
     order_url = orderr.uri or ""
