@@ -140,7 +140,8 @@ class AcmeEndpoints:
                 code="certificate_exists",
                 public_message="a certificate with this name exists (renew it, or delete it first)",
             )
-        status, created = await read(scope, records.request(client, wanted))
+        # a failed order waiting for its next try stands: DELETE cancels it
+        status, created = await read(scope, records.request(client, wanted, replace_failed=False))
         if not created:
             if not can_see(scope, status.owner_token_hash):
                 raise Conflict(

@@ -84,17 +84,26 @@ async def request(
     *,
     only_if_absent: bool = False,
     allow_existing_record: bool = True,
+    replace_failed: bool = True,
 ) -> tuple[CertStatus, bool]:
     """Ask for ``wanted`` (status ``pending``): ``(the status, True)`` once written and
     queued, ``(the current one, False)`` when an order for the name is in progress, or,
-    with ``only_if_absent``, when a status or a record exists at all."""
+    with ``only_if_absent``, when a status or a record exists at all.
+
+    A failed order waits in the queue for its next try (the CA's ``Retry-After``, the
+    backoff). With ``replace_failed`` a request replaces it and runs at once; without,
+    one whose next try is still to come counts as in progress."""
     name = wanted.cert_name
     status_key, record_key = keys.cert_status(name), keys.cert(name)
 
     async def body(txn: Txn) -> tuple[CertStatus, bool]:
         current = _decode(await txn.get(status_key))
         record = await txn.exists(record_key)
-        if current is not None and (only_if_absent or current.status in IN_PROGRESS):
+        if current is not None and (
+            only_if_absent
+            or current.status in IN_PROGRESS
+            or (not replace_failed and _retry_pending(current))
+        ):
             return current, False
         if only_if_absent and record:
             return wanted, False
@@ -106,6 +115,16 @@ async def request(
         return wanted, True
 
     return await transaction(client, [status_key, record_key], body)
+
+
+def _retry_pending(status: CertStatus) -> bool:
+    """A failed order whose next try is still to come."""
+    if status.status != "failed" or status.next_try_at is None:
+        return False
+    try:
+        return datetime.fromisoformat(status.next_try_at).timestamp() > time.time()
+    except ValueError:
+        return False
 
 
 async def cancel(client: aioredis.Redis, name: str) -> bool:
