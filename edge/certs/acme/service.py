@@ -39,6 +39,7 @@ from edge.config.snapshot import Snapshot
 from edge.settings import Settings
 from edge.store import keys
 from edge.store.lease import hold
+from edge.store.transaction import Txn, transaction
 from edge.tls.material import CertRecord, san_covers
 
 __all__ = ["AcmeService"]
@@ -265,16 +266,23 @@ class AcmeService:
                     "source": "lifetime",
                     "next_check_at": now + self.settings.renewal_check_interval,
                 }
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(keys.acme_renewal(name), json.dumps(schedule))
-            records.queue_at(pipe, name, renew_at.timestamp())
-            await pipe.execute()
-            status = await records.read_status(self.client, name)
-            if status is not None and status.status == "active":
-                shown = records.updated(status, renew_at=iso(renew_at))
-                await self.client.set(
-                    keys.cert_status(name), msgspec.json.encode(shown), xx=True, keepttl=True
-                )
+            status_key = keys.cert_status(name)
+
+            async def write(txn: Txn) -> None:
+                # the lease does not keep out a request (the API's renew): the status is
+                # watched, and an order asked for or waiting for its next try keeps its
+                # queue entry and its status
+                status = await records.read_status(txn.reader, name)
+                pipe = txn.writes()
+                pipe.set(keys.acme_renewal(name), json.dumps(schedule))
+                if status is not None and status.status != "active":
+                    return
+                records.queue_at(pipe, name, renew_at.timestamp())
+                if status is not None:
+                    shown = records.updated(status, renew_at=iso(renew_at))
+                    pipe.set(status_key, msgspec.json.encode(shown), xx=True, keepttl=True)
+
+            await transaction(self.client, [status_key], write)
 
 
 def _wants_certificate(proxy: ProxyConfig) -> bool:
