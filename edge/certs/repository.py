@@ -247,6 +247,7 @@ def prepare(
     status: str = IMPORTED_STATUS,
     acme_directory_url: str | None = None,
     owner_token_hash: str | None = None,
+    check_key: bool = True,
 ) -> Prepared:
     """Check a certificate as the workers will; the record to :func:`store`.
 
@@ -271,7 +272,11 @@ def prepare(
     # the shape first (name, domain syntax, email): the same check workers run
     record = decode_cert(cert_key(name), json.dumps(doc))
     info = validate_material(
-        record.fullchain_pem, record.private_key_pem, record.domains, allow_expired=allow_expired
+        record.fullchain_pem,
+        record.private_key_pem,
+        record.domains,
+        allow_expired=allow_expired,
+        check_key=check_key,
     )
     # and what OpenSSL itself will say when a worker loads it
     server_context(record.fullchain_pem, record.private_key_pem)

@@ -187,7 +187,9 @@ def prepare_import(args: argparse.Namespace) -> Prepared:
     else:
         try:
             # the leaf's SAN; expiry is judged below with the real domain list
-            found = validate_material(fullchain_pem, private_key_pem, (), allow_expired=True)
+            found = validate_material(
+                fullchain_pem, private_key_pem, (), allow_expired=True, check_key=True
+            )
         except MaterialError as exc:
             raise CliError(_material_message(exc, args)) from None
         domains = list(found.san)

@@ -251,10 +251,16 @@ def _load_chain(fullchain_pem: str) -> list[x509.Certificate]:
 _PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
-def _load_key(private_key_pem: str) -> _PrivateKey:
+def _load_key(private_key_pem: str, check_key: bool) -> _PrivateKey:
     # The parser's own messages are not shown: keep every word about the key our own.
     try:
-        key = serialization.load_pem_private_key(private_key_pem.encode("utf-8"), password=None)
+        key = serialization.load_pem_private_key(
+            private_key_pem.encode("utf-8"),
+            password=None,
+            # the RSA consistency check (primality of p and q...) costs ~40 ms holding the
+            # GIL: run where a person imports a key, not where a worker loads a stored one
+            unsafe_skip_rsa_key_validation=not check_key,
+        )
     except TypeError:
         raise MaterialError(
             "private_key_pem", "private key is encrypted; an unencrypted key is required"
@@ -313,8 +319,15 @@ def validate_material(
     *,
     now: datetime | None = None,
     allow_expired: bool = False,
+    check_key: bool = False,
 ) -> CertInfo:
     """Check that a PEM chain and key belong together and cover ``domains``.
+
+    ``check_key`` also runs the RSA private key's own consistency check, which holds the
+    GIL for tens of milliseconds (stalling the event loop even from a thread): for keys a
+    person imports (``edge cert import``). A stored key was checked when imported, an
+    issued one was generated here, and OpenSSL still refuses a key that does not match
+    its certificate when a worker loads it.
 
     The chain must hold at least one certificate, leaf first, each issued by the next.
     The key must be an unencrypted RSA (>= 2048 bits), EC (P-256/384/521) or Ed25519 key
@@ -325,7 +338,7 @@ def validate_material(
     """
     chain = _load_chain(fullchain_pem)
     leaf = chain[0]
-    key = _load_key(private_key_pem)
+    key = _load_key(private_key_pem, check_key)
     key_type = _key_type(key)
     if _public_der(key) != _public_der(leaf):
         raise MaterialError("private_key_pem", "private key does not match the certificate")

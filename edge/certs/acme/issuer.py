@@ -421,6 +421,7 @@ class Issuer:
                 status="active",
                 acme_directory_url=status.directory_url,
                 owner_token_hash=status.owner_token_hash,
+                check_key=False,  # generated here: no need to hold the GIL checking it
             )
         )
         not_before, not_after, fingerprint = protocol.leaf_times(issued.fullchain_pem)
