@@ -46,7 +46,7 @@ from edge.errors import EdgeError
 from edge.settings import Settings
 from edge.store import keys
 from edge.store.lease import Lease
-from edge.store.transaction import Txn
+from edge.store.transaction import Txn, transaction
 from edge.tls.material import CertRecord, MaterialError, decode_cert
 
 __all__ = ["AcmeOptions", "Issuer", "Outcome"]
@@ -238,10 +238,7 @@ class Issuer:
             if record is None:
                 due = now  # active, yet the record was deleted by hand: order again
             if due is None or due > now:
-                if due is None:
-                    await client.zrem(keys.ACME_QUEUE, name)
-                else:
-                    await client.zadd(keys.ACME_QUEUE, {name: due})
+                await self._requeue(name, status, due)
                 return None
             if status is None:
                 assert record is not None and record.acme_directory_url is not None
@@ -266,6 +263,23 @@ class Issuer:
                 await client.zadd(keys.ACME_QUEUE, {name: next_try})
                 return None
         return status
+
+    async def _requeue(self, name: str, seen: CertStatus | None, due: float | None) -> None:
+        """Move ``name``'s queue entry to its renewal time ``due`` (None: drop it), unless
+        its status changed since it was read as ``seen``: a request written meanwhile (the
+        API's renew) keeps the entry it queued."""
+        status_key = keys.cert_status(name)
+
+        async def body(txn: Txn) -> None:
+            if await records.read_status(txn.reader, name) != seen:
+                return
+            pipe = txn.writes()
+            if due is None:
+                pipe.zrem(keys.ACME_QUEUE, name)
+            else:
+                pipe.zadd(keys.ACME_QUEUE, {name: due})
+
+        await transaction(self.client, [status_key], body)
 
     async def _order(self, name: str, status: CertStatus, lease: Lease) -> Outcome:
         client, opts = self.client, self.options
