@@ -177,7 +177,11 @@ def _call(net: _Network, step: str, fn: Callable[[], T]) -> T:
         except requests.RequestException as exc:
             raise CaError(f"{step}: {exc}", "unreachable") from None
         except errors.Error as exc:
-            raise CaError(f"{step}: {exc}", "refused") from None
+            # a 5xx with no problem document: a proxy in front of the CA, or the CA down
+            response = net.last_response
+            down = response is not None and response.status_code >= 500
+            kind: Kind = "unreachable" if down else "refused"
+            raise CaError(f"{step}: {exc}", kind) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
