@@ -217,16 +217,7 @@ class AcmeEndpoints:
                     public_message="this certificate was imported, not issued by ACME: "
                     "import its successor instead",
                 )
-            status = CertStatus(
-                cert_name=name,
-                status="pending",
-                domains=cert.domains,
-                email=cert.email,
-                directory_url=cert.acme_directory_url,
-                owner_token_hash=cert.owner_token_hash,
-                requested_at=stamp,
-                updated_at=stamp,
-            )
+            status = records.renewal_of(cert)
         if status.status in records.IN_PROGRESS:
             raise records.OrderInProgress(f"{name}: {status.status}")
         wanted = msgspec.structs.replace(

@@ -31,15 +31,13 @@ from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from edge.certs import repository
 from edge.certs.acme import budget, challenges, protocol, records, renewal
 from edge.certs.acme.accounts import account_id, ensure_account, forget_account
-from edge.certs.acme.order import CertStatus, KeyType, iso
+from edge.certs.acme.order import CertStatus, iso
 from edge.certs.acme.protocol import CaError, Issued, OrderAbandoned, Poll
 from edge.config.schema import ConfigError
 from edge.errors import EdgeError
@@ -120,18 +118,6 @@ def _when(text: str | None) -> float | None:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
-
-
-def _key_type(private_key_pem: str) -> KeyType:
-    try:
-        # only the key's type is wanted, on the event loop: the RSA consistency check would
-        # hold the GIL (and so the loop) for tens of milliseconds
-        key = serialization.load_pem_private_key(
-            private_key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
-        )
-    except (ValueError, TypeError):
-        return "rsa"
-    return "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
 
 
 class _Hooks:
@@ -241,20 +227,8 @@ class Issuer:
                 await self._requeue(name, status, due)
                 return None
             if status is None:
-                assert record is not None and record.acme_directory_url is not None
-                stamp = records.now_iso()
-                status = CertStatus(
-                    cert_name=name,
-                    status="pending",
-                    domains=record.domains,
-                    email=record.email,
-                    directory_url=record.acme_directory_url,
-                    key_type=_key_type(record.private_key_pem),
-                    reason="renewal",
-                    owner_token_hash=record.owner_token_hash,
-                    requested_at=stamp,
-                    updated_at=stamp,
-                )
+                assert record is not None
+                status = records.renewal_of(record)
             else:
                 status = records.updated(status, status="pending", reason="renewal", error=None)
         elif status.status == "failed":

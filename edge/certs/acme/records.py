@@ -18,12 +18,15 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio.client import Pipeline
 
-from edge.certs.acme.order import CertStatus, decode_status, encode_status, iso
+from edge.certs.acme.order import CertStatus, KeyType, decode_status, encode_status, iso
 from edge.errors import EdgeError
 from edge.store import keys
 from edge.store.transaction import Txn, transaction
+from edge.tls.material import CertRecord
 
 __all__ = [
     "IN_PROGRESS",
@@ -148,3 +151,35 @@ async def due(client: aioredis.Redis, limit: int, now: float | None = None) -> l
 def updated(current: CertStatus, /, **changes: Any) -> CertStatus:
     """``current`` with ``changes`` and a new ``updated_at``."""
     return msgspec.structs.replace(current, updated_at=now_iso(), **changes)
+
+
+def _key_type(private_key_pem: str) -> KeyType:
+    try:
+        # only the key's type is wanted, on the event loop: the RSA consistency check would
+        # hold the GIL (and so the loop) for tens of milliseconds
+        key = serialization.load_pem_private_key(
+            private_key_pem.encode(), password=None, unsafe_skip_rsa_key_validation=True
+        )
+    except (ValueError, TypeError):
+        return "rsa"
+    return "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
+
+
+def renewal_of(record: CertRecord) -> CertStatus:
+    """A pending renewal order for an ACME certificate known only by its record (its
+    status document expired, or never existed on this Redis): same names, account, CA,
+    owner and key type."""
+    assert record.acme_directory_url is not None
+    stamp = now_iso()
+    return CertStatus(
+        cert_name=record.cert_name,
+        status="pending",
+        domains=record.domains,
+        email=record.email,
+        directory_url=record.acme_directory_url,
+        key_type=_key_type(record.private_key_pem),
+        reason="renewal",
+        owner_token_hash=record.owner_token_hash,
+        requested_at=stamp,
+        updated_at=stamp,
+    )
