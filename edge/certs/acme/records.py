@@ -12,6 +12,7 @@ failed one stays until the order succeeds or is cancelled (``DELETE``).
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,8 @@ __all__ = [
     "write_status",
 ]
 
+log = logging.getLogger("edge.acme")
+
 IN_PROGRESS = ("pending", "validating", "issuing")
 
 
@@ -54,18 +57,25 @@ def now_iso() -> str:
     return iso_now
 
 
-def _decode(raw: bytes | None) -> CertStatus | None:
+def _decode(raw: bytes | None, name: str = "") -> CertStatus | None:
     if raw is None:
         return None
     try:
         return decode_status(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None  # damaged: treated as absent (a new request replaces it)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        # damaged (a hand edit): treated as absent, so a new request replaces it, and an
+        # order of a certificate with no record is dropped from the queue
+        if name:
+            log.warning(
+                "ACME status document refused",
+                extra={"fields": {"key": keys.cert_status(name), "error": str(exc)[:200]}},
+            )
+        return None
 
 
 async def read_status(client: aioredis.Redis, name: str) -> CertStatus | None:
     raw = await client.get(keys.cert_status(name))
-    return _decode(raw.encode() if isinstance(raw, str) else raw)
+    return _decode(raw.encode() if isinstance(raw, str) else raw, name)
 
 
 def write_status(pipe: Pipeline | aioredis.Redis, status: CertStatus, retention: float) -> None:
