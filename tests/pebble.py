@@ -257,6 +257,9 @@ _HOP_BY_HOP = {
     "accept-encoding",  # bodies are rewritten: keep them plain
 }  # fmt: skip
 
+# written by the front's send_response itself: Pebble's would make a second Date field
+_OWN_FIELDS = {"date", "server"}
+
 # JSON fields of ACME objects (RFC 8555 section 7.1) whose URLs tell the kind of a path
 _URL_FIELDS = {"finalize": "finalize", "certificate": "certificate", "orders": "orders"}
 
@@ -587,6 +590,8 @@ class AcmeFront:
             return 502, {"Content-Type": "text/plain"}, text
         answer: dict[str, str] = {}
         for name, value in resp.getheaders():
+            if name.lower() in _OWN_FIELDS:
+                continue
             if name.lower() in _HOP_BY_HOP and not (
                 req.command == "HEAD" and name.lower() == "content-length"
             ):

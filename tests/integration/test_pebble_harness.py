@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,14 +231,29 @@ def test_renewal_info_and_replaces_through_the_front(
     assert front.renewal_info_cert_ids == [cert_id(leaf)]
     assert front.count("renewalInfo") == 1
 
-    # a replacing order: Pebble 2.4.0 ignores the field, the front records it
+    # a replacing order: Pebble 2.4.0 ignores the field, the front records it. Posted
+    # with ClientNetwork.post (ClientV2 has no call for it), which needs new_nonce_url as
+    # ClientV2._post gives it: without it, a retry after badNonce (its nonce pool is then
+    # empty) asks for a nonce with HEAD on the newOrder URL, which Pebble answers 405
+    # without a Replay-Nonce (MissingNonce). The front answers badNonce once to go there.
     order = OrderReplacing(
         identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=NAMES[0])],
         replaces=cert_id(leaf),
     )
-    retry_bad_nonce(lambda: acme.net.post(acme.directory["newOrder"], order))
+    front.fail_next(
+        "newOrder",
+        status=400,
+        problem_type="urn:ietf:params:acme:error:badNonce",
+        detail="nonce refused (test)",
+        retry_after=None,
+    )
+    nonces = front.count("newNonce")
+    new_order, new_nonce = acme.directory["newOrder"], acme.directory["newNonce"]
+    retry_bad_nonce(lambda: acme.net.post(new_order, order, new_nonce_url=new_nonce))
     assert front.replaces[0] is None
     assert front.replaces[-1] == cert_id(leaf)
+    assert front.count("newNonce") > nonces  # the retry's nonce came from newNonce
+    assert {r.method for r in front.of_kind("newOrder")} == {"POST"}
 
 
 def test_injected_rate_limit_on_new_order(
@@ -304,3 +320,39 @@ def test_stopped_front_cuts_kept_alive_connections(
         conn.request("GET", "/dir")
         conn.getresponse().read()
     conn.close()
+
+
+def test_head_through_the_front_on_one_kept_alive_connection(
+    pebble_factory: Callable[..., Pebble], acme_front_factory: Callable[..., AcmeFront]
+) -> None:
+    """HEAD answers carry no body, so requests after them on the same connection get their
+    own answers; a HEAD on a POST-only URL gets Pebble's 405 (no Replay-Nonce)."""
+    pebble = pebble_factory(http_port=free_port())
+    front = acme_front_factory(pebble)
+    context = ssl.create_default_context(cafile=str(front.ca_bundle_path))
+    conn = http.client.HTTPSConnection("127.0.0.1", front.port, timeout=5, context=context)
+    conn.request("GET", "/dir")
+    directory = json.loads(conn.getresponse().read())
+    new_nonce = urllib.parse.urlsplit(directory["newNonce"]).path
+    new_order = urllib.parse.urlsplit(directory["newOrder"]).path
+    for _ in range(3):
+        conn.request("HEAD", new_nonce)
+        nonce = conn.getresponse()
+        assert nonce.read() == b""
+        assert nonce.status == 200 and nonce.getheader("Replay-Nonce")
+        assert len(nonce.headers.get_all("Date") or []) == 1
+        conn.request("HEAD", new_order)
+        refused = conn.getresponse()
+        assert refused.read() == b""
+        assert refused.status == 405 and refused.getheader("Allow") == "POST"
+        assert refused.getheader("Replay-Nonce") is None
+        conn.request("GET", "/dir")
+        again = conn.getresponse()
+        assert again.status == 200 and json.loads(again.read()) == directory
+    conn.close()
+    assert [r.kind for r in front.requests[:4]] == [
+        "directory",
+        "newNonce",
+        "newOrder",
+        "directory",
+    ]
