@@ -255,6 +255,9 @@ def running_stack(
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     client = redis_server.client()
+    # the session's Redis: empty it of what earlier tests of this process left (a
+    # wildcard proxy, a certificate), as the redis_db fixture does for each test
+    client.flushall()
     client.set(f"proxy:{HOST}", proxy_doc(HOST, upstream.url))
     client.set(f"proxy:{TLS_HOST}", proxy_doc(TLS_HOST, upstream.url))
     client.set(f"proxy:{WS_HOST}", proxy_doc(WS_HOST, f"http://127.0.0.1:{ws.port}"))
