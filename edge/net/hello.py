@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from edge.net.listener import accept_ready
 from edge.net.preface import Handshake, PendingSet
 from edge.tls.clienthello import MAX_CLIENT_HELLO, Found, NeedMore, read_server_name
 
@@ -31,7 +32,6 @@ __all__ = ["HelloGate", "HelloListener", "PeekHello"]
 log = logging.getLogger("edge.net")
 
 _RETRY_PEEK = 0.005  # seconds before peeking again at a ClientHello still incomplete
-_ACCEPTS_PER_WAKEUP = 64
 
 
 class HelloGate(Protocol):
@@ -160,16 +160,7 @@ class HelloListener:
             self.sock.close()
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: the next wakeup retries
-                log.warning("accept failed", extra={"fields": {"error": exc.strerror}})
-                return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for conn, _peer in accept_ready(self.sock):
             PeekHello(
                 self.loop,
                 conn,

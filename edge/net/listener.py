@@ -4,7 +4,13 @@ that keeps a second edge from joining them unasked."""
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+from collections.abc import Iterator
+
+log = logging.getLogger("edge.net")
+
+ACCEPTS_PER_WAKEUP = 64  # connections taken per readable event of a listening socket
 
 # a worker exits with this status when it cannot bind its listeners (port taken, no
 # permission): restarting it cannot help, so the supervisor stops instead
@@ -161,3 +167,21 @@ def _probe(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+def accept_ready(sock: socket.socket) -> Iterator[tuple[socket.socket, tuple[str, int]]]:
+    """The connections waiting on the non-blocking listening socket ``sock`` (at most
+    ``ACCEPTS_PER_WAKEUP``), each non-blocking with TCP_NODELAY, for listeners that accept
+    by hand (``add_reader``) rather than through the loop's ``create_server``. An accept
+    error (EMFILE and friends) is logged and ends the batch: the next wakeup retries."""
+    for _ in range(ACCEPTS_PER_WAKEUP):
+        try:
+            conn, addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("accept failed", extra={"fields": {"error": exc.strerror}})
+            return
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        yield conn, (addr[0], addr[1])

@@ -28,6 +28,7 @@ import socket
 import ssl
 
 from edge.net.hello import HelloGate, PeekHello
+from edge.net.listener import accept_ready
 from edge.net.preface import (
     Handshake,
     Preface,
@@ -50,7 +51,6 @@ log = logging.getLogger("edge.net")
 __all__ = ["ProxyListener", "ProxyStage", "TrustedPeers", "client_address"]
 
 _PEEK = max(MAX_V1_HEADER, MAX_V2_HEADER)  # a buffer this long always decides
-_ACCEPTS_PER_WAKEUP = 64
 
 
 class ProxyListener:
@@ -101,21 +101,12 @@ class ProxyListener:
 
     def _accept(self) -> None:
         trusted = self.stage.trusted
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            try:
-                conn, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: the next wakeup retries
-                log.warning("accept failed", extra={"fields": {"error": exc.strerror}})
-                return
-            if addr[0] not in trusted:
-                self.stage.refuse_peer(addr[0])
+        for conn, peer in accept_ready(self.sock):
+            if peer[0] not in trusted:
+                self.stage.refuse_peer(peer[0])
                 conn.close()
                 continue
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _PendingHeader(self, conn, (addr[0], addr[1])).start()
+            _PendingHeader(self, conn, peer).start()
 
     def handoff(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
         if self.gate is not None and self.tls is not None:
