@@ -261,6 +261,64 @@ def _email(raw: str) -> str | None:
     return value
 
 
+def _hostname(raw: str) -> str | None:
+    from edge.config.schema import normalize_hostname
+
+    value = raw.strip()
+    return normalize_hostname(value, allow_wildcard=False) if value else None
+
+
+def _issuer(raw: str) -> str | None:
+    """An OAuth issuer: an https:// URL without path, query or fragment (a port is fine);
+    http:// only on a loopback host (tests and local development)."""
+    value = raw.strip().rstrip("/")
+    if not value:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    host = parts.hostname or ""
+    loopback = host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+    if not host or parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError("must be a scheme, a host and an optional port, nothing else")
+    parts.port  # noqa: B018 - raises ValueError on a bad port
+    return value
+
+
+_COOKIE_NAME = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an HTTP token (RFC 6265)
+
+
+def _cookie_name(raw: str) -> str:
+    value = raw.strip()
+    if _COOKIE_NAME.match(value) is None:
+        raise ValueError("must be a cookie name (an HTTP token: letters, digits, -_.!#$%&'*+^`|~)")
+    return value
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    """A list separated by spaces or commas ("mcp:read mcp:write", "alice,bob")."""
+    words = tuple(w for w in re.split(r"[\s,]+", raw.strip()) if w)
+    for word in words:
+        if not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in word):
+            raise ValueError(f"{word!r}: only visible ASCII without quotes or backslashes")
+    return words
+
+
+def _b64_private_key(raw: str) -> str:
+    """A PEM RSA private key, base64-encoded (one line in an env file); checked at start."""
+    import base64
+    import binascii
+
+    value = raw.strip()
+    try:
+        pem = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 of a PEM private key") from None
+    if b"PRIVATE KEY-----" not in pem:
+        raise ValueError("must be base64 of a PEM private key")
+    return value
+
+
 _TOKEN_MIN, _TOKEN_MAX = 32, 256
 # what a client can send after "Bearer " (RFC 6750 section 2.1, b64token)
 _BEARER_TOKEN = re.compile(r"\A[A-Za-z0-9._~+/-]+=*\Z")
@@ -360,6 +418,26 @@ class Settings:
     # personal access tokens
     pat_verify_cache_ttl: float = 30.0
     pat_last_used_flush_interval: float = 30.0
+    # the OAuth 2.1 authorization server (on AUTH_HOSTNAME; off when there is none)
+    base_domain: str | None = None
+    auth_hostname_setting: str | None = None  # AUTH_HOSTNAME; see auth_hostname
+    oauth_issuer_setting: str | None = None  # OAUTH_ISSUER; see oauth_issuer
+    oauth_scopes: tuple[str, ...] = ("mcp:read", "mcp:write", "mcp:admin")
+    oauth_access_token_lifetime: int = 1800
+    oauth_refresh_token_lifetime: int = 30 * 86400
+    oauth_code_lifetime: int = 60
+    oauth_session_timeout: int = 600  # a login's state, GitHub round trip included
+    oauth_browser_session_lifetime: int = 7 * 86400
+    oauth_session_cookie: str = "edge_oauth_session"
+    oauth_client_lifetime: int = 90 * 86400  # 0: registered clients never expire
+    oauth_allowed_github_users: tuple[str, ...] = ()  # "*": everyone; empty: nobody
+    oauth_cimd_allow_private: bool = False  # tests only: CIMD documents on loopback
+    oauth_jwt_private_key_b64: str | None = dataclasses.field(default=None, repr=False)
+    github_client_id: str | None = None
+    github_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
     # secret: kept out of repr (and so out of any log line or traceback that prints Settings)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
 
@@ -373,6 +451,21 @@ class Settings:
                     value = redact_url(value)
                 shown.append(f"{field.name}={value!r}")
         return f"Settings({', '.join(shown)})"
+
+    @property
+    def auth_hostname(self) -> str | None:
+        """The OAuth server's host: ``AUTH_HOSTNAME``, else ``auth.{BASE_DOMAIN}``."""
+        if self.auth_hostname_setting:
+            return self.auth_hostname_setting
+        return f"auth.{self.base_domain}" if self.base_domain else None
+
+    @property
+    def oauth_issuer(self) -> str | None:
+        """``OAUTH_ISSUER``, else ``https://{auth_hostname}``; None: no OAuth server."""
+        if self.oauth_issuer_setting:
+            return self.oauth_issuer_setting
+        host = self.auth_hostname
+        return f"https://{host}" if host else None
 
     def redis_target(self, url: str | None = None) -> RedisTarget:
         """The Redis at ``url`` (default ``REDIS_URL``; the embedded server's socket is
@@ -451,11 +544,32 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ON_DEMAND_TLS_MAX_PER_HOUR": ("on_demand_tls_max_per_hour", _int(0, 100000)),
     "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", _cache_seconds),
     "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", _seconds),
+    "BASE_DOMAIN": ("base_domain", _hostname),
+    "AUTH_HOSTNAME": ("auth_hostname_setting", _hostname),
+    "OAUTH_ISSUER": ("oauth_issuer_setting", _issuer),
+    "OAUTH_SCOPES": ("oauth_scopes", _words),
+    "OAUTH_ACCESS_TOKEN_LIFETIME": ("oauth_access_token_lifetime", _int(10, 86400)),
+    "OAUTH_REFRESH_TOKEN_LIFETIME": ("oauth_refresh_token_lifetime", _int(60, 400 * 86400)),
+    "OAUTH_CODE_LIFETIME": ("oauth_code_lifetime", _int(1, 600)),
+    "OAUTH_SESSION_TIMEOUT": ("oauth_session_timeout", _int(10, 86400)),
+    "OAUTH_BROWSER_SESSION_LIFETIME": ("oauth_browser_session_lifetime", _int(60, 400 * 86400)),
+    "OAUTH_SESSION_COOKIE": ("oauth_session_cookie", _cookie_name),
+    "OAUTH_CLIENT_LIFETIME": ("oauth_client_lifetime", _int(0, 3650 * 86400)),
+    "OAUTH_ALLOWED_GITHUB_USERS": ("oauth_allowed_github_users", _words),
+    "OAUTH_CIMD_ALLOW_PRIVATE": ("oauth_cimd_allow_private", _bool),
+    "OAUTH_JWT_PRIVATE_KEY_B64": ("oauth_jwt_private_key_b64", _b64_private_key),
+    "GITHUB_CLIENT_ID": ("github_client_id", _optional_text),
+    "GITHUB_CLIENT_SECRET": ("github_client_secret", _secret_text),
+    "GITHUB_AUTHORIZE_URL": ("github_authorize_url", _https_url),
+    "GITHUB_TOKEN_URL": ("github_token_url", _https_url),
+    "GITHUB_API_URL": ("github_api_url", _https_url),
     "ADMIN_TOKEN": ("admin_token", _bearer_token),
 }
 
 #: Variables whose values are never shown, not even in an error about them.
-SECRET_NAMES = frozenset({"ADMIN_TOKEN", "REDIS_PASSWORD"})
+SECRET_NAMES = frozenset(
+    {"ADMIN_TOKEN", "REDIS_PASSWORD", "GITHUB_CLIENT_SECRET", "OAUTH_JWT_PRIVATE_KEY_B64"}
+)
 
 ENV_NAMES: tuple[str, ...] = tuple(_VARIABLES)
 

@@ -209,3 +209,84 @@ def acme_renewal(name: str) -> str:
 def token_deleting(token_hash: str) -> str:
     """Set while that token's delete runs: its writes are refused meanwhile."""
     return TOKEN_DELETING + token_hash
+
+
+# ------------------------------------------------------------------ the OAuth server
+# Short-lived keys carry a TTL; one-shot ones (states, codes) are taken with GETDEL so two
+# nodes can never both redeem one.
+
+OAUTH_CLIENT = "oauth:client:"
+OAUTH_TOKEN = "oauth:token:"
+OAUTH_SESSION = "oauth:session:"
+# the signing keys (a hash: kid -> JSON document), shared by every node
+OAUTH_KEYS = "oauth:keys"
+# the lease of whoever generates the first signing key or rotates it
+OAUTH_KEYS_LEASE = "edge:oauth:keys:lock"
+# revoked access tokens (a sorted set: jti -> when the token expires, Unix seconds), read
+# into every worker's memory; members are dropped once their token has expired anyway
+OAUTH_REVOKED = "oauth:revoked"
+# the same revocations as a stream (capped), which every worker follows with XREAD BLOCK so
+# a revocation reaches every node within a second; the sorted set is read whole on (re)connect
+OAUTH_REVOCATIONS = "oauth:revocations"
+
+
+def oauth_client(client_id: str) -> str:
+    """-> a registered client's JSON document (dynamic registration or the admin's)."""
+    return OAUTH_CLIENT + client_id
+
+
+def oauth_state(state: str) -> str:
+    """-> the authorization request waiting for GitHub's answer (TTL, taken with GETDEL)."""
+    return f"oauth:state:{state}"
+
+
+def oauth_code(code: str) -> str:
+    """-> an authorization code's grant (TTL, taken with GETDEL)."""
+    return f"oauth:code:{code}"
+
+
+def oauth_code_used(code_hash: str) -> str:
+    """-> the family a redeemed code started, kept until the code would have expired: a
+    second redemption revokes that family."""
+    return f"oauth:code_used:{code_hash}"
+
+
+def oauth_token(jti: str) -> str:
+    """-> an issued access token's record (TTL: the token's own lifetime)."""
+    return OAUTH_TOKEN + jti
+
+
+def oauth_refresh(token_hash: str) -> str:
+    """-> a refresh token's record, by the SHA-256 of the token (never the token)."""
+    return f"oauth:refresh:{token_hash}"
+
+
+def oauth_family(family_id: str) -> str:
+    """-> the grant family's record: what one authorization produced, refreshes included
+    (a set of ``jti:...`` and ``refresh:...`` members, revoked together)."""
+    return f"oauth:family:{family_id}"
+
+
+def oauth_user_tokens(user: str) -> str:
+    """-> the grant families of a user (``github:{id}``), a set."""
+    return f"oauth:user_tokens:{user}"
+
+
+def oauth_client_tokens(client_id: str) -> str:
+    """-> the grant families of a client, a set."""
+    return f"oauth:client_tokens:{client_id}"
+
+
+def oauth_session(session_id_hash: str) -> str:
+    """-> a browser session, by the SHA-256 of its cookie value (TTL)."""
+    return OAUTH_SESSION + session_id_hash
+
+
+def oauth_request(request_id: str) -> str:
+    """-> an authorization request waiting at the consent page (TTL)."""
+    return f"oauth:request:{request_id}"
+
+
+def oauth_consent(user: str, client_id: str) -> str:
+    """-> the scopes ``user`` approved for ``client_id`` (a JSON list)."""
+    return f"oauth:consent:{user}:{client_id}"
