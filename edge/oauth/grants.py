@@ -367,13 +367,28 @@ class Grants:
             return None
 
     async def refresh_record(self, refresh_token: str) -> RefreshRecord | None:
-        value = await self.redis.hget(keys.oauth_refresh(digest(refresh_token)), "doc")
-        if value is None:
+        """A refresh token's record, used or not (None: unknown or damaged)."""
+        record, _ = await self._refresh_state(refresh_token)
+        return record
+
+    async def live_refresh(self, refresh_token: str) -> RefreshRecord | None:
+        """A refresh token that would work now: never used, not expired."""
+        record, uses = await self._refresh_state(refresh_token)
+        if record is None or uses != 0 or record.expires_at <= time.time():
             return None
+        return record
+
+    async def _refresh_state(self, refresh_token: str) -> tuple[RefreshRecord | None, int]:
+        if not refresh_token or len(refresh_token) > 512:
+            return None, 0
+        key = keys.oauth_refresh(digest(refresh_token))
+        doc, uses = await self.redis.hmget(key, ["doc", "uses"])
+        if doc is None:
+            return None, 0
         try:
-            return decode(value, RefreshRecord)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            return None
+            return decode(doc, RefreshRecord), int(uses or 0)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+            return None, 0
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,125 @@
+"""``/verify``: the ForwardAuth endpoint other proxies ask (Traefik ``forwardAuth``, Caddy
+``forward_auth``, nginx ``auth_request``).
+
+A bearer token (checked in memory: signature, issuer, lifetime, revocation) or the browser
+session cookie (one Redis read) -> ``200`` with ``X-Auth-User-Id``, ``X-Auth-User-Name``,
+``X-Auth-Email``, ``X-Auth-Scopes``, ``X-Auth-Client-Id``; otherwise ``401`` with a
+``WWW-Authenticate`` challenge (``error="invalid_token"`` when a token was sent). Optional
+``?scope=a b`` demands scopes: a token without them is ``403 insufficient_scope`` with the
+scopes in the challenge (RFC 6750 section 3.1), which MCP clients use to step up.
+
+The audience is not checked here: the asking proxy is not known to this endpoint (the
+edge's own proxies check it in process).
+"""
+
+from __future__ import annotations
+
+from edge.handlers.oauth.forms import cookie, header, query
+from edge.http1.exchange import Exchange, Headers
+from edge.oauth.errors import InsufficientScope, InvalidRequest, InvalidToken, OAuthError
+from edge.oauth.records import GitHubUser
+from edge.oauth.server import AuthorizationServer
+
+PREFIX = b"x-auth-"
+
+
+def _safe(value: str) -> bytes:
+    """A header value from a claim: visible ASCII and spaces only (no CR/LF smuggling)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in value).encode("ascii")
+
+
+class Verifier:
+    def __init__(self, server: AuthorizationServer) -> None:
+        self.server = server
+        self.realm = server.config.issuer
+        self.answered = 0
+
+    def _required(self, ex: Exchange) -> tuple[str, ...]:
+        if b"?" not in ex.target:
+            return ()
+        scope = query(ex).get("scope")
+        return tuple(scope.split()) if scope else ()
+
+    def inline(self, ex: Exchange) -> bool:
+        """Answer from memory when the request carries a bearer token or nothing to check;
+        False: a session cookie needs Redis (``with_session``)."""
+        try:
+            required = self._required(ex)
+        except InvalidRequest:
+            self._deny(ex, InvalidRequest("bad query"), sent=True)
+            return True
+        value = header(ex, b"authorization")
+        if value is not None and value[:7].lower() == b"bearer ":
+            token = value[7:].strip().decode("latin-1")
+            try:
+                claims = self.server.signing.verify(token)
+            except OAuthError:
+                self._deny(ex, InvalidToken("bad token"), sent=True)
+                return True
+            jti = claims.get("jti")
+            if not isinstance(jti, str) or self.server.revoked.is_revoked(jti):
+                self._deny(ex, InvalidToken("revoked"), sent=True)
+                return True
+            scopes = str(claims.get("scope", "")).split()
+            missing = [s for s in required if s not in scopes]
+            if missing:
+                self._deny(ex, InsufficientScope("missing scope"), sent=True, scope=required)
+                return True
+            headers = [
+                (b"x-auth-user-id", _safe(str(claims.get("sub", "")))),
+                (b"x-auth-user-name", _safe(str(claims.get("login", "")))),
+                (b"x-auth-email", _safe(str(claims.get("email") or ""))),
+                (b"x-auth-scopes", _safe(" ".join(scopes))),
+                (b"x-auth-client-id", _safe(str(claims.get("client_id", "")))),
+            ]
+            self._allow(ex, headers)
+            return True
+        if cookie(ex, self.server.config.session_cookie) is None:
+            self._deny(ex, InvalidToken("no credentials"), sent=False, scope=required)
+            return True
+        return False
+
+    async def with_session(self, ex: Exchange) -> None:
+        found = await self.server.sessions.get(cookie(ex, self.server.config.session_cookie))
+        if found is None:
+            self._deny(ex, InvalidToken("no session"), sent=False)
+            return
+        if self._required(ex):
+            # a browser session carries no scopes: only tokens can satisfy a scope demand
+            self._deny(ex, InsufficientScope("session"), sent=True, scope=self._required(ex))
+            return
+        self._allow(ex, self._user_headers(found[1].user))
+
+    @staticmethod
+    def _user_headers(user: GitHubUser) -> Headers:
+        return [
+            (b"x-auth-user-id", _safe(user.sub)),
+            (b"x-auth-user-name", _safe(user.login)),
+            (b"x-auth-email", _safe(user.email or "")),
+            (b"x-auth-scopes", b""),
+            (b"x-auth-client-id", b""),
+        ]
+
+    def _allow(self, ex: Exchange, headers: Headers) -> None:
+        self.answered += 1
+        if not ex.finished:
+            ex.respond(
+                200, b"", b"text/plain; charset=utf-8", [*headers, (b"cache-control", b"no-store")]
+            )
+
+    def _deny(
+        self, ex: Exchange, error: OAuthError, *, sent: bool, scope: tuple[str, ...] = ()
+    ) -> None:
+        self.answered += 1
+        if ex.finished:
+            return
+        params = [f'realm="{self.realm}"']
+        if sent:
+            params.append(f'error="{error.code}"')
+        if scope:
+            params.append(f'scope="{" ".join(scope)}"')
+        challenge = ("Bearer " + ", ".join(params)).encode("latin-1")
+        body = b'{"error":"' + error.code.encode("ascii") + b'"}\n'
+        headers = [(b"www-authenticate", challenge), (b"cache-control", b"no-store")]
+        status = error.status if error.status in (400, 401, 403) else 401
+        ex.respond(status, body, b"application/json", headers)

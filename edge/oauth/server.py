@@ -1,0 +1,121 @@
+"""The authorization server of one worker: its parts, wired from the static settings.
+
+Built by the worker when an issuer is configured (``AUTH_HOSTNAME``, ``BASE_DOMAIN`` or
+``OAUTH_ISSUER``). Holds the shared Redis client, the signing keys and revocations every
+request reads from memory, and the stores the endpoints (:mod:`edge.handlers.oauth`) use.
+Its background jobs (key refresh, revocation follower) are services the worker runs.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from edge.config.schema import ProxyConfig
+from edge.oauth.cimd import CimdFetcher
+from edge.oauth.clients import ClientRegistry
+from edge.oauth.github import GitHubLogin
+from edge.oauth.grants import GrantPolicy, Grants
+from edge.oauth.revocation import RevokedTokens
+from edge.oauth.sessions import Sessions
+from edge.oauth.signing import SigningKeys
+from edge.settings import Settings
+
+__all__ = ["AuthorizationServer", "OAuthConfig"]
+
+ProxyLookup = Callable[[str], ProxyConfig | None]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthConfig:
+    """What the endpoints need of the static settings."""
+
+    issuer: str
+    auth_hostname: str
+    scopes: tuple[str, ...]
+    allowed_users: tuple[str, ...]
+    session_cookie: str
+    session_lifetime: int
+    access_lifetime: int
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.issuer}/callback"
+
+    @property
+    def loopback_issuer(self) -> bool:
+        """An http:// issuer (tests, local development): loopback only, by the settings."""
+        return urllib.parse.urlsplit(self.issuer).scheme == "http"
+
+
+class AuthorizationServer:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, find_proxy: ProxyLookup) -> None:
+        issuer = settings.oauth_issuer
+        host = settings.auth_hostname or urllib.parse.urlsplit(issuer or "").hostname
+        if issuer is None or host is None:
+            raise ValueError("no OAuth issuer: set AUTH_HOSTNAME, BASE_DOMAIN or OAUTH_ISSUER")
+        self.config = OAuthConfig(
+            issuer=issuer,
+            auth_hostname=host,
+            scopes=settings.oauth_scopes,
+            allowed_users=settings.oauth_allowed_github_users,
+            session_cookie=settings.oauth_session_cookie,
+            session_lifetime=settings.oauth_browser_session_lifetime,
+            access_lifetime=settings.oauth_access_token_lifetime,
+        )
+        self.redis = redis
+        self.find_proxy = find_proxy
+        self.signing = SigningKeys(
+            redis,
+            issuer=issuer,
+            env_key_b64=settings.oauth_jwt_private_key_b64,
+            access_token_lifetime=settings.oauth_access_token_lifetime,
+        )
+        self.revoked = RevokedTokens(redis)
+        self.grants = Grants(
+            redis,
+            self.signing,
+            self.revoked,
+            GrantPolicy(
+                issuer=issuer,
+                access_lifetime=settings.oauth_access_token_lifetime,
+                refresh_lifetime=settings.oauth_refresh_token_lifetime,
+                code_lifetime=settings.oauth_code_lifetime,
+            ),
+        )
+        self.sessions = Sessions(
+            redis,
+            login_timeout=settings.oauth_session_timeout,
+            session_lifetime=settings.oauth_browser_session_lifetime,
+        )
+        self.clients = ClientRegistry(
+            redis,
+            scopes_supported=settings.oauth_scopes,
+            client_lifetime=settings.oauth_client_lifetime,
+            cimd=CimdFetcher(allow_private=settings.oauth_cimd_allow_private),
+        )
+        self.github: GitHubLogin | None = None
+        if settings.github_client_id and settings.github_client_secret:
+            self.github = GitHubLogin(
+                client_id=settings.github_client_id,
+                client_secret=settings.github_client_secret,
+                authorize_url=settings.github_authorize_url,
+                token_url=settings.github_token_url,
+                api_url=settings.github_api_url,
+            )
+
+    async def start(self) -> None:
+        """Load (or make) the signing keys before the first token is asked for."""
+        await self.signing.load()
+
+    def health(self) -> dict[str, object]:
+        return {
+            "issuer": self.config.issuer,
+            "github": self.github is not None,
+            "keys": self.signing.health(),
+            "revocations": self.revoked.health(),
+            "tokens_issued": self.grants.issued,
+        }
