@@ -19,7 +19,7 @@ from edge.http1.exchange import Exchange, Handler
 from edge.routing.checks import CoverCheck, standard_pipeline
 from edge.routing.middleware import MiddlewareFactory, Phase
 from edge.routing.mount import Mount, ordered
-from edge.routing.resolution import Kind, Step
+from edge.routing.resolution import Kind, Resolution, Step
 from edge.routing.router import Router
 from edge.routing.table import compile_table
 
@@ -42,22 +42,40 @@ class Dispatcher:
         # certificate answer for a host?)
         self.middleware = standard_pipeline(tls_covers)
         self.handlers: dict[Kind, Step] = {"forward": forwarder.forward}
+        # hosts answered by the edge itself, also through proxies' hostname routes
+        self.internal: dict[str, Step] = {}
         self._snapshot = Snapshot()
         self.table: Router = compile_table(
-            self._snapshot, pipeline=self.middleware, handlers=self.handlers
+            self._snapshot, pipeline=self.middleware, handlers=self.handlers, internal={}
         )
 
     # ------------------------------------------------------------------ set-up
     def install(self, snapshot: Snapshot) -> None:
         """Compile the routing table of ``snapshot`` and serve it from the next request."""
         self.table = compile_table(
-            snapshot, self.table, pipeline=self.middleware, handlers=self.handlers
+            snapshot,
+            self.table,
+            pipeline=self.middleware,
+            handlers=self.handlers,
+            internal=self.internal,
         )
         self._snapshot = snapshot
 
     def mount(self, mount: Mount) -> None:
         """Answer requests ``mount`` matches with its handler, before any routing."""
         self.mounts = ordered(self.mounts, mount)
+
+    def serve_host(self, hostname: str, handler: Handler) -> None:
+        """``handler`` answers every request for ``hostname`` (before host routing, like
+        a mount of ``/``) and those a proxy's ``hostname`` route sends there."""
+        name = hostname.lower().rstrip(".")
+        self.mount(Mount("/", handler, host=name))
+
+        def answer(ex: Exchange, res: Resolution, /) -> None:
+            handler.handle(ex)
+
+        self.internal[name] = answer
+        self.install(self._snapshot)
 
     def use(
         self,

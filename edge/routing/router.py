@@ -92,6 +92,7 @@ class Router:
         "compiled",
         "exact",
         "handlers",
+        "internal",
         "pipeline",
         "pipeline_version",
         "services",
@@ -109,6 +110,7 @@ class Router:
         *,
         pipeline: Pipeline,
         handlers: Mapping[Kind, Step],
+        internal: Mapping[str, Step] | None = None,
         chains: dict[str, ProxyChains] | None = None,
         rejected: Mapping[str, str] | None = None,
         unserved: Mapping[str, str] | None = None,
@@ -121,6 +123,9 @@ class Router:
         self.pipeline = pipeline
         self.pipeline_version = pipeline.version
         self.handlers = dict(handlers)  # kind -> what answers a request resolved to it
+        # hosts the edge answers itself (the OAuth server's): a hostname route to one of
+        # them is answered by its handler, never through a proxy of that name
+        self.internal = dict(internal or {})
         # proxy hostname -> its compiled chains (every proxy's, made at install; owned)
         self._chains: dict[str, ProxyChains] = {} if chains is None else chains
         self._rejected = rejected or {}  # config key -> why its value was refused
@@ -236,6 +241,9 @@ class Router:
         itself.
         """
         name = _host_only(route.target_value)
+        own = self.internal.get(name)
+        if own is not None:
+            return self._internal(proxy, route, name, own)
         inner = self.find_proxy(name)
         if inner is None or not inner.enabled:
             key: tuple[str, ...] = (proxy.hostname, route.route_id, "")
@@ -250,6 +258,32 @@ class Router:
         found = self._resolved.get(key)
         if found is None or found.proxy is not inner:
             found = self._resolution(inner, inner_id, host=proxy, hop=route)
+            self._resolved[key] = found
+        return found
+
+    def _internal(
+        self, proxy: ProxyConfig, route: RouteConfig, name: str, handler: Step
+    ) -> Resolution:
+        """A hostname route to a host the edge answers itself: that handler, after only
+        the site checks of the proxy the request came in on (an HTTPS redirect, say). Its
+        access checks do not apply: the OAuth server's endpoints are how a client gets
+        past them, so they must stay reachable."""
+        key = (proxy.hostname, route.route_id, "@" + name)
+        found = self._resolved.get(key)
+        if found is None or found.proxy is not proxy:
+            chains = self.chains_for(proxy)
+            found = Resolution(
+                proxy,
+                route,
+                None,
+                (),
+                (),
+                None,
+                "internal",
+                handler,
+                link(chains.site["http"], handler),
+                link(chains.site["https"], handler),
+            )
             self._resolved[key] = found
         return found
 

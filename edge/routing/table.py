@@ -27,6 +27,7 @@ def compile_table(
     *,
     pipeline: Pipeline | None = None,
     handlers: Mapping[Kind, Step] | None = None,
+    internal: Mapping[str, Step] | None = None,
 ) -> Router:
     """The ``Router`` of ``snapshot``, reusing what ``previous`` compiled of unchanged keys.
 
@@ -37,6 +38,8 @@ def compile_table(
         pipeline = previous.pipeline if previous is not None else standard_pipeline()
     if handlers is None:
         handlers = previous.handlers if previous is not None else {}
+    if internal is None:
+        internal = previous.internal if previous is not None else {}
     before: Mapping[str, CompiledRoute] = previous.compiled if previous is not None else {}
     routes: dict[str, CompiledRoute] = {}
     for route_id, route in snapshot.routes.items():
@@ -60,6 +63,7 @@ def compile_table(
         snapshot.urls,
         pipeline=pipeline,
         handlers=handlers,
+        internal=internal,
         chains=chains,
         rejected=snapshot.rejected,
         unserved=snapshot.unserved,
