@@ -63,6 +63,12 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "logout": ("edge logout", "edge logout --profile prod"),
     "config": ("edge config show", "edge config set api_url http://127.0.0.1:9000"),
     "token": ("edge token list", "edge token create ci --email ci@example.com"),
+    "oauth": (
+        "edge oauth status",
+        "edge oauth tokens list --user octocat",
+        "edge oauth tokens revoke JTI",
+        "edge oauth routes-setup",
+    ),
     "proxy": (
         "edge proxy create app.example.com --target http://127.0.0.1:9000",
         "edge proxy update app.example.com --no-http --header X-Env=prod",

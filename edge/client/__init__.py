@@ -28,6 +28,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     """Add the client commands to the ``edge`` subparsers ``sub`` (``common``: their
     options, also accepted before the command when the ``edge`` parser has them too)."""
     from edge.client.configs import add_config_parsers
+    from edge.client.oauth import add_oauth_parsers
     from edge.client.options import common_options
     from edge.client.people import add_people_parsers
     from edge.client.session import add_session_parsers
@@ -38,6 +39,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     add_token_parsers(sub, common)
     add_config_parsers(sub, common)
     add_people_parsers(sub, common)
+    add_oauth_parsers(sub, common)
 
 
 def run_client(args: argparse.Namespace) -> int:
