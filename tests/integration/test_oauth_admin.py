@@ -106,7 +106,9 @@ class InProcess:
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(signing.run()), loop.create_task(revoked.run())]
             deps = OAuthAdminDeps(signing, revoked, ISSUER, AUTH_HOST)
-        groups = [*default_groups(store), OAuthAdminApi(store, deps)]
+        # the other groups as a worker has them; this one with the server made here
+        others = [g for g in default_groups(store) if not isinstance(g, OAuthAdminApi)]
+        groups = [*others, OAuthAdminApi(store, deps)]
         self.app = ApiApp(lambda: {"status": "ok"}, groups)
         hub, _ = quiet_hub()
         self.server = await asyncio.get_running_loop().create_server(
