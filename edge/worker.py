@@ -18,8 +18,11 @@ import socket
 import time
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
 from edge.admin_token import FILE_ENV, read_token
 from edge.api.config.acme import AcmeDefaults
+from edge.api.oauth.endpoints import OAuthAdminDeps
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
 from edge.api.tokens.store import ADMIN_NAME, CorruptRecord, TokenStore
@@ -29,6 +32,7 @@ from edge.config.watcher import ConfigWatcher
 from edge.handlers.acme import ACME_CHALLENGE_PREFIX, ChallengeResponder
 from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.forward import Forwarder
+from edge.handlers.oauth.endpoints import OAuthEndpoints
 from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
@@ -38,6 +42,7 @@ from edge.net.listener import EXIT_LISTEN_FAILED, reuseport_socket
 from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_report
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
+from edge.oauth.server import AuthorizationServer
 from edge.routing.dispatch import Dispatcher
 from edge.routing.mount import Mount
 from edge.sdnotify import WorkerReporter
@@ -99,6 +104,24 @@ class Worker:
                 max_per_hour=settings.on_demand_tls_max_per_hour,
             )
             tls.on_index.append(self.on_demand.certificates_changed)
+        # the OAuth 2.1 authorization server, on its issuer host (and wherever a proxy's
+        # hostname route leads there), when one is configured; it reads the routing table
+        # of the moment (which proxies exist) when a request asks
+        self.oauth: AuthorizationServer | None = None
+        self.oauth_endpoints: OAuthEndpoints | None = None
+        self.oauth_client = redis_client(settings.redis_target())
+        if settings.oauth_issuer is not None:
+            self.oauth = AuthorizationServer(
+                settings, self.oauth_client, lambda host: self.dispatcher.table.find_proxy(host)
+            )
+        oauth_admin = None
+        if self.oauth is not None:
+            oauth_admin = OAuthAdminDeps(
+                signing=self.oauth.signing,
+                revoked=self.oauth.revoked,
+                issuer=self.oauth.config.issuer,
+                auth_hostname=self.oauth.config.auth_hostname,
+            )
         self.api = ApiApp(
             lambda: self.health(),
             default_groups(
@@ -111,6 +134,7 @@ class Worker:
                     token_email=self._token_email,
                     kick=self.acme.kick,
                 ),
+                oauth=oauth_admin,
             ),
         )
         self.dispatcher = Dispatcher(
@@ -120,6 +144,9 @@ class Worker:
             tls_covers=self.tls.covers if self.tls is not None else None,
         )
         self.dispatcher.mount(Mount(ACME_CHALLENGE_PREFIX, self.challenges, scheme="http"))
+        if self.oauth is not None:
+            self.oauth_endpoints = OAuthEndpoints(self.oauth)
+            self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
         # each snapshot's routing table is compiled as it is installed
         self.watcher.on_install.append(self.dispatcher.install)
         self.servers: list[asyncio.Server] = []
@@ -145,6 +172,8 @@ class Worker:
         view.add(self.pool.health_report)
         view.add(lambda: stages_report(self.proxy_stages))
         view.add(self.services.health_report)
+        oauth = self.oauth
+        view.add(lambda: Report({"oauth": oauth.health() if oauth is not None else None}))
         return view
 
     async def _token_email(self, name: str) -> str | None:
@@ -171,6 +200,8 @@ class Worker:
         if self.tls is not None:
             await self._prepare_tls()
         await self._bootstrap_admin()
+        if self.oauth is not None:
+            await self._start_oauth(self.oauth)
         # PAT last_used_at: one node at a time copies the recent uses into the records
         flusher = LastUsedFlusher(self.tokens.redis, s.pat_last_used_flush_interval)
         self.services.start(
@@ -291,9 +322,29 @@ class Worker:
         await self.services.stop()  # before the API's Redis client the flush uses closes
         await self.api.close()
         await self.challenges.close()  # closes the ACME client too
+        if self.oauth_endpoints is not None:
+            await self.oauth_endpoints.close()
+        await self.oauth_client.aclose()
         await self.tokens.redis.close()
         self.hub.access_log.flush()
         return 0
+
+    async def _start_oauth(self, oauth: AuthorizationServer) -> None:
+        """Signing keys before the first request (a Redis away at start: loaded by the
+        key service once it is back; tokens are refused with 503 meanwhile), then the
+        services that keep keys and revocations fresh in memory."""
+        try:
+            async with asyncio.timeout(FIRST_SYNC_WAIT):
+                await oauth.start()
+        except (TimeoutError, OSError, RedisError) as exc:
+            log.warning(
+                "oauth: signing keys not loaded yet",
+                extra={"fields": {"error": type(exc).__name__}},
+            )
+        self.services.start(TaskService("oauth-keys", oauth.signing.run, oauth.signing.health))
+        self.services.start(
+            TaskService("oauth-revocations", oauth.revoked.run, oauth.revoked.health)
+        )
 
     async def drain(self) -> None:
         log.info("draining", extra={"fields": {"connections": len(self.hub.connections)}})

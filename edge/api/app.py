@@ -38,6 +38,7 @@ from edge.api.http import (
     error_response,
     json_response,
 )
+from edge.api.oauth.endpoints import OAuthAdminApi, OAuthAdminDeps
 from edge.api.people.auth import PeopleContext
 from edge.api.people.directory import PeopleApi
 from edge.api.request import ApiRequest, Endpoint, EndpointGroup
@@ -55,12 +56,22 @@ _json = msgspec.json.Encoder()
 
 
 def default_groups(
-    store: TokenStore, *, pat_cache_ttl: float = 30.0, acme: AcmeDefaults | None = None
+    store: TokenStore,
+    *,
+    pat_cache_ttl: float = 30.0,
+    acme: AcmeDefaults | None = None,
+    oauth: OAuthAdminDeps | None = None,
 ) -> list[EndpointGroup]:
     """Every area of the API, wired to the worker's token store (and its Redis handle);
-    ``acme``: the certificate orders' defaults (without it, no issuance endpoints)."""
+    ``acme``: the certificate orders' defaults (without it, no issuance endpoints);
+    ``oauth``: the authorization server's parts (without it, ``oauth_disabled``)."""
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
-    return [TokenApi(store, prepare_cascade), ConfigApi(store, acme), PeopleApi(store, people)]
+    return [
+        TokenApi(store, prepare_cascade),
+        ConfigApi(store, acme),
+        PeopleApi(store, people),
+        OAuthAdminApi(store, oauth),
+    ]
 
 
 def build_router(

@@ -31,7 +31,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from edge.oauth import pkce
-from edge.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
+from edge.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget, OAuthError
 from edge.oauth.records import (
     AccessTokenRecord,
     AuthorizationRequest,
@@ -120,7 +120,7 @@ def _family_member_refresh(token_hash: str) -> str:
 
 
 def _narrowed(
-    asked: Sequence[str] | None, granted: tuple[str, ...], error: type[InvalidGrant]
+    asked: Sequence[str] | None, granted: tuple[str, ...], error: type[OAuthError]
 ) -> tuple[str, ...]:
     """``asked`` (a subset of ``granted``) or everything granted when nothing was asked."""
     if not asked:
@@ -250,10 +250,7 @@ class Grants:
             raise InvalidGrant("refresh token of another client")
         if record.expires_at <= time.time():
             raise InvalidGrant("refresh token expired")
-        try:
-            narrowed = _narrowed(scope, record.scope, InvalidScope)
-        except InvalidScope:
-            raise InvalidScope("scope beyond the original grant") from None
+        narrowed = _narrowed(scope, record.scope, InvalidScope)
         audience = self._audience(resources, record.resources)
         return await self._issue(
             record.family_id,
@@ -406,16 +403,17 @@ async def revoke_family(redis: aioredis.Redis, revoked: RevokedTokens, family_id
         member = _text(raw)
         kind, _, rest = member.partition(":")
         if kind == "jti":
-            jti, _, exp = rest.rpartition(":")
-            revocations.append((jti, int(exp) if exp.isdigit() else int(time.time()) + 86400))
+            jti, _, expiry = rest.rpartition(":")
+            until = int(expiry) if expiry.isdigit() else int(time.time()) + 86400
+            revocations.append((jti, until))
             pipe.delete(keys.oauth_token(jti))
         elif kind == "refresh":
             pipe.delete(keys.oauth_refresh(rest))
         count += 1
     pipe.delete(family_key)
-    for jti, exp in revocations:
-        if exp > time.time():
-            await revoked.revoke(jti, exp)
+    for jti, until in revocations:
+        if until > time.time():
+            await revoked.revoke(jti, until)
     await pipe.execute()
     return count
 

@@ -131,8 +131,8 @@ class OAuthEndpoints:
         except EdgeError as err:
             error = err
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            fields = {"request_id": rid, "error": type(exc).__name__, "detail": str(exc)[:200]}
-            log.warning("oauth: redis unavailable", extra={"fields": fields})
+            down = {"request_id": rid, "error": type(exc).__name__, "detail": str(exc)[:200]}
+            log.warning("oauth: redis unavailable", extra={"fields": down})
             error = ServerError("redis unavailable")
         except Exception:
             log.exception("oauth endpoint failed", extra={"fields": {"request_id": rid}})
@@ -144,7 +144,7 @@ class OAuthEndpoints:
             )
         fields = {
             "request_id": rid,
-            "status": error.status,
+            "status": str(error.status),
             "error": error.code,
             "detail": str(error)[:200],  # fixed texts: never a token, code or secret
         }
