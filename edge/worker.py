@@ -87,7 +87,15 @@ class Worker:
         # ACME: this worker's share of the orders (automatic HTTPS when it serves TLS),
         # and the HTTP-01 answers every node gives
         self.acme_client = redis_client(settings.redis_target())
-        self.acme = AcmeService(settings, self.acme_client, auto=self.tls is not None)
+        issuer = settings.oauth_issuer
+        own_hosts = (
+            (settings.auth_hostname,)
+            if settings.auth_hostname and issuer and issuer.startswith("https://")
+            else ()
+        )
+        self.acme = AcmeService(
+            settings, self.acme_client, auto=self.tls is not None, own_hosts=own_hosts
+        )
         self.watcher.on_install.append(self.acme.note_snapshot)
         self.challenges = ChallengeResponder(self.acme_client)
         # on-demand TLS: a name under a wildcard proxy gets its certificate at its first
@@ -197,6 +205,10 @@ class Worker:
             await asyncio.wait_for(self.watcher.synced.wait(), FIRST_SYNC_WAIT)
         if not self.watcher.synced.is_set():
             log.warning("starting without configuration: redis not reachable yet")
+        else:
+            # an empty configuration installs no new snapshot: tell the ACME service the
+            # first sync is done anyway (the issuer host may want a certificate)
+            self.acme.note_snapshot(self.watcher.snapshot)
         if self.tls is not None:
             await self._prepare_tls()
         await self._bootstrap_admin()

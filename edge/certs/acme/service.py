@@ -53,8 +53,18 @@ ARI_LEASE = 30.0
 class AcmeService:
     """One worker's share of ordering, automatic HTTPS and renewal."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, *, auto: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        *,
+        auto: bool,
+        own_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.settings = settings
+        # hosts the edge answers itself over HTTPS (the OAuth issuer's): certificates of
+        # their own under automatic HTTPS, as a proxy gets, renewed while configured
+        self.own_hosts = tuple(h for h in own_hosts if can_order(h))
         self.options = AcmeOptions.from_settings(settings)
         self.client = client
         self.auto = auto and settings.auto_https
@@ -158,6 +168,28 @@ class AcmeService:
                 log.info(
                     "certificate requested for a proxy",
                     extra={"fields": {"cert": status.cert_name, "hostname": proxy.hostname}},
+                )
+        for host in self.own_hosts:
+            if _covered(snapshot, host):
+                continue
+            stamp = records.now_iso()
+            status = CertStatus(
+                cert_name=own_cert_name(host),
+                status="pending",
+                domains=(host,),
+                email=self.options.admin_email,
+                directory_url=self.options.directory_url,
+                reason="automatic",
+                owner_token_hash=None,
+                requested_at=stamp,
+                updated_at=stamp,
+            )
+            _, created = await records.request(self.client, status, only_if_absent=True)
+            if created:
+                asked.append(status.cert_name)
+                log.info(
+                    "certificate requested for the edge's own host",
+                    extra={"fields": {"cert": status.cert_name, "hostname": host}},
                 )
         return asked
 
@@ -283,6 +315,12 @@ class AcmeService:
                     pipe.set(status_key, msgspec.json.encode(shown), xx=True, keepttl=True)
 
             await transaction(self.client, [status_key], write)
+
+
+def own_cert_name(hostname: str) -> str:
+    """The certificate of a host the edge answers itself (never a proxy's ``proxy-``
+    name, so it is renewed whether or not a proxy serves the name)."""
+    return "host-" + hostname.replace(".", "-")
 
 
 def _wants_certificate(proxy: ProxyConfig) -> bool:
