@@ -259,7 +259,12 @@ class BrowserFlow:
                 "oauth: GitHub sign-in failed",
                 extra={"fields": {"request_id": ex.request_id, "error": str(err)[:200]}},
             )
-            pages.error_page(ex, 502, "Sign-in failed", "GitHub could not confirm the sign-in.")
+            if err.kind == "bad_code":  # a reloaded or replayed callback
+                pages.error_page(
+                    ex, 400, "Sign-in failed", "GitHub refused this sign-in code; start again."
+                )
+            else:
+                pages.error_page(ex, 502, "Sign-in failed", "GitHub could not confirm the sign-in.")
             return
         proxies = self._proxies(request)
         if not self._allowed(user, proxies):
