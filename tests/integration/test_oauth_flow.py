@@ -378,3 +378,15 @@ def test_token_endpoint_errors(stack: OAuthStack) -> None:
     big = post_form(token_url, {"grant_type": "authorization_code", "code": "x" * 70000})
     assert big.status == 413
     assert request("GET", token_url).status == 405
+
+
+def test_github_down_at_callback_is_a_page_and_no_code(stack: OAuthStack) -> None:
+    client = register_client(stack.issuer)
+    stack.github.fail("/login/oauth/access_token", 503)
+    _, challenge = pkce_pair()
+    got = Browser().follow(client.authorize_url(challenge), client.redirect_uri)
+    assert not isinstance(got, str)
+    assert got.status == 502 and "GitHub" in got.text
+    assert got.header("location") is None
+    stack.github.heal("/login/oauth/access_token")
+    assert stack.tokens(Browser(), client)["access_token"]
