@@ -230,6 +230,11 @@ class Grants:
         the family revoked when an old one comes back."""
         if not refresh_token or len(refresh_token) > 512:
             raise InvalidGrant("no refresh token")
+        # a request refused for what it asks issues nothing, so it must not spend the token
+        live = await self.live_refresh(refresh_token)
+        if live is not None and live.client_id == client.client_id:
+            _narrowed(scope, live.scope, InvalidScope)
+            self._audience(resources, live.resources)
         key = keys.oauth_refresh(digest(refresh_token))
         uses, value = await self._use_refresh(keys=[key])
         if not uses:
