@@ -88,6 +88,27 @@ def request(
         conn.close()
 
 
+def request_via(
+    port: int,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> Page:
+    """``request`` sent to another node: the connection to ``port`` on 127.0.0.1, the
+    ``Host`` still the URL's (as a load balancer in front of the nodes would pass it)."""
+    parts = urllib.parse.urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, target, body=body, headers={"Host": parts.netloc, **(headers or {})})
+        resp = conn.getresponse()
+        return Page(resp.status, resp.getheaders(), resp.read(), url)
+    finally:
+        conn.close()
+
+
 def post_form(
     url: str,
     fields: Sequence[tuple[str, str]] | dict[str, str],
@@ -282,6 +303,18 @@ class OAuthStack:
     edge: EdgeProcess
     github: GitHubStandin
     issuer: str
+    settings: dict[str, str] = field(default_factory=dict)  # the edge's environment
+    factory: Callable[..., EdgeProcess] | None = None
+
+    def node(self, **env: Any) -> EdgeProcess:
+        """Another node of the cluster: an edge on the same Redis with the same OAuth
+        settings (same issuer, naming the first node's port) on HTTP and API ports of its
+        own; ``env`` changes or adds settings."""
+        assert self.factory is not None
+        settings = {**self.settings, "HTTP_PORT": str(free_port()), **env}
+        edge = self.factory(**settings)
+        edge.http_port = int(settings["HTTP_PORT"])
+        return edge
 
     def login(
         self,
@@ -342,4 +375,4 @@ def oauth_stack(
         }
         edge = edge_factory(**settings)
         edge.http_port = port
-        yield OAuthStack(edge, github, issuer)
+        yield OAuthStack(edge, github, issuer, settings, edge_factory)
