@@ -186,15 +186,22 @@ def rotate_key(ctx: Context) -> int:
 # ---------------------------------------------------------------------------- routes-setup
 
 
+def path_regex(path: str) -> str:
+    """``path`` itself or anything under it (``/register`` and ``/register/{id}``), never
+    a longer word: a plain prefix ``/token`` would also take an application's
+    ``/tokens`` on every proxy."""
+    return "^" + path.replace(".", "\\.") + "(?:/.*)?$"
+
+
 def wanted_route(route_id: str, path: str, auth_host: str) -> dict[str, Any]:
     """The global route that hands ``path`` (and what is under it) to the auth host."""
     return {
         "route_id": route_id,
-        "path_pattern": path,
+        "path_pattern": path_regex(path),
         "target_type": "hostname",
         "target_value": auth_host,
         "priority": ROUTE_PRIORITY,
-        "is_regex": False,
+        "is_regex": True,
         "enabled": True,
         "scope": "global",
         "proxy_hostnames": [],

@@ -440,7 +440,19 @@ def test_routes_setup_serves_the_oauth_endpoints_on_a_proxys_host(
         assert not upstream.requests  # nothing of the above reached the upstream
 
         # everything else is the proxy's own
-        paths = ["/", "/hello?x=1", "/api/jwks", "/app/token", "/.well-known/other"]
+        paths = [
+            "/",
+            "/hello?x=1",
+            "/api/jwks",
+            "/app/token",
+            "/.well-known/other",
+            # longer words than the OAuth paths stay the application's
+            "/tokens",
+            "/registered",
+            "/verify-email",
+            "/callbacks",
+            "/jwks.json",
+        ]
         for path in paths:
             page = request("GET", app + path)
             assert page.status == 200, (path, page.text)

@@ -214,7 +214,9 @@ class BrowserFlow:
         redirect_host = urllib.parse.urlsplit(request.redirect_uri).netloc
         pages.consent_page(
             ex,
-            action="/consent",
+            # absolute: the page may have been reached through a proxy's hostname route,
+            # and /consent is no route of the proxies
+            action=f"{self.config.issuer}/consent",
             request_id=request_id,
             csrf=csrf,
             client_name=client.client_name or client.client_id,
