@@ -114,10 +114,19 @@ class Sessions:
         await self.redis.set(keys.oauth_request(request_id), encode(doc), ex=self.login_timeout)
         return request_id, csrf
 
+    async def peek_consent(self, request_id: str) -> ConsentRequest | None:
+        """The waiting request, left in place (a forged form must not spend it)."""
+        return await self._consent(request_id, take=False)
+
     async def take_consent(self, request_id: str) -> ConsentRequest | None:
+        """The waiting request, taken (GETDEL): one approval per request."""
+        return await self._consent(request_id, take=True)
+
+    async def _consent(self, request_id: str, *, take: bool) -> ConsentRequest | None:
         if not request_id or len(request_id) > 64:
             return None
-        value = await self.redis.getdel(keys.oauth_request(request_id))
+        key = keys.oauth_request(request_id)
+        value = await (self.redis.getdel(key) if take else self.redis.get(key))
         if value is None:
             return None
         try:

@@ -348,6 +348,23 @@ def test_consent_deny_and_csrf(stack: OAuthStack) -> None:
         },
     )
     assert not isinstance(forged, str) and forged.status == 403
+    # the forged post did not spend the request: the user's own approval still works,
+    # once (a double submit finds it gone)
+    form = {
+        "request_id": page.hidden("request_id"),
+        "csrf_token": page.hidden("csrf_token"),
+        "decision": "approve",
+    }
+    approved = browser.follow(
+        f"{stack.issuer}/consent", client.redirect_uri, method="POST", form=form
+    )
+    assert isinstance(approved, str) and "code" in query_of(approved)
+    again = browser.follow(f"{stack.issuer}/consent", client.redirect_uri, method="POST", form=form)
+    assert not isinstance(again, str) and again.status == 400
+    # the approval is remembered: the next authorization goes straight back with a code
+    again_url, _ = stack.login(browser, client)
+    assert "code" in query_of(again_url)
+    client = register_client(stack.issuer)  # a new client: consent is asked again
     # and another browser (no session) cannot post someone's form either
     page2 = browser.follow(client.authorize_url(challenge), client.redirect_uri)
     assert not isinstance(page2, str)

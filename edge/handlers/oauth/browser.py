@@ -294,7 +294,8 @@ class BrowserFlow:
     async def consent(self, ex: Exchange) -> None:
         params = await form(ex)
         sessions = self.server.sessions
-        pending = await sessions.take_consent(params.get("request_id") or "")
+        request_id = params.get("request_id") or ""
+        pending = await sessions.peek_consent(request_id)
         if pending is None:
             pages.error_page(
                 ex,
@@ -311,6 +312,10 @@ class BrowserFlow:
             or not matches(csrf, pending.csrf_hash)
         ):
             pages.error_page(ex, 403, "Form refused", "This approval form could not be verified.")
+            return
+        # checked: now take it, so it is answered once (a double submit finds it gone)
+        if await sessions.take_consent(request_id) is None:
+            pages.error_page(ex, 400, "Request expired", "This approval form was already used.")
             return
         request = pending.request
         decision = params.get("decision")
