@@ -32,12 +32,17 @@ class InvalidClient(OAuthError):
     code = "invalid_client"
     public_message = "client authentication failed"
 
+    basic = False  # the client tried HTTP Basic (the challenge then names that scheme)
+
     def __init__(self, detail: str = "", *, basic: bool = False, **kw: object) -> None:
         super().__init__(detail, **kw)  # type: ignore[arg-type]
         self.basic = basic
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"www-authenticate", b'Basic realm="oauth"')] if self.basic else []
+        # RFC 9110 section 15.5.2: a 401 carries a challenge; RFC 6749 section 5.2 names
+        # Basic for a client that authenticated with it, and Basic is what this server
+        # takes from confidential clients
+        return [(b"www-authenticate", b'Basic realm="oauth"')]
 
 
 class InvalidGrant(OAuthError):
@@ -96,6 +101,9 @@ class InvalidToken(OAuthError):
     status = 401
     code = "invalid_token"
     public_message = "the access token is invalid or expired"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", b'Bearer realm="oauth", error="invalid_token"')]
 
 
 class InsufficientScope(OAuthError):

@@ -97,6 +97,25 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "ON_DEMAND_TLS_MAX_PER_HOUR": ("on_demand_tls_max_per_hour", 20),
     "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", 30.0),
     "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", 30.0),
+    "BASE_DOMAIN": ("base_domain", None),
+    "AUTH_HOSTNAME": ("auth_hostname_setting", None),
+    "OAUTH_ISSUER": ("oauth_issuer_setting", None),
+    "OAUTH_SCOPES": ("oauth_scopes", ("mcp:read", "mcp:write", "mcp:admin")),
+    "OAUTH_ACCESS_TOKEN_LIFETIME": ("oauth_access_token_lifetime", 1800),
+    "OAUTH_REFRESH_TOKEN_LIFETIME": ("oauth_refresh_token_lifetime", 30 * 86400),
+    "OAUTH_CODE_LIFETIME": ("oauth_code_lifetime", 60),
+    "OAUTH_SESSION_TIMEOUT": ("oauth_session_timeout", 600),
+    "OAUTH_BROWSER_SESSION_LIFETIME": ("oauth_browser_session_lifetime", 7 * 86400),
+    "OAUTH_SESSION_COOKIE": ("oauth_session_cookie", "edge_oauth_session"),
+    "OAUTH_CLIENT_LIFETIME": ("oauth_client_lifetime", 90 * 86400),
+    "OAUTH_ALLOWED_GITHUB_USERS": ("oauth_allowed_github_users", ()),
+    "OAUTH_CIMD_ALLOW_PRIVATE": ("oauth_cimd_allow_private", False),
+    "OAUTH_JWT_PRIVATE_KEY_B64": ("oauth_jwt_private_key_b64", None),
+    "GITHUB_CLIENT_ID": ("github_client_id", None),
+    "GITHUB_CLIENT_SECRET": ("github_client_secret", None),
+    "GITHUB_AUTHORIZE_URL": ("github_authorize_url", "https://github.com/login/oauth/authorize"),
+    "GITHUB_TOKEN_URL": ("github_token_url", "https://github.com/login/oauth/access_token"),
+    "GITHUB_API_URL": ("github_api_url", "https://api.github.com"),
     "ADMIN_TOKEN": ("admin_token", None),
 }
 
@@ -188,6 +207,22 @@ INVALID: list[tuple[str, str]] = [
     ("ADMIN_TOKEN", "t" * 257),
     ("ADMIN_TOKEN", "edge_" + "x" * 40 + "!"),  # not sendable as a bearer token
     ("ADMIN_TOKEN", "=" + "x" * 40),
+    ("BASE_DOMAIN", "*.example.com"),
+    ("AUTH_HOSTNAME", "auth example"),
+    ("OAUTH_ISSUER", "http://auth.example.com"),  # plain HTTP only on loopback
+    ("OAUTH_ISSUER", "https://auth.example.com/path"),
+    ("OAUTH_ISSUER", "https://auth.example.com?x=1"),
+    ("OAUTH_ISSUER", "ftp://auth.example.com"),
+    ("OAUTH_ISSUER", "https://auth.example.com:99999"),
+    ("OAUTH_SCOPES", 'mcp:"read"'),
+    ("OAUTH_ACCESS_TOKEN_LIFETIME", "5"),
+    ("OAUTH_CODE_LIFETIME", "601"),
+    ("OAUTH_SESSION_COOKIE", "a b"),
+    ("OAUTH_SESSION_COOKIE", "a;b"),
+    ("OAUTH_CIMD_ALLOW_PRIVATE", "maybe"),
+    ("OAUTH_JWT_PRIVATE_KEY_B64", "not base64!"),
+    ("OAUTH_JWT_PRIVATE_KEY_B64", "aGVsbG8="),  # base64, but of no PEM key
+    ("GITHUB_TOKEN_URL", "http://github.example.com/token"),
 ]
 
 
@@ -204,10 +239,17 @@ def test_every_variable_is_known_with_its_default() -> None:
 def test_env_example_lists_every_variable_with_the_real_default() -> None:
     """systemd/edge.env.example claims each commented line shows the built-in default."""
     text = (ROOT / "systemd" / "edge.env.example").read_text()
-    documented = dict(re.findall(r"^#([A-Z_]+)=(.*)$", text, flags=re.M))
+    documented = dict(re.findall(r"^#([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.M))
     assert set(documented) <= set(ENV_NAMES)
     # these lines show examples, as their comments say: not defaults
-    examples = {"REDIS_URL", "EDGE_WORKERS", "EDGE_SEED_FILE"}
+    examples = {
+        "REDIS_URL",
+        "EDGE_WORKERS",
+        "EDGE_SEED_FILE",
+        "BASE_DOMAIN",
+        "AUTH_HOSTNAME",
+        "OAUTH_ISSUER",
+    }
     assert set(ENV_NAMES) - set(documented) <= {"API_HOSTNAME", "EDGE_LOOP"}
     for name, value in documented.items():
         if name in examples:
