@@ -74,6 +74,8 @@ RETIRE_MARGIN = 60  # a retired key outlives its last token by this (> LEEWAY: s
 MAX_TOKEN_LENGTH = 8192  # our tokens are ~1 KiB; anything this long is refused unparsed
 KEY_SIZE = 2048
 REFRESH_INTERVAL = 2.0  # seconds between re-reads of oauth:keys
+# a rotated-in key signs only this long after it was made: every node has read it by then
+ACTIVATION_DELAY = 3 * REFRESH_INTERVAL
 LEASE_TTL = 30.0  # the lease outlives a key generation (~0.1 s) by far
 LEASE_WAIT = LEASE_TTL + 15.0  # load()/rotate() wait out a crashed holder's lease
 TYP = "at+jwt"
@@ -436,11 +438,32 @@ class SigningKeys:
     # ------------------------------------------------------------------ tokens
     def sign(self, claims: dict[str, Any]) -> str:
         """``claims`` as an RFC 9068 access token, RS256, signed by the active key."""
-        key = self._set.active
+        key = self._signer()
         if key is None:
             raise ServerError("no oauth signing key loaded")
         return jwt.encode(claims, key.private, algorithm="RS256",
                           headers={"kid": key.kid, "typ": TYP})  # fmt: skip
+
+    def _signer(self) -> _Key | None:
+        """The key that signs now: the active one, except for ``ACTIVATION_DELAY`` seconds
+        after a rotation, while other nodes may not have read the new key yet (they refuse
+        an unknown ``kid`` rather than fetch it): the previous key, still published and
+        accepted everywhere until well after the tokens it signs meanwhile expire, signs
+        until then. The first key of a cluster signs at once: every node loads it before
+        serving."""
+        keys_now = self._set
+        active = keys_now.active
+        now = self._clock()
+        if active is None or active.created_at <= now - ACTIVATION_DELAY:
+            return active
+        previous = [
+            k
+            for k in keys_now.keys.values()
+            if k is not active and k.retire_at is not None and k.retire_at > now + LEEWAY
+        ]
+        if not previous:
+            return active
+        return max(previous, key=lambda k: (k.created_at, k.kid))
 
     def verify(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """The claims of a token we signed, still valid; else :class:`InvalidToken` (whose

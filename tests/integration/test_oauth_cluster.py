@@ -35,7 +35,7 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge.oauth.signing import RETIRE_MARGIN, StoredKey, thumbprint
+from edge.oauth.signing import ACTIVATION_DELAY, RETIRE_MARGIN, StoredKey, thumbprint
 from edge.store import keys
 from tests.api_client import call
 from tests.helpers import (
@@ -245,11 +245,21 @@ def test_key_rotation_keeps_old_tokens_and_publishes_both_keys_on_every_node(
         # tokens signed before still pass on both nodes
         assert verify_on(node_a, stack, old_token) == 200
         assert verify_on(node_b, stack, old_token) == 200
-        # new tokens carry the new kid, and pass on the node that did not rotate
-        new_token = stack.tokens(browser, client)["access_token"]
-        assert kid_of(new_token) == new_kid
+        # right after the rotation the old key still signs, so the node that did not
+        # rotate (and has not read the new key yet) accepts the tokens issued meanwhile
+        early = stack.tokens(browser, client)["access_token"]
+        assert kid_of(early) == old_kid
+        assert verify_on(node_b, stack, early) == 200
+
+        # once every node has had time to read it, new tokens carry the new kid, and
+        # pass on the node that did not rotate at once
+        def new_token_signed() -> str | None:
+            token = stack.tokens(browser, client)["access_token"]
+            return token if kid_of(token) == new_kid else None
+
+        new_token = wait_for(new_token_signed, timeout=ACTIVATION_DELAY + 5, interval=0.5)
         assert verify_on(node_a, stack, new_token) == 200
-        wait_for(lambda: verify_on(node_b, stack, new_token) == 200, timeout=5)
+        assert verify_on(node_b, stack, new_token) == 200
         # both kids published by both nodes, the active one first
         wait_for(lambda: jwks_kids(node_a, stack) == [new_kid, old_kid], timeout=5)
         wait_for(lambda: jwks_kids(node_b, stack) == [new_kid, old_kid], timeout=5)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from edge.oauth.errors import InvalidToken
 from edge.oauth.revocation import STREAM_MAXLEN, RevokedTokens
-from edge.oauth.signing import LEEWAY, RETIRE_MARGIN, SigningKeys, StoredKey
+from edge.oauth.signing import ACTIVATION_DELAY, LEEWAY, RETIRE_MARGIN, SigningKeys, StoredKey
 from edge.settings import RedisTarget
 from edge.store import keys
 from edge.store.client import redis_client
@@ -160,7 +160,12 @@ async def test_rotation_keeps_old_tokens_until_retired(
 
     new_kid = await a.rotate()
     assert new_kid != old_kid and a.active_kid == new_kid
+    # for ACTIVATION_DELAY the previous key still signs (another node may not know the
+    # new one yet), then the new one
+    assert jwt.get_unverified_header(a.sign(claims()))["kid"] == old_kid
+    clock.offset = ACTIVATION_DELAY + 1
     assert jwt.get_unverified_header(a.sign(claims()))["kid"] == new_kid
+    clock.offset = 0
     docs = stored(rdb)
     assert docs[new_kid].retire_at is None
     retire_at = docs[str(old_kid)].retire_at
