@@ -191,7 +191,7 @@ async def test_rotation_keeps_old_tokens_until_retired(
         assert [k["kid"] for k in n.jwks()["keys"]] == [new_kid]
     # ... and dropped from the hash by the next refresh
     await eventually(lambda: set(stored(rdb)) == {new_kid}, within=3)
-    assert b.verify(b.sign(claims()))["jti"] == "jti-1"
+    assert b.verify(b.sign(claims(lifetime=3600)))["jti"] == "jti-1"
     assert b.health()["error"] is None
 
 

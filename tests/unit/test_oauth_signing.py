@@ -328,3 +328,60 @@ async def test_a_weak_or_unusable_environment_key_is_refused() -> None:
                            access_token_lifetime=1800)  # fmt: skip
         with pytest.raises(ValueError):
             await keys.load()
+
+
+# ---------------------------------------------------------------------------- the verified memory
+
+
+def test_a_remembered_token_still_expires_on_time(private_key: rsa.RSAPrivateKey) -> None:
+    import asyncio
+
+    now = [time.time()]
+    keys = SigningKeys(
+        aioredis.Redis(port=1),
+        issuer=ISSUER,
+        env_key_b64=b64_pem(private_key),
+        access_token_lifetime=1800,
+        clock=lambda: now[0],
+    )
+    asyncio.run(keys.load())
+    token = keys.sign(claims(exp=int(now[0]) + 60))
+    assert keys.verify(token)["jti"] == "jti-1"  # verified, then remembered
+    assert keys.verify(token)["jti"] == "jti-1"  # from memory
+    now[0] += 60 + LEEWAY - 1
+    assert keys.verify(token)["jti"] == "jti-1"  # within the leeway
+    now[0] += 2
+    with pytest.raises(InvalidToken, match="expired"):
+        keys.verify(token)
+
+
+def test_a_remembered_token_is_checked_for_its_audience(signing: SigningKeys) -> None:
+    token = signing.sign(claims(aud=[AUDIENCE, "https://other.example.test/"]))
+    assert signing.verify(token, audience=AUDIENCE)["jti"] == "jti-1"
+    assert signing.verify(token, audience="https://other.example.test/")["jti"] == "jti-1"
+    with pytest.raises(InvalidToken, match="audience"):
+        signing.verify(token, audience="https://third.example.test/")
+    single = signing.sign(claims(jti="single"))
+    signing.verify(single)  # remembered without an audience asked
+    with pytest.raises(InvalidToken, match="audience"):
+        signing.verify(single, audience="https://third.example.test/")
+
+
+def test_the_returned_claims_are_a_copy(signing: SigningKeys) -> None:
+    token = signing.sign(claims())
+    first = signing.verify(token)
+    first["scope"] = "mcp:admin"
+    assert signing.verify(token)["scope"] == "mcp:read"
+
+
+def test_a_remembered_token_is_forgotten_when_the_keys_change(
+    signing: SigningKeys, private_key: rsa.RSAPrivateKey
+) -> None:
+    token = signing.sign(claims())
+    signing.verify(token)
+    # the key set replaced by one without the key (as a refresh installs it): refused
+    from edge.oauth import signing as module
+
+    signing._set = module._KeySet({}, None, {})
+    with pytest.raises(InvalidToken, match="kid"):
+        signing.verify(token)
