@@ -428,7 +428,7 @@ class Settings:
     oauth_code_lifetime: int = 60
     oauth_session_timeout: int = 600  # a login's state, GitHub round trip included
     oauth_browser_session_lifetime: int = 7 * 86400
-    oauth_session_cookie: str = "edge_oauth_session"
+    oauth_session_cookie: str = "__Host-edge_oauth_session"
     oauth_client_lifetime: int = 90 * 86400  # 0: registered clients never expire
     oauth_allowed_github_users: tuple[str, ...] = ()  # "*": everyone; empty: nobody
     oauth_cimd_allow_private: bool = False  # tests only: CIMD documents on loopback

@@ -343,7 +343,7 @@ class CimdFetcher:
     def _parse(self, url: str, body: bytes) -> ClientRecord:
         try:
             document: Any = msgspec.json.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deep: no JSON we read
             raise _refused("the document is not JSON") from None
         if not isinstance(document, dict):
             raise _refused("the document is not a JSON object")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from edge.oauth.records import (
 from edge.oauth.revocation import RevokedTokens
 from edge.oauth.signing import SigningKeys
 from edge.store import keys
+from edge.store.transaction import Txn, transaction
 
 __all__ = [
     "GrantPolicy",
@@ -81,6 +82,10 @@ end
 local uses = redis.call('HINCRBY', KEYS[1], 'uses', 1)
 return {uses, redis.call('HGET', KEYS[1], 'doc')}
 """
+
+
+# how long a revoked family's tombstone lasts: far longer than any token request in flight
+FAMILY_TOMBSTONE_TTL = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +160,10 @@ class Grants:
         grant = CodeGrant(
             client_id=request.client_id,
             redirect_uri=request.redirect_uri,
+            redirect_uri_given=request.redirect_uri_given,
             scope=request.scope,
             resources=request.resources,
+            proxy_hostname=request.proxy_hostname,
             code_challenge=request.code_challenge,
             user=user,
             issued_at=int(time.time()),
@@ -201,7 +208,9 @@ class Grants:
             # RFC 6749 4.1.3: the code was issued to another client; it is spent now
             await revoke_family(self.redis, self.revoked, family_id)
             raise InvalidGrant("code of another client")
-        if redirect_uri != grant.redirect_uri:
+        if (redirect_uri is not None or grant.redirect_uri_given) and (
+            redirect_uri != grant.redirect_uri
+        ):
             raise InvalidGrant("redirect_uri differs from the authorization request's")
         if code_verifier is None or not pkce.verifier_matches(code_verifier, grant.code_challenge):
             raise InvalidGrant("PKCE verification failed")
@@ -215,6 +224,7 @@ class Grants:
             grant.resources,
             audience,
             refresh=refresh,
+            proxy_hostname=grant.proxy_hostname,
         )
 
     # ------------------------------------------------------------------ refresh
@@ -225,9 +235,11 @@ class Grants:
         *,
         scope: Sequence[str] | None,
         resources: Sequence[str],
+        still_allowed: Callable[[RefreshRecord], bool] | None = None,
     ) -> Issued:
         """The ``refresh_token`` grant with rotation: a new refresh token every time, and
-        the family revoked when an old one comes back."""
+        the family revoked when an old one comes back, or when ``still_allowed`` says
+        the user has been taken off the allowlist since."""
         if not refresh_token or len(refresh_token) > 512:
             raise InvalidGrant("no refresh token")
         # a request refused for what it asks issues nothing, so it must not spend the token
@@ -255,6 +267,13 @@ class Grants:
             raise InvalidGrant("refresh token of another client")
         if record.expires_at <= time.time():
             raise InvalidGrant("refresh token expired")
+        if still_allowed is not None and not still_allowed(record):
+            await revoke_family(self.redis, self.revoked, record.family_id)
+            log.info(
+                "oauth: refresh refused: the user is no longer allowed; the grant is revoked",
+                extra={"fields": {"client_id": record.client_id, "login": record.user.login}},
+            )
+            raise InvalidGrant("user no longer allowed")
         narrowed = _narrowed(scope, record.scope, InvalidScope)
         audience = self._audience(resources, record.resources)
         return await self._issue(
@@ -266,6 +285,7 @@ class Grants:
             audience,
             refresh=True,
             refresh_scope=record.scope,
+            proxy_hostname=record.proxy_hostname,
         )
 
     # ------------------------------------------------------------------ issuing
@@ -290,6 +310,7 @@ class Grants:
         *,
         refresh: bool,
         refresh_scope: tuple[str, ...] | None = None,
+        proxy_hostname: str | None = None,
     ) -> Issued:
         now = int(time.time())
         policy = self.policy
@@ -324,36 +345,46 @@ class Grants:
             expires_at=expires_at,
         )
         family_key = keys.oauth_family(family_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.oauth_token(jti), encode(record), ex=policy.access_lifetime)
-        pipe.sadd(family_key, _family_member_jti(jti, expires_at))
-        refresh_token: str | None = None
-        if refresh:
-            refresh_token = new_secret()
-            token_hash = digest(refresh_token)
-            stored = RefreshRecord(
-                family_id=family_id,
-                client_id=client_id,
-                user=user,
-                scope=refresh_scope if refresh_scope is not None else scope,
-                resources=resources,
-                issued_at=now,
-                expires_at=now + policy.refresh_lifetime,
+        # written only while the family is not revoked: a revocation (a reused code or
+        # refresh token racing this request on another node) sets the tombstone and reads
+        # the family in one step, so these tokens either are in what it revokes or are
+        # never written
+        tombstone = keys.oauth_family_revoked(family_id)
+        refresh_token = new_secret() if refresh else None
+
+        async def write(txn: Txn) -> None:
+            if await txn.exists(tombstone):
+                raise InvalidGrant("grant revoked")
+            pipe = txn.writes()
+            pipe.set(keys.oauth_token(jti), encode(record), ex=policy.access_lifetime)
+            pipe.sadd(family_key, _family_member_jti(jti, expires_at))
+            if refresh_token is not None:
+                token_hash = digest(refresh_token)
+                stored = RefreshRecord(
+                    family_id=family_id,
+                    client_id=client_id,
+                    user=user,
+                    scope=refresh_scope if refresh_scope is not None else scope,
+                    resources=resources,
+                    proxy_hostname=proxy_hostname,
+                    issued_at=now,
+                    expires_at=now + policy.refresh_lifetime,
+                )
+                refresh_key = keys.oauth_refresh(token_hash)
+                pipe.hset(refresh_key, mapping={"doc": encode(stored), "uses": 0})
+                pipe.expire(refresh_key, policy.refresh_lifetime)
+                pipe.sadd(family_key, _family_member_refresh(token_hash))
+            lifetime = (
+                max(policy.refresh_lifetime, policy.access_lifetime)
+                if refresh
+                else (policy.access_lifetime)
             )
-            refresh_key = keys.oauth_refresh(token_hash)
-            pipe.hset(refresh_key, mapping={"doc": encode(stored), "uses": 0})
-            pipe.expire(refresh_key, policy.refresh_lifetime)
-            pipe.sadd(family_key, _family_member_refresh(token_hash))
-        lifetime = (
-            max(policy.refresh_lifetime, policy.access_lifetime)
-            if refresh
-            else (policy.access_lifetime)
-        )
-        pipe.expire(family_key, lifetime)
-        for index in (keys.oauth_user_tokens(user.sub), keys.oauth_client_tokens(client_id)):
-            pipe.sadd(index, family_id)
-            pipe.expire(index, max(policy.refresh_lifetime, policy.access_lifetime))
-        await pipe.execute()
+            pipe.expire(family_key, lifetime)
+            for index in (keys.oauth_user_tokens(user.sub), keys.oauth_client_tokens(client_id)):
+                pipe.sadd(index, family_id)
+                pipe.expire(index, max(policy.refresh_lifetime, policy.access_lifetime))
+
+        await transaction(self.redis, [tombstone], write)
         self.issued += 1
         return Issued(token, record, refresh_token)
 
@@ -400,7 +431,12 @@ def _text(value: Any) -> str:
 async def revoke_family(redis: aioredis.Redis, revoked: RevokedTokens, family_id: str) -> int:
     """Revoke every access and refresh token of a family; how many there were."""
     family_key = keys.oauth_family(family_id)
-    members = await redis.smembers(family_key)
+    # the tombstone and the read in one step: a token issue racing this one either
+    # committed before (its tokens are among the members) or finds the tombstone
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(keys.oauth_family_revoked(family_id), 1, ex=FAMILY_TOMBSTONE_TTL)
+    pipe.smembers(family_key)
+    _, members = await pipe.execute()
     count = 0
     pipe = redis.pipeline(transaction=False)
     revocations: list[tuple[str, int]] = []

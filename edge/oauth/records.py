@@ -86,6 +86,9 @@ class AuthorizationRequest(_Record, frozen=True, kw_only=True, forbid_unknown_fi
 
     client_id: str
     redirect_uri: str
+    # sent by the client (else the client's only registered one): the token request must
+    # then repeat it (RFC 6749 section 4.1.3), and need not otherwise
+    redirect_uri_given: bool = True
     scope: tuple[str, ...]
     state: str | None = None  # the client's, echoed back
     code_challenge: str
@@ -98,6 +101,7 @@ class LoginState(_Record, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """``oauth:state:{state}``: a login sent to GitHub (TTL ``OAUTH_SESSION_TIMEOUT``)."""
 
     request: AuthorizationRequest
+    browser_hash: str  # digest of the login cookie of the browser that started it
 
 
 class ConsentRequest(_Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,8 +119,10 @@ class CodeGrant(_Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     client_id: str
     redirect_uri: str
+    redirect_uri_given: bool = True
     scope: tuple[str, ...]
     resources: tuple[str, ...]
+    proxy_hostname: str | None = None  # the proxy whose allowlist applied, if named
     code_challenge: str
     user: GitHubUser
     issued_at: int
@@ -147,6 +153,7 @@ class RefreshRecord(_Record, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     user: GitHubUser
     scope: tuple[str, ...]
     resources: tuple[str, ...]
+    proxy_hostname: str | None = None  # with the resources: whose allowlists apply
     issued_at: int
     expires_at: int
 

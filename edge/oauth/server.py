@@ -9,16 +9,18 @@ Its background jobs (key refresh, revocation follower) are services the worker r
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from edge.config.schema import ProxyConfig
+from edge.oauth.allowlist import login_allowed
 from edge.oauth.cimd import CimdFetcher
 from edge.oauth.clients import ClientRegistry
 from edge.oauth.github import GitHubLogin
 from edge.oauth.grants import GrantPolicy, Grants
+from edge.oauth.records import RefreshRecord
 from edge.oauth.revocation import RevokedTokens
 from edge.oauth.sessions import Sessions
 from edge.oauth.signing import SigningKeys
@@ -106,6 +108,34 @@ class AuthorizationServer:
                 token_url=settings.github_token_url,
                 api_url=settings.github_api_url,
             )
+
+    def proxies_for(
+        self, proxy_hostname: str | None, resources: Sequence[str]
+    ) -> list[ProxyConfig]:
+        """The proxies whose allowlists apply to a grant: the one named and those whose
+        resource URIs were asked for (every one: the token's audience is the resources,
+        so naming an open proxy must not let a user past the allowlist of the resource's)."""
+        found: list[ProxyConfig] = []
+        names = [proxy_hostname] if proxy_hostname else []
+        names += [urllib.parse.urlsplit(r).hostname or "" for r in resources]
+        for name in names:
+            proxy = self.find_proxy(name) if name else None
+            if proxy is not None and proxy not in found:
+                found.append(proxy)
+        return found
+
+    def allowed(self, login: str, proxies: Sequence[ProxyConfig]) -> bool:
+        """May ``login`` sign in for these proxies (none: the global allowlist)?"""
+        everyone = self.config.allowed_users
+        if not proxies:
+            return login_allowed(login, None, everyone)
+        return all(login_allowed(login, p.auth_required_users, everyone) for p in proxies)
+
+    def still_allowed(self, record: RefreshRecord) -> bool:
+        """Re-checked at every refresh: a user taken off an allowlist loses the grant
+        at the next refresh, not when the refresh token would have expired."""
+        proxies = self.proxies_for(record.proxy_hostname, record.resources)
+        return self.allowed(record.user.login, proxies)
 
     async def start(self) -> None:
         """Load (or make) the signing keys before the first token is asked for."""

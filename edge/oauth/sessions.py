@@ -48,9 +48,11 @@ class Sessions:
         self.session_lifetime = session_lifetime
 
     # ------------------------------------------------------------------ GitHub round trip
-    async def start_login(self, request: AuthorizationRequest) -> str:
+    async def start_login(self, request: AuthorizationRequest, browser_hash: str) -> str:
+        """Park ``request`` for GitHub's answer; ``browser_hash``: the digest of the
+        login cookie of the browser that started it (``/callback`` checks it)."""
         state = new_secret()
-        doc = encode(LoginState(request=request))
+        doc = encode(LoginState(request=request, browser_hash=browser_hash))
         await self.redis.set(keys.oauth_state(state), doc, ex=self.login_timeout)
         return state
 

@@ -267,6 +267,11 @@ def oauth_family(family_id: str) -> str:
     return f"oauth:family:{family_id}"
 
 
+def oauth_family_revoked(family_id: str) -> str:
+    """-> set when the family was revoked (TTL): no token is issued into it any more."""
+    return f"oauth:family_revoked:{family_id}"
+
+
 def oauth_user_tokens(user: str) -> str:
     """-> the grant families of a user (``github:{id}``), a set."""
     return f"oauth:user_tokens:{user}"

@@ -823,7 +823,7 @@ def test_no_secret_in_logs(edge_factory: EdgeFactory) -> None:
         github_code = next(
             query_of(u)["code"] for u in browser.visited if u.startswith(f"{stack.issuer}/callback")
         )
-        session = browser.cookies["auth.localhost"]["edge_oauth_session"]
+        session = browser.cookies["auth.localhost"]["__Host-edge_oauth_session"]
         first = client.token(code, verifier).json()
         second = client.refresh(first["refresh_token"]).json()
         # a reused refresh token and a replayed code, both logged as warnings
@@ -844,7 +844,7 @@ def test_no_secret_in_logs(edge_factory: EdgeFactory) -> None:
             headers={"Authorization": "Bearer wrong-registration-token-456"},
         )
         # the session cookie and the tokens used
-        cookie = {"Cookie": f"edge_oauth_session={session}"}
+        cookie = {"Cookie": f"__Host-edge_oauth_session={session}"}
         assert request("GET", f"{stack.issuer}/verify", headers=cookie).status == 200
         verify_status(stack, second["access_token"])
         client.introspect(second["access_token"])

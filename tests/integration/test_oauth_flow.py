@@ -131,8 +131,8 @@ def test_session_cookie_attributes(stack: OAuthStack, rdb: redis.Redis) -> None:
     page = browser.fetch("GET", callback)  # the state is spent: a page, and no new cookie
     assert page.status == 400
     cookies = browser.cookies["auth.localhost"]
-    assert list(cookies) == ["edge_oauth_session"]
-    value = cookies["edge_oauth_session"]
+    assert list(cookies) == ["__Host-edge_oauth_session"]
+    value = cookies["__Host-edge_oauth_session"]
     # stored only as its SHA-256, with the session's lifetime as TTL
     keys = rdb.keys("oauth:session:*")
     assert len(keys) == 1 and value.encode() not in keys[0]
@@ -150,7 +150,7 @@ def test_session_cookie_flags(stack: OAuthStack) -> None:
     assert callback.status == 200  # the consent page
     set_cookie = callback.header("set-cookie") or ""
     name, _, rest = set_cookie.partition("=")
-    assert name == "edge_oauth_session"
+    assert name == "__Host-edge_oauth_session"
     attributes = [a.strip().lower() for a in rest.split(";")[1:]]
     assert "httponly" in attributes and "secure" in attributes and "samesite=lax" in attributes
     assert "path=/" in attributes and f"max-age={7 * 86400}" in attributes
@@ -288,7 +288,7 @@ def test_allowlist_refuses_user_without_code(stack: OAuthStack) -> None:
     assert not isinstance(got, str), "a refused user must never reach the client with a code"
     assert got.status == 403
     assert "mallory" in got.text and "not allowed" in got.text
-    assert "auth.localhost" not in browser.cookies or not browser.cookies["auth.localhost"]
+    assert "__Host-edge_oauth_session" not in browser.cookies.get("auth.localhost", {})
 
 
 def test_proxy_allowlist_applies_to_its_resource(

@@ -106,7 +106,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "OAUTH_CODE_LIFETIME": ("oauth_code_lifetime", 60),
     "OAUTH_SESSION_TIMEOUT": ("oauth_session_timeout", 600),
     "OAUTH_BROWSER_SESSION_LIFETIME": ("oauth_browser_session_lifetime", 7 * 86400),
-    "OAUTH_SESSION_COOKIE": ("oauth_session_cookie", "edge_oauth_session"),
+    "OAUTH_SESSION_COOKIE": ("oauth_session_cookie", "__Host-edge_oauth_session"),
     "OAUTH_CLIENT_LIFETIME": ("oauth_client_lifetime", 90 * 86400),
     "OAUTH_ALLOWED_GITHUB_USERS": ("oauth_allowed_github_users", ()),
     "OAUTH_CIMD_ALLOW_PRIVATE": ("oauth_cimd_allow_private", False),

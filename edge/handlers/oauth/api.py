@@ -111,6 +111,7 @@ class JsonEndpoints:
                 client,
                 scope=scope.split() if scope else None,
                 resources=resources,
+                still_allowed=self.server.still_allowed,
             )
         elif grant_type is None:
             raise InvalidRequest("no grant_type", public_message="grant_type is required")
@@ -288,7 +289,7 @@ async def _json_body(ex: Exchange) -> dict[str, Any]:
         ) from None
     try:
         document = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: refused like bad JSON
         raise InvalidClientMetadata(
             "bad json", public_message="the body is not valid JSON"
         ) from None

@@ -18,7 +18,6 @@ from edge.handlers.oauth import pages
 from edge.handlers.oauth.forms import Params, cookie, form, header, query
 from edge.http1.exchange import Exchange, Headers
 from edge.oauth import pkce
-from edge.oauth.allowlist import login_allowed
 from edge.oauth.errors import (
     AccessDenied,
     InvalidRequest,
@@ -28,13 +27,25 @@ from edge.oauth.errors import (
     UnsupportedResponseType,
 )
 from edge.oauth.github import GitHubError
-from edge.oauth.records import AuthorizationRequest, ClientRecord, GitHubUser, digest, matches
+from edge.oauth.records import (
+    AuthorizationRequest,
+    ClientRecord,
+    GitHubUser,
+    digest,
+    encode,
+    matches,
+    new_secret,
+)
 from edge.oauth.redirects import redirect_allowed
 from edge.oauth.server import AuthorizationServer
 
 log = logging.getLogger("edge.oauth")
 
 MAX_RESOURCES = 10
+MAX_REQUEST_BYTES = 8192  # an authorization request as stored while the user signs in
+# binds a sign-in to the browser that started it (``__Host-``: Secure, this host only,
+# Path=/, so no sibling host can plant or overwrite it)
+LOGIN_COOKIE = "__Host-edge_oauth_login"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,11 @@ class BrowserFlow:
 
     # ------------------------------------------------------------------ /authorize
     async def authorize(self, ex: Exchange) -> None:
+        if ex.host != self.config.auth_hostname:
+            # reached through a proxy's hostname route: continue on the issuer's host,
+            # where the sign-in's cookies live (307 keeps a POST a POST)
+            _see_other(ex, self.config.issuer + ex.target.decode("latin-1"), status=307)
+            return
         params = query(ex) if ex.method == b"GET" else await form(ex)
         client_id = params.get("client_id")
         if not client_id:
@@ -67,6 +83,7 @@ class BrowserFlow:
             pages.error_page(ex, 400, "Unknown client", "This client is not registered.")
             return
         redirect_uri = params.get("redirect_uri")
+        given = redirect_uri is not None
         if redirect_uri is None and len(client.redirect_uris) == 1:
             redirect_uri = client.redirect_uris[0]
         if redirect_uri is None or not redirect_allowed(client, redirect_uri):
@@ -79,9 +96,16 @@ class BrowserFlow:
             return
         state = params.get("state")
         try:
-            request = self._request(params, client, redirect_uri, state)
+            request = self._request(params, client, redirect_uri, state, given)
         except OAuthError as err:
             self._redirect(ex, redirect_uri, state, error=err)
+            return
+        if len(encode(request)) > MAX_REQUEST_BYTES:
+            # it waits in Redis through the sign-in: bounded, whatever the form allows
+            too_large = InvalidRequest(
+                "request too large", public_message="the authorization request is too large"
+            )
+            self._redirect(ex, redirect_uri, state, error=too_large)
             return
         proxies = self._proxies(request)
         session = await self.server.sessions.get(cookie(ex, self.config.session_cookie))
@@ -98,12 +122,27 @@ class BrowserFlow:
                 ex, 503, "Sign-in unavailable", "GitHub sign-in is not configured on this server."
             )
             return
-        login_state = await self.server.sessions.start_login(request)
+        # the sign-in is bound to this browser: /callback must come with the same cookie,
+        # so a /callback link made by someone else (with their GitHub code) signs nobody
+        # in (login CSRF). A browser already holding one reuses it: two tabs both work.
+        nonce = cookie(ex, LOGIN_COOKIE)
+        if nonce is None or not 20 <= len(nonce) <= 128:
+            nonce = new_secret()
+        login_state = await self.server.sessions.start_login(request, digest(nonce))
         target = github.authorize_url(state=login_state, redirect_uri=self.config.callback_url)
-        _see_other(ex, target)
+        login_cookie = (
+            f"{LOGIN_COOKIE}={nonce}; Path=/; Max-Age={self.server.sessions.login_timeout}; "
+            "HttpOnly; Secure; SameSite=Lax"
+        ).encode("latin-1")
+        _see_other(ex, target, [(b"set-cookie", login_cookie)])
 
     def _request(
-        self, params: Params, client: ClientRecord, redirect_uri: str, state: str | None
+        self,
+        params: Params,
+        client: ClientRecord,
+        redirect_uri: str,
+        state: str | None,
+        redirect_uri_given: bool,
     ) -> AuthorizationRequest:
         response_type = params.get("response_type")
         if response_type != "code":
@@ -136,6 +175,7 @@ class BrowserFlow:
         return AuthorizationRequest(
             client_id=client.client_id,
             redirect_uri=redirect_uri,
+            redirect_uri_given=redirect_uri_given,
             scope=scope,
             state=state,
             code_challenge=challenge,
@@ -172,23 +212,10 @@ class BrowserFlow:
             raise InvalidTarget("resource of no proxy")
 
     def _proxies(self, request: AuthorizationRequest) -> list[ProxyConfig]:
-        """The proxies whose allowlists apply: the one named, else those whose resource
-        URIs were asked for."""
-        found: list[ProxyConfig] = []
-        names = [request.proxy_hostname] if request.proxy_hostname else []
-        if not names:
-            names = [urllib.parse.urlsplit(r).hostname or "" for r in request.resources]
-        for name in names:
-            proxy = self.server.find_proxy(name) if name else None
-            if proxy is not None and proxy not in found:
-                found.append(proxy)
-        return found
+        return self.server.proxies_for(request.proxy_hostname, request.resources)
 
     def _allowed(self, user: GitHubUser, proxies: list[ProxyConfig]) -> bool:
-        everyone = self.config.allowed_users
-        if not proxies:
-            return login_allowed(user.login, None, everyone)
-        return all(login_allowed(user.login, p.auth_required_users, everyone) for p in proxies)
+        return self.server.allowed(user.login, proxies)
 
     @staticmethod
     def _where(proxies: list[ProxyConfig]) -> str:
@@ -239,6 +266,19 @@ class BrowserFlow:
                 "This sign-in has expired or was already used. Start again from the application.",
             )
             return
+        nonce = cookie(ex, LOGIN_COOKIE)
+        if nonce is None or not matches(nonce, login.browser_hash):
+            log.info(
+                "oauth: a callback from another browser than the one that started the sign-in",
+                extra={"fields": {"request_id": ex.request_id}},
+            )
+            pages.error_page(
+                ex,
+                400,
+                "Sign-in refused",
+                "This sign-in was started in another browser. Start again from the application.",
+            )
+            return
         request = login.request
         if params.get("error"):
             denied = AccessDenied("denied at GitHub", public_message="the sign-in was denied")
@@ -280,7 +320,10 @@ class BrowserFlow:
         session_cookie = await self.server.sessions.create(
             user, user_agent.decode("latin-1") if user_agent else None
         )
-        headers = [(b"set-cookie", self._cookie(session_cookie))]
+        headers = [
+            (b"set-cookie", self._cookie(session_cookie)),
+            (b"set-cookie", f"{LOGIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure".encode()),
+        ]
         await self._signed_in(ex, request, client, user, digest(session_cookie), headers)
 
     def _cookie(self, value: str) -> bytes:
@@ -360,7 +403,9 @@ class BrowserFlow:
         _see_other(ex, target, headers or [])
 
 
-def _see_other(ex: Exchange, location: str, headers: Headers | None = None) -> None:
+def _see_other(
+    ex: Exchange, location: str, headers: Headers | None = None, status: int = 302
+) -> None:
     if ex.finished:
         return
     fields: Headers = [
@@ -368,4 +413,4 @@ def _see_other(ex: Exchange, location: str, headers: Headers | None = None) -> N
         *pages.PAGE_HEADERS,
         *(headers or []),
     ]
-    ex.respond(302, b"", b"text/plain; charset=utf-8", fields)
+    ex.respond(status, b"", b"text/plain; charset=utf-8", fields)

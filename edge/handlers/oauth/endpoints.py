@@ -15,6 +15,7 @@ id and answered ``500 server_error``, never with a trace.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -51,6 +52,11 @@ class MethodNotAllowed(OAuthError):
         return [(b"allow", self.allow.encode("ascii"))]
 
 
+class PlainHttp(OAuthError):
+    code = "invalid_request"
+    public_message = "this authorization server answers over https only"
+
+
 class NotFound(OAuthError):
     status = 404
     code = "not_found"
@@ -68,6 +74,8 @@ class OAuthEndpoints:
         self.api = JsonEndpoints(server)
         self.verifier = Verifier(server)
         self.tasks: set[asyncio.Task[None]] = set()
+        # an https issuer is served over HTTPS only (plain HTTP is for loopback issuers)
+        self.https_only = not config.loopback_issuer
         # path -> (allowed methods, what runs it, whether its errors are pages)
         self.routes: dict[str, tuple[frozenset[bytes], Run, bool]] = {
             "/authorize": (frozenset({b"GET", b"POST"}), self.browser.authorize, True),
@@ -81,6 +89,17 @@ class OAuthEndpoints:
 
     def handle(self, ex: Exchange) -> None:
         path = ex.path
+        if ex.scheme == "http" and self.https_only and not self._plain_allowed(ex):
+            if ex.method in (b"GET", b"HEAD"):
+                location = (self.server.config.issuer + ex.target.decode("latin-1")).encode(
+                    "latin-1"
+                )
+                ex.respond(308, b"", b"text/plain; charset=utf-8", [(b"location", location)])
+            else:
+                # never redirect a request that may carry a secret: it was sent in clear
+                # already; the client must be fixed to use the https issuer
+                send_oauth_error(ex, PlainHttp("plain http"))
+            return
         if path == "/verify":
             if not self.verifier.inline(ex):
                 self._spawn(ex, self.verifier.with_session, False)
@@ -110,6 +129,17 @@ class OAuthEndpoints:
             send_oauth_error(ex, MethodNotAllowed(allow))
             return
         self._spawn(ex, run, pages_on_error)
+
+    @staticmethod
+    def _plain_allowed(ex: Exchange) -> bool:
+        """``/verify`` asked over plain HTTP by a proxy on this same host (nginx
+        ``auth_request`` to 127.0.0.1): the token never left the machine."""
+        if ex.path != "/verify":
+            return False
+        try:
+            return ipaddress.ip_address(ex.client_ip).is_loopback
+        except ValueError:
+            return False
 
     def _jwks(self) -> bytes:
         return _json.encode(self.server.signing.jwks()) + b"\n"

@@ -14,6 +14,8 @@ edge's own proxies check it in process).
 
 from __future__ import annotations
 
+import re
+
 from edge.handlers.oauth.forms import cookie, header, query
 from edge.http1.exchange import Exchange, Headers
 from edge.oauth.errors import InsufficientScope, InvalidRequest, InvalidToken, OAuthError
@@ -21,6 +23,8 @@ from edge.oauth.records import GitHubUser
 from edge.oauth.server import AuthorizationServer
 
 PREFIX = b"x-auth-"
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,128}\Z")
 
 
 def _safe(value: str) -> bytes:
@@ -35,10 +39,15 @@ class Verifier:
         self.answered = 0
 
     def _required(self, ex: Exchange) -> tuple[str, ...]:
+        """The scopes ``?scope=`` demands: RFC 6749 scope-tokens only (they go into the
+        challenge header), else ``invalid_request``."""
         if b"?" not in ex.target:
             return ()
         scope = query(ex).get("scope")
-        return tuple(scope.split()) if scope else ()
+        words = tuple(scope.split()) if scope else ()
+        if any(_SCOPE_TOKEN.match(word) is None for word in words):
+            raise InvalidRequest("bad scope", public_message="scope must be scope-tokens")
+        return words
 
     def inline(self, ex: Exchange) -> bool:
         """Answer from memory when the request carries a bearer token or nothing to check;
