@@ -320,10 +320,8 @@ class BrowserFlow:
         session_cookie = await self.server.sessions.create(
             user, user_agent.decode("latin-1") if user_agent else None
         )
-        headers = [
-            (b"set-cookie", self._cookie(session_cookie)),
-            (b"set-cookie", f"{LOGIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure".encode()),
-        ]
+        # the login cookie stays until its Max-Age: another tab's sign-in may still need it
+        headers = [(b"set-cookie", self._cookie(session_cookie))]
         await self._signed_in(ex, request, client, user, digest(session_cookie), headers)
 
     def _cookie(self, value: str) -> bytes:
