@@ -131,7 +131,7 @@ def test_session_cookie_attributes(stack: OAuthStack, rdb: redis.Redis) -> None:
     page = browser.fetch("GET", callback)  # the state is spent: a page, and no new cookie
     assert page.status == 400
     cookies = browser.cookies["auth.localhost"]
-    assert list(cookies) == ["__Host-edge_oauth_session"]
+    assert set(cookies) == {"__Host-edge_oauth_session", "__Host-edge_oauth_login"}
     value = cookies["__Host-edge_oauth_session"]
     # stored only as its SHA-256, with the session's lifetime as TTL
     keys = rdb.keys("oauth:session:*")

@@ -314,3 +314,33 @@ def test_an_oversized_authorization_request_is_refused_before_it_is_stored(
         assert location.startswith(client.redirect_uri)
         assert query_of(location)["error"] == "invalid_request"
         assert not list(rdb.scan_iter("oauth:state:*"))
+
+
+def test_verify_with_a_resource_checks_the_audience_and_the_allowlist(
+    edge_factory: EdgeFactory, rdb: redis.Redis
+) -> None:
+    with oauth_stack(edge_factory, users=("alice",), allowed="alice") as stack:
+        rdb.set("proxy:mcp.localhost", proxy_doc("mcp.localhost", "http://127.0.0.1:9"))
+        rdb.set(
+            "proxy:admin.localhost",
+            proxy_doc("admin.localhost", "http://127.0.0.1:9", auth_required_users=["bob"]),
+        )
+        port = stack.edge.http_port
+        mine, other = f"http://mcp.localhost:{port}/mcp", f"http://admin.localhost:{port}/"
+        client = register_client(stack.issuer)
+        wait_resource_known(client, mine)
+        browser = Browser()
+        token = stack.tokens(browser, client, resources=[mine])["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+
+        def verify(resource: str, headers: dict[str, str]) -> int:
+            query = urllib.parse.urlencode({"resource": resource})
+            return request("GET", f"{stack.issuer}/verify?{query}", headers=headers).status
+
+        assert verify(mine, bearer) == 200
+        assert verify(other, bearer) == 401  # a token for another resource
+        # the browser session: alice may use mcp.localhost, not admin.localhost (bob's)
+        jar = browser.cookies["auth.localhost"]
+        session = {"Cookie": f"__Host-edge_oauth_session={jar['__Host-edge_oauth_session']}"}
+        assert verify(mine, session) == 200
+        assert verify(other, session) == 403

@@ -8,8 +8,10 @@ session cookie (one Redis read) -> ``200`` with ``X-Auth-User-Id``, ``X-Auth-Use
 ``?scope=a b`` demands scopes: a token without them is ``403 insufficient_scope`` with the
 scopes in the challenge (RFC 6750 section 3.1), which MCP clients use to step up.
 
-The audience is not checked here: the asking proxy is not known to this endpoint (the
-edge's own proxies check it in process).
+``?resource=URI`` names what the asking proxy guards: a token must carry it in ``aud``
+(else ``401 invalid_token``), a session's user must be on the allowlist of the proxy serving
+that URI (else ``403``). Without it any valid token or session passes: the asking proxy is
+not known to this endpoint otherwise (the edge's own proxies check the audience in process).
 """
 
 from __future__ import annotations
@@ -49,11 +51,26 @@ class Verifier:
             raise InvalidRequest("bad scope", public_message="scope must be scope-tokens")
         return words
 
+    @staticmethod
+    def _resource(ex: Exchange) -> str | None:
+        """``?resource=``: the protected resource the asking proxy guards (its URI); a
+        token must name it in ``aud``, a browser session's user must be on its proxy's
+        allowlist."""
+        if b"?" not in ex.target:
+            return None
+        resources = query(ex).all("resource")  # repeatable elsewhere; one here
+        if not resources:
+            return None
+        if len(resources) > 1 or len(resources[0]) > 2048:
+            raise InvalidRequest("bad resource", public_message="one resource, 2048 at most")
+        return resources[0]
+
     def inline(self, ex: Exchange) -> bool:
         """Answer from memory when the request carries a bearer token or nothing to check;
         False: a session cookie needs Redis (``with_session``)."""
         try:
             required = self._required(ex)
+            resource = self._resource(ex)
         except InvalidRequest:
             self._deny(ex, InvalidRequest("bad query"), sent=True)
             return True
@@ -61,7 +78,7 @@ class Verifier:
         if value is not None and value[:7].lower() == b"bearer ":
             token = value[7:].strip().decode("latin-1")
             try:
-                claims = self.server.signing.verify(token)
+                claims = self.server.signing.verify(token, audience=resource)
             except OAuthError:
                 self._deny(ex, InvalidToken("bad token"), sent=True)
                 return True
@@ -97,6 +114,16 @@ class Verifier:
             # a browser session carries no scopes: only tokens can satisfy a scope demand
             self._deny(ex, InsufficientScope("session"), sent=True, scope=self._required(ex))
             return
+        resource = self._resource(ex)
+        if resource is not None:
+            user = found[1].user
+            proxies = self.server.proxies_for(None, [resource])
+            if not self.server.allowed(user.login, proxies):
+                self.answered += 1
+                if not ex.finished:
+                    body = b'{"error":"access_denied"}\n'
+                    ex.respond(403, body, b"application/json", [(b"cache-control", b"no-store")])
+                return
         self._allow(ex, self._user_headers(found[1].user))
 
     @staticmethod
