@@ -32,6 +32,7 @@ from edge.config.watcher import ConfigWatcher
 from edge.handlers.acme import ACME_CHALLENGE_PREFIX, ChallengeResponder
 from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.forward import Forwarder
+from edge.handlers.forwardauth import OwnTokenAuth, ResourceMetadata
 from edge.handlers.oauth.endpoints import OAuthEndpoints
 from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
@@ -44,6 +45,7 @@ from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.oauth.server import AuthorizationServer
 from edge.routing.dispatch import Dispatcher
+from edge.routing.middleware import Phase
 from edge.routing.mount import Mount
 from edge.sdnotify import WorkerReporter
 from edge.settings import Settings
@@ -155,6 +157,10 @@ class Worker:
         if self.oauth is not None:
             self.oauth_endpoints = OAuthEndpoints(self.oauth)
             self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
+            # proxies protected by the edge's own tokens: their metadata, then the check
+            own = OwnTokenAuth(self.oauth)
+            self.dispatcher.use("resource-metadata", ResourceMetadata(self.oauth, own).factory)
+            self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
         # each snapshot's routing table is compiled as it is installed
         self.watcher.on_install.append(self.dispatcher.install)
         self.servers: list[asyncio.Server] = []

@@ -8,6 +8,7 @@ delegations, so the connection can change without any handler noticing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
@@ -84,7 +85,9 @@ class Exchange:
         # origin-form (or "*"): an absolute-form target was split into this and its
         # authority, which replaced the Host header (RFC 9112 §3.2.2)
         self.target: bytes = request.target if target is None else target
-        self.headers = request.headers
+        # h11's parsed headers; an access check may replace them with a plain list (the
+        # fields it removes or adds on their way to the upstream)
+        self.headers: Sequence[tuple[bytes, bytes]] = request.headers
         self.host = host
         self.host_header = host_header  # the Host value as received (for the upstream)
         raw_path = self.target.split(b"?", 1)[0]

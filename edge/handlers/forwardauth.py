@@ -1,0 +1,283 @@
+"""ForwardAuth with the edge's own authorization server, checked in process, and the
+protected resource metadata (RFC 9728) of the proxies it guards.
+
+:class:`OwnTokenAuth` is an ``ACCESS`` middleware factory (``authenticates``): it takes
+charge of every proxy with ``auth_enabled`` whose ``auth_proxy`` is null or names the
+edge's own issuer host. A proxy naming another ForwardAuth service is not taken, so the
+pipeline keeps it failing closed (503) until external ForwardAuth is served.
+
+Per request, from memory only (no Redis, no HTTP): the bearer token (the
+``Authorization`` header, or ``access_token`` in the query when ``resource_bearer_methods``
+lists ``query``) is verified by :class:`~edge.oauth.signing.SigningKeys` (RS256, ``typ``,
+``kid``, ``iss``, lifetime), its ``jti`` against the revocations mirrored in memory, its
+``aud`` against the proxy's resource URI (or ``auth_allowed_audiences``), its scopes against
+``auth_allowed_scopes`` (else ``resource_scopes``), then the allowlists. Outcomes follow
+``auth_mode``: ``forward`` (and ``redirect`` for now) answer ``401`` with a challenge
+naming the metadata document, ``passthrough`` forwards without identity; a token lacking a
+scope is ``403 insufficient_scope`` (step-up), a user outside the allowlists ``403``.
+
+Identity headers (``{auth_header_prefix}User-Id`` ...) are set when ``auth_pass_headers``,
+after every client-sent header that could pass for one (any case, ``_`` or ``-``) is
+removed, on every request to a guarded proxy.
+
+:class:`ResourceMetadata` is a ``SITE`` middleware answering
+``/.well-known/oauth-protected-resource`` (and its path-suffixed form) on those proxies,
+without a token, with CORS.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Any
+
+import msgspec
+
+from edge.config.schema import ProxyConfig
+from edge.handlers.oauth.forms import parse
+from edge.http1.exchange import Exchange
+from edge.oauth.errors import OAuthError
+from edge.oauth.server import AuthorizationServer
+from edge.routing.resolution import Middleware, Resolution, Scheme, Step
+
+__all__ = ["PRM_PATH", "OwnTokenAuth", "ResourceMetadata", "resource_uri"]
+
+PRM_PATH = "/.well-known/oauth-protected-resource"
+IDENTITY = ("user-id", "user-name", "email", "scopes", "client-id")
+_json = msgspec.json.Encoder()
+_QUOTED = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def resource_uri(ex: Exchange, proxy: ProxyConfig) -> str:
+    """``https://`` + the host the client addressed (its port unless 443) + the
+    ``resource_endpoint`` path: the ``resource`` the metadata advertises, and the audience a
+    token must carry."""
+    host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
+    if host.endswith(":443"):
+        host = host[:-4]
+    return f"https://{host}{proxy.resource_endpoint or ''}"
+
+
+def _quoted(text: str) -> str:
+    return _QUOTED.sub("?", text)
+
+
+def _normalised(name: bytes) -> bytes:
+    return name.lower().replace(b"_", b"-")
+
+
+class OwnTokenAuth:
+    """The factory; one guard per protected proxy, made when the table is compiled."""
+
+    def __init__(self, server: AuthorizationServer) -> None:
+        self.server = server
+        issuer = urllib.parse.urlsplit(server.config.issuer)
+        self.own_names = {server.config.auth_hostname, (issuer.hostname or "").lower()}
+
+    def takes(self, proxy: ProxyConfig) -> bool:
+        """Whether this proxy's tokens are the edge's own (``auth_proxy`` null, or the
+        issuer's host as a host, ``host:port`` or URL)."""
+        if proxy.auth_proxy is None:
+            return True
+        value = proxy.auth_proxy.strip().lower()
+        host = urllib.parse.urlsplit(value if "://" in value else "//" + value).hostname
+        return host in self.own_names
+
+    def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
+        if not proxy.auth_enabled or not self.takes(proxy):
+            return None
+        return ProxyGuard(self.server, proxy)
+
+
+class ProxyGuard:
+    """The access check of one protected proxy (shared by its requests: no state)."""
+
+    __slots__ = ("excluded", "identity", "proxy", "required", "server", "strip")
+
+    def __init__(self, server: AuthorizationServer, proxy: ProxyConfig) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.excluded = tuple(proxy.auth_excluded_paths or ())
+        self.required = tuple(proxy.auth_allowed_scopes or proxy.resource_scopes or ())
+        prefix = proxy.auth_header_prefix.lower().replace("_", "-").encode("latin-1")
+        self.identity = frozenset(prefix + name.encode() for name in IDENTITY)
+        # client-sent fields that could pass for identity are never forwarded
+        self.strip = self.identity
+
+    def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
+        headers = [(n, v) for n, v in ex.headers if _normalised(n) not in self.strip]
+        ex.headers = headers
+        if self.excluded and ex.path.startswith(self.excluded):
+            proceed(ex, res)
+            return
+        token, sent = self._token(ex)
+        if token is None:
+            self._unauthenticated(ex, res, proceed, sent=sent)
+            return
+        try:
+            claims = self.server.signing.verify(token)
+        except OAuthError:
+            self._unauthenticated(ex, res, proceed, sent=True)
+            return
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or self.server.revoked.is_revoked(jti):
+            self._unauthenticated(ex, res, proceed, sent=True)
+            return
+        audiences = self.proxy.auth_allowed_audiences or (resource_uri(ex, self.proxy),)
+        aud = claims.get("aud")
+        named = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(a in named for a in audiences):
+            self._unauthenticated(ex, res, proceed, sent=True)
+            return
+        scopes = str(claims.get("scope", "")).split()
+        if any(s not in scopes for s in self.required):
+            self._challenge(ex, 403, "insufficient_scope")
+            return
+        if not self._allowed(claims):
+            ex.respond(
+                403,
+                b'{"error":"access_denied","error_description":"not allowed on this host"}\n',
+                b"application/json",
+                [(b"cache-control", b"no-store")],
+            )
+            return
+        if self.proxy.auth_pass_headers:
+            prefix = self.proxy.auth_header_prefix.encode("latin-1")
+            values = (
+                claims.get("sub", ""),
+                claims.get("login", ""),
+                claims.get("email") or "",
+                " ".join(scopes),
+                claims.get("client_id", ""),
+            )
+            for name, value in zip(
+                (b"User-Id", b"User-Name", b"Email", b"Scopes", b"Client-Id"), values, strict=True
+            ):
+                text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
+                headers.append((prefix + name, text.encode("ascii")))
+        proceed(ex, res)
+
+    def _token(self, ex: Exchange) -> tuple[str | None, bool]:
+        """The bearer token, and whether any credential was sent at all."""
+        methods = self.proxy.resource_bearer_methods
+        if "header" in methods or not methods:
+            for name, value in ex.headers:
+                if name.lower() == b"authorization":
+                    if value[:7].lower() == b"bearer ":
+                        return value[7:].strip().decode("latin-1"), True
+                    return None, True
+        query = ex.target.partition(b"?")[2]
+        if query and b"access_token=" in query:
+            if "query" not in methods:
+                return None, True  # refused: a token in a URL ends up in logs and caches
+            try:
+                token = parse(query.decode("latin-1")).get("access_token")
+            except OAuthError:
+                return None, True
+            return token, True
+        return None, False
+
+    def _allowed(self, claims: dict[str, Any]) -> bool:
+        proxy = self.server
+        login = str(claims.get("login", ""))
+        if not proxy.allowed(login, [self.proxy]):
+            return False
+        emails = self.proxy.auth_required_emails
+        if emails is not None:
+            email = str(claims.get("email") or "").lower()
+            domain = email.rpartition("@")[2]
+            if not email or not any(
+                e.lower() == email or (e.startswith("*@") and e[2:].lower() == domain)
+                for e in emails
+            ):
+                return False
+        # groups: tokens of this server carry none (GitHub teams are not read yet), so a
+        # proxy that requires groups lets nobody in rather than everybody
+        return not self.proxy.auth_required_groups
+
+    def _unauthenticated(self, ex: Exchange, res: Resolution, proceed: Step, *, sent: bool) -> None:
+        if self.proxy.auth_mode == "passthrough":
+            proceed(ex, res)
+            return
+        self._challenge(ex, 401, "invalid_token" if sent else None)
+
+    def _challenge(self, ex: Exchange, status: int, error: str | None) -> None:
+        metadata = resource_uri(ex, self.proxy).split("/", 3)
+        origin = "/".join(metadata[:3])
+        document = origin + PRM_PATH + (self.proxy.resource_endpoint or "")
+        params = [
+            f'realm="{_quoted(self.server.config.issuer)}"',
+            f'resource_metadata="{_quoted(document)}"',
+        ]
+        if error is not None:
+            params.append(f'error="{error}"')
+        if self.required:
+            params.append(f'scope="{_quoted(" ".join(self.required))}"')
+        challenge = ("Bearer " + ", ".join(params)).encode("latin-1")
+        body = b'{"error":"' + (error or "unauthorized").encode() + b'"}\n'
+        ex.respond(
+            status,
+            body,
+            b"application/json",
+            [(b"www-authenticate", challenge), (b"cache-control", b"no-store")],
+        )
+
+
+class ResourceMetadata:
+    """``SITE`` middleware: the RFC 9728 document of a protected proxy."""
+
+    def __init__(self, server: AuthorizationServer, takes: OwnTokenAuth) -> None:
+        self.server = server
+        self.takes = takes
+
+    def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
+        if proxy.auth_enabled and self.takes.takes(proxy):
+            return self.answer
+        return None
+
+    def answer(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
+        path = ex.path
+        if not (path == PRM_PATH or path.startswith(PRM_PATH + "/")):
+            proceed(ex, res)
+            return
+        proxy = res.proxy
+        if ex.method == b"OPTIONS":
+            ex.respond(204, b"", headers=_CORS_PREFLIGHT)
+            return
+        if ex.method not in (b"GET", b"HEAD"):
+            ex.respond(405, b"", headers=[(b"allow", b"GET, HEAD, OPTIONS"), *_CORS])
+            return
+        resource = resource_uri(ex, proxy)
+        config = self.server.config
+        doc: dict[str, Any] = {
+            "resource": resource,
+            "authorization_servers": [config.issuer],
+            "jwks_uri": f"{config.issuer}/jwks",
+            "scopes_supported": list(proxy.auth_allowed_scopes or proxy.resource_scopes)
+            or list(config.scopes),
+            "bearer_methods_supported": [m for m in proxy.resource_bearer_methods if m != "body"]
+            or ["header"],
+            "resource_documentation": resource.split("/", 3)[0]
+            + "//"
+            + resource.split("/", 3)[2]
+            + proxy.resource_documentation_suffix,
+        }
+        if proxy.resource_server_info:
+            doc["resource_server_info"] = proxy.resource_server_info
+        for key, value in proxy.resource_custom_metadata.items():
+            doc.setdefault(key, value)
+        ex.respond(
+            200,
+            _json.encode(doc) + b"\n",
+            b"application/json",
+            [(b"cache-control", b"public, max-age=300"), *_CORS],
+        )
+
+
+_CORS = [(b"access-control-allow-origin", b"*")]
+_CORS_PREFLIGHT = [
+    *_CORS,
+    (b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
+    (b"access-control-allow-headers", b"*"),
+    (b"access-control-max-age", b"86400"),
+]
