@@ -52,10 +52,18 @@ def resource_uri(ex: Exchange, proxy: ProxyConfig) -> str:
     """``https://`` + the host the client addressed (its port unless 443) + the
     ``resource_endpoint`` path: the ``resource`` the metadata advertises, and the audience a
     token must carry."""
+    endpoint = proxy.resource_endpoint or ""
+    if "://" in endpoint:
+        return endpoint  # given whole by the operator
     host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
     if host.endswith(":443"):
         host = host[:-4]
-    return f"https://{host}{proxy.resource_endpoint or ''}"
+    return f"https://{host}{endpoint}"
+
+
+def _endpoint_path(proxy: ProxyConfig) -> str:
+    endpoint = proxy.resource_endpoint or ""
+    return urllib.parse.urlsplit(endpoint).path if "://" in endpoint else endpoint
 
 
 def _quoted(text: str) -> str:
@@ -202,9 +210,10 @@ class ProxyGuard:
         self._challenge(ex, 401, "invalid_token" if sent else None)
 
     def _challenge(self, ex: Exchange, status: int, error: str | None) -> None:
-        metadata = resource_uri(ex, self.proxy).split("/", 3)
-        origin = "/".join(metadata[:3])
-        document = origin + PRM_PATH + (self.proxy.resource_endpoint or "")
+        host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
+        if host.endswith(":443"):
+            host = host[:-4]
+        document = f"https://{host}{PRM_PATH}{_endpoint_path(self.proxy)}"
         params = [
             f'realm="{_quoted(self.server.config.issuer)}"',
             f'resource_metadata="{_quoted(document)}"',
