@@ -314,7 +314,9 @@ class Grants:
     ) -> Issued:
         now = int(time.time())
         policy = self.policy
-        jti = new_secret(16)
+        # never starting with "-": an id an operator pastes after `edge oauth tokens show`
+        # must not read as an option
+        jti = "at_" + new_secret(16)
         expires_at = now + policy.access_lifetime
         claims: dict[str, Any] = {
             "iss": policy.issuer,

@@ -105,6 +105,8 @@ def test_browser_flow_public_client(stack: OAuthStack, rdb: redis.Redis) -> None
     assert claims["scope"] == "mcp:read mcp:write"
     assert claims["exp"] - claims["iat"] == 1800
     assert {"jti", "nbf", "iat"} <= set(claims)
+    # an id an operator pastes after `edge oauth tokens show` never reads as an option
+    assert claims["jti"].startswith("at_")
     # stored: the record by jti with a TTL, the refresh token only as a hash
     assert 0 < rdb.ttl(f"oauth:token:{claims['jti']}") <= 1800
     refresh = answer["refresh_token"]
