@@ -422,9 +422,14 @@ def test_the_ca_rate_limit_is_waited_out(
     assert entries[0]["kind"] == "rate_limited" and entries[0]["retry_in"] >= retry_after
 
     wait_status(rdb, "limited", timeout=30)
-    arrivals = [r.at for r in front.of_kind("newOrder")]
-    assert [r.status for r in front.of_kind("newOrder")][:2] == [429, 429]
-    assert front.count("newOrder") == 3
+    # newOrders the CA answered for themselves: Pebble refuses 5% of nonces on purpose, and
+    # the client sends a refused request again at once
+    taken = [
+        r for r in front.of_kind("newOrder") if r.problem != "urn:ietf:params:acme:error:badNonce"
+    ]
+    arrivals = [r.at for r in taken]
+    assert [r.status for r in taken][:2] == [429, 429]
+    assert len(taken) == 3
     for before, after in itertools.pairwise(arrivals):
         assert after - before >= retry_after, arrivals
     assert_served(tls_port, "limited.example.test", front.pebble.write_root(tmp_path / "root.pem"))

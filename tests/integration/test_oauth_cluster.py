@@ -292,7 +292,7 @@ def test_key_rotation_keeps_old_tokens_and_publishes_both_keys_on_every_node(
         for node in (node_a, node_b):
             assert verify_on(node, stack, old_token) == 401
             assert verify_on(node, stack, new_token) == 200
-        assert set(stored_keys(rdb)) == {new_kid}
+        wait_for(lambda: set(stored_keys(rdb)) == {new_kid}, timeout=6)  # the next refresh
 
 
 # ---------------------------------------------------------------------------- 3. env key
