@@ -197,3 +197,52 @@ def test_a_token_in_the_query_only_when_listed(site: Site) -> None:
 def test_an_external_auth_proxy_still_fails_closed(site: Site) -> None:
     site.protect(auth_proxy="https://auth.elsewhere.example")
     wait_for(lambda: site.get("/mcp", site.token()).status == 503)
+
+
+def test_the_jwt_pitfalls_are_refused_at_the_proxy(site: Site) -> None:
+    import base64
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+
+    token = site.token()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    header = jwt.get_unverified_header(token)
+    assert site.get("/mcp", token).status == 200
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    # alg none
+    unsigned = b64(json.dumps({"alg": "none", "typ": "at+jwt", "kid": header["kid"]}).encode())
+    none = f"{unsigned}.{b64(json.dumps(claims).encode())}."
+    # HS256 keyed with the published public key (RS/HS confusion)
+    jwk = next(
+        k
+        for k in request("GET", f"{site.stack.issuer}/jwks").json()["keys"]
+        if k["kid"] == header["kid"]
+    )
+    public = jwt.PyJWK(jwk).key
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hs_header = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": header["kid"]}).encode())
+    body = b64(json.dumps(claims).encode())
+    import hashlib
+    import hmac
+
+    signature = hmac.new(pem, f"{hs_header}.{body}".encode(), hashlib.sha256).digest()
+    confused = f"{hs_header}.{body}.{b64(signature)}"
+    # missing claims, expired, not yet valid: re-signed would need our key, so the
+    # original signature no longer matches either way; an oversized token; a kid flood
+    expired = token.rsplit(".", 1)[0] + "." + b64(b"x" * 256)
+    oversized = token + "A" * 9000
+    for bad in (none, confused, expired, oversized):
+        page = site.get("/mcp", bad)
+        assert page.status == 401, bad[:40]
+        assert 'error="invalid_token"' in (page.header("www-authenticate") or "")
+    for _ in range(50):  # unknown kids: refused from memory, never fetched
+        kid = secrets.token_urlsafe(16)
+        flood = b64(json.dumps({**header, "kid": kid}).encode())
+        assert site.get("/mcp", f"{flood}.{body}.{token.rsplit('.', 1)[1]}").status == 401
+    assert site.get("/mcp", token).status == 200
