@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.github_standin import GitHubStandin, github_standin
-from tests.helpers import EdgeProcess, free_port
+from tests.helpers import EdgeProcess, free_port, wait_for
 
 AUTH_HOST = "auth.localhost"
 
@@ -376,3 +376,14 @@ def oauth_stack(
         edge = edge_factory(**settings)
         edge.http_port = port
         yield OAuthStack(edge, github, issuer, settings, edge_factory)
+
+
+def wait_resource_known(client: OAuthClient, resource: str, timeout: float = 5.0) -> None:
+    """Until the proxy serving ``resource`` is in the edge's config: before, ``/authorize``
+    answers ``invalid_target`` for it."""
+    _, challenge = pkce_pair()
+    url = client.authorize_url(challenge, resources=[resource])
+    wait_for(
+        lambda: "invalid_target" not in (request("GET", url).header("location") or ""),
+        timeout=timeout,
+    )

@@ -55,10 +55,13 @@ def resource_uri(ex: Exchange, proxy: ProxyConfig) -> str:
     endpoint = proxy.resource_endpoint or ""
     if "://" in endpoint:
         return endpoint  # given whole by the operator
+    return f"https://{_addressed_host(ex)}{endpoint}"
+
+
+def _addressed_host(ex: Exchange) -> str:
+    """The host (and port unless 443) the client addressed, as an https URL names it."""
     host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
-    if host.endswith(":443"):
-        host = host[:-4]
-    return f"https://{host}{endpoint}"
+    return host[:-4] if host.endswith(":443") else host
 
 
 def _endpoint_path(proxy: ProxyConfig) -> str:
@@ -210,10 +213,7 @@ class ProxyGuard:
         self._challenge(ex, 401, "invalid_token" if sent else None)
 
     def _challenge(self, ex: Exchange, status: int, error: str | None) -> None:
-        host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
-        if host.endswith(":443"):
-            host = host[:-4]
-        document = f"https://{host}{PRM_PATH}{_endpoint_path(self.proxy)}"
+        document = f"https://{_addressed_host(ex)}{PRM_PATH}{_endpoint_path(self.proxy)}"
         params = [
             f'realm="{_quoted(self.server.config.issuer)}"',
             f'resource_metadata="{_quoted(document)}"',

@@ -23,6 +23,7 @@ from tests.oauth_helpers import (
     query_of,
     register_client,
     request,
+    wait_resource_known,
 )
 
 EdgeFactory = Callable[..., EdgeProcess]
@@ -303,20 +304,8 @@ def test_proxy_allowlist_applies_to_its_resource(
         )
         resource = f"http://mcp.localhost:{stack.edge.http_port}/mcp"
         client = register_client(stack.issuer)
+        wait_resource_known(client, resource)
         _, challenge = pkce_pair()
-        # until the proxy's config is applied the resource is unknown (invalid_target)
-        wait_for(
-            lambda: (
-                "invalid_target"
-                not in (
-                    request("GET", client.authorize_url(challenge, resources=[resource])).header(
-                        "location"
-                    )
-                    or ""
-                )
-            ),
-            timeout=5,
-        )
         browser = Browser()
         got = browser.follow(
             client.authorize_url(challenge, resources=[resource]), client.redirect_uri

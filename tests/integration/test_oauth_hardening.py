@@ -17,13 +17,13 @@ import redis
 from tests.helpers import EdgeProcess, proxy_doc, wait_for
 from tests.oauth_helpers import (
     Browser,
-    OAuthClient,
     oauth_stack,
     pkce_pair,
     post_form,
     query_of,
     register_client,
     request,
+    wait_resource_known,
 )
 
 EdgeFactory = Callable[..., EdgeProcess]
@@ -31,23 +31,6 @@ EdgeFactory = Callable[..., EdgeProcess]
 
 def query_of_all(query: str) -> list[tuple[str, str]]:
     return urllib.parse.parse_qsl(query)
-
-
-def wait_resource_known(client: OAuthClient, resource: str) -> None:
-    """Until the proxy serving ``resource`` is in the edge's config."""
-    _, challenge = pkce_pair()
-    wait_for(
-        lambda: (
-            "invalid_target"
-            not in (
-                request("GET", client.authorize_url(challenge, resources=[resource])).header(
-                    "location"
-                )
-                or ""
-            )
-        ),
-        timeout=5,
-    )
 
 
 def test_naming_an_open_proxy_does_not_pass_the_allowlist_of_the_resource(
