@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, WatchError
 
 __all__ = ["TXN_ATTEMPTS", "TooMuchContention", "Txn", "transaction"]
 
-TXN_ATTEMPTS = 8
+TXN_ATTEMPTS = 32  # a handful of writers on one key all land; the pauses add up to ~1.5 s at most
 _BACKOFF = 0.002  # seconds: the longest pause after the first lost race, doubling after each
 _BACKOFF_MAX = 0.05
 
