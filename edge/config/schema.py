@@ -99,6 +99,8 @@ class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     auth_allowed_scopes: tuple[str, ...] | None = None
     auth_allowed_audiences: tuple[str, ...] | None = None
     auth_pass_headers: bool = True
+    # null: stripped when the credential came from the session cookie, kept for a bearer token
+    auth_strip_authorization: bool | None = None
     auth_cookie_name: str = "edge_auth"
     auth_header_prefix: str = "X-Auth-"
     auth_excluded_paths: tuple[str, ...] | None = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -40,7 +40,14 @@ from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
 from edge.routing.resolution import Middleware, Resolution, Scheme, Step
 
-__all__ = ["PRM_PATH", "OwnTokenAuth", "ResourceMetadata", "resource_uri"]
+__all__ = [
+    "PRM_PATH",
+    "Admissions",
+    "OwnTokenAuth",
+    "ResourceMetadata",
+    "admits",
+    "resource_uri",
+]
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
 IDENTITY = ("user-id", "user-name", "email", "scopes", "client-id")
@@ -77,11 +84,40 @@ def _normalised(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
+class Admissions(Protocol):
+    """Told of every request a guard let in with a token, so that a long one (a
+    WebSocket, a stream) can be cut when the token is revoked or the user is no longer
+    allowed (:mod:`edge.handlers.live_access`). Called on the request path: O(1)."""
+
+    def admit(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> None: ...
+
+
+def admits(server: AuthorizationServer, proxy: ProxyConfig, claims: dict[str, Any]) -> bool:
+    """Whether ``proxy``'s allowlists let the token's user in: ``auth_required_users``
+    (null: the server's global list), ``auth_required_emails`` (exact or ``*@domain``),
+    ``auth_required_groups``."""
+    login = str(claims.get("login", ""))
+    if not server.allowed(login, [proxy]):
+        return False
+    emails = proxy.auth_required_emails
+    if emails is not None:
+        email = str(claims.get("email") or "").lower()
+        domain = email.rpartition("@")[2]
+        if not email or not any(
+            e.lower() == email or (e.startswith("*@") and e[2:].lower() == domain) for e in emails
+        ):
+            return False
+    # groups: tokens of this server carry none (GitHub teams are not read yet), so a
+    # proxy that requires groups lets nobody in rather than everybody
+    return not proxy.auth_required_groups
+
+
 class OwnTokenAuth:
     """The factory; one guard per protected proxy, made when the table is compiled."""
 
-    def __init__(self, server: AuthorizationServer) -> None:
+    def __init__(self, server: AuthorizationServer, admissions: Admissions | None = None) -> None:
         self.server = server
+        self.admissions = admissions
         issuer = urllib.parse.urlsplit(server.config.issuer)
         self.own_names = {server.config.auth_hostname, (issuer.hostname or "").lower()}
 
@@ -97,17 +133,20 @@ class OwnTokenAuth:
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
         if not proxy.auth_enabled or not self.takes(proxy):
             return None
-        return ProxyGuard(self.server, proxy)
+        return ProxyGuard(self.server, proxy, self.admissions)
 
 
 class ProxyGuard:
     """The access check of one protected proxy (shared by its requests: no state)."""
 
-    __slots__ = ("excluded", "identity", "proxy", "required", "server", "strip")
+    __slots__ = ("admissions", "excluded", "identity", "proxy", "required", "server", "strip")
 
-    def __init__(self, server: AuthorizationServer, proxy: ProxyConfig) -> None:
+    def __init__(
+        self, server: AuthorizationServer, proxy: ProxyConfig, admissions: Admissions | None
+    ) -> None:
         self.server = server
         self.proxy = proxy
+        self.admissions = admissions
         self.excluded = tuple(proxy.auth_excluded_paths or ())
         self.required = tuple(proxy.auth_allowed_scopes or proxy.resource_scopes or ())
         prefix = proxy.auth_header_prefix.lower().replace("_", "-").encode("latin-1")
@@ -144,7 +183,7 @@ class ProxyGuard:
         if any(s not in scopes for s in self.required):
             self._challenge(ex, 403, "insufficient_scope")
             return
-        if not self._allowed(claims):
+        if not admits(self.server, self.proxy, claims):
             ex.respond(
                 403,
                 b'{"error":"access_denied","error_description":"not allowed on this host"}\n',
@@ -166,6 +205,8 @@ class ProxyGuard:
             ):
                 text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
                 headers.append((prefix + name, text.encode("ascii")))
+        if self.admissions is not None:
+            self.admissions.admit(ex, claims, self.proxy)
         proceed(ex, res)
 
     def _token(self, ex: Exchange) -> tuple[str | None, bool]:
@@ -187,24 +228,6 @@ class ProxyGuard:
                 return None, True
             return token, True
         return None, False
-
-    def _allowed(self, claims: dict[str, Any]) -> bool:
-        proxy = self.server
-        login = str(claims.get("login", ""))
-        if not proxy.allowed(login, [self.proxy]):
-            return False
-        emails = self.proxy.auth_required_emails
-        if emails is not None:
-            email = str(claims.get("email") or "").lower()
-            domain = email.rpartition("@")[2]
-            if not email or not any(
-                e.lower() == email or (e.startswith("*@") and e[2:].lower() == domain)
-                for e in emails
-            ):
-                return False
-        # groups: tokens of this server carry none (GitHub teams are not read yet), so a
-        # proxy that requires groups lets nobody in rather than everybody
-        return not self.proxy.auth_required_groups
 
     def _unauthenticated(self, ex: Exchange, res: Resolution, proceed: Step, *, sent: bool) -> None:
         if self.proxy.auth_mode == "passthrough":
