@@ -353,6 +353,7 @@ class Settings:
     # PROXY peer (load balancer and local health checks)
     access_log_skip_paths: tuple[str, ...] = ("/health",)
     proxy_connect_timeout: float = 30.0
+    forward_auth_timeout: float = 5.0  # an external ForwardAuth service's whole answer
     proxy_request_timeout: float = 120.0
     proxy_total_timeout: float = 0.0  # 0: no cap on a whole exchange
     client_header_timeout: float = 10.0
@@ -490,6 +491,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_FORMAT": ("log_format", _log_format),
     "ACCESS_LOG_SKIP_PATHS": ("access_log_skip_paths", _paths),
     "PROXY_CONNECT_TIMEOUT": ("proxy_connect_timeout", _seconds),
+    "FORWARD_AUTH_TIMEOUT": ("forward_auth_timeout", _seconds),
     "PROXY_REQUEST_TIMEOUT": ("proxy_request_timeout", _seconds),
     "PROXY_TOTAL_TIMEOUT": ("proxy_total_timeout", _optional_seconds),
     "CLIENT_HEADER_TIMEOUT": ("client_header_timeout", _seconds),

@@ -31,6 +31,7 @@ from edge.certs.acme.service import AcmeService
 from edge.config.watcher import ConfigWatcher
 from edge.handlers.acme import ACME_CHALLENGE_PREFIX, ChallengeResponder
 from edge.handlers.api import ApiApp, default_groups
+from edge.handlers.external_auth import ExternalAuth
 from edge.handlers.forward import Forwarder
 from edge.handlers.forwardauth import OwnTokenAuth, ResourceMetadata
 from edge.handlers.oauth.endpoints import OAuthEndpoints
@@ -52,6 +53,7 @@ from edge.settings import Settings
 from edge.store.client import redis_client
 from edge.tls.store import TlsStore
 from edge.upstream.pool import UpstreamPool
+from edge.upstream.subrequest import Subrequests
 
 log = logging.getLogger("edge.worker")
 
@@ -80,6 +82,8 @@ class Worker:
         self.forwarder = Forwarder(
             self.pool, settings.proxy_request_timeout, settings.proxy_total_timeout
         )
+        # the edge's own requests to origins (external ForwardAuth), on the same pool
+        self.subrequests = Subrequests(self.pool)
         # the API's own Redis client (commands with deadlines), created on first use
         self.tokens = TokenStore(RedisHandle(settings.redis_target()))
         self.tls: TlsStore | None = None
@@ -154,6 +158,7 @@ class Worker:
             tls_covers=self.tls.covers if self.tls is not None else None,
         )
         self.dispatcher.mount(Mount(ACME_CHALLENGE_PREFIX, self.challenges, scheme="http"))
+        own: OwnTokenAuth | None = None
         if self.oauth is not None:
             self.oauth_endpoints = OAuthEndpoints(self.oauth)
             self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
@@ -161,6 +166,13 @@ class Worker:
             own = OwnTokenAuth(self.oauth)
             self.dispatcher.use("resource-metadata", ResourceMetadata(self.oauth, own).factory)
             self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
+        # proxies whose auth_proxy is another service: asked about each request
+        external = ExternalAuth(
+            self.subrequests, settings.forward_auth_timeout, own.takes if own is not None else None
+        )
+        self.dispatcher.use(
+            "forwardauth-external", external.factory, phase=Phase.ACCESS, authenticates=True
+        )
         # each snapshot's routing table is compiled as it is installed
         self.watcher.on_install.append(self.dispatcher.install)
         self.servers: list[asyncio.Server] = []
@@ -389,7 +401,7 @@ class Worker:
         for conn in list(self.hub.connections):
             conn.abort()
         self.pool.close_all()
-        for task in list(self.forwarder.tasks):
+        for task in [*self.forwarder.tasks, *self.subrequests.tasks]:
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
 

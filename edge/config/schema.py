@@ -104,6 +104,9 @@ class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     auth_cookie_name: str = "edge_auth"
     auth_header_prefix: str = "X-Auth-"
     auth_excluded_paths: tuple[str, ...] | None = None
+    # external ForwardAuth: the answer's fields copied onto the request (null: the identity
+    # fields {auth_header_prefix}User-Id, User-Name, Email, Scopes, Client-Id)
+    auth_response_headers: tuple[str, ...] | None = None
     # Protected resource metadata (validated and stored; acted on by MCP metadata support).
     resource_endpoint: str | None = None
     resource_scopes: tuple[str, ...] = ()
@@ -515,6 +518,9 @@ def _validate_proxy_auth(p: Problems, cfg: ProxyConfig) -> None:
                 p.add("auth_required_emails", f"invalid email {email!r}: expected user@domain")
     p.check("auth_cookie_name", _validate_cookie_name, cfg.auth_cookie_name)
     p.check("auth_header_prefix", validate_header_name, cfg.auth_header_prefix)
+    if cfg.auth_response_headers is not None:
+        for name in cfg.auth_response_headers:
+            p.check("auth_response_headers", validate_header_name, name)
     if cfg.auth_excluded_paths is not None:
         for path in cfg.auth_excluded_paths:
             p.check("auth_excluded_paths", lambda v: _validate_path(v, "path"), path)

@@ -194,8 +194,17 @@ def test_a_token_in_the_query_only_when_listed(site: Site) -> None:
     assert token not in site.stack.edge.stdout()
 
 
-def test_an_external_auth_proxy_still_fails_closed(site: Site) -> None:
-    site.protect(auth_proxy="https://auth.elsewhere.example")
+@pytest.mark.edge_errors(r"authentication service")
+def test_another_auth_proxy_is_asked_not_our_tokens(site: Site) -> None:
+    # an auth_proxy that is not the edge's own issuer: the edge's tokens do not let a
+    # request in by themselves; the other service is asked, and when it cannot be
+    # reached the request fails closed
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    site.protect(auth_proxy=f"http://127.0.0.1:{closed}/verify")
     wait_for(lambda: site.get("/mcp", site.token()).status == 503)
 
 
