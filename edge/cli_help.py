@@ -153,6 +153,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "PROXY_CONNECT_TIMEOUT",
             "PROXY_REQUEST_TIMEOUT",
             "PROXY_TOTAL_TIMEOUT",
+            "FORWARD_AUTH_TIMEOUT",
             "UPSTREAM_IDLE_LIMIT",
             "UPSTREAM_IDLE_TIMEOUT",
         ),
