@@ -159,12 +159,14 @@ class Worker:
         )
         self.dispatcher.mount(Mount(ACME_CHALLENGE_PREFIX, self.challenges, scheme="http"))
         own: OwnTokenAuth | None = None
+        self.own_auth: OwnTokenAuth | None = None
         if self.oauth is not None:
             self.oauth_endpoints = OAuthEndpoints(self.oauth)
             self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
             # proxies protected by the edge's own tokens: their metadata, then the check
-            own = OwnTokenAuth(self.oauth)
+            own = self.own_auth = OwnTokenAuth(self.oauth)
             self.dispatcher.use("resource-metadata", ResourceMetadata(self.oauth, own).factory)
+            self.dispatcher.use("browser-login", own.login.factory)
             self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
         # proxies whose auth_proxy is another service: asked about each request
         external = ExternalAuth(
@@ -401,7 +403,8 @@ class Worker:
         for conn in list(self.hub.connections):
             conn.abort()
         self.pool.close_all()
-        for task in [*self.forwarder.tasks, *self.subrequests.tasks]:
+        logins = self.own_auth.login.tasks if self.own_auth is not None else ()
+        for task in [*self.forwarder.tasks, *self.subrequests.tasks, *logins]:
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
 

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 import msgspec
 
 from edge.config.schema import ProxyConfig
-from edge.handlers.oauth.forms import parse
+from edge.handlers.browser_login import BrowserLogin, wants_page
+from edge.handlers.oauth.forms import cookie, parse
 from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
@@ -84,6 +85,30 @@ def _normalised(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
+def _without_credentials(
+    headers: list[tuple[bytes, bytes]], cookie_name: str
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` without ``Authorization`` and without the session cookie (the other
+    cookies stay; a Cookie field left empty goes)."""
+    prefix = cookie_name + "="
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"authorization":
+            continue
+        if lower == b"cookie":
+            kept = [
+                part.strip()
+                for part in value.decode("latin-1").split(";")
+                if part.strip() and not part.strip().startswith(prefix)
+            ]
+            if not kept:
+                continue
+            value = "; ".join(kept).encode("latin-1")
+        out.append((name, value))
+    return out
+
+
 class Admissions(Protocol):
     """Told of every request a guard let in with a token, so that a long one (a
     WebSocket, a stream) can be cut when the token is revoked or the user is no longer
@@ -118,35 +143,45 @@ class OwnTokenAuth:
     def __init__(self, server: AuthorizationServer, admissions: Admissions | None = None) -> None:
         self.server = server
         self.admissions = admissions
-        issuer = urllib.parse.urlsplit(server.config.issuer)
-        self.own_names = {server.config.auth_hostname, (issuer.hostname or "").lower()}
+        # browsers signing in to proxies in redirect mode (its callback is a SITE step)
+        self.login = BrowserLogin(server, resource_uri)
 
     def takes(self, proxy: ProxyConfig) -> bool:
         """Whether this proxy's tokens are the edge's own (``auth_proxy`` null, or the
         issuer's host as a host, ``host:port`` or URL)."""
-        if proxy.auth_proxy is None:
-            return True
-        value = proxy.auth_proxy.strip().lower()
-        host = urllib.parse.urlsplit(value if "://" in value else "//" + value).hostname
-        return host in self.own_names
+        return self.server.protects(proxy)
 
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
-        if not proxy.auth_enabled or not self.takes(proxy):
+        if not self.takes(proxy):
             return None
-        return ProxyGuard(self.server, proxy, self.admissions)
+        return ProxyGuard(self.server, proxy, self.admissions, self.login)
 
 
 class ProxyGuard:
     """The access check of one protected proxy (shared by its requests: no state)."""
 
-    __slots__ = ("admissions", "excluded", "identity", "proxy", "required", "server", "strip")
+    __slots__ = (
+        "admissions",
+        "excluded",
+        "identity",
+        "login",
+        "proxy",
+        "required",
+        "server",
+        "strip",
+    )
 
     def __init__(
-        self, server: AuthorizationServer, proxy: ProxyConfig, admissions: Admissions | None
+        self,
+        server: AuthorizationServer,
+        proxy: ProxyConfig,
+        admissions: Admissions | None,
+        login: BrowserLogin | None,
     ) -> None:
         self.server = server
         self.proxy = proxy
         self.admissions = admissions
+        self.login = login
         self.excluded = tuple(proxy.auth_excluded_paths or ())
         self.required = tuple(proxy.auth_allowed_scopes or proxy.resource_scopes or ())
         prefix = proxy.auth_header_prefix.lower().replace("_", "-").encode("latin-1")
@@ -160,7 +195,7 @@ class ProxyGuard:
         if self.excluded and ex.path.startswith(self.excluded):
             proceed(ex, res)
             return
-        token, sent = self._token(ex)
+        token, sent, source = self._token(ex)
         if token is None:
             self._unauthenticated(ex, res, proceed, sent=sent)
             return
@@ -205,33 +240,49 @@ class ProxyGuard:
             ):
                 text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
                 headers.append((prefix + name, text.encode("ascii")))
+        strip = self.proxy.auth_strip_authorization
+        if source == "cookie" if strip is None else strip:
+            # the credential stays at the edge: neither the Authorization field nor the
+            # session cookie goes on to the upstream
+            headers[:] = _without_credentials(headers, self.proxy.auth_cookie_name)
         if self.admissions is not None:
             self.admissions.admit(ex, claims, self.proxy)
         proceed(ex, res)
 
-    def _token(self, ex: Exchange) -> tuple[str | None, bool]:
-        """The bearer token, and whether any credential was sent at all."""
+    def _token(self, ex: Exchange) -> tuple[str | None, bool, str]:
+        """The token, whether any credential was sent at all, and where it was found
+        (``header``, ``cookie``, ``query``): a bearer ``Authorization`` first, then the
+        session cookie ``auth_cookie_name`` a browser sign-in set, then the query."""
         methods = self.proxy.resource_bearer_methods
+        sent = False
         if "header" in methods or not methods:
             for name, value in ex.headers:
                 if name.lower() == b"authorization":
                     if value[:7].lower() == b"bearer ":
-                        return value[7:].strip().decode("latin-1"), True
-                    return None, True
+                        return value[7:].strip().decode("latin-1"), True, "header"
+                    sent = True  # another scheme (Basic for the upstream, say)
+                    break
+        session = cookie(ex, self.proxy.auth_cookie_name)
+        if session:
+            return session, True, "cookie"
         query = ex.target.partition(b"?")[2]
         if query and b"access_token=" in query:
             if "query" not in methods:
-                return None, True  # refused: a token in a URL ends up in logs and caches
+                return None, True, ""  # refused: a token in a URL ends up in logs and caches
             try:
                 token = parse(query.decode("latin-1")).get("access_token")
             except OAuthError:
-                return None, True
-            return token, True
-        return None, False
+                return None, True, ""
+            return token, True, "query"
+        return None, sent, ""
 
     def _unauthenticated(self, ex: Exchange, res: Resolution, proceed: Step, *, sent: bool) -> None:
-        if self.proxy.auth_mode == "passthrough":
+        mode = self.proxy.auth_mode
+        if mode == "passthrough":
             proceed(ex, res)
+            return
+        if mode == "redirect" and self.login is not None and wants_page(ex):
+            self.login.start(ex, self.proxy, self.required)  # a browser: sign in first
             return
         self._challenge(ex, 401, "invalid_token" if sent else None)
 

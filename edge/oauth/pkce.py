@@ -13,6 +13,10 @@ _VERIFIER = re.compile(r"\A[A-Za-z0-9._~-]{43,128}\Z")
 _CHALLENGE = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
 
 
+def valid_verifier(verifier: str) -> bool:
+    return _VERIFIER.match(verifier) is not None
+
+
 def valid_challenge(challenge: str) -> bool:
     return _CHALLENGE.match(challenge) is not None
 

@@ -16,7 +16,8 @@ from typing import Literal, TypeAlias, TypeVar
 import msgspec
 
 AuthMethod: TypeAlias = Literal["none", "client_secret_basic", "client_secret_post"]
-ClientSource: TypeAlias = Literal["dcr", "admin", "cimd"]
+# edge: the edge itself signing browsers in to a proxy in redirect mode (never stored)
+ClientSource: TypeAlias = Literal["dcr", "admin", "cimd", "edge"]
 
 
 def digest(secret: str) -> str:
@@ -112,6 +113,17 @@ class ConsentRequest(_Record, frozen=True, kw_only=True, forbid_unknown_fields=T
     user: GitHubUser
     csrf_hash: str
     session_hash: str  # the browser session it was shown to (the form is refused elsewhere)
+
+
+class ProxyLogin(_Record, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``oauth:proxy_login:{state hash}``: a browser sent from a proxy in redirect mode to
+    sign in, until it comes back to the proxy's callback (TTL ``LOGIN_TTL``)."""
+
+    host: str  # the host (and port) the browser addressed
+    redirect_uri: str
+    resource: str
+    return_to: str  # the path and query it asked for
+    created_at: int
 
 
 class CodeGrant(_Record, frozen=True, kw_only=True, forbid_unknown_fields=True):

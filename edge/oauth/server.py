@@ -20,13 +20,23 @@ from edge.oauth.cimd import CimdFetcher
 from edge.oauth.clients import ClientRegistry
 from edge.oauth.github import GitHubLogin
 from edge.oauth.grants import GrantPolicy, Grants
-from edge.oauth.records import RefreshRecord
+from edge.oauth.records import ClientRecord, RefreshRecord
 from edge.oauth.revocation import RevokedTokens
 from edge.oauth.sessions import Sessions
 from edge.oauth.signing import SigningKeys
 from edge.settings import Settings
 
-__all__ = ["AuthorizationServer", "OAuthConfig"]
+__all__ = [
+    "FIRST_PARTY_CALLBACK",
+    "FIRST_PARTY_CLIENT_ID",
+    "AuthorizationServer",
+    "OAuthConfig",
+]
+
+# the edge as the client of its own server, for proxies in redirect mode: an id no
+# registration can produce (theirs start with edge_, or are https URLs)
+FIRST_PARTY_CLIENT_ID = "edge"
+FIRST_PARTY_CALLBACK = "/_edge/auth/callback"
 
 ProxyLookup = Callable[[str], ProxyConfig | None]
 
@@ -123,6 +133,44 @@ class AuthorizationServer:
             if proxy is not None and proxy not in found:
                 found.append(proxy)
         return found
+
+    def protects(self, proxy: ProxyConfig) -> bool:
+        """Whether this server's tokens guard ``proxy``: ``auth_enabled`` with
+        ``auth_proxy`` null or naming the issuer's host (as a host, ``host:port`` or URL)."""
+        if not proxy.auth_enabled:
+            return False
+        if proxy.auth_proxy is None:
+            return True
+        value = proxy.auth_proxy.strip().lower()
+        host = urllib.parse.urlsplit(value if "://" in value else "//" + value).hostname
+        issuer = urllib.parse.urlsplit(self.config.issuer).hostname
+        return host in (self.config.auth_hostname, issuer)
+
+    def first_party(self, redirect_uri: str) -> ClientRecord | None:
+        """The edge itself as the client of a proxy in ``redirect`` mode: its browser
+        sign-in comes back to ``{scheme}://{host}/_edge/auth/callback`` on that proxy.
+        Never stored; only a protected proxy's own callback URL makes one."""
+        parts = urllib.parse.urlsplit(redirect_uri)
+        schemes = ("https", "http") if self.config.loopback_issuer else ("https",)
+        if (
+            parts.scheme not in schemes
+            or parts.path != FIRST_PARTY_CALLBACK
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+            or not parts.hostname
+        ):
+            return None
+        proxy = self.find_proxy(parts.hostname)
+        if proxy is None or proxy.auth_mode != "redirect" or not self.protects(proxy):
+            return None
+        return ClientRecord(
+            client_id=FIRST_PARTY_CLIENT_ID,
+            client_name=parts.hostname,
+            redirect_uris=(redirect_uri,),
+            grant_types=("authorization_code",),
+            source="edge",
+        )
 
     def allowed(self, login: str, proxies: Sequence[ProxyConfig]) -> bool:
         """May ``login`` sign in for these proxies (none: the global allowlist)?"""

@@ -292,6 +292,12 @@ def oauth_request(request_id: str) -> str:
     return f"oauth:request:{request_id}"
 
 
+def oauth_proxy_login(state_hash: str) -> str:
+    """-> a browser sign-in to a proxy in redirect mode, waiting for its callback, by the
+    SHA-256 of its state (TTL)."""
+    return f"oauth:proxy_login:{state_hash}"
+
+
 def oauth_consent(user: str, client_id: str) -> str:
     """-> the scopes ``user`` approved for ``client_id`` (a JSON list)."""
     return f"oauth:consent:{user}:{client_id}"

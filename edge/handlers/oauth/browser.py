@@ -37,7 +37,7 @@ from edge.oauth.records import (
     new_secret,
 )
 from edge.oauth.redirects import redirect_allowed
-from edge.oauth.server import AuthorizationServer
+from edge.oauth.server import FIRST_PARTY_CLIENT_ID, AuthorizationServer
 
 log = logging.getLogger("edge.oauth")
 
@@ -75,7 +75,11 @@ class BrowserFlow:
             pages.error_page(ex, 400, "Invalid request", "The request names no client_id.")
             return
         try:
-            client = await self.server.clients.get(client_id)
+            if client_id == FIRST_PARTY_CLIENT_ID:
+                # the edge signing a browser in to a proxy in redirect mode
+                client = self.server.first_party(params.get("redirect_uri") or "")
+            else:
+                client = await self.server.clients.get(client_id)
         except OAuthError as err:  # a client metadata document that cannot be used
             pages.error_page(ex, 400, "Unknown client", err.public_message)
             return
@@ -233,7 +237,9 @@ class BrowserFlow:
         """A signed-in, allowed user: a code at once if this client was approved for these
         scopes before, else the consent page."""
         sessions = self.server.sessions
-        if await sessions.consented(user.sub, client.client_id, request.scope):
+        # the edge's own sign-in to a proxy asks no consent: the operator chose it
+        first_party = client.source == "edge"
+        if first_party or await sessions.consented(user.sub, client.client_id, request.scope):
             code = await self.server.grants.issue_code(request, user)
             self._redirect(ex, request.redirect_uri, request.state, code=code, headers=headers)
             return
@@ -289,7 +295,7 @@ class BrowserFlow:
         if not code or github is None:
             pages.error_page(ex, 400, "Sign-in failed", "GitHub sent no code.")
             return
-        client = await self.server.clients.get(request.client_id)
+        client = await self._client(request)
         if client is None:
             pages.error_page(ex, 400, "Unknown client", "This client is no longer registered.")
             return
@@ -367,13 +373,19 @@ class BrowserFlow:
         if decision != "approve":
             pages.error_page(ex, 400, "Invalid request", "Approve or deny the request.")
             return
-        client = await self.server.clients.get(request.client_id)
+        client = await self._client(request)
         if client is None:
             pages.error_page(ex, 400, "Unknown client", "This client is no longer registered.")
             return
         await sessions.remember_consent(pending.user.sub, client.client_id, request.scope)
         code = await self.server.grants.issue_code(request, pending.user)
         self._redirect(ex, request.redirect_uri, request.state, code=code)
+
+    async def _client(self, request: AuthorizationRequest) -> ClientRecord | None:
+        """The client of a request carried through the sign-in, looked up again."""
+        if request.client_id == FIRST_PARTY_CLIENT_ID:
+            return self.server.first_party(request.redirect_uri)
+        return await self.server.clients.get(request.client_id)
 
     # ------------------------------------------------------------------ answers
     def _redirect(
