@@ -34,6 +34,7 @@ from edge.handlers.api import ApiApp, default_groups
 from edge.handlers.external_auth import ExternalAuth
 from edge.handlers.forward import Forwarder
 from edge.handlers.forwardauth import OwnTokenAuth, ResourceMetadata
+from edge.handlers.live_access import LiveAccess
 from edge.handlers.oauth.endpoints import OAuthEndpoints
 from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
@@ -160,11 +161,14 @@ class Worker:
         self.dispatcher.mount(Mount(ACME_CHALLENGE_PREFIX, self.challenges, scheme="http"))
         own: OwnTokenAuth | None = None
         self.own_auth: OwnTokenAuth | None = None
+        self.live_access: LiveAccess | None = None
         if self.oauth is not None:
             self.oauth_endpoints = OAuthEndpoints(self.oauth)
             self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
             # proxies protected by the edge's own tokens: their metadata, then the check
-            own = self.own_auth = OwnTokenAuth(self.oauth)
+            # requests let in with a token, re-checked so a revocation cuts live ones
+            self.live_access = LiveAccess(self.oauth)
+            own = self.own_auth = OwnTokenAuth(self.oauth, self.live_access)
             self.dispatcher.use("resource-metadata", ResourceMetadata(self.oauth, own).factory)
             self.dispatcher.use("browser-login", own.login.factory)
             self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
@@ -377,6 +381,15 @@ class Worker:
         self.services.start(
             TaskService("oauth-revocations", oauth.revoked.run, oauth.revoked.health)
         )
+        live = self.live_access
+        if live is not None:
+            self.services.start(
+                TaskService(
+                    "live-access",
+                    live.run,
+                    lambda: {"watched": live.watched, "withdrawn": live.withdrawn},
+                )
+            )
 
     async def drain(self) -> None:
         log.info("draining", extra={"fields": {"connections": len(self.hub.connections)}})

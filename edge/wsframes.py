@@ -135,12 +135,13 @@ class WebSocketTunnel:
     out with the bytes that end the frame.
     """
 
-    __slots__ = ("_closing", "_down", "_up")
+    __slots__ = ("_closing", "_code", "_down", "_up")
 
     def __init__(self) -> None:
         self._up = _Way(masked=True)  # what the client sends
         self._down = _Way(masked=False)  # what the upstream sends
         self._closing = False
+        self._code = GOING_AWAY
 
     @property
     def closing(self) -> bool:
@@ -152,11 +153,13 @@ class WebSocketTunnel:
         (ours, or the other peer's that went by first), so both handshakes are complete."""
         return self._closing and self._up.tracker.closes > 0 and self._down.tracker.closes > 0
 
-    def going_away(self) -> tuple[bytes, bytes]:
-        """Start closing with 1001: the frames to write now, (to the client, to the upstream)."""
+    def going_away(self, code: int = GOING_AWAY) -> tuple[bytes, bytes]:
+        """Start closing with ``code`` (1001, or 4401 when the client's access was
+        withdrawn): the frames to write now, (to the client, to the upstream)."""
         if self._closing:
             return b"", b""
         self._closing = True
+        self._code = code
         return self._pass(self._down, b""), self._pass(self._up, b"")
 
     def from_client(self, data: bytes) -> bytes:
@@ -187,4 +190,4 @@ class WebSocketTunnel:
         way.closed = True
         tracker.feed(data[taken:])
         mask = os.urandom(4) if way.masked else None
-        return data[:taken] + close_frame(GOING_AWAY, mask)
+        return data[:taken] + close_frame(self._code, mask)

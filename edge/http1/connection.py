@@ -632,6 +632,25 @@ class HttpConnection(asyncio.Protocol):
         if self.stage is Stage.TUNNEL and self._tunnel is not None:
             self._tunnel.going_away()
 
+    def withdraw(self, ex: Exchange, close_code: int) -> None:
+        """``Exchange.withdraw``: cut what ``ex`` still has going."""
+        if ex is not self.current or self.transport is None:
+            return
+        if self.stage is Stage.TUNNEL:
+            if self._tunnel is not None:
+                self._tunnel.withdraw(close_code)
+            return
+        producer, ex.producer = ex.producer, None
+        if producer is not None:
+            producer.abort()  # the upstream's answer stops here
+        if not ex.response_started:
+            self.abort()
+            return
+        try:
+            self.end_response(ex)  # a stream (chunked) ends where it is
+        except h11.LocalProtocolError:
+            self.abort()  # a Content-Length not reached cannot end cleanly
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()

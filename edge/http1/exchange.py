@@ -40,6 +40,9 @@ class Producer(Protocol):
     def pause_producing(self) -> None: ...
     def resume_producing(self) -> None: ...
 
+    def abort(self) -> None:
+        """Stop feeding for good, without another word to whoever the producer serves."""
+
 
 class Exchange:
     __slots__ = (
@@ -188,6 +191,12 @@ class Exchange:
         """Reset the client connection: a response already started cannot be finished."""
         self._conn.abort()
 
+    def withdraw(self, close_code: int) -> None:
+        """The access that let this exchange in is withdrawn (its token revoked, its user
+        taken off the allowlist): a WebSocket closes with ``close_code``, a response in
+        progress ends, one not started yet is never given."""
+        self._conn.withdraw(self, close_code)
+
     @property
     def finished(self) -> bool:
         return self._conn.current is not self
@@ -223,6 +232,10 @@ class TunnelPeer(Protocol):
         """The worker is draining and the tunnels' grace is over: end the tunnel the way
         its protocol says (a WebSocket: Close 1001 to both ends, at frame boundaries), or
         do nothing and be aborted when the drain's time is up."""
+
+    def withdraw(self, code: int) -> None:
+        """The client's access was withdrawn: end the tunnel now (a WebSocket: Close
+        ``code`` to both ends, at frame boundaries)."""
 
 
 class DownstreamPipe(Protocol):

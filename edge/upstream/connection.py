@@ -16,7 +16,7 @@ import h11
 from edge.deadline import LazyTimer
 from edge.errors import UpstreamClosed, UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from edge.h11compat import ClientConnection
-from edge.wsframes import WebSocketTunnel
+from edge.wsframes import GOING_AWAY, WebSocketTunnel
 
 if TYPE_CHECKING:
     from edge.upstream.pool import UpstreamPool
@@ -362,18 +362,26 @@ class UpstreamConnection(asyncio.Protocol):
         if ws.finished:
             self._tunnel_done()
 
-    def going_away(self) -> None:
+    def going_away(self, code: int = GOING_AWAY) -> None:
         """The worker is draining: a WebSocket gets a Close 1001 both ways, each at a
         frame boundary; both sockets close once both peers answered it, or after
         GOING_AWAY_TIMEOUT. Other tunnels are left alone (the drain's end aborts them)."""
         ws, pipe = self.websocket, self.pipe
         if ws is None or pipe is None or ws.closing:
             return
-        to_client, to_upstream = ws.going_away()
+        to_client, to_upstream = ws.going_away(code)
         if to_client:
             pipe.tunnel_write(to_client)
         self.pipe_write(to_upstream)
         self._set_deadline(_GOING_AWAY, GOING_AWAY_TIMEOUT)
+
+    def withdraw(self, code: int) -> None:
+        """The client's access was withdrawn: a WebSocket closes with ``code`` like a
+        drain's 1001; any other tunnel is closed at once (both sockets)."""
+        if self.websocket is not None:
+            self.going_away(code)
+        else:
+            self.close()  # connection_lost closes the client's side
 
     def _from_upstream(self, pipe: RawPipe, ws: WebSocketTunnel, data: bytes) -> None:
         out = ws.from_upstream(data)

@@ -1,0 +1,80 @@
+"""Revocation reaches connections already admitted.
+
+A bearer token or session cookie is checked when a request arrives; a WebSocket, an SSE
+stream or a long download admitted with it may then live for hours. This worker keeps
+every request its guards let in with a token (:meth:`LiveAccess.admit`, one append on the
+request path) and, every ``SWEEP_INTERVAL``, forgets those that have ended and checks the
+rest again, from memory: the token's ``jti`` against the revocations (which reach every
+node within a second, :mod:`edge.oauth.revocation`), and the user against the allowlists
+of the proxy as it is configured now (a configuration change reaches every node within a
+second too). One that no longer passes is cut (:meth:`Exchange.withdraw`): a WebSocket
+gets Close ``4401`` both ways at frame boundaries, a stream is ended, a response not begun
+is never given. So a revocation cuts live connections on every node within two seconds.
+
+A proxy that no longer exists, or is no longer protected by the edge's own tokens, cuts
+nothing: that is a configuration change, not a withdrawal of this user's access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from edge.config.schema import ProxyConfig
+from edge.handlers.forwardauth import admits
+from edge.http1.exchange import Exchange
+from edge.oauth.server import AuthorizationServer
+
+__all__ = ["CLOSE_CODE", "SWEEP_INTERVAL", "LiveAccess"]
+
+SWEEP_INTERVAL = 0.5  # seconds between re-checks of the admitted exchanges
+# a WebSocket whose access was withdrawn: 4401, the 4000-4999 private range (RFC 6455
+# section 7.4.2) read as HTTP's 401, as GraphQL-over-WebSocket and others use it
+CLOSE_CODE = 4401
+
+
+class LiveAccess:
+    """One worker's admitted exchanges, re-checked in the background (a tracked service)."""
+
+    def __init__(self, server: AuthorizationServer, interval: float = SWEEP_INTERVAL) -> None:
+        self.server = server
+        self.interval = interval
+        self._live: list[tuple[Exchange, dict[str, Any], ProxyConfig]] = []
+        self.withdrawn = 0  # exchanges cut since start
+
+    def admit(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> None:
+        self._live.append((ex, claims, proxy))
+
+    @property
+    def watched(self) -> int:
+        return len(self._live)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Forget what ended; cut what is no longer allowed."""
+        live, self._live = self._live, []
+        keep = self._live
+        for entry in live:
+            ex, claims, proxy = entry
+            if ex.finished:
+                continue
+            if self._allowed(ex, claims, proxy):
+                keep.append(entry)
+            else:
+                self.withdrawn += 1
+                ex.withdraw(CLOSE_CODE)
+
+    def _allowed(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> bool:
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or self.server.revoked.is_revoked(jti):
+            return False
+        current = self.server.find_proxy(proxy.hostname)
+        if current is None and proxy.hostname.startswith("*."):
+            current = self.server.find_proxy(ex.host)
+        if current is None or not self.server.protects(current):
+            return True
+        return admits(self.server, current, claims)
