@@ -169,7 +169,8 @@ class Worker:
             # requests let in with a token, re-checked so a revocation cuts live ones
             self.live_access = LiveAccess(self.oauth)
             own = self.own_auth = OwnTokenAuth(self.oauth, self.live_access)
-            self.dispatcher.use("resource-metadata", ResourceMetadata(self.oauth, own).factory)
+            metadata = ResourceMetadata(self.oauth, own, self.subrequests)
+            self.dispatcher.use("resource-metadata", metadata.factory)
             self.dispatcher.use("browser-login", own.login.factory)
             self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
         # proxies whose auth_proxy is another service: asked about each request

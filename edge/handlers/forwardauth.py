@@ -40,6 +40,7 @@ from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
 from edge.routing.resolution import Middleware, Resolution, Scheme, Step
+from edge.upstream.subrequest import Answer, Outcome, Subrequests
 
 __all__ = [
     "PRM_PATH",
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
+BACKEND_METADATA_TIMEOUT = 2.0  # seconds the upstream has to serve its own document
+BACKEND_METADATA_MAX = 64 * 1024
 IDENTITY = ("user-id", "user-name", "email", "scopes", "client-id")
 _json = msgspec.json.Encoder()
 _QUOTED = re.compile(r'["\\\x00-\x1f\x7f]')
@@ -309,9 +312,15 @@ class ProxyGuard:
 class ResourceMetadata:
     """``SITE`` middleware: the RFC 9728 document of a protected proxy."""
 
-    def __init__(self, server: AuthorizationServer, takes: OwnTokenAuth) -> None:
+    def __init__(
+        self,
+        server: AuthorizationServer,
+        takes: OwnTokenAuth,
+        subrequests: Subrequests | None = None,
+    ) -> None:
         self.server = server
         self.takes = takes
+        self.subrequests = subrequests  # None: the upstream's own document is never asked
 
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
         if proxy.auth_enabled and self.takes.takes(proxy):
@@ -330,6 +339,43 @@ class ResourceMetadata:
         if ex.method not in (b"GET", b"HEAD"):
             ex.respond(405, b"", headers=[(b"allow", b"GET, HEAD, OPTIONS"), *_CORS])
             return
+        target = res.target
+        if proxy.resource_override_backend or self.subrequests is None or target is None:
+            self._own(ex, proxy)
+            return
+
+        # resource_override_backend false: an upstream that serves its own document
+        # (a JSON object naming its resource) is the authority; else the edge answers
+        def done(outcome: Outcome) -> None:
+            if ex.finished:
+                return
+            if isinstance(outcome, Answer) and _is_metadata(outcome):
+                ex.respond(
+                    200,
+                    outcome.body,
+                    b"application/json",
+                    [(b"cache-control", b"public, max-age=300"), *_CORS],
+                )
+            else:
+                self._own(ex, proxy)
+
+        wire = ex.target
+        if target.base_path:
+            wire = target.base_path.encode("ascii") + wire
+        headers = [(b"Accept", b"application/json")]
+        if proxy.preserve_host_header and ex.host_header:
+            headers.append((b"Host", ex.host_header))
+        self.subrequests.start(
+            target,
+            b"GET",
+            wire,
+            headers,
+            time_limit=BACKEND_METADATA_TIMEOUT,
+            max_body=BACKEND_METADATA_MAX,
+            done=done,
+        )
+
+    def _own(self, ex: Exchange, proxy: ProxyConfig) -> None:
         resource = resource_uri(ex, proxy)
         config = self.server.config
         doc: dict[str, Any] = {
@@ -357,6 +403,21 @@ class ResourceMetadata:
         )
 
 
+def _is_metadata(answer: Answer) -> bool:
+    """A 200 JSON object with a ``resource``: a protected resource metadata document."""
+    if answer.status != 200:
+        return False
+    ctype = (answer.header(b"content-type") or b"").split(b";")[0].strip().lower()
+    if ctype != b"application/json":
+        return False
+    try:
+        doc = _decode.decode(answer.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("resource"), str)
+
+
+_decode = msgspec.json.Decoder()
 _CORS = [(b"access-control-allow-origin", b"*")]
 _CORS_PREFLIGHT = [
     *_CORS,

@@ -255,3 +255,40 @@ def test_the_jwt_pitfalls_are_refused_at_the_proxy(site: Site) -> None:
         flood = b64(json.dumps({**header, "kid": kid}).encode())
         assert site.get("/mcp", f"{flood}.{body}.{token.rsplit('.', 1)[1]}").status == 401
     assert site.get("/mcp", token).status == 200
+
+
+def test_an_upstream_serving_its_own_metadata_is_the_authority_unless_overridden(
+    site: Site,
+) -> None:
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.helpers import echo
+
+    own_doc = {"resource": "https://upstream.example/mcp", "authorization_servers": ["x"]}
+
+    def serving(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        if req.path.startswith("/.well-known/oauth-protected-resource"):
+            return 200, [("Content-Type", "application/json")], json.dumps(own_doc).encode()
+        return echo(req)
+
+    upstream = Upstream(serving)
+    try:
+        doc = {"auth_enabled": True, "resource_endpoint": "/mcp"}
+        site.rdb.set(f"proxy:{HOST}", proxy_doc(HOST, upstream.url, **doc))
+        path = "/.well-known/oauth-protected-resource/mcp"
+        wait_for(lambda: site.get(path).json() == own_doc)  # the default: not overridden
+        page = site.get(path)
+        assert page.header("access-control-allow-origin") == "*"
+        doc["resource_override_backend"] = True
+        site.rdb.set(f"proxy:{HOST}", proxy_doc(HOST, upstream.url, **doc))
+        wait_for(lambda: site.get(path).json()["resource"] == site.resource)
+    finally:
+        upstream.close()
+    # an upstream without a document of its own (the echo): the edge's
+    site.protect()
+    wait_for(
+        lambda: (
+            site.get("/.well-known/oauth-protected-resource/mcp").json()["resource"]
+            == site.resource
+        )
+    )
