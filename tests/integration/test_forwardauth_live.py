@@ -153,6 +153,8 @@ async def test_leaving_the_allowlist_closes_a_websocket(
             protect(rdb, f"http://127.0.0.1:{up.port}", auth_required_users=["bob"])
             code, took = await closed_within(ws, LIMIT)
         assert code == 4401 and took <= LIMIT, (code, took)
+        live = stack.edge.health()["background"]["live-access"]
+        assert live["state"] == "running" and live["withdrawn"] == 1
 
 
 async def test_a_revocation_ends_an_sse_stream_on_another_node(
@@ -194,3 +196,4 @@ async def test_a_revocation_ends_an_sse_stream_on_another_node(
         assert rest.endswith(b"0\r\n\r\n"), rest[-40:]
         assert took <= LIMIT, took
         await asyncio.to_thread(wait_for, lambda: up.ended >= 1, 5)
+
