@@ -68,7 +68,7 @@ def default_groups(
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
     return [
         TokenApi(store, prepare_cascade),
-        ConfigApi(store, acme),
+        ConfigApi(store, acme, oauth),
         PeopleApi(store, people),
         OAuthAdminApi(store, oauth),
     ]

@@ -10,6 +10,8 @@ between the read and the write is overwritten.
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -706,6 +708,50 @@ def resource_delete(ctx: Context) -> int:
     return 0
 
 
+def _access_token(ctx: Context) -> str:
+    """The token to check: ``--access-token``, else (or ``-``) the first line of stdin
+    (asked for without echo on a terminal), so it stays out of the shell's history."""
+    given = ctx.args.access_token
+    if given is not None and given != "-":
+        return str(given)
+    if ctx.option("token") == "-":
+        raise ClientError("--token - and the access token cannot both come from stdin", 2)
+    if sys.stdin.isatty():
+        try:
+            line = getpass.getpass("access token: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            raise ClientError("no access token given", 2) from None
+    else:
+        line = sys.stdin.readline()
+    token = line.strip()
+    if not token:
+        raise ClientError("no access token: give --access-token TOKEN or one on stdin", 2)
+    return token
+
+
+def resource_validate_token(ctx: Context) -> int:
+    token = _access_token(ctx)
+    path = f"{_resource_path(ctx.args.uri)}/validate-token"
+    doc = ctx.api.call("POST", path, {"token": token})
+    ctx.show(doc)
+    if isinstance(doc, dict) and doc.get("valid") is True:
+        return 0
+    reason = doc.get("error") if isinstance(doc, dict) else None
+    raise ClientError(f"the token is not valid for {ctx.args.uri}: {reason or 'unknown'}")
+
+
+def resource_auto_register(ctx: Context) -> int:
+    doc = ctx.api.call("POST", f"{RESOURCES}/auto-register")
+    if not isinstance(doc, dict):
+        raise ClientError("unexpected answer from the API: not a JSON object")
+    ctx.show(doc)
+    counts = (len(doc.get("created") or ()), len(doc.get("existing") or ()))
+    skipped = len(doc.get("skipped") or ())
+    ctx.out.message(f"{counts[0]} created, {counts[1]} already registered, {skipped} skipped")
+    return 0
+
+
 def _resource_options(parser: argparse.ArgumentParser, create: bool) -> None:
     parser.add_argument("uri", metavar="URI", help="https://host[:port][/path]")
     parser.add_argument("--name", required=create, help="a one-line name")
@@ -739,6 +785,27 @@ def _add_resource_parsers(sub: Sub, common: argparse.ArgumentParser) -> None:
     )
     command(resources, "delete", "delete a resource", resource_delete, common).add_argument(
         "uri", metavar="URI"
+    )
+    check = command(
+        resources,
+        "validate-token",
+        "check an access token of the edge's OAuth server for a resource (exit status 1: "
+        "not valid)",
+        resource_validate_token,
+        common,
+    )
+    check.add_argument("uri", metavar="URI")
+    check.add_argument(
+        "--access-token",
+        metavar="TOKEN",
+        help="the token to check (default, or '-': the first line of stdin)",
+    )
+    command(
+        resources,
+        "auto-register",
+        "create a record for every protected proxy that has none (admin token)",
+        resource_auto_register,
+        common,
     )
 
 

@@ -7,6 +7,15 @@ the authorization work to come). The schema is strict like the configuration's:
 
 In a path the URI is one percent-encoded segment:
 ``/api/v1/resources/https%3A%2F%2Fmcp.example.com%2Fmcp``.
+
+Two actions go with the records:
+
+* ``POST /api/v1/resources/{uri}/validate-token``: whether a token is an access token of
+  the edge's own OAuth server, alive and for this resource, checked from memory as a
+  protected proxy checks it (signature, issuer, lifetime, revocation, ``aud``). The token
+  is neither logged nor stored. Callers: those who may read the record.
+* ``POST /api/v1/resources/auto-register`` (admin token): a record for every proxy that
+  protects a resource (``auth_enabled`` and a ``resource_*`` field), where none exists.
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ import ipaddress
 import re
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from edge.api.config.store import (
+    MESSAGE_MAX,
     ConfigScope,
     body_object,
     check_owner,
@@ -33,28 +43,38 @@ from edge.api.config.store import (
     new_document,
     normalized_field,
     normalized_param,
+    only_fields,
+    read,
     refuse_rename,
     replacement,
+    required_text,
     resource_key,
     transaction,
     visible_values,
 )
-from edge.api.http import Conflict, NotFound, Response
-from edge.api.request import ApiRequest, Authenticator, Endpoint
+from edge.api.http import ApiError, Conflict, NotFound, Response
+from edge.api.request import ApiRequest, Authenticator, Endpoint, Handler
 from edge.api.router import Router
 from edge.auth.secrets import is_token_hash
 from edge.config.msgspec_errors import Wording, translate
-from edge.config.schema import ConfigError, validate_url
+from edge.config.schema import ConfigError, ProxyConfig, classify_key, decode_item, validate_url
+from edge.oauth.errors import OAuthError
 from edge.store import keys
+from edge.store.scan import scan_values
 from edge.store.transaction import Txn
+
+if TYPE_CHECKING:
+    from edge.api.oauth.endpoints import OAuthAdminDeps
 
 __all__ = [
     "PREFIX",
     "RESOURCE_PREFIX",
+    "OAuthUnavailable",
     "ResourceRecord",
     "add_resource_routes",
     "decode_resource",
     "normalize_resource_uri",
+    "proxy_resource_uri",
 ]
 
 PREFIX = "/api/v1/resources"
@@ -259,10 +279,226 @@ async def delete_resource(req: ApiRequest[ConfigScope]) -> Response:
     return Response(204)
 
 
-def add_resource_routes(router: Router[Endpoint[Any]], token: Authenticator[ConfigScope]) -> None:
+# ---------------------------------------------------------------------------- tokens
+
+
+class OAuthUnavailable(ApiError):
+    """``validate-token`` on an edge without an OAuth server of its own."""
+
+    status = 503
+    code = "oauth_disabled"
+    public_message = (
+        "the OAuth server is not enabled on this edge (set AUTH_HOSTNAME, BASE_DOMAIN or "
+        "OAUTH_ISSUER): it has no tokens of its own to validate"
+    )
+
+
+# Why SigningKeys.verify refused a token: its detail starts with its own check or with
+# PyJWT's exception name (never the token). Each becomes a short reason; anything else
+# (a claim of the wrong type) is "invalid_claims".
+_REFUSALS: tuple[tuple[str, str], ...] = (
+    ("token longer than", "malformed"),
+    ("malformed token", "malformed"),
+    ("DecodeError", "malformed"),
+    ("typ is not", "not_an_access_token"),
+    ("alg is not", "invalid_signature"),
+    ("header ", "invalid_signature"),  # jku, x5u, jwk, x5c, crit: a key of the sender's
+    ("unknown kid", "invalid_signature"),
+    ("InvalidSignatureError", "invalid_signature"),
+    ("InvalidAlgorithmError", "invalid_signature"),
+    ("InvalidKeyError", "invalid_signature"),
+    ("ExpiredSignatureError", "expired"),
+    ("ImmatureSignatureError", "not_yet_valid"),
+    ("InvalidIssuerError", "wrong_issuer"),
+    ("InvalidAudienceError", "wrong_audience"),
+    ("MissingRequiredClaimError", "missing_claim"),
+)
+_DESCRIPTIONS = {
+    "malformed": "not a signed JWT",
+    "not_an_access_token": "the token's typ is not at+jwt: not an access token",
+    "invalid_signature": "not signed by a key of this edge's OAuth server",
+    "expired": "the token has expired",
+    "not_yet_valid": "the token is not valid yet (nbf or iat in the future)",
+    "wrong_issuer": "the token was issued by another server (iss)",
+    "wrong_audience": "the token's aud does not name this resource",
+    "missing_claim": "a required claim is missing",
+    "invalid_claims": "a claim has the wrong type",
+    "revoked": "the token has been revoked",
+}
+CLAIMS = ("sub", "login", "email", "scope", "client_id", "aud", "exp", "iat", "jti")
+
+
+def refusal_reason(exc: OAuthError) -> str:
+    """The short reason for a refusal of :meth:`~edge.oauth.signing.SigningKeys.verify`."""
+    detail = str(exc)
+    for prefix, reason in _REFUSALS:
+        if detail.startswith(prefix):
+            return reason
+    return "invalid_claims"
+
+
+def _claims_view(claims: dict[str, Any]) -> dict[str, Any]:
+    view = {name: claims.get(name) for name in CLAIMS}
+    aud = view["aud"]
+    view["aud"] = [aud] if isinstance(aud, str) else aud
+    return view
+
+
+def _not_valid(uri: str, reason: str) -> Response:
+    doc = {
+        "valid": False,
+        "error": reason,
+        "error_description": _DESCRIPTIONS[reason],
+        "resource": uri,
+    }
+    return Response(200, doc)
+
+
+def check_token(server: OAuthAdminDeps, uri: str, token: str) -> Response:
+    """The answer of ``validate-token``: memory only, as a protected proxy checks a token
+    (its signature, ``iss``, ``exp``/``nbf`` with the leeway, ``aud``, then revocation)."""
+    try:
+        claims = server.signing.verify(token, audience=uri)
+    except OAuthError as exc:
+        return _not_valid(uri, refusal_reason(exc))
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or server.revoked.is_revoked(jti):
+        return _not_valid(uri, "revoked")
+    return Response(200, {"valid": True, "claims": _claims_view(claims), "resource": uri})
+
+
+def _validate_token(server: OAuthAdminDeps | None) -> Handler[ConfigScope]:
+    async def validate_token(req: ApiRequest[ConfigScope]) -> Response:
+        uri = _uri(req)
+        body = await body_object(req)
+        only_fields(body, ("token",), "validate-token")
+        token = required_text(body, "token")
+        await fetch_visible(req.scope, resource_key(uri), _not_found)
+        if server is None:
+            raise OAuthUnavailable("no OAuth issuer configured")
+        return check_token(server, uri, token)
+
+    return validate_token
+
+
+# ---------------------------------------------------------------------------- auto-register
+
+
+def proxy_resource_uri(proxy: ProxyConfig) -> str:
+    """The resource a proxy protects: ``resource_endpoint`` when it is a full URL, else
+    ``https://{hostname}{resource_endpoint}``; ValueError (a reason) when there is none."""
+    endpoint = proxy.resource_endpoint or ""
+    if "://" not in endpoint and proxy.hostname.startswith("*."):
+        raise ValueError(
+            "wildcard hostname: no single resource URI (a full URL in resource_endpoint names one)"
+        )
+    try:
+        return normalize_resource_uri(
+            endpoint if "://" in endpoint else f"https://{proxy.hostname}{endpoint}"
+        )
+    except ValueError as exc:
+        raise ValueError(f"resource URI refused: {exc}") from None
+
+
+def _unprotected(proxy: ProxyConfig) -> str | None:
+    """Why ``proxy`` protects no resource, or None when it does."""
+    if not proxy.auth_enabled:
+        return "auth_enabled is false"
+    if proxy.resource_endpoint is None and not proxy.resource_scopes:
+        return "no resource_endpoint or resource_scopes"
+    return None
+
+
+def _registration(scope: ConfigScope, proxy: ProxyConfig) -> ResourceRecord:
+    """The record for ``proxy``; ValueError (a reason) when it cannot have one."""
+    uri = proxy_resource_uri(proxy)
+    key = resource_key(uri)
+    body = {
+        "name": proxy.hostname,
+        "description": f"Protected resource of the proxy {proxy.hostname} "
+        "(registered from its resource_* fields).",
+        # a scope repeated in the proxy's list is listed once
+        "scopes": list(dict.fromkeys(proxy.resource_scopes or proxy.auth_allowed_scopes or ())),
+    }
+    doc, _ = new_document(scope, body, {"uri": uri})
+    try:
+        return decode_resource(key, encode(doc))
+    except ConfigError as exc:
+        where = f"{exc.field}: " if exc.field else ""
+        raise ValueError(f"the record would be invalid ({where}{exc.message})") from None
+
+
+async def auto_register(req: ApiRequest[ConfigScope]) -> Response:
+    """A ``resource:{uri}`` record for every proxy that protects a resource and has none.
+
+    Existing records are left as they are, so a second call creates nothing. One
+    transaction: every key it may write is watched before it is checked."""
+    scope = req.scope
+    found = await read(
+        scope,
+        scan_values(scope.redis.client, keys.PROXY + "*", lambda k: classify_key(k) == "proxy"),
+    )
+    planned: dict[str, ResourceRecord] = {}  # by key
+    skipped: list[dict[str, str]] = []
+    for key in sorted(found):
+        try:
+            proxy = decode_item(key, found[key])
+        except ConfigError as exc:
+            hostname = key[len(keys.PROXY) :]
+            reason = f"the stored proxy is invalid ({exc.field or 'document'}: {exc.message})"
+            skipped.append({"hostname": hostname, "reason": reason[:MESSAGE_MAX]})
+            continue
+        assert isinstance(proxy, ProxyConfig)
+        why = _unprotected(proxy)
+        if why is not None:
+            skipped.append({"hostname": proxy.hostname, "reason": why})
+            continue
+        try:
+            record = _registration(scope, proxy)
+        except ValueError as exc:
+            skipped.append({"hostname": proxy.hostname, "reason": str(exc)[:MESSAGE_MAX]})
+            continue
+        key = resource_key(record.uri)
+        first = planned.get(key)
+        if first is not None:
+            reason = f"its resource {record.uri} is also {first.name}'s"
+            skipped.append({"hostname": proxy.hostname, "reason": reason[:MESSAGE_MAX]})
+            continue
+        planned[key] = record
+
+    async def write(txn: Txn) -> tuple[list[str], list[str]]:
+        new: list[tuple[str, ResourceRecord]] = []
+        existing: list[str] = []
+        for key, record in planned.items():
+            if await txn.exists(key):
+                existing.append(record.uri)
+            else:
+                new.append((key, record))
+        if new:
+            await check_owner(txn, scope, new[0][1].owner_token_hash)
+            pipe = txn.writes()
+            for key, record in new:
+                pipe.set(key, encode(record))
+        return [record.uri for _, record in new], existing
+
+    created, existing = await transaction(scope, list(planned), write)
+    return Response(200, {"created": created, "existing": existing, "skipped": skipped})
+
+
+def add_resource_routes(
+    router: Router[Endpoint[Any]],
+    token: Authenticator[ConfigScope],
+    admin: Authenticator[ConfigScope],
+    server: OAuthAdminDeps | None,
+) -> None:
+    """The resource endpoints: ``token`` (any valid token) for the records, ``admin``
+    (the admin token) for ``auto-register``; ``server``: the edge's OAuth server (None:
+    ``validate-token`` is 503)."""
     router.add("GET", f"{PREFIX}/", Endpoint(token, list_resources))
     router.add("POST", f"{PREFIX}/", Endpoint(token, create_resource))
+    router.add("POST", f"{PREFIX}/auto-register", Endpoint(admin, auto_register))
     one = f"{PREFIX}/{{uri}}"
     router.add("GET", one, Endpoint(token, get_resource))
     router.add("PUT", one, Endpoint(token, replace_resource))
     router.add("DELETE", one, Endpoint(token, delete_resource))
+    router.add("POST", f"{one}/validate-token", Endpoint(token, _validate_token(server)))

@@ -1,7 +1,8 @@
 """Admin API over the configuration keys (see ``docs/api.md``, "Configuration").
 
 Any valid token may call these endpoints: the admin token on every record, another token
-on the records it owns (``owner_token_hash``), the others being 404 to it.
+on the records it owns (``owner_token_hash``), the others being 404 to it. The one
+exception: ``POST /api/v1/resources/auto-register`` (every proxy's record) is the admin's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edge.api.config.routing import add_routing_routes
 from edge.api.config.service import add_service_routes
 from edge.api.config.store import ConfigScope
 from edge.api.identity import Identity
+from edge.api.oauth.endpoints import OAuthAdminDeps
 from edge.api.request import Endpoint, Scoped
 from edge.api.router import Router
 from edge.api.tokens.auth import TokenAuth
@@ -26,11 +28,18 @@ __all__ = ["ConfigApi"]
 
 class ConfigApi:
     """Proxies, routes, services, certificates and resources: any valid token, each
-    handler acting in a :class:`ConfigScope` (the caller, the Redis it reads and writes)."""
+    handler acting in a :class:`ConfigScope` (the caller, the Redis it reads and writes).
+    ``oauth``: the edge's own OAuth server, whose tokens the resources validate."""
 
-    def __init__(self, tokens: TokenStore, acme: AcmeDefaults | None = None) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        acme: AcmeDefaults | None = None,
+        oauth: OAuthAdminDeps | None = None,
+    ) -> None:
         self.tokens = tokens
         self.acme = acme
+        self.oauth = oauth
 
     def _scope(self, caller: Identity) -> ConfigScope:
         return ConfigScope(caller, self.tokens.redis, self.tokens.timeout)
@@ -43,7 +52,8 @@ class ConfigApi:
         add_cert_routes(router, token)
         if self.acme is not None:
             add_acme_routes(router, token, self.acme)
-        add_resource_routes(router, token)
+        admin = Scoped(TokenAuth(self.tokens, admin_only=True), self._scope)
+        add_resource_routes(router, token, admin, self.oauth)
 
     async def close(self) -> None:
         """Nothing of its own to close (the Redis handle is the worker's)."""
