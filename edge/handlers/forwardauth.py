@@ -75,9 +75,12 @@ def _addressed_host(ex: Exchange) -> str:
     return host[:-4] if host.endswith(":443") else host
 
 
-def _endpoint_path(proxy: ProxyConfig) -> str:
-    endpoint = proxy.resource_endpoint or ""
-    return urllib.parse.urlsplit(endpoint).path if "://" in endpoint else endpoint
+def metadata_url(resource: str) -> str:
+    """Where the metadata of ``resource`` is (RFC 9728 section 3.1): the well-known path
+    inserted between the resource URI's origin and its path."""
+    parts = urllib.parse.urlsplit(resource)
+    path = parts.path if parts.path != "/" else ""
+    return f"{parts.scheme}://{parts.netloc}{PRM_PATH}{path}"
 
 
 def _quoted(text: str) -> str:
@@ -290,7 +293,7 @@ class ProxyGuard:
         self._challenge(ex, 401, "invalid_token" if sent else None)
 
     def _challenge(self, ex: Exchange, status: int, error: str | None) -> None:
-        document = f"https://{_addressed_host(ex)}{PRM_PATH}{_endpoint_path(self.proxy)}"
+        document = metadata_url(resource_uri(ex, self.proxy))
         params = [
             f'realm="{_quoted(self.server.config.issuer)}"',
             f'resource_metadata="{_quoted(document)}"',

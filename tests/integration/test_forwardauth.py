@@ -292,3 +292,16 @@ def test_an_upstream_serving_its_own_metadata_is_the_authority_unless_overridden
             == site.resource
         )
     )
+
+
+def test_a_resource_endpoint_given_as_a_url_is_the_resource_and_its_metadata_link(
+    site: Site,
+) -> None:
+    url = f"http://{HOST}:{site.stack.edge.http_port}/mcp"
+    site.protect(resource_endpoint=url)
+    wait_for(
+        lambda: site.get("/.well-known/oauth-protected-resource/mcp").json()["resource"] == url
+    )
+    challenge = site.get("/mcp").header("www-authenticate") or ""
+    metadata = f"http://{HOST}:{site.stack.edge.http_port}/.well-known/oauth-protected-resource/mcp"
+    assert f'resource_metadata="{metadata}"' in challenge
