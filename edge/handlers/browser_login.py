@@ -54,7 +54,6 @@ log = logging.getLogger("edge.forwardauth")
 
 CALLBACK_PATH = FIRST_PARTY_CALLBACK
 SIGN_OUT_PATH = "/_edge/auth/sign_out"
-LOGIN_PATH = "/_edge/auth"  # the login cookie's path: sent to the callback only
 LOGIN_TTL = 600  # seconds a sign-in may take, GitHub included
 MAX_RETURN_TO = 2048
 
@@ -80,8 +79,28 @@ def addressed_host(ex: Exchange) -> str:
     return host[: -len(default)] if host.endswith(default) else host
 
 
-def _login_cookie(proxy: ProxyConfig) -> str:
-    return proxy.auth_cookie_name + "_login"
+def session_cookie(proxy: ProxyConfig, scheme: str) -> str:
+    """The session cookie's name: over HTTPS with the ``__Host-`` prefix, which a sibling
+    subdomain cannot set (cookie tossing), as the authorization server's own cookies."""
+    return ("__Host-" if scheme == "https" else "") + proxy.auth_cookie_name
+
+
+def login_cookie(proxy: ProxyConfig, scheme: str) -> str:
+    """The cookie holding the PKCE verifier while a sign-in is under way."""
+    return session_cookie(proxy, scheme) + "_login"
+
+
+def _safe_return(target: str) -> str:
+    """Where to send the browser after signing in: a path on this host only (never
+    ``//other.example`` or ``/\\other.example``, which browsers read as another host)."""
+    if (
+        not target.startswith("/")
+        or target.startswith(("//", "/\\"))
+        or len(target) > MAX_RETURN_TO
+        or any(c < " " or c == "\x7f" for c in target)
+    ):
+        return "/"
+    return target
 
 
 def _cookie_field(name: str, value: str, path: str, max_age: int, secure: bool) -> bytes:
@@ -120,11 +139,10 @@ class BrowserLogin:
         secure = ex.scheme == "https"
         redirect_uri = f"{ex.scheme}://{host}{CALLBACK_PATH}"
         resource = self.resource_uri(ex, proxy)
-        return_to = ex.target.decode("latin-1")
-        if not return_to.startswith("/") or len(return_to) > MAX_RETURN_TO:
-            return_to = "/"
-        # one verifier per browser: two tabs signing in at once both come back right
-        verifier = cookie(ex, _login_cookie(proxy))
+        return_to = _safe_return(ex.target.decode("latin-1"))
+        # one verifier per browser (kept after a sign-in): two tabs signing in at once
+        # both come back right
+        verifier = cookie(ex, login_cookie(proxy, ex.scheme))
         if verifier is None or not pkce.valid_verifier(verifier):
             verifier = new_secret()
         state = new_secret()
@@ -155,7 +173,7 @@ class BrowserLogin:
         if scopes:
             fields.append(("scope", " ".join(scopes)))
         location = f"{self.server.config.issuer}/authorize?{urllib.parse.urlencode(fields)}"
-        login = _cookie_field(_login_cookie(proxy), verifier, LOGIN_PATH, LOGIN_TTL, secure)
+        login = _cookie_field(login_cookie(proxy, ex.scheme), verifier, "/", LOGIN_TTL, secure)
         _redirect(ex, location, [(b"set-cookie", login)])
 
     # ------------------------------------------------------------------ step 3
@@ -171,7 +189,7 @@ class BrowserLogin:
     async def _callback(self, ex: Exchange, proxy: ProxyConfig) -> None:
         params = query(ex)
         state = params.get("state") or ""
-        verifier = cookie(ex, _login_cookie(proxy))
+        verifier = cookie(ex, login_cookie(proxy, ex.scheme))
         if verifier is None or not pkce.valid_verifier(verifier):
             # not the browser that started this sign-in: refused without spending it
             _failed(ex, 400, "This sign-in was started in another browser. Start again.")
@@ -222,19 +240,34 @@ class BrowserLogin:
             return
         secure = ex.scheme == "https"
         lifetime = max(1, issued.record.expires_at - int(time.time()))
-        session = _cookie_field(proxy.auth_cookie_name, issued.access_token, "/", lifetime, secure)
-        done = _cookie_field(_login_cookie(proxy), "", LOGIN_PATH, 0, secure)
-        _redirect(ex, record.return_to, [(b"set-cookie", session), (b"set-cookie", done)])
+        name = session_cookie(proxy, ex.scheme)
+        session = _cookie_field(name, issued.access_token, "/", lifetime, secure)
+        _redirect(ex, _safe_return(record.return_to), [(b"set-cookie", session)])
 
     def _sign_out(self, ex: Exchange, proxy: ProxyConfig) -> None:
-        gone = _cookie_field(proxy.auth_cookie_name, "", "/", 0, ex.scheme == "https")
-        pages.send(
-            ex,
-            200,
-            "Signed out",
-            "<p>You are signed out of this site.</p>",
-            [(b"set-cookie", gone)],
-        )
+        self._spawn(self._signing_out(ex, proxy))
+
+    async def _signing_out(self, ex: Exchange, proxy: ProxyConfig) -> None:
+        """Drop the session cookie and revoke its token on every node (a copy of the
+        cookie is worth nothing after)."""
+        name = session_cookie(proxy, ex.scheme)
+        token = cookie(ex, name)
+        if token:
+            try:
+                claims = self.server.signing.verify(token)
+            except OAuthError:
+                claims = {}
+            jti, exp = claims.get("jti"), claims.get("exp")
+            if isinstance(jti, str) and isinstance(exp, int):
+                try:
+                    await self.server.revoked.revoke(jti, exp)
+                except RedisError as exc:
+                    if not ex.finished:
+                        ex.fail(SignInUnavailable(f"sign-out not recorded: {exc}"))
+                    return
+        gone = _cookie_field(name, "", "/", 0, ex.scheme == "https")
+        page = "<p>You are signed out of this site.</p>"
+        pages.send(ex, 200, "Signed out", page, [(b"set-cookie", gone)])
 
 
 def _redirect(ex: Exchange, location: str, headers: Headers) -> None:

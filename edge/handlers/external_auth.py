@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from edge.config.schema import ProxyConfig
 from edge.errors import EdgeError, ServiceUnavailable
 from edge.handlers.forward import HOP_BY_HOP
+from edge.handlers.forwardauth import excluded, without_tokens
 from edge.http1.exchange import Exchange
 from edge.routing.resolution import Middleware, Resolution, Scheme, Step
 from edge.routing.target import Target, parse_target
@@ -116,10 +117,20 @@ class ExternalCheck:
         self.strip = frozenset(_normalised(name) for name in self.copied)
 
     def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
-        # the client may not send what the auth service's answer vouches for
-        ex.headers = [(n, v) for n, v in ex.headers if _normalised(n) not in self.strip]
-        excluded = self.proxy.auth_excluded_paths
-        if excluded and ex.path.startswith(tuple(excluded)):
+        # the client may not send what the auth service's answer vouches for, nor have
+        # it dropped as hop-by-hop (a Connection token naming it)
+        cleaned: list[tuple[bytes, bytes]] = []
+        for name, value in ex.headers:
+            lower = _normalised(name)
+            if lower in self.strip:
+                continue
+            if lower == b"connection":
+                value = without_tokens(value, self.strip)
+            if value:
+                cleaned.append((name, value))
+        ex.headers = cleaned
+        paths = self.proxy.auth_excluded_paths
+        if paths and excluded(ex.path, tuple(paths)):
             proceed(ex, res)
             return
 

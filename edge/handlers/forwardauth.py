@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from edge.config.schema import ProxyConfig
-from edge.handlers.browser_login import BrowserLogin, wants_page
+from edge.handlers.browser_login import BrowserLogin, login_cookie, session_cookie, wants_page
 from edge.handlers.oauth.forms import cookie, parse
 from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
@@ -91,28 +92,35 @@ def _normalised(name: bytes) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
-def _without_credentials(
-    headers: list[tuple[bytes, bytes]], cookie_name: str
-) -> list[tuple[bytes, bytes]]:
-    """``headers`` without ``Authorization`` and without the session cookie (the other
-    cookies stay; a Cookie field left empty goes)."""
-    prefix = cookie_name + "="
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"authorization":
-            continue
-        if lower == b"cookie":
-            kept = [
-                part.strip()
-                for part in value.decode("latin-1").split(";")
-                if part.strip() and not part.strip().startswith(prefix)
-            ]
-            if not kept:
-                continue
-            value = "; ".join(kept).encode("latin-1")
-        out.append((name, value))
-    return out
+def _without_cookies(value: bytes, names: tuple[str, ...]) -> bytes:
+    """A Cookie field without the cookies ``names`` (the others stay, in order)."""
+    prefixes = tuple(name.encode("latin-1") + b"=" for name in names)
+    parts = [p.strip() for p in value.split(b";")]
+    if not any(p.startswith(prefixes) for p in parts):
+        return value
+    return b"; ".join(p for p in parts if p and not p.startswith(prefixes))
+
+
+def without_tokens(value: bytes, names: frozenset[bytes]) -> bytes:
+    """A Connection field without the tokens in ``names``: a client must not have the
+    edge's own identity fields dropped as hop-by-hop on the way out (Traefik's
+    CVE-2024-45410)."""
+    tokens = [t.strip() for t in value.split(b",")]
+    if not any(_normalised(t) in names for t in tokens):
+        return value
+    return b", ".join(t for t in tokens if t and _normalised(t) not in names)
+
+
+def excluded(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is under one of ``auth_excluded_paths``, segment by segment,
+    as the upstream will read it: percent-escapes decoded, and a path with a dot
+    segment or a backslash (which an upstream may resolve to somewhere else) never is."""
+    decoded = urllib.parse.unquote(path)
+    if "\\" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
+        return False
+    return any(
+        decoded == p or decoded.startswith(p if p.endswith("/") else p + "/") for p in prefixes
+    )
 
 
 class Admissions(Protocol):
@@ -196,29 +204,30 @@ class ProxyGuard:
         self.strip = self.identity
 
     def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
-        headers = [(n, v) for n, v in ex.headers if _normalised(n) not in self.strip]
+        token, sent, source = self._token(ex)
+        original = ex.headers
+        headers = self._cleaned(ex, source)
         ex.headers = headers
-        if self.excluded and ex.path.startswith(self.excluded):
+        if self.excluded and excluded(ex.path, self.excluded):
             proceed(ex, res)
             return
-        token, sent, source = self._token(ex)
         if token is None:
-            self._unauthenticated(ex, res, proceed, sent=sent)
+            self._unauthenticated(ex, res, proceed, original, sent=sent)
             return
         try:
             claims = self.server.signing.verify(token)
         except OAuthError:
-            self._unauthenticated(ex, res, proceed, sent=True)
+            self._unauthenticated(ex, res, proceed, original, sent=True)
             return
         jti = claims.get("jti")
         if not isinstance(jti, str) or self.server.revoked.is_revoked(jti):
-            self._unauthenticated(ex, res, proceed, sent=True)
+            self._unauthenticated(ex, res, proceed, original, sent=True)
             return
         audiences = self.proxy.auth_allowed_audiences or (resource_uri(ex, self.proxy),)
         aud = claims.get("aud")
         named = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if not any(a in named for a in audiences):
-            self._unauthenticated(ex, res, proceed, sent=True)
+            self._unauthenticated(ex, res, proceed, original, sent=True)
             return
         scopes = str(claims.get("scope", "")).split()
         if any(s not in scopes for s in self.required):
@@ -246,11 +255,6 @@ class ProxyGuard:
             ):
                 text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
                 headers.append((prefix + name, text.encode("ascii")))
-        strip = self.proxy.auth_strip_authorization
-        if source == "cookie" if strip is None else strip:
-            # the credential stays at the edge: neither the Authorization field nor the
-            # session cookie goes on to the upstream
-            headers[:] = _without_credentials(headers, self.proxy.auth_cookie_name)
         if self.admissions is not None:
             self.admissions.admit(ex, claims, self.proxy)
         proceed(ex, res)
@@ -262,13 +266,15 @@ class ProxyGuard:
         methods = self.proxy.resource_bearer_methods
         sent = False
         if "header" in methods or not methods:
-            for name, value in ex.headers:
-                if name.lower() == b"authorization":
-                    if value[:7].lower() == b"bearer ":
-                        return value[7:].strip().decode("latin-1"), True, "header"
-                    sent = True  # another scheme (Basic for the upstream, say)
-                    break
-        session = cookie(ex, self.proxy.auth_cookie_name)
+            fields = [v for n, v in ex.headers if n.lower() == b"authorization"]
+            if len(fields) > 1:
+                return None, True, ""  # which one would the upstream read? neither
+            if fields:
+                value = fields[0]
+                if value[:7].lower() == b"bearer ":
+                    return value[7:].strip().decode("latin-1"), True, "header"
+                sent = True  # another scheme (Basic for the upstream, say)
+        session = cookie(ex, session_cookie(self.proxy, ex.scheme))
         if session:
             return session, True, "cookie"
         query = ex.target.partition(b"?")[2]
@@ -282,12 +288,46 @@ class ProxyGuard:
             return token, True, "query"
         return None, sent, ""
 
-    def _unauthenticated(self, ex: Exchange, res: Resolution, proceed: Step, *, sent: bool) -> None:
+    def _cleaned(self, ex: Exchange, source: str) -> list[tuple[bytes, bytes]]:
+        """The request's fields for the upstream: none that could pass for identity (any
+        case, ``_`` or ``-``, nor named in Connection so as to strip the edge's own), never
+        the sign-in cookie, the session cookie unless ``auth_strip_authorization`` is
+        false, ``Authorization`` when that is true (null: when the session cookie was the
+        credential)."""
+        strip = self.proxy.auth_strip_authorization
+        drop_authorization = source == "cookie" if strip is None else strip
+        session = session_cookie(self.proxy, ex.scheme)
+        cookies: tuple[str, ...] = (login_cookie(self.proxy, ex.scheme),)
+        if strip is not False:
+            cookies = (session, *cookies)
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in ex.headers:
+            lower = _normalised(name)
+            if lower in self.strip or (drop_authorization and lower == b"authorization"):
+                continue
+            if lower == b"cookie":
+                value = _without_cookies(value, cookies)
+            elif lower == b"connection":
+                value = without_tokens(value, self.strip)
+            if value:
+                out.append((name, value))
+        return out
+
+    def _unauthenticated(
+        self,
+        ex: Exchange,
+        res: Resolution,
+        proceed: Step,
+        original: Sequence[tuple[bytes, bytes]],
+        *,
+        sent: bool,
+    ) -> None:
         mode = self.proxy.auth_mode
         if mode == "passthrough":
             proceed(ex, res)
             return
         if mode == "redirect" and self.login is not None and wants_page(ex):
+            ex.headers = original  # the sign-in reads its own cookie; nothing goes upstream
             self.login.start(ex, self.proxy, self.required)  # a browser: sign in first
             return
         self._challenge(ex, 401, "invalid_token" if sent else None)
@@ -362,7 +402,14 @@ class ResourceMetadata:
             else:
                 self._own(ex, proxy)
 
-        wire = ex.target
+        canonical = metadata_url(resource_uri(ex, proxy))
+        canonical_path = urllib.parse.urlsplit(canonical).path
+        if path not in (PRM_PATH, canonical_path):
+            # only the document's own paths are asked of the upstream, as they are (no
+            # query, no dot segments): this runs before any access check
+            self._own(ex, proxy)
+            return
+        wire = path.encode("latin-1")
         if target.base_path:
             wire = target.base_path.encode("ascii") + wire
         headers = [(b"Accept", b"application/json")]

@@ -96,6 +96,11 @@ _STATUS_CLOSE = {h11.MUST_CLOSE, h11.CLOSED, h11.ERROR}
 _STATE_CAN_RESPOND = {h11.IDLE, h11.SEND_RESPONSE}
 
 
+# RFC 3986 section 3.2.2/3.2.3: IP-literal, or reg-name (unreserved, pct-encoded,
+# sub-delims; IPv4 is one of those), then an optional port
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+
+
 def normalize_host(raw: bytes) -> str:
     """Lowercase, strip port and trailing dot (RFC 9110 §7.2; IPv6 literals keep brackets)."""
     host = raw.decode("latin-1").strip().lower()
@@ -374,6 +379,10 @@ class HttpConnection(asyncio.Protocol):
                 error = ClientError(public_message="invalid absolute-form request target")
             else:
                 host = authority
+        if error is None and host and _HOST_RE.fullmatch(host) is None:
+            # RFC 9112 section 3.2: an invalid Host is a 400. A backslash, say, would pass
+            # a wildcard proxy's name check while browsers read what follows it as a path
+            error = ClientError(public_message="invalid Host header")
         ex = Exchange(self, request, rid, normalize_host(host), target, host)
         ex.has_body = has_te or (bool(length) and length.strip(b"0") != b"")
         self.current = ex

@@ -8,6 +8,7 @@ Its background jobs (key refresh, revocation follower) are services the worker r
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ __all__ = [
 # registration can produce (theirs start with edge_, or are https URLs)
 FIRST_PARTY_CLIENT_ID = "edge"
 FIRST_PARTY_CALLBACK = "/_edge/auth/callback"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 ProxyLookup = Callable[[str], ProxyConfig | None]
 
@@ -150,15 +153,22 @@ class AuthorizationServer:
         """The edge itself as the client of a proxy in ``redirect`` mode: its browser
         sign-in comes back to ``{scheme}://{host}/_edge/auth/callback`` on that proxy.
         Never stored; only a protected proxy's own callback URL makes one."""
-        parts = urllib.parse.urlsplit(redirect_uri)
+        try:
+            parts = urllib.parse.urlsplit(redirect_uri)
+            port = parts.port
+        except ValueError:
+            return None
         schemes = ("https", "http") if self.config.loopback_issuer else ("https",)
         if (
             parts.scheme not in schemes
             or parts.path != FIRST_PARTY_CALLBACK
             or parts.query
             or parts.fragment
-            or parts.username is not None
             or not parts.hostname
+            # a DNS name and a port, nothing a browser could read another way (a "\\"
+            # sends the code to the name before it, userinfo to the name after "@")
+            or _DNS_NAME.fullmatch(parts.hostname) is None
+            or parts.netloc != (parts.hostname if port is None else f"{parts.hostname}:{port}")
         ):
             return None
         proxy = self.find_proxy(parts.hostname)
