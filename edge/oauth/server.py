@@ -196,8 +196,10 @@ class AuthorizationServer:
         return self.allowed(record.user.login, proxies)
 
     async def start(self) -> None:
-        """Load (or make) the signing keys before the first token is asked for."""
+        """Load (or make) the signing keys, and read the revocations, before the first
+        token is asked for or checked (the follower keeps both fresh afterwards)."""
         await self.signing.load()
+        await self.revoked.resync()
 
     def health(self) -> dict[str, object]:
         return {
