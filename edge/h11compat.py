@@ -81,6 +81,12 @@ _set = object.__setattr__
 _NOTABLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
 
 
+def fields_of(full: FullItems) -> Sequence[tuple[bytes, bytes]]:
+    """``full`` as h11 ``Headers`` (by reference: appending to ``full`` adds a field), so
+    that ``full_items`` gives it back without lowercasing every name again."""
+    return Headers(full)
+
+
 def full_items(headers: Sequence[tuple[bytes, bytes]]) -> FullItems:
     """(raw name, lowercased name, value) triples of an h11 ``Headers``, without copying."""
     full = getattr(headers, "_full_items", None)

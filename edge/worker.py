@@ -167,8 +167,11 @@ class Worker:
             self.dispatcher.serve_host(self.oauth.config.auth_hostname, self.oauth_endpoints)
             # proxies protected by the edge's own tokens: their metadata, then the check
             # requests let in with a token, re-checked so a revocation cuts live ones
-            self.live_access = LiveAccess(self.oauth)
-            own = self.own_auth = OwnTokenAuth(self.oauth, self.live_access)
+            hub = self.hub
+            self.live_access = LiveAccess(
+                self.oauth, lambda: [conn.current for conn in hub.connections]
+            )
+            own = self.own_auth = OwnTokenAuth(self.oauth)
             metadata = ResourceMetadata(self.oauth, own, self.subrequests)
             self.dispatcher.use("resource-metadata", metadata.factory)
             self.dispatcher.use("browser-login", own.login.factory)

@@ -30,13 +30,14 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from edge.config.schema import ProxyConfig
+from edge.h11compat import FullItems, fields_of, full_items
 from edge.handlers.browser_login import BrowserLogin, login_cookie, session_cookie, wants_page
-from edge.handlers.oauth.forms import cookie, parse
+from edge.handlers.oauth.forms import cookie_value, parse
 from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
@@ -45,7 +46,6 @@ from edge.upstream.subrequest import Answer, Outcome, Subrequests
 
 __all__ = [
     "PRM_PATH",
-    "Admissions",
     "OwnTokenAuth",
     "ResourceMetadata",
     "admits",
@@ -101,6 +101,14 @@ def _without_cookies(value: bytes, names: tuple[str, ...]) -> bytes:
     return b"; ".join(p for p in parts if p and not p.startswith(prefixes))
 
 
+def _field_value(value: object) -> bytes:
+    """A claim as a header value: visible ASCII and spaces only (no CR/LF smuggling)."""
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text.encode("ascii")
+    return "".join(c if " " <= c <= "~" else "?" for c in text).encode("ascii")
+
+
 def without_tokens(value: bytes, names: frozenset[bytes]) -> bytes:
     """A Connection field without the tokens in ``names``: a client must not have the
     edge's own identity fields dropped as hop-by-hop on the way out (Traefik's
@@ -121,14 +129,6 @@ def excluded(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(
         decoded == p or decoded.startswith(p if p.endswith("/") else p + "/") for p in prefixes
     )
-
-
-class Admissions(Protocol):
-    """Told of every request a guard let in with a token, so that a long one (a
-    WebSocket, a stream) can be cut when the token is revoked or the user is no longer
-    allowed (:mod:`edge.handlers.live_access`). Called on the request path: O(1)."""
-
-    def admit(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> None: ...
 
 
 def admits(server: AuthorizationServer, proxy: ProxyConfig, claims: dict[str, Any]) -> bool:
@@ -154,9 +154,8 @@ def admits(server: AuthorizationServer, proxy: ProxyConfig, claims: dict[str, An
 class OwnTokenAuth:
     """The factory; one guard per protected proxy, made when the table is compiled."""
 
-    def __init__(self, server: AuthorizationServer, admissions: Admissions | None = None) -> None:
+    def __init__(self, server: AuthorizationServer) -> None:
         self.server = server
-        self.admissions = admissions
         # browsers signing in to proxies in redirect mode (its callback is a SITE step)
         self.login = BrowserLogin(server, resource_uri)
 
@@ -168,17 +167,17 @@ class OwnTokenAuth:
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
         if not self.takes(proxy):
             return None
-        return ProxyGuard(self.server, proxy, self.admissions, self.login)
+        return ProxyGuard(self.server, proxy, self.login)
 
 
 class ProxyGuard:
     """The access check of one protected proxy (shared by its requests: no state)."""
 
     __slots__ = (
-        "admissions",
         "excluded",
         "identity",
         "login",
+        "names",
         "proxy",
         "required",
         "server",
@@ -189,25 +188,29 @@ class ProxyGuard:
         self,
         server: AuthorizationServer,
         proxy: ProxyConfig,
-        admissions: Admissions | None,
         login: BrowserLogin | None,
     ) -> None:
         self.server = server
         self.proxy = proxy
-        self.admissions = admissions
         self.login = login
         self.excluded = tuple(proxy.auth_excluded_paths or ())
         self.required = tuple(proxy.auth_allowed_scopes or proxy.resource_scopes or ())
         prefix = proxy.auth_header_prefix.lower().replace("_", "-").encode("latin-1")
         self.identity = frozenset(prefix + name.encode() for name in IDENTITY)
+        raw = proxy.auth_header_prefix.encode("latin-1")
+        self.names = tuple(
+            (raw + name, (raw + name).lower())
+            for name in (b"User-Id", b"User-Name", b"Email", b"Scopes", b"Client-Id")
+        )
         # client-sent fields that could pass for identity are never forwarded
         self.strip = self.identity
 
     def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
-        token, sent, source = self._token(ex)
         original = ex.headers
-        headers = self._cleaned(ex, source)
-        ex.headers = headers
+        full = full_items(original)
+        token, sent, source = self._token(ex, full)
+        out = self._cleaned(ex, full, source)
+        ex.headers = fields_of(out)
         if self.excluded and excluded(ex.path, self.excluded):
             proceed(ex, res)
             return
@@ -229,10 +232,12 @@ class ProxyGuard:
         if not any(a in named for a in audiences):
             self._unauthenticated(ex, res, proceed, original, sent=True)
             return
-        scopes = str(claims.get("scope", "")).split()
-        if any(s not in scopes for s in self.required):
-            self._challenge(ex, 403, "insufficient_scope")
-            return
+        scope = str(claims.get("scope", ""))
+        if self.required:
+            scopes = scope.split()
+            if any(s not in scopes for s in self.required):
+                self._challenge(ex, 403, "insufficient_scope")
+                return
         if not admits(self.server, self.proxy, claims):
             ex.respond(
                 403,
@@ -242,41 +247,42 @@ class ProxyGuard:
             )
             return
         if self.proxy.auth_pass_headers:
-            prefix = self.proxy.auth_header_prefix.encode("latin-1")
             values = (
                 claims.get("sub", ""),
                 claims.get("login", ""),
                 claims.get("email") or "",
-                " ".join(scopes),
+                " ".join(scope.split()),
                 claims.get("client_id", ""),
             )
-            for name, value in zip(
-                (b"User-Id", b"User-Name", b"Email", b"Scopes", b"Client-Id"), values, strict=True
-            ):
-                text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
-                headers.append((prefix + name, text.encode("ascii")))
-        if self.admissions is not None:
-            self.admissions.admit(ex, claims, self.proxy)
+            for (raw, lower), value in zip(self.names, values, strict=True):
+                out.append((raw, lower, _field_value(value)))
+        # what a revocation or an allowlist change must cut while the exchange lives
+        ex.access = (claims, self.proxy)
         proceed(ex, res)
 
-    def _token(self, ex: Exchange) -> tuple[str | None, bool, str]:
+    def _token(self, ex: Exchange, full: FullItems) -> tuple[str | None, bool, str]:
         """The token, whether any credential was sent at all, and where it was found
         (``header``, ``cookie``, ``query``): a bearer ``Authorization`` first, then the
         session cookie ``auth_cookie_name`` a browser sign-in set, then the query."""
         methods = self.proxy.resource_bearer_methods
+        authorization: bytes | None = None
+        cookies: list[bytes] = []
+        for _, name, value in full:
+            if name == b"authorization":
+                if authorization is not None:
+                    return None, True, ""  # which one would the upstream read? neither
+                authorization = value
+            elif name == b"cookie":
+                cookies.append(value)
         sent = False
-        if "header" in methods or not methods:
-            fields = [v for n, v in ex.headers if n.lower() == b"authorization"]
-            if len(fields) > 1:
-                return None, True, ""  # which one would the upstream read? neither
-            if fields:
-                value = fields[0]
-                if value[:7].lower() == b"bearer ":
-                    return value[7:].strip().decode("latin-1"), True, "header"
-                sent = True  # another scheme (Basic for the upstream, say)
-        session = cookie(ex, session_cookie(self.proxy, ex.scheme))
-        if session:
-            return session, True, "cookie"
+        if authorization is not None and ("header" in methods or not methods):
+            if authorization[:7].lower() == b"bearer ":
+                return authorization[7:].strip().decode("latin-1"), True, "header"
+            sent = True  # another scheme (Basic for the upstream, say)
+        if cookies:
+            session = cookie_value(cookies, session_cookie(self.proxy, ex.scheme))
+            if session:
+                return session, True, "cookie"
         query = ex.target.partition(b"?")[2]
         if query and b"access_token=" in query:
             if "query" not in methods:
@@ -288,7 +294,7 @@ class ProxyGuard:
             return token, True, "query"
         return None, sent, ""
 
-    def _cleaned(self, ex: Exchange, source: str) -> list[tuple[bytes, bytes]]:
+    def _cleaned(self, ex: Exchange, full: FullItems, source: str) -> FullItems:
         """The request's fields for the upstream: none that could pass for identity (any
         case, ``_`` or ``-``, nor named in Connection so as to strip the edge's own), never
         the sign-in cookie, the session cookie unless ``auth_strip_authorization`` is
@@ -296,21 +302,27 @@ class ProxyGuard:
         credential)."""
         strip = self.proxy.auth_strip_authorization
         drop_authorization = source == "cookie" if strip is None else strip
-        session = session_cookie(self.proxy, ex.scheme)
-        cookies: tuple[str, ...] = (login_cookie(self.proxy, ex.scheme),)
-        if strip is not False:
-            cookies = (session, *cookies)
-        out: list[tuple[bytes, bytes]] = []
-        for name, value in ex.headers:
-            lower = _normalised(name)
-            if lower in self.strip or (drop_authorization and lower == b"authorization"):
+        names = self.strip
+        out: FullItems = []
+        for item in full:
+            lower = item[1]
+            if b"_" in lower:
+                lower = lower.replace(b"_", b"-")
+            if lower in names or (drop_authorization and lower == b"authorization"):
                 continue
-            if lower == b"cookie":
-                value = _without_cookies(value, cookies)
-            elif lower == b"connection":
-                value = without_tokens(value, self.strip)
-            if value:
-                out.append((name, value))
+            if lower == b"cookie" or lower == b"connection":
+                if lower == b"cookie":
+                    cookies: tuple[str, ...] = (login_cookie(self.proxy, ex.scheme),)
+                    if strip is not False:
+                        cookies = (session_cookie(self.proxy, ex.scheme), *cookies)
+                    value = _without_cookies(item[2], cookies)
+                else:
+                    value = without_tokens(item[2], names)
+                if not value:
+                    continue
+                if value is not item[2]:
+                    item = (item[0], item[1], value)
+            out.append(item)
         return out
 
     def _unauthenticated(

@@ -2,9 +2,9 @@
 
 A bearer token or session cookie is checked when a request arrives; a WebSocket, an SSE
 stream or a long download admitted with it may then live for hours. This worker keeps
-every request its guards let in with a token (:meth:`LiveAccess.admit`, one append on the
-request path) and, every ``SWEEP_INTERVAL``, forgets those that have ended and checks the
-rest again, from memory: the token's ``jti`` against the revocations (which reach every
+every request its guards let in with a token (``Exchange.access``, set on the request path)
+and, every ``SWEEP_INTERVAL``, checks those still running on its connections again, from
+memory: the token's ``jti`` against the revocations (which reach every
 node within a second, :mod:`edge.oauth.revocation`), and the user against the allowlists
 of the proxy as it is configured now (a configuration change reaches every node within a
 second too). One that no longer passes is cut (:meth:`Exchange.withdraw`): a WebSocket
@@ -18,6 +18,7 @@ nothing: that is a configuration change, not a withdrawal of this user's access.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge.config.schema import ProxyConfig
@@ -34,20 +35,21 @@ CLOSE_CODE = 4401
 
 
 class LiveAccess:
-    """One worker's admitted exchanges, re-checked in the background (a tracked service)."""
+    """One worker's exchanges admitted with a token, re-checked in the background (a
+    tracked service). The guard marks an exchange (``Exchange.access``); this walks the
+    worker's connections, so the request path keeps no list and makes no garbage."""
 
-    def __init__(self, server: AuthorizationServer, interval: float = SWEEP_INTERVAL) -> None:
+    def __init__(
+        self,
+        server: AuthorizationServer,
+        exchanges: Callable[[], Iterable[Exchange | None]],
+        interval: float = SWEEP_INTERVAL,
+    ) -> None:
         self.server = server
+        self.exchanges = exchanges
         self.interval = interval
-        self._live: list[tuple[Exchange, dict[str, Any], ProxyConfig]] = []
+        self.watched = 0  # exchanges with a token at the last sweep
         self.withdrawn = 0  # exchanges cut since start
-
-    def admit(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> None:
-        self._live.append((ex, claims, proxy))
-
-    @property
-    def watched(self) -> int:
-        return len(self._live)
 
     async def run(self) -> None:
         while True:
@@ -55,18 +57,18 @@ class LiveAccess:
             self.sweep()
 
     def sweep(self) -> None:
-        """Forget what ended; cut what is no longer allowed."""
-        live, self._live = self._live, []
-        keep = self._live
-        for entry in live:
-            ex, claims, proxy = entry
-            if ex.finished:
+        """Cut what is no longer allowed."""
+        watched = 0
+        for ex in list(self.exchanges()):
+            if ex is None or ex.access is None or ex.finished:
                 continue
-            if self._allowed(ex, claims, proxy):
-                keep.append(entry)
-            else:
+            watched += 1
+            claims, proxy = ex.access
+            if not self._allowed(ex, claims, proxy):
+                ex.access = None
                 self.withdrawn += 1
                 ex.withdraw(CLOSE_CODE)
+        self.watched = watched
 
     def _allowed(self, ex: Exchange, claims: dict[str, Any], proxy: ProxyConfig) -> bool:
         jti = claims.get("jti")

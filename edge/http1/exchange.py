@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 
@@ -20,6 +20,7 @@ from edge.h11compat import FullItems
 if TYPE_CHECKING:
     import ssl
 
+    from edge.config.schema import ProxyConfig
     from edge.http1.connection import HttpConnection
     from edge.net.proxy_protocol import ProxyHeader
 
@@ -47,6 +48,7 @@ class Producer(Protocol):
 class Exchange:
     __slots__ = (
         "_conn",
+        "access",
         "bytes_in",
         "bytes_out",
         "client_ip",
@@ -109,6 +111,9 @@ class Exchange:
         self.upstream = ""
         self.sink: BodySink | None = None
         self.producer: Producer | None = None
+        # (claims, proxy) of the token that let this exchange in, re-checked while it
+        # lives (edge.handlers.live_access)
+        self.access: tuple[dict[str, Any], ProxyConfig] | None = None
 
     # ----------------------------------------------------------------- request body
     def read_body(self, sink: BodySink) -> None:

@@ -104,10 +104,13 @@ def header(ex: Exchange, wanted: bytes) -> bytes | None:
 def cookie(ex: Exchange, wanted: str) -> str | None:
     """The value of cookie ``wanted`` (the first, as browsers send the most specific
     first)."""
+    return cookie_value([value for name, value in ex.headers if name == b"cookie"], wanted)
+
+
+def cookie_value(fields: list[bytes], wanted: str) -> str | None:
+    """The value of cookie ``wanted`` in these Cookie field values (the first)."""
     prefix = wanted + "="
-    for name, value in ex.headers:
-        if name != b"cookie":
-            continue
+    for value in fields:
         for part in value.decode("latin-1").split(";"):
             part = part.strip()
             if part.startswith(prefix):
