@@ -172,13 +172,15 @@ class Worker:
                 self.oauth, lambda: [conn.current for conn in hub.connections]
             )
             own = self.own_auth = OwnTokenAuth(self.oauth)
-            metadata = ResourceMetadata(self.oauth, own, self.subrequests)
+            metadata = ResourceMetadata(self.oauth, self.subrequests)
             self.dispatcher.use("resource-metadata", metadata.factory)
             self.dispatcher.use("browser-login", own.login.factory)
             self.dispatcher.use("forwardauth", own.factory, phase=Phase.ACCESS, authenticates=True)
         # proxies whose auth_proxy is another service: asked about each request
         external = ExternalAuth(
-            self.subrequests, settings.forward_auth_timeout, own.takes if own is not None else None
+            self.subrequests,
+            settings.forward_auth_timeout,
+            self.oauth.protects if self.oauth is not None else None,
         )
         self.dispatcher.use(
             "forwardauth-external", external.factory, phase=Phase.ACCESS, authenticates=True

@@ -72,10 +72,11 @@ def wants_page(ex: Exchange) -> bool:
     return False
 
 
-def addressed_host(ex: Exchange) -> str:
-    """The host (and port unless the scheme's default) the browser addressed."""
+def addressed_host(ex: Exchange, scheme: str) -> str:
+    """The host (and port unless ``scheme``'s default) the client addressed, as a
+    ``scheme`` URL names it."""
     host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
-    default = ":443" if ex.scheme == "https" else ":80"
+    default = ":443" if scheme == "https" else ":80"
     return host[: -len(default)] if host.endswith(default) else host
 
 
@@ -135,7 +136,7 @@ class BrowserLogin:
         self._spawn(self._start(ex, proxy, scopes))
 
     async def _start(self, ex: Exchange, proxy: ProxyConfig, scopes: tuple[str, ...]) -> None:
-        host = addressed_host(ex)
+        host = addressed_host(ex, ex.scheme)
         secure = ex.scheme == "https"
         redirect_uri = f"{ex.scheme}://{host}{CALLBACK_PATH}"
         resource = self.resource_uri(ex, proxy)
@@ -206,7 +207,7 @@ class BrowserLogin:
                 record = decode(raw, ProxyLogin)
             except (msgspec.ValidationError, msgspec.DecodeError):
                 log.warning("forwardauth: damaged sign-in record")
-        if record is None or record.host != addressed_host(ex):
+        if record is None or record.host != addressed_host(ex, ex.scheme):
             _failed(ex, 400, "This sign-in has expired or was already used. Start again.")
             return
         error = params.get("error")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from edge.config.schema import ProxyConfig
 from edge.errors import EdgeError, ServiceUnavailable
 from edge.handlers.forward import HOP_BY_HOP
-from edge.handlers.forwardauth import excluded, without_tokens
+from edge.handlers.forwardauth import IDENTITY, excluded, normalised, without_tokens
 from edge.http1.exchange import Exchange
 from edge.routing.resolution import Middleware, Resolution, Scheme, Step
 from edge.routing.target import Target, parse_target
@@ -37,7 +37,6 @@ from edge.upstream.subrequest import Answer, Outcome, Subrequests
 __all__ = ["ANSWER_MAX_BYTES", "ExternalAuth", "ExternalAuthUnavailable"]
 
 ANSWER_MAX_BYTES = 64 * 1024  # an auth service's answer is a status and a short page
-IDENTITY = ("User-Id", "User-Name", "Email", "Scopes", "Client-Id")
 # never sent to the auth service as the client sent them: the edge sets these itself
 _REPLACED = frozenset(
     {
@@ -59,10 +58,6 @@ _NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"content-type"}
 
 class ExternalAuthUnavailable(ServiceUnavailable):
     public_message = "the authentication service for this host is unavailable"
-
-
-def _normalised(name: bytes) -> bytes:
-    return name.lower().replace(b"_", b"-")
 
 
 def auth_url(value: str) -> str:
@@ -114,14 +109,14 @@ class ExternalCheck:
         else:
             names = [proxy.auth_header_prefix + name for name in IDENTITY]
         self.copied = tuple(name.encode("latin-1") for name in names)
-        self.strip = frozenset(_normalised(name) for name in self.copied)
+        self.strip = frozenset(normalised(name) for name in self.copied)
 
     def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
         # the client may not send what the auth service's answer vouches for, nor have
         # it dropped as hop-by-hop (a Connection token naming it)
         cleaned: list[tuple[bytes, bytes]] = []
         for name, value in ex.headers:
-            lower = _normalised(name)
+            lower = normalised(name)
             if lower in self.strip:
                 continue
             if lower == b"connection":

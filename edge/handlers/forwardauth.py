@@ -36,8 +36,14 @@ import msgspec
 
 from edge.config.schema import ProxyConfig
 from edge.h11compat import FullItems, fields_of, full_items
-from edge.handlers.browser_login import BrowserLogin, login_cookie, session_cookie, wants_page
-from edge.handlers.oauth.forms import cookie_value, parse
+from edge.handlers.browser_login import (
+    BrowserLogin,
+    addressed_host,
+    login_cookie,
+    session_cookie,
+    wants_page,
+)
+from edge.handlers.oauth.forms import cookie_value, header_value, parse
 from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
@@ -55,7 +61,8 @@ __all__ = [
 PRM_PATH = "/.well-known/oauth-protected-resource"
 BACKEND_METADATA_TIMEOUT = 2.0  # seconds the upstream has to serve its own document
 BACKEND_METADATA_MAX = 64 * 1024
-IDENTITY = ("user-id", "user-name", "email", "scopes", "client-id")
+# the identity fields, after auth_header_prefix, in the order their values are set
+IDENTITY = ("User-Id", "User-Name", "Email", "Scopes", "Client-Id")
 _json = msgspec.json.Encoder()
 _QUOTED = re.compile(r'["\\\x00-\x1f\x7f]')
 
@@ -67,13 +74,7 @@ def resource_uri(ex: Exchange, proxy: ProxyConfig) -> str:
     endpoint = proxy.resource_endpoint or ""
     if "://" in endpoint:
         return endpoint  # given whole by the operator
-    return f"https://{_addressed_host(ex)}{endpoint}"
-
-
-def _addressed_host(ex: Exchange) -> str:
-    """The host (and port unless 443) the client addressed, as an https URL names it."""
-    host = ex.host_header.decode("latin-1").strip().lower().rstrip(".") or ex.host
-    return host[:-4] if host.endswith(":443") else host
+    return f"https://{addressed_host(ex, 'https')}{endpoint}"
 
 
 def metadata_url(resource: str) -> str:
@@ -88,7 +89,8 @@ def _quoted(text: str) -> str:
     return _QUOTED.sub("?", text)
 
 
-def _normalised(name: bytes) -> bytes:
+def normalised(name: bytes) -> bytes:
+    """A field name as compared for identity look-alikes: any case, ``_`` as ``-``."""
     return name.lower().replace(b"_", b"-")
 
 
@@ -101,22 +103,14 @@ def _without_cookies(value: bytes, names: tuple[str, ...]) -> bytes:
     return b"; ".join(p for p in parts if p and not p.startswith(prefixes))
 
 
-def _field_value(value: object) -> bytes:
-    """A claim as a header value: visible ASCII and spaces only (no CR/LF smuggling)."""
-    text = str(value)
-    if text.isascii() and text.isprintable():
-        return text.encode("ascii")
-    return "".join(c if " " <= c <= "~" else "?" for c in text).encode("ascii")
-
-
 def without_tokens(value: bytes, names: frozenset[bytes]) -> bytes:
     """A Connection field without the tokens in ``names``: a client must not have the
     edge's own identity fields dropped as hop-by-hop on the way out (Traefik's
     CVE-2024-45410)."""
     tokens = [t.strip() for t in value.split(b",")]
-    if not any(_normalised(t) in names for t in tokens):
+    if not any(normalised(t) in names for t in tokens):
         return value
-    return b", ".join(t for t in tokens if t and _normalised(t) not in names)
+    return b", ".join(t for t in tokens if t and normalised(t) not in names)
 
 
 def excluded(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -159,13 +153,8 @@ class OwnTokenAuth:
         # browsers signing in to proxies in redirect mode (its callback is a SITE step)
         self.login = BrowserLogin(server, resource_uri)
 
-    def takes(self, proxy: ProxyConfig) -> bool:
-        """Whether this proxy's tokens are the edge's own (``auth_proxy`` null, or the
-        issuer's host as a host, ``host:port`` or URL)."""
-        return self.server.protects(proxy)
-
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
-        if not self.takes(proxy):
+        if not self.server.protects(proxy):
             return None
         return ProxyGuard(self.server, proxy, self.login)
 
@@ -175,7 +164,6 @@ class ProxyGuard:
 
     __slots__ = (
         "excluded",
-        "identity",
         "login",
         "names",
         "proxy",
@@ -195,15 +183,10 @@ class ProxyGuard:
         self.login = login
         self.excluded = tuple(proxy.auth_excluded_paths or ())
         self.required = tuple(proxy.auth_allowed_scopes or proxy.resource_scopes or ())
-        prefix = proxy.auth_header_prefix.lower().replace("_", "-").encode("latin-1")
-        self.identity = frozenset(prefix + name.encode() for name in IDENTITY)
-        raw = proxy.auth_header_prefix.encode("latin-1")
-        self.names = tuple(
-            (raw + name, (raw + name).lower())
-            for name in (b"User-Id", b"User-Name", b"Email", b"Scopes", b"Client-Id")
-        )
+        fields = [(proxy.auth_header_prefix + name).encode("latin-1") for name in IDENTITY]
+        self.names = tuple((name, name.lower()) for name in fields)
         # client-sent fields that could pass for identity are never forwarded
-        self.strip = self.identity
+        self.strip = frozenset(normalised(name) for name in fields)
 
     def __call__(self, ex: Exchange, res: Resolution, proceed: Step, /) -> None:
         original = ex.headers
@@ -255,7 +238,7 @@ class ProxyGuard:
                 claims.get("client_id", ""),
             )
             for (raw, lower), value in zip(self.names, values, strict=True):
-                out.append((raw, lower, _field_value(value)))
+                out.append((raw, lower, header_value(value)))
         # what a revocation or an allowlist change must cut while the exchange lives
         ex.access = (claims, self.proxy)
         proceed(ex, res)
@@ -370,15 +353,13 @@ class ResourceMetadata:
     def __init__(
         self,
         server: AuthorizationServer,
-        takes: OwnTokenAuth,
         subrequests: Subrequests | None = None,
     ) -> None:
         self.server = server
-        self.takes = takes
         self.subrequests = subrequests  # None: the upstream's own document is never asked
 
     def factory(self, proxy: ProxyConfig, scheme: Scheme, /) -> Middleware | None:
-        if proxy.auth_enabled and self.takes.takes(proxy):
+        if self.server.protects(proxy):
             return self.answer
         return None
 

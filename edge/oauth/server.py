@@ -8,13 +8,13 @@ Its background jobs (key refresh, revocation follower) are services the worker r
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from edge.config.addresses import normalize_hostname
 from edge.config.schema import ProxyConfig
 from edge.oauth.allowlist import login_allowed
 from edge.oauth.cimd import CimdFetcher
@@ -38,8 +38,7 @@ __all__ = [
 # registration can produce (theirs start with edge_, or are https URLs)
 FIRST_PARTY_CLIENT_ID = "edge"
 FIRST_PARTY_CALLBACK = "/_edge/auth/callback"
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
 
 ProxyLookup = Callable[[str], ProxyConfig | None]
 
@@ -156,6 +155,9 @@ class AuthorizationServer:
         try:
             parts = urllib.parse.urlsplit(redirect_uri)
             port = parts.port
+            # a DNS name and a port, nothing a browser could read another way (a
+            # backslash sends the code to the name before it, userinfo to the one after "@")
+            normalize_hostname(parts.hostname or "", allow_wildcard=False)
         except ValueError:
             return None
         schemes = ("https", "http") if self.config.loopback_issuer else ("https",)
@@ -165,9 +167,6 @@ class AuthorizationServer:
             or parts.query
             or parts.fragment
             or not parts.hostname
-            # a DNS name and a port, nothing a browser could read another way (a "\\"
-            # sends the code to the name before it, userinfo to the name after "@")
-            or _DNS_NAME.fullmatch(parts.hostname) is None
             or parts.netloc != (parts.hostname if port is None else f"{parts.hostname}:{port}")
         ):
             return None

@@ -101,6 +101,14 @@ def header(ex: Exchange, wanted: bytes) -> bytes | None:
     return None
 
 
+def header_value(value: object) -> bytes:
+    """A claim as a header value: visible ASCII and spaces only (no CR/LF smuggling)."""
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text.encode("ascii")
+    return "".join(c if " " <= c <= "~" else "?" for c in text).encode("ascii")
+
+
 def cookie(ex: Exchange, wanted: str) -> str | None:
     """The value of cookie ``wanted`` (the first, as browsers send the most specific
     first)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from edge.handlers.oauth.forms import cookie, header, query
+from edge.handlers.oauth.forms import cookie, header, header_value, query
 from edge.http1.exchange import Exchange, Headers
 from edge.oauth.errors import InsufficientScope, InvalidRequest, InvalidToken, OAuthError
 from edge.oauth.records import GitHubUser
@@ -27,11 +27,6 @@ from edge.oauth.server import AuthorizationServer
 PREFIX = b"x-auth-"
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"\A[\x21\x23-\x5b\x5d-\x7e]{1,128}\Z")
-
-
-def _safe(value: str) -> bytes:
-    """A header value from a claim: visible ASCII and spaces only (no CR/LF smuggling)."""
-    return "".join(c if " " <= c <= "~" else "?" for c in value).encode("ascii")
 
 
 class Verifier:
@@ -92,11 +87,11 @@ class Verifier:
                 self._deny(ex, InsufficientScope("missing scope"), sent=True, scope=required)
                 return True
             headers = [
-                (b"x-auth-user-id", _safe(str(claims.get("sub", "")))),
-                (b"x-auth-user-name", _safe(str(claims.get("login", "")))),
-                (b"x-auth-email", _safe(str(claims.get("email") or ""))),
-                (b"x-auth-scopes", _safe(" ".join(scopes))),
-                (b"x-auth-client-id", _safe(str(claims.get("client_id", "")))),
+                (b"x-auth-user-id", header_value(str(claims.get("sub", "")))),
+                (b"x-auth-user-name", header_value(str(claims.get("login", "")))),
+                (b"x-auth-email", header_value(str(claims.get("email") or ""))),
+                (b"x-auth-scopes", header_value(" ".join(scopes))),
+                (b"x-auth-client-id", header_value(str(claims.get("client_id", "")))),
             ]
             self._allow(ex, headers)
             return True
@@ -129,9 +124,9 @@ class Verifier:
     @staticmethod
     def _user_headers(user: GitHubUser) -> Headers:
         return [
-            (b"x-auth-user-id", _safe(user.sub)),
-            (b"x-auth-user-name", _safe(user.login)),
-            (b"x-auth-email", _safe(user.email or "")),
+            (b"x-auth-user-id", header_value(user.sub)),
+            (b"x-auth-user-name", header_value(user.login)),
+            (b"x-auth-email", header_value(user.email or "")),
             (b"x-auth-scopes", b""),
             (b"x-auth-client-id", b""),
         ]
