@@ -80,15 +80,16 @@ def addressed_host(ex: Exchange, scheme: str) -> str:
     return host[: -len(default)] if host.endswith(default) else host
 
 
-def session_cookie(proxy: ProxyConfig, scheme: str) -> str:
-    """The session cookie's name: over HTTPS with the ``__Host-`` prefix, which a sibling
-    subdomain cannot set (cookie tossing), as the authorization server's own cookies."""
-    return ("__Host-" if scheme == "https" else "") + proxy.auth_cookie_name
+def session_cookie(proxy: ProxyConfig) -> str:
+    """The session cookie's name: ``auth_cookie_name`` exactly. An operator who names it
+    ``__Host-...`` gets the browser's guard against a sibling subdomain setting it (cookie
+    tossing); two values of it in one request are refused either way (ProxyGuard)."""
+    return proxy.auth_cookie_name
 
 
-def login_cookie(proxy: ProxyConfig, scheme: str) -> str:
+def login_cookie(proxy: ProxyConfig) -> str:
     """The cookie holding the PKCE verifier while a sign-in is under way."""
-    return session_cookie(proxy, scheme) + "_login"
+    return proxy.auth_cookie_name + "_login"
 
 
 def _safe_return(target: str) -> str:
@@ -143,7 +144,7 @@ class BrowserLogin:
         return_to = _safe_return(ex.target.decode("latin-1"))
         # one verifier per browser (kept after a sign-in): two tabs signing in at once
         # both come back right
-        verifier = cookie(ex, login_cookie(proxy, ex.scheme))
+        verifier = cookie(ex, login_cookie(proxy))
         if verifier is None or not pkce.valid_verifier(verifier):
             verifier = new_secret()
         state = new_secret()
@@ -174,7 +175,7 @@ class BrowserLogin:
         if scopes:
             fields.append(("scope", " ".join(scopes)))
         location = f"{self.server.config.issuer}/authorize?{urllib.parse.urlencode(fields)}"
-        login = _cookie_field(login_cookie(proxy, ex.scheme), verifier, "/", LOGIN_TTL, secure)
+        login = _cookie_field(login_cookie(proxy), verifier, "/", LOGIN_TTL, secure)
         _redirect(ex, location, [(b"set-cookie", login)])
 
     # ------------------------------------------------------------------ step 3
@@ -190,7 +191,7 @@ class BrowserLogin:
     async def _callback(self, ex: Exchange, proxy: ProxyConfig) -> None:
         params = query(ex)
         state = params.get("state") or ""
-        verifier = cookie(ex, login_cookie(proxy, ex.scheme))
+        verifier = cookie(ex, login_cookie(proxy))
         if verifier is None or not pkce.valid_verifier(verifier):
             # not the browser that started this sign-in: refused without spending it
             _failed(ex, 400, "This sign-in was started in another browser. Start again.")
@@ -241,7 +242,7 @@ class BrowserLogin:
             return
         secure = ex.scheme == "https"
         lifetime = max(1, issued.record.expires_at - int(time.time()))
-        name = session_cookie(proxy, ex.scheme)
+        name = session_cookie(proxy)
         session = _cookie_field(name, issued.access_token, "/", lifetime, secure)
         _redirect(ex, _safe_return(record.return_to), [(b"set-cookie", session)])
 
@@ -251,7 +252,7 @@ class BrowserLogin:
     async def _signing_out(self, ex: Exchange, proxy: ProxyConfig) -> None:
         """Drop the session cookie and revoke its token on every node (a copy of the
         cookie is worth nothing after)."""
-        name = session_cookie(proxy, ex.scheme)
+        name = session_cookie(proxy)
         token = cookie(ex, name)
         if token:
             try:

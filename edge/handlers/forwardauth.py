@@ -43,7 +43,7 @@ from edge.handlers.browser_login import (
     session_cookie,
     wants_page,
 )
-from edge.handlers.oauth.forms import cookie_value, header_value, parse
+from edge.handlers.oauth.forms import cookie_values, header_value, parse
 from edge.http1.exchange import Exchange
 from edge.oauth.errors import OAuthError
 from edge.oauth.server import AuthorizationServer
@@ -263,9 +263,12 @@ class ProxyGuard:
                 return authorization[7:].strip().decode("latin-1"), True, "header"
             sent = True  # another scheme (Basic for the upstream, say)
         if cookies:
-            session = cookie_value(cookies, session_cookie(self.proxy, ex.scheme))
-            if session:
-                return session, True, "cookie"
+            sessions = cookie_values(cookies, session_cookie(self.proxy))
+            if len(sessions) > 1:
+                # one set by a sibling subdomain beside ours (cookie tossing): neither
+                return None, True, ""
+            if sessions and sessions[0]:
+                return sessions[0], True, "cookie"
         query = ex.target.partition(b"?")[2]
         if query and b"access_token=" in query:
             if "query" not in methods:
@@ -295,9 +298,9 @@ class ProxyGuard:
                 continue
             if lower == b"cookie" or lower == b"connection":
                 if lower == b"cookie":
-                    cookies: tuple[str, ...] = (login_cookie(self.proxy, ex.scheme),)
+                    cookies: tuple[str, ...] = (login_cookie(self.proxy),)
                     if strip is not False:
-                        cookies = (session_cookie(self.proxy, ex.scheme), *cookies)
+                        cookies = (session_cookie(self.proxy), *cookies)
                     value = _without_cookies(item[2], cookies)
                 else:
                     value = without_tokens(item[2], names)

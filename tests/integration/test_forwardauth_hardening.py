@@ -184,3 +184,15 @@ def test_two_tabs_signing_in_at_once_both_arrive(site: Site) -> None:
         page = browser.follow(url, "never")
         assert isinstance(page, Page) and page.status == 200, (path, page.status)
         assert page.json()["path"] == path
+
+
+def test_two_session_cookies_are_refused(site: Site) -> None:
+    # a second edge_auth (a sibling subdomain's, say: cookie tossing) beside ours: neither
+    browser = Browser()
+    page = browser.follow(site.origin + "/", "never")
+    assert isinstance(page, Page) and page.status == 200
+    session = browser.cookies[HOST]["edge_auth"]
+    one = request("GET", site.origin + "/", headers={"Cookie": f"edge_auth={session}"})
+    assert one.status == 200
+    two = {"Cookie": f"edge_auth={session}; edge_auth={session}"}
+    assert request("GET", site.origin + "/", headers=two).status == 401

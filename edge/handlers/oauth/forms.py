@@ -117,10 +117,18 @@ def cookie(ex: Exchange, wanted: str) -> str | None:
 
 def cookie_value(fields: list[bytes], wanted: str) -> str | None:
     """The value of cookie ``wanted`` in these Cookie field values (the first)."""
+    values = cookie_values(fields, wanted)
+    return values[0] if values else None
+
+
+def cookie_values(fields: list[bytes], wanted: str) -> list[str]:
+    """Every value of cookie ``wanted`` in these Cookie field values, in order (a browser
+    sends several when cookies of that name were set for several paths or domains)."""
     prefix = wanted + "="
+    found: list[str] = []
     for value in fields:
         for part in value.decode("latin-1").split(";"):
             part = part.strip()
             if part.startswith(prefix):
-                return part[len(prefix) :]
-    return None
+                found.append(part[len(prefix) :])
+    return found
