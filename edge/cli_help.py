@@ -174,6 +174,16 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shutdown", ("DRAIN_TIMEOUT", "DRAIN_IDLE_GRACE", "DRAIN_WEBSOCKET_GRACE")),
     ("processes and logs", ("EDGE_WORKERS", "EDGE_LOOP", "LOG_LEVEL", "LOG_FORMAT")),
     ("access tokens", ("PAT_VERIFY_CACHE_TTL", "PAT_LAST_USED_FLUSH_INTERVAL")),
+    (
+        "port-forward tunnels",
+        (
+            "PORT_FORWARD_MAX_SESSIONS",
+            "PORT_FORWARD_MAX_SESSION_SECONDS",
+            "PORT_FORWARD_PING_INTERVAL",
+            "PORT_FORWARD_CONNECT_TIMEOUT",
+            "PORT_FORWARD_MAX_MESSAGE",
+        ),
+    ),
 )
 
 _SPECIAL_DEFAULTS = {

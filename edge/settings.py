@@ -419,6 +419,14 @@ class Settings:
     # personal access tokens
     pat_verify_cache_ttl: float = 30.0
     pat_last_used_flush_interval: float = 30.0
+    # port-forward tunnels (edge.tunnels)
+    port_forward_max_sessions: int = 5  # live tunnels per project, over every node
+    port_forward_max_session_seconds: float = 3600.0  # then closed with 4008
+    # a Ping this often; a peer that has not answered one by the next is closed. Below
+    # HAProxy's `timeout tunnel` (and `timeout client` in tcp mode) so idle tunnels live
+    port_forward_ping_interval: float = 20.0
+    port_forward_connect_timeout: float = 5.0  # to the target; then 4004
+    port_forward_max_message: int = 1024 * 1024  # bytes of one WebSocket message; then 1009
     # the OAuth 2.1 authorization server (on AUTH_HOSTNAME; off when there is none)
     base_domain: str | None = None
     auth_hostname_setting: str | None = None  # AUTH_HOSTNAME; see auth_hostname
@@ -546,6 +554,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ON_DEMAND_TLS_MAX_PER_HOUR": ("on_demand_tls_max_per_hour", _int(0, 100000)),
     "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", _cache_seconds),
     "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", _seconds),
+    "PORT_FORWARD_MAX_SESSIONS": ("port_forward_max_sessions", _int(1, 100000)),
+    "PORT_FORWARD_MAX_SESSION_SECONDS": ("port_forward_max_session_seconds", _seconds),
+    "PORT_FORWARD_PING_INTERVAL": ("port_forward_ping_interval", _seconds),
+    "PORT_FORWARD_CONNECT_TIMEOUT": ("port_forward_connect_timeout", _seconds),
+    "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", _int(1024, 64 * 1024 * 1024)),
     "BASE_DOMAIN": ("base_domain", _hostname),
     "AUTH_HOSTNAME": ("auth_hostname_setting", _hostname),
     "OAUTH_ISSUER": ("oauth_issuer_setting", _issuer),

@@ -31,11 +31,24 @@ CERT_DOMAIN = "cert:domain:"
 # records, read by people as much as by the edge, but no configuration
 CERT_STATUS = "cert:status:"
 RESOURCE = "resource:"
+# port-forward targets, per project (edge.config.targets): fixed by the admin, a user only
+# ever names one by id
+APP = "app:"
+APP_RESOURCE = "app_resource:"
+DATABASE = "database:"
+TARGET_PREFIXES = (APP, APP_RESOURCE, DATABASE)
 
 # what the config watcher subscribes to and resyncs
-WATCHED_PREFIXES = (PROXY, ROUTE, SERVICE, CERT)
+WATCHED_PREFIXES = (PROXY, ROUTE, SERVICE, CERT, *TARGET_PREFIXES)
 # what a full config scan reads (the documents and the cert:domain: index)
-CONFIG_PATTERNS = (PROXY + "*", ROUTE + "*", SERVICE_URL + "*", SERVICE_EXTERNAL + "*", CERT + "*")
+CONFIG_PATTERNS = (
+    PROXY + "*",
+    ROUTE + "*",
+    SERVICE_URL + "*",
+    SERVICE_EXTERNAL + "*",
+    CERT + "*",
+    *(prefix + "*" for prefix in TARGET_PREFIXES),
+)
 
 # the names of every external service (a set), kept beside their documents
 SERVICES_SET = "services:external"
@@ -83,6 +96,34 @@ def cert_status(name: str) -> str:
 
 def resource(uri: str) -> str:
     return RESOURCE + uri
+
+
+def app(app_id: str) -> str:
+    return APP + app_id
+
+
+def app_resource(resource_id: str) -> str:
+    return APP_RESOURCE + resource_id
+
+
+def database(database_id: str) -> str:
+    return DATABASE + database_id
+
+
+# ------------------------------------------------------------------ port-forward tunnels
+
+PORT_FORWARD_TICKET = "port_forward_ticket:"
+
+
+def port_forward_ticket(ticket: str) -> str:
+    """-> what a one-time tunnel ticket opens (JSON, TTL 60 s, taken with GETDEL)."""
+    return PORT_FORWARD_TICKET + ticket
+
+
+def port_forward_sessions(project_id: str) -> str:
+    """-> the project's live tunnel sessions (a sorted set: session id -> until when its
+    slot is held, Unix seconds; heartbeats push it on, a dead node's slots run out)."""
+    return f"port_forward:sessions:{project_id}"
 
 
 # ------------------------------------------------------------------ ACME, shared by every node
