@@ -1,0 +1,1 @@
+"""Port-forward tunnels: tickets, sessions, the bridge and the live registry."""
