@@ -6,6 +6,8 @@ Every configuration item lives under its own Redis key:
 * ``route:{route_id}``          -> JSON object decoded into :class:`RouteConfig`
 * ``service:url:{name}``        -> plain URL string decoded into :class:`ServiceURL`
 * ``service:external:{name}``   -> JSON object decoded into :class:`ExternalService`
+* ``app:{id}``, ``app_resource:{id}``, ``database:{id}`` -> port-forward targets
+  (:mod:`edge.config.targets`)
 
 :func:`decode_item` is the single entry point: it decodes the raw Redis value with a
 module-level msgspec decoder (unknown fields and wrong types are rejected), then applies
@@ -38,6 +40,7 @@ from edge.config.problems import ConfigError, Problems, decode_struct
 from edge.store import keys
 
 if TYPE_CHECKING:
+    from edge.config.targets import Target
     from edge.tls.material import CertRecord
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "validate_header_map",
     "validate_header_name",
     "validate_header_value",
+    "validate_timestamp",
     "validate_url",
 ]
 
@@ -171,9 +175,11 @@ class CertDomain(msgspec.Struct, frozen=True):
 
 # ``cert:{name}`` decodes to ``edge.tls.material.CertRecord``, imported only when a
 # certificate is decoded: ``cryptography`` stays off the import path of everything else
-# that reads this module (settings, the router, the client)
+# that reads this module (settings, the router, the client). The port-forward targets are
+# ``edge.config.targets``'s, which imports this module (for timestamps), so it is imported
+# when a target is decoded too.
 ConfigItem: TypeAlias = (
-    "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord"
+    "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord | Target"
 )
 
 CONFIG_KEY_PATTERNS: tuple[str, ...] = keys.CONFIG_PATTERNS
@@ -194,6 +200,11 @@ _SERVICE_EXTERNAL_PREFIX = keys.SERVICE_EXTERNAL
 _ROUTE_INDEX_PREFIXES = keys.ROUTE_INDEXES
 _CERT_PREFIX = keys.CERT
 _CERT_DOMAIN_PREFIX = keys.CERT_DOMAIN
+_TARGET_KINDS = (
+    (keys.APP_RESOURCE, "app_resource"),
+    (keys.APP, "app"),
+    (keys.DATABASE, "database"),
+)
 
 
 class WrongType(bytes):
@@ -203,7 +214,8 @@ class WrongType(bytes):
 def classify_key(key: str) -> str | None:
     """Return the kind of configuration stored under ``key``.
 
-    One of ``"proxy"``, ``"route"``, ``"service_url"``, ``"service_external"``, or
+    One of ``"proxy"``, ``"route"``, ``"service_url"``, ``"service_external"``,
+    ``"cert"``, ``"cert_domain"``, ``"app"``, ``"app_resource"``, ``"database"``, or
     ``None`` for keys the configuration does not own (including route index keys and
     prefixes with an empty suffix).
     """
@@ -223,6 +235,10 @@ def classify_key(key: str) -> str | None:
         return None  # an ACME issuance's progress, not configuration
     if key.startswith(_CERT_PREFIX):
         return "cert" if len(key) > len(_CERT_PREFIX) else None
+    # port-forward targets; app_resource: before app: (though app: never matches it)
+    for prefix, kind in _TARGET_KINDS:
+        if key.startswith(prefix):
+            return kind if len(key) > len(prefix) else None
     return None
 
 
@@ -299,7 +315,7 @@ def validate_header_map(headers: Mapping[str, str]) -> dict[str, str]:
     return dict(headers)
 
 
-def _validate_timestamp(value: str | float) -> str | float:
+def validate_timestamp(value: str | float) -> str | float:
     if isinstance(value, str):
         try:
             datetime.fromisoformat(value)
@@ -420,7 +436,7 @@ def _validate_route_id(value: str) -> str:
 
 def _check_optional_timestamp(problems: Problems, value: str | float | None) -> None:
     if value is not None:
-        problems.check("created_at", _validate_timestamp, value)
+        problems.check("created_at", validate_timestamp, value)
 
 
 def _validate_proxy(problems: Problems, suffix: str, cfg: ProxyConfig) -> ProxyConfig:
@@ -654,6 +670,10 @@ def decode_item(key: str, raw: bytes | str) -> ConfigItem:
         return decode_cert(key, raw)
     if kind == "cert_domain":
         return _decode_cert_domain(key, key[len(_CERT_DOMAIN_PREFIX) :], raw)
+    if kind in ("app", "app_resource", "database"):
+        from edge.config.targets import decode_target
+
+        return decode_target(kind, key, raw)
     raise ConfigError(key, None, "not a configuration key")
 
 

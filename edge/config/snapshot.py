@@ -36,6 +36,7 @@ from edge.config.schema import (
     classify_key,
     decode_item,
 )
+from edge.config.targets import AppTarget, DatabaseTarget, ResourceTarget
 from edge.store import keys
 from edge.tls.material import CertRecord
 
@@ -60,6 +61,11 @@ class Snapshot:
     cert_domains: Mapping[str, str] = field(default_factory=dict)
     # "proxy:{lowercased suffix}" -> the proxy keys present whose suffix is not lowercase
     proxy_aliases: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # port-forward targets (edge.config.targets), by id: app:{id}, app_resource:{id},
+    # database:{id}
+    apps: Mapping[str, AppTarget] = field(default_factory=dict)
+    app_resources: Mapping[str, ResourceTarget] = field(default_factory=dict)
+    databases: Mapping[str, DatabaseTarget] = field(default_factory=dict)
 
     @property
     def proxy_count(self) -> int:
@@ -85,6 +91,9 @@ _MAPS: dict[str, tuple[str, Callable[[str], str]]] = {
     "service_external": ("services", lambda key: key[len(keys.SERVICE_EXTERNAL) :]),
     "cert": ("certs", lambda key: key[len(keys.CERT) :]),
     "cert_domain": ("cert_domains", lambda key: key[len(keys.CERT_DOMAIN) :].lower()),
+    "app": ("apps", lambda key: key[len(keys.APP) :]),
+    "app_resource": ("app_resources", lambda key: key[len(keys.APP_RESOURCE) :]),
+    "database": ("databases", lambda key: key[len(keys.DATABASE) :]),
 }
 
 
@@ -191,6 +200,12 @@ def apply(
             edit("certs")[key[len(keys.CERT) :]] = item
         elif isinstance(item, CertDomain):
             edit("cert_domains")[item.domain] = item.cert_name
+        elif isinstance(item, AppTarget):
+            edit("apps")[item.id] = item  # the id is the key's (checked)
+        elif isinstance(item, ResourceTarget):
+            edit("app_resources")[item.id] = item
+        elif isinstance(item, DatabaseTarget):
+            edit("databases")[item.id] = item
     proxy_aliases = snapshot.proxy_aliases if aliases is None else aliases
     unserved: dict[str, str] | None = None
     for canonical in touched_proxies:
@@ -223,6 +238,9 @@ def apply(
         certs=maps.get("certs", snapshot.certs),  # type: ignore[arg-type]
         cert_domains=maps.get("cert_domains", snapshot.cert_domains),  # type: ignore[arg-type]
         proxy_aliases=proxy_aliases,
+        apps=maps.get("apps", snapshot.apps),  # type: ignore[arg-type]
+        app_resources=maps.get("app_resources", snapshot.app_resources),  # type: ignore[arg-type]
+        databases=maps.get("databases", snapshot.databases),  # type: ignore[arg-type]
     )
 
 

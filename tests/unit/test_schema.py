@@ -135,6 +135,9 @@ def test_config_key_patterns() -> None:
         "service:url:*",
         "service:external:*",
         "cert:*",
+        "app:*",
+        "app_resource:*",
+        "database:*",
     )
 
 
