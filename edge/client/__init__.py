@@ -28,6 +28,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     """Add the client commands to the ``edge`` subparsers ``sub`` (``common``: their
     options, also accepted before the command when the ``edge`` parser has them too)."""
     from edge.client.configs import add_config_parsers
+    from edge.client.forward import add_forward_parser
     from edge.client.oauth import add_oauth_parsers
     from edge.client.options import common_options
     from edge.client.people import add_people_parsers
@@ -40,6 +41,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     add_config_parsers(sub, common)
     add_people_parsers(sub, common)
     add_oauth_parsers(sub, common)
+    add_forward_parser(sub, common)
 
 
 def run_client(args: argparse.Namespace) -> int:
