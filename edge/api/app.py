@@ -45,6 +45,7 @@ from edge.api.request import ApiRequest, Endpoint, EndpointGroup
 from edge.api.router import Router
 from edge.api.tokens.endpoints import TokenApi
 from edge.api.tokens.store import TokenStore
+from edge.api.tunnels.endpoints import PortForwardApi, TargetCatalog
 from edge.auth.secrets import AuthOverloaded
 from edge.errors import EdgeError
 from edge.http1.exchange import Exchange
@@ -61,17 +62,25 @@ def default_groups(
     pat_cache_ttl: float = 30.0,
     acme: AcmeDefaults | None = None,
     oauth: OAuthAdminDeps | None = None,
+    targets: Callable[[], TargetCatalog] | None = None,
+    max_sessions: int = 5,
 ) -> list[EndpointGroup]:
     """Every area of the API, wired to the worker's token store (and its Redis handle);
     ``acme``: the certificate orders' defaults (without it, no issuance endpoints);
-    ``oauth``: the authorization server's parts (without it, ``oauth_disabled``)."""
+    ``oauth``: the authorization server's parts (without it, ``oauth_disabled``);
+    ``targets``: the configuration snapshot of the moment, for port-forward tickets (with
+    the same PAT verifier as ``/public-api``; without it, no ticket endpoint), at most
+    ``max_sessions`` live tunnel sessions per project."""
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
-    return [
+    groups: list[EndpointGroup] = [
         TokenApi(store, prepare_cascade),
         ConfigApi(store, acme, oauth),
         PeopleApi(store, people),
         OAuthAdminApi(store, oauth),
     ]
+    if targets is not None:
+        groups.append(PortForwardApi(people, targets, max_sessions))
+    return groups
 
 
 def build_router(
