@@ -119,6 +119,9 @@ class ApiApp:
         if endpoint.inline is not None:
             endpoint.inline(ex)
             return
+        if endpoint.upgrade is not None:
+            endpoint.upgrade(ex, match.params)
+            return
         task = asyncio.get_running_loop().create_task(
             self._run(ex, endpoint, match.params), name=f"api-{ex.request_id}"
         )

@@ -79,7 +79,10 @@ class Endpoint(Generic[S]):
     inside the connection's callback, no task, no Redis (``/health``, which load balancers
     poll). ``envelope`` endpoints (the project and PAT surface) answer
     ``{"data": ..., "errors": null}`` and fail with
-    ``{"data": null, "errors": [{"code", "message", "field"}]}``.
+    ``{"data": null, "errors": [{"code", "message", "field"}]}``. ``upgrade`` is for
+    endpoints that take the connection over (a WebSocket answered by the edge itself):
+    called inside the connection's callback with the exchange and the path's parameters,
+    with no task and no authenticator; it answers, or runs tasks of its own, itself.
     """
 
     auth: Authenticator[S] | None
@@ -87,6 +90,7 @@ class Endpoint(Generic[S]):
     inline: Callable[[Exchange], None] | None = None
     #: answers (errors included) in the ``{"data": ..., "errors": ...}`` envelope
     envelope: bool = False
+    upgrade: Callable[[Exchange, dict[str, str]], None] | None = None
 
 
 A = TypeVar("A")
