@@ -33,6 +33,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     from edge.client.options import common_options
     from edge.client.people import add_people_parsers
     from edge.client.session import add_session_parsers
+    from edge.client.targets import add_target_parsers
     from edge.client.tokens import add_token_parsers
 
     common = common_options() if common is None else common
@@ -41,6 +42,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     add_config_parsers(sub, common)
     add_people_parsers(sub, common)
     add_oauth_parsers(sub, common)
+    add_target_parsers(sub, common)
     add_forward_parser(sub, common)
 
 
