@@ -43,10 +43,12 @@ from edge.api.people.auth import PeopleContext
 from edge.api.people.directory import PeopleApi
 from edge.api.request import ApiRequest, Endpoint, EndpointGroup
 from edge.api.router import Router
+from edge.api.targets.endpoints import TargetsApi
 from edge.api.tokens.endpoints import TokenApi
 from edge.api.tokens.store import TokenStore
-from edge.api.tunnels.endpoints import PortForwardApi, TargetCatalog
+from edge.api.tunnels.endpoints import PortForwardApi
 from edge.auth.secrets import AuthOverloaded
+from edge.config.snapshot import Snapshot
 from edge.errors import EdgeError
 from edge.http1.exchange import Exchange
 
@@ -62,7 +64,7 @@ def default_groups(
     pat_cache_ttl: float = 30.0,
     acme: AcmeDefaults | None = None,
     oauth: OAuthAdminDeps | None = None,
-    targets: Callable[[], TargetCatalog] | None = None,
+    targets: Callable[[], Snapshot] | None = None,
     max_sessions: int = 5,
 ) -> list[EndpointGroup]:
     """Every area of the API, wired to the worker's token store (and its Redis handle);
@@ -70,13 +72,15 @@ def default_groups(
     ``oauth``: the authorization server's parts (without it, ``oauth_disabled``);
     ``targets``: the configuration snapshot of the moment, for port-forward tickets (with
     the same PAT verifier as ``/public-api``; without it, no ticket endpoint), at most
-    ``max_sessions`` live tunnel sessions per project."""
+    ``max_sessions`` live tunnel sessions per project, and the targets' public listings
+    (without it, only the admin's target endpoints)."""
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
     groups: list[EndpointGroup] = [
         TokenApi(store, prepare_cascade),
         ConfigApi(store, acme, oauth),
         PeopleApi(store, people),
         OAuthAdminApi(store, oauth),
+        TargetsApi(store, people, targets),
     ]
     if targets is not None:
         groups.append(PortForwardApi(people, targets, max_sessions))
