@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
+import os
 import signal
 import socket
 import sys
@@ -381,11 +382,9 @@ async def serve(forwarder: Forwarder, host: str, port: int, out: TextIO = sys.st
     try:
         try:
             server = await asyncio.start_server(forwarder.accept, host, port, limit=2**16)
-        except OSError as exc:
-            where = format_address(host, port)
-            raise ClientError(
-                f"cannot listen on {where}: {one_line(exc.strerror or str(exc))}"
-            ) from None
+        except OSError as exc:  # asyncio's text repeats the address: the errno's says it all
+            why = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
+            raise ClientError(f"cannot listen on {format_address(host, port)}: {why}") from None
         addresses = [format_address(*s.getsockname()[:2]) for s in server.sockets]
         out.write(
             f"forwarding {', '.join(addresses)} -> {forwarder.target} "

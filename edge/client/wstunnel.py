@@ -39,6 +39,21 @@ from wsproto.utilities import ProtocolError
 
 from edge.client.errors import one_line
 from edge.client.ticket import USER_AGENT, explain_status
+from edge.tunnels.bridge import (
+    DATABASE_NOT_READY,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    NORMAL,
+    PORT_MISMATCH,
+    PROTOCOL_ERROR,
+    SESSION_TIMEOUT,
+    TARGET_UNREACHABLE,
+    TICKET_INVALID,
+    TRY_AGAIN_LATER,
+    TUNNEL_SUBPROTOCOL,
+    UNSUPPORTED_DATA,
+)
 
 __all__ = [
     "MAX_FRAME",
@@ -54,43 +69,50 @@ __all__ = [
     "explain_close",
 ]
 
-SUBPROTOCOL = "edge-tunnel.v1"  # the edge's TUNNEL_SUBPROTOCOL; a contract, not a setting
+SUBPROTOCOL = TUNNEL_SUBPROTOCOL  # offered on every tunnel: it adds the half-close
 MAX_FRAME = 64 * 1024  # the largest message sent, and the size of each read
 MAX_REJECTION = 64 * 1024  # of an HTTP refusal's body, kept to explain it
 CLOSE_WAIT = 3.0  # seconds for the edge's Close after ours, before the socket is shut
 
-NORMAL = 1000
-GOING_AWAY = 1001
-UNSUPPORTED_DATA = 1003
 ABNORMAL = 1006  # no Close came: the connection dropped (never sent, RFC 6455 7.4.1)
 
 # close code -> (short name, what it means for the user)
 _CLOSES: dict[int, tuple[str, str]] = {
     GOING_AWAY: ("edge going away", "the edge is restarting or draining: connect again"),
-    1002: ("protocol error", "the edge and this client disagree on the WebSocket protocol"),
+    PROTOCOL_ERROR: (
+        "protocol error",
+        "the edge and this client disagree on the WebSocket protocol",
+    ),
     UNSUPPORTED_DATA: ("unsupported data", "a message was not binary"),
     ABNORMAL: ("connection lost", "the connection to the edge dropped without a Close"),
     1008: ("policy violation", "the edge refused the tunnel"),
-    1009: (
+    MESSAGE_TOO_BIG: (
         "message too big",
         "a message was larger than the edge accepts (PORT_FORWARD_MAX_MESSAGE)",
     ),
-    1011: (
+    INTERNAL_ERROR: (
         "ping timeout or internal error",
-        "the edge ended the tunnel: its pings went unanswered in time, or it failed",
+        "the edge ended the tunnel: its pings went unanswered in time, the target reset "
+        "the connection, or the edge failed",
     ),
-    1013: ("try again later", "the edge is overloaded"),
-    4003: ("port mismatch", "the tunnel's port is not the one its ticket was bought for"),
-    4004: (
+    TRY_AGAIN_LATER: (
+        "try again later",
+        "the edge cannot check tickets right now (its Redis is unreachable)",
+    ),
+    PORT_MISMATCH: (
+        "port mismatch",
+        "the tunnel's port is not the one its ticket was bought for",
+    ),
+    TARGET_UNREACHABLE: (
         "target unreachable",
         "the edge could not connect to the target (connection refused or timed out)",
     ),
-    4005: ("database not ready", "the database's status is not 'created'"),
-    4008: (
+    DATABASE_NOT_READY: ("database not ready", "the database's status is not 'created'"),
+    SESSION_TIMEOUT: (
         "session timeout",
         "the tunnel reached the maximum session length (PORT_FORWARD_MAX_SESSION_SECONDS)",
     ),
-    4010: (
+    TICKET_INVALID: (
         "ticket invalid",
         "the ticket was missing, used, expired or for another target, or the token was "
         "revoked or lost its access to the project",
@@ -230,9 +252,9 @@ class TunnelCore:
                 self._handle(event, events)
                 if self.closed:
                     break
-        except ProtocolError as exc:  # a 101 that is not one, say: our side fails it
+        except ProtocolError:  # a 101 that is not one, say: our side fails it
             self.closed = True
-            events.append(Closed(1002, str(exc), ours=True))
+            events.append(Closed(PROTOCOL_ERROR, "", ours=False))
         return events
 
     def _handle(self, event: object, events: list[Event]) -> None:
@@ -254,7 +276,8 @@ class TunnelCore:
                 self._out += self._ws.send(event.response())  # the edge's Close echoed
             elif self._ws.state is ConnectionState.OPEN:  # wsproto found a malformed frame
                 self._out += self._ws.send(CloseConnection(code=event.code, reason=""))
-                ours = True
+                events.append(Closed(int(event.code), "", ours=False))
+                return
             events.append(Closed(int(event.code), event.reason or "", ours=ours))
         elif isinstance(event, TextMessage):
             self.close(UNSUPPORTED_DATA, "text messages are not tunnel data")
