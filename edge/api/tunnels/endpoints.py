@@ -56,6 +56,7 @@ from edge.api.people.auth import PeopleContext
 from edge.api.request import ApiRequest, Endpoint, Scoped
 from edge.api.router import Router
 from edge.auth.roles import has_permission
+from edge.config.targets import READY
 from edge.http1.exchange import Headers
 from edge.tunnels import sessions
 from edge.tunnels.tickets import (
@@ -84,7 +85,6 @@ TICKET_PATH: Final = "/port-forward/ticket"
 #: tunnel opened in its last second is heartbeated (by the keeper's next pass) before then
 RESERVE_SECONDS: Final = TICKET_TTL + 10
 RETRY_AFTER: Final = 5  # seconds: a 429's advice (a slot frees when a tunnel ends)
-DATABASE_READY: Final = "created"  # the one database status a tunnel may be opened to
 _SEGMENT: Final = {"resource": "resources", "database": "databases"}
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -266,7 +266,7 @@ class PortForwardApi:
                 public_message="port must be the database's own port (or left out)",
                 field="port",
             )
-        if database.status != DATABASE_READY:
+        if database.status != READY:  # "created"; creating, failed...: not now
             raise Conflict(
                 "database not ready",
                 code="database_not_ready",
