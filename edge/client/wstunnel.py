@@ -393,13 +393,15 @@ class Tunnel:
                 if not self._accepted.is_set():
                     reason = exc.strerror or type(exc).__name__
                     return None, f"the connection to the edge failed during the upgrade: {reason}"
+            local = self._local_writer
             for event in self._core.receive(data):
                 if isinstance(event, ToLocal):
                     self.bytes_in += len(event.data)
-                    self._local_writer.write(event.data)
+                    if not local.is_closing():  # else the local client left: dropped
+                        local.write(event.data)
                 elif event is LocalEof.EOF:
-                    if self._local_writer.can_write_eof():
-                        self._local_writer.write_eof()
+                    if not local.is_closing() and local.can_write_eof():
+                        local.write_eof()
                 elif isinstance(event, Accepted):
                     self._accepted.set()
                 elif isinstance(event, Closed):
@@ -411,8 +413,9 @@ class Tunnel:
                     return event.status, explain_status(event.status, event.reason, event.body)
             self._flush()
             try:
-                await self._local_writer.drain()  # a slow local reader pauses the edge
+                await local.drain()  # a slow local reader pauses the edge
             except OSError:  # the local client is gone: end the tunnel
+                local.close()
                 self.stop(NORMAL, "client gone")
 
     async def _to_edge(self) -> None:
