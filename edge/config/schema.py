@@ -19,10 +19,8 @@ readable message (see :mod:`edge.config.problems`).
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -37,10 +35,11 @@ from edge.config.addresses import (
 )
 from edge.config.pathregex import compile_path_regex
 from edge.config.problems import ConfigError, Problems, decode_struct
+from edge.config.targets import Target, decode_target
+from edge.config.timestamps import Timestamp, validate_timestamp
 from edge.store import keys
 
 if TYPE_CHECKING:
-    from edge.config.targets import Target
     from edge.tls.material import CertRecord
 
 __all__ = [
@@ -72,7 +71,6 @@ RouteMode: TypeAlias = Literal["all", "selective", "none"]
 AuthMode: TypeAlias = Literal["forward", "redirect", "passthrough"]
 TargetType: TypeAlias = Literal["port", "service", "hostname", "url"]
 RouteScope: TypeAlias = Literal["global", "proxy"]
-Timestamp: TypeAlias = str | float | None
 
 
 class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -176,8 +174,7 @@ class CertDomain(msgspec.Struct, frozen=True):
 # ``cert:{name}`` decodes to ``edge.tls.material.CertRecord``, imported only when a
 # certificate is decoded: ``cryptography`` stays off the import path of everything else
 # that reads this module (settings, the router, the client). The port-forward targets are
-# ``edge.config.targets``'s, which imports this module (for timestamps), so it is imported
-# when a target is decoded too.
+# ``edge.config.targets``'s.
 ConfigItem: TypeAlias = (
     "ProxyConfig | RouteConfig | ExternalService | ServiceURL | CertDomain | CertRecord | Target"
 )
@@ -313,20 +310,6 @@ def validate_header_map(headers: Mapping[str, str]) -> dict[str, str]:
         except ValueError as exc:
             raise ValueError(f"header {name!r}: {exc}") from None
     return dict(headers)
-
-
-def validate_timestamp(value: str | float) -> str | float:
-    if isinstance(value, str):
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(
-                f"must be an ISO 8601 timestamp or a Unix epoch number, got {value!r}"
-            ) from None
-        return value
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be an ISO 8601 timestamp or a Unix epoch number, got {value!r}")
-    return value
 
 
 def _validate_words(values: Iterable[str], what: str) -> None:
@@ -671,8 +654,6 @@ def decode_item(key: str, raw: bytes | str) -> ConfigItem:
     if kind == "cert_domain":
         return _decode_cert_domain(key, key[len(_CERT_DOMAIN_PREFIX) :], raw)
     if kind in ("app", "app_resource", "database"):
-        from edge.config.targets import decode_target
-
         return decode_target(kind, key, raw)
     raise ConfigError(key, None, "not a configuration key")
 

@@ -14,8 +14,7 @@ documents are as strict as the others: unknown fields are refused, the ``id`` mu
 key's own, hosts are DNS names or IP literals, ports 1-65535. Every problem of a document is
 reported at once, with its key and field (:mod:`edge.config.problems`).
 
-This module imports :mod:`edge.config.schema` (for timestamps); schema imports it only when a
-target is decoded, as it does for certificates.
+A leaf of :mod:`edge.config` (schema imports it, not the reverse).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import msgspec
 
 from edge.config.addresses import normalize_hostname
 from edge.config.problems import ConfigError, Problems, decode_struct
-from edge.config.schema import Timestamp, validate_timestamp
+from edge.config.timestamps import Timestamp, validate_timestamp
 from edge.store import keys
 
 __all__ = [
