@@ -36,6 +36,7 @@ from edge.handlers.forward import Forwarder
 from edge.handlers.forwardauth import OwnTokenAuth, ResourceMetadata
 from edge.handlers.live_access import LiveAccess
 from edge.handlers.oauth.endpoints import OAuthEndpoints
+from edge.handlers.tunnel import PortForwardSockets
 from edge.health import HealthView, Report
 from edge.http1.connection import HttpConnection
 from edge.http1.hub import Hub
@@ -53,6 +54,8 @@ from edge.sdnotify import WorkerReporter
 from edge.settings import Settings
 from edge.store.client import redis_client
 from edge.tls.store import TlsStore
+from edge.tunnels.keeper import SessionKeeper
+from edge.tunnels.registry import TunnelRegistry
 from edge.upstream.pool import UpstreamPool
 from edge.upstream.subrequest import Subrequests
 
@@ -137,20 +140,30 @@ class Worker:
                 issuer=self.oauth.config.issuer,
                 auth_hostname=self.oauth.config.auth_hostname,
             )
+        # port-forward tunnels: this worker's live ones (the keeper gives each one's session
+        # slot back when it ends) and their WebSocket endpoints on the API
+        self.keeper = SessionKeeper(self.tokens.redis.client, lambda: self.tunnels.live())
+        self.tunnels = TunnelRegistry(self.keeper.released)
+        tunnel_sockets = PortForwardSockets(
+            lambda: self.tokens.redis.client, lambda: self.watcher.snapshot, settings, self.tunnels
+        )
         self.api = ApiApp(
             lambda: self.health(),
-            default_groups(
-                self.tokens,
-                pat_cache_ttl=settings.pat_verify_cache_ttl,
-                acme=AcmeDefaults(
-                    directory_url=settings.acme_directory_url,
-                    staging_url=settings.acme_staging_url,
-                    admin_email=settings.admin_email,
-                    token_email=self._token_email,
-                    kick=self.acme.kick,
+            [
+                *default_groups(
+                    self.tokens,
+                    pat_cache_ttl=settings.pat_verify_cache_ttl,
+                    acme=AcmeDefaults(
+                        directory_url=settings.acme_directory_url,
+                        staging_url=settings.acme_staging_url,
+                        admin_email=settings.admin_email,
+                        token_email=self._token_email,
+                        kick=self.acme.kick,
+                    ),
+                    oauth=oauth_admin,
                 ),
-                oauth=oauth_admin,
-            ),
+                tunnel_sockets,
+            ],
         )
         self.dispatcher = Dispatcher(
             self.forwarder,
