@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -188,6 +190,28 @@ def test_apps_and_their_resources(api: Api, redis_db: RedisServer) -> None:
     assert [a["id"] for a in api.ok("GET", APPS)["apps"]] == [drawn["id"]]
     assert api.ok("GET", f"{APPS}?project_id={other}") == {"apps": []}
     assert_error(api("GET", f"{APPS}?project=x"), 400, "invalid_query", "project")
+
+
+def test_no_resource_outlives_its_app(api: Api, redis_db: RedisServer) -> None:
+    """Resources created while their app is deleted: each one is either deleted with the
+    app or refused (404), never left behind."""
+    r = redis_db.client()
+    pid = api.project()
+    for attempt in range(3):
+        app_id = f"web{attempt}"
+        api.ok("POST", APPS, {"id": app_id, "project_id": pid, "name": "w"}, 201)
+        body = {"name": "x", "host": "10.0.0.1", "config_port": 5432}
+        with ThreadPoolExecutor(8) as pool:
+            creates = [
+                pool.submit(api, "POST", f"{APPS}/{app_id}/resources", body) for _ in range(30)
+            ]
+            time.sleep(0.01 * attempt)
+            deleted = api("DELETE", f"{APPS}/{app_id}")
+            statuses = {c.result().status for c in creates}
+        assert deleted.status == 204, deleted.raw
+        assert statuses <= {201, 404}, statuses
+        left = [k for k in r.scan_iter("app_resource:*") if app_id.encode() in (r.get(k) or b"")]
+        assert left == [], (attempt, left)
 
 
 def test_databases(api: Api, redis_db: RedisServer) -> None:
