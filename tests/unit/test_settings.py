@@ -98,6 +98,11 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "ON_DEMAND_TLS_MAX_PER_HOUR": ("on_demand_tls_max_per_hour", 20),
     "PAT_VERIFY_CACHE_TTL": ("pat_verify_cache_ttl", 30.0),
     "PAT_LAST_USED_FLUSH_INTERVAL": ("pat_last_used_flush_interval", 30.0),
+    "PORT_FORWARD_MAX_SESSIONS": ("port_forward_max_sessions", 5),
+    "PORT_FORWARD_MAX_SESSION_SECONDS": ("port_forward_max_session_seconds", 3600.0),
+    "PORT_FORWARD_PING_INTERVAL": ("port_forward_ping_interval", 20.0),
+    "PORT_FORWARD_CONNECT_TIMEOUT": ("port_forward_connect_timeout", 5.0),
+    "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", 1048576),
     "BASE_DOMAIN": ("base_domain", None),
     "AUTH_HOSTNAME": ("auth_hostname_setting", None),
     "OAUTH_ISSUER": ("oauth_issuer_setting", None),
@@ -135,6 +140,9 @@ SECONDS = [
     "CONFIG_RESYNC_INTERVAL",
     "UPSTREAM_IDLE_TIMEOUT",
     "PAT_LAST_USED_FLUSH_INTERVAL",
+    "PORT_FORWARD_MAX_SESSION_SECONDS",
+    "PORT_FORWARD_PING_INTERVAL",
+    "PORT_FORWARD_CONNECT_TIMEOUT",
 ]
 
 # every numeric and enumerated variable with values it must refuse
@@ -165,6 +173,8 @@ INVALID: list[tuple[str, str]] = [
     ("ON_DEMAND_TLS_WAIT", "0"),
     ("RENEWAL_THRESHOLD_DAYS", "-1"),
     *[("PAT_VERIFY_CACHE_TTL", bad) for bad in ("-1", "3601", "nan", "soon")],
+    *[("PORT_FORWARD_MAX_SESSIONS", bad) for bad in ("0", "-1", "2.5", "many")],
+    *[("PORT_FORWARD_MAX_MESSAGE", bad) for bad in ("1023", "67108865", "big")],
     ("SELF_SIGNED_CN", "not a host"),
     *[
         (name, bad)
