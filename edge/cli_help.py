@@ -91,6 +91,15 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "user": ("edge user list", "edge user show alice"),
     "project": ("edge project list",),
+    "app": ("edge app create Web --project shop --id web", "edge app list --project shop"),
+    "app-resource": (
+        "edge app-resource create pg --app web --host 10.0.0.5 --port 5432 --internal-port 9187",
+        "edge app-resource list",
+    ),
+    "database": (
+        "edge database create main --project shop --engine postgres --host pg.internal",
+        "edge database list",
+    ),
     "pat": (
         "edge pat list --project web --user alice",
         "edge pat create laptop --project web --user alice --expires-in 30d",
