@@ -560,6 +560,17 @@ class PortForwardSockets:
         task.add_done_callback(self.tasks.discard)
 
     async def _open(self, ex: Exchange, handshake: Handshake, kind: str, target_id: str) -> None:
+        try:
+            await self._opening(ex, handshake, kind, target_id)
+        except Exception:
+            # a bug of ours: logged with the request id, the client gets 1011 (or a reset)
+            log.exception("tunnel failed", extra={"fields": {"request_id": ex.request_id}})
+            if not ex.response_started:
+                self._refuse(ex, handshake, INTERNAL_ERROR)
+            elif not ex.finished:
+                ex.abort()
+
+    async def _opening(self, ex: Exchange, handshake: Handshake, kind: str, target_id: str) -> None:
         query = _query(ex.target)
         s = self.settings
         try:
@@ -591,9 +602,12 @@ class PortForwardSockets:
                 tunnel.refuse(handshake, TARGET_UNREACHABLE)
                 return
             tunnel.start(handshake, side)
-        except BaseException:
+        except BaseException as exc:
             if tunnel.bridge is None:
-                tunnel.abandon()
+                if isinstance(exc, Exception):
+                    tunnel.finish()  # the slot is given back; _open answers 1011
+                else:
+                    tunnel.abandon()  # cancelled (the worker stops): no word to the client
             raise
 
     async def _redeem(self, ex: Exchange, text: str | None) -> Ticket | None:
@@ -626,6 +640,6 @@ class PortForwardSockets:
         return database.host, database.port
 
     def _refuse(self, ex: Exchange, handshake: Handshake, code: int) -> None:
-        """A refusal before any ticket was taken: 101, Close ``code``."""
+        """A refusal without a live tunnel (no ticket taken): 101, Close ``code``."""
         log.info("tunnel refused", extra={"fields": {"request_id": ex.request_id, "code": code}})
         ClientEnd(ex, self.settings.port_forward_max_message).refuse(handshake, code)
