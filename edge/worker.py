@@ -161,6 +161,8 @@ class Worker:
                         kick=self.acme.kick,
                     ),
                     oauth=oauth_admin,
+                    targets=lambda: self.watcher.snapshot,
+                    max_sessions=settings.port_forward_max_sessions,
                 ),
                 tunnel_sockets,
             ],
@@ -225,6 +227,7 @@ class Worker:
         view.add(self.services.health_report)
         oauth = self.oauth
         view.add(lambda: Report({"oauth": oauth.health() if oauth is not None else None}))
+        view.add(lambda: Report({"tunnels": self.tunnels.health()}))
         return view
 
     async def _token_email(self, name: str) -> str | None:
@@ -262,6 +265,9 @@ class Worker:
         self.services.start(
             TaskService("pat-last-used", flusher.run, lambda: {"flushed": flusher.flushed})
         )
+        # port-forward tunnels: revocations cut live ones, heartbeats keep their slots
+        keeper = self.keeper
+        self.services.start(TaskService("tunnel-keeper", keeper.run, keeper.health))
         on_demand = self.on_demand
         self.services.start(
             TaskService(
@@ -374,6 +380,7 @@ class Worker:
         WorkerReporter.start(self.loop, self.worker_id)  # the supervisor's READY, watchdog
         await self.stop.wait()
         await self.drain()
+        await self.keeper.close()  # the ended tunnels' slots given back
         await self.services.stop()  # before the API's Redis client the flush uses closes
         await self.api.close()
         await self.challenges.close()  # closes the ACME client too
@@ -423,7 +430,7 @@ class Worker:
         # tunnels (WebSockets) have no end of their own: after a grace they are told to go
         # away (close 1001 both ways), leaving at least half the drain for the close
         grace = min(s.drain_websocket_grace, s.drain_timeout / 2)
-        going_away = self.loop.call_later(grace, self.hub.going_away)
+        going_away = self.loop.call_later(grace, self._going_away)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(s.drain_timeout):
                 await self._idle()
@@ -439,6 +446,12 @@ class Worker:
         for task in [*self.forwarder.tasks, *self.subrequests.tasks, *logins]:
             task.cancel()
         log.info("drained", extra={"fields": {"aborted": len(self.hub.connections)}})
+
+    def _going_away(self) -> None:
+        """The drain's grace is over: WebSockets and tunnels close with 1001, tunnels
+        still connecting to their target included."""
+        self.hub.going_away()
+        self.tunnels.going_away()
 
     async def _idle(self) -> None:
         """Return once no connection is left: none in HTTP, none in a PROXY preface or
