@@ -581,6 +581,8 @@ class PortForwardSockets:
             self._refuse(ex, handshake, TRY_AGAIN_LATER)
             return
         if ticket is None or ticket.target_type != kind or ticket.target_id != target_id:
+            if ticket is not None:
+                self.registry.discard(ticket)  # used up for nothing: its slot is free again
             self._refuse(ex, handshake, TICKET_INVALID)
             return
         tunnel = Tunnel(ex, ticket, self.registry, s)

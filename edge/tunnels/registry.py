@@ -67,6 +67,14 @@ class TunnelRegistry:
             # the tunnel is gone either way; its slot runs out by itself (no heartbeat)
             log.exception("tunnel end not recorded")
 
+    def discard(self, ticket: Ticket) -> None:
+        """A redeemed ticket that opens no tunnel (it names another target): its slot is
+        given back at once rather than held until it runs out."""
+        try:
+            self._on_closed(ticket)
+        except Exception:
+            log.exception("unused ticket's slot not given back")
+
     def live(self) -> list[LiveTunnel]:
         """The tunnels now live (a copy: closing one while walking it is safe)."""
         return list(self._live)

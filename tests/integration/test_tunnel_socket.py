@@ -37,6 +37,7 @@ from edge.api.people.store import PatRecord, PeopleStore, new_id
 from edge.api.tokens.store import now_iso
 from edge.settings import RedisTarget
 from edge.store.client import RedisHandle
+from edge.tunnels.sessions import count, reserve
 from edge.tunnels.tickets import TargetType, Ticket, issue, new_session_id, new_ticket
 from tests.helpers import EdgeProcess, RedisServer, free_port
 from tests.integration.test_streaming import RssSampler, rss_kb
@@ -459,6 +460,23 @@ async def test_every_ticket_problem_closes_4010(world: WorldFactory) -> None:
     await asyncio.sleep(1.5)
     assert await close_code(w.url("databases", "db_echo", short)) == 4010
     w.secrets_never_logged()
+
+
+async def test_a_ticket_for_another_target_gives_its_slot_back(world: WorldFactory) -> None:
+    """Redeemed for nothing (it names another target): the slot it reserved is free at
+    once, not held until it runs out."""
+    w = await world()
+    text = await w.ticket("database", "db_answer")
+    record = await w.redis.get(f"port_forward_ticket:{text}")
+    session = json.loads(record)["session_id"]
+    assert await reserve(w.redis, w.project, session, 5, 60)
+    assert await count(w.redis, w.project) == 1
+    assert await close_code(w.url("databases", "db_echo", text)) == 4010
+    for _ in range(40):  # the slot is given back in the background: within 2 s
+        if not await count(w.redis, w.project):
+            break
+        await asyncio.sleep(0.05)
+    assert await count(w.redis, w.project) == 0
 
 
 async def test_a_port_that_is_not_the_tickets_closes_4003(world: WorldFactory) -> None:
