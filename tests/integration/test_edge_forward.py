@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -19,12 +20,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.auth.pat import new_pat_token
-from tests.helpers import ROOT, PtyCapture, free_port, wait_for
+from tests.api_client import call
+from tests.helpers import ROOT, EdgeProcess, PtyCapture, RedisServer, free_port, wait_for
 from tests.tunnel_standin import TunnelStandIn
 
 CLIENT_ENV = ("API_URL", "TOKEN", "ADMIN_TOKEN", "EDGE_PROFILE", "EDGE_PAT", "XDG_CONFIG_HOME")
@@ -464,3 +468,182 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, pat: str) -> None:
         )
     assert done.returncode == 1
     assert done.stderr == f"edge: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+# ---------------------------------------------------------------------------- the real edge
+
+
+@dataclass
+class RealEdge:
+    """A real edge and its Redis, with one project whose owner has a PAT."""
+
+    edge: EdgeProcess
+    admin: str
+    redis: RedisServer
+    pid: str = ""
+    uid: str = ""
+    tid: str = ""
+    pat: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.edge.api_port}"
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        answer = call(self.edge.api_port, method, path, self.admin, body)
+        assert 200 <= answer.status < 300, (method, path, answer.status, answer.raw)
+        return answer.doc
+
+    def database(self, ident: str, port: int, engine: str = "postgres", **more: Any) -> None:
+        """``database:{ident}`` on 127.0.0.1:port, once the edge's snapshot has it."""
+        doc = {"id": ident, "project_id": self.pid, "name": ident, "engine": engine}
+        doc.update(host="127.0.0.1", port=port, status="created", **more)
+        self.redis.client().set(f"database:{ident}", json.dumps(doc))
+
+        def listed() -> bool:
+            answer = call(self.edge.api_port, "GET", "/public-api/databases", self.pat)
+            return answer.status == 200 and ident in json.dumps(answer.doc)
+
+        wait_for(listed)
+
+    def forward(self, factory: Callable[..., Forward], target: str, *extra: str) -> Forward:
+        return factory("127.0.0.1:0", target, "--api-url", self.url, *extra, EDGE_PAT=self.pat)
+
+    def health_tunnels(self) -> dict[str, Any]:
+        found = self.edge.health().get("tunnels")
+        assert isinstance(found, dict), self.edge.health()
+        return found
+
+
+def start_real_edge(
+    edge_factory: Callable[..., EdgeProcess], admin: str, redis_db: RedisServer, **env: Any
+) -> RealEdge:
+    real = RealEdge(edge_factory(ADMIN_TOKEN=admin, **env), admin, redis_db)
+    real.pid = real.api("POST", "/api/v1/projects/", {"name": "shop"})["id"]
+    user = real.api("POST", "/api/v1/users/", {"name": "ann", "email": "ann@x.test"})
+    real.uid = user["id"]
+    real.api(
+        "PUT",
+        f"/api/v1/projects/{real.pid}/members/{real.uid}",
+        {"role": "owner", "accepted": True},
+    )
+    token = real.api(
+        "POST", f"/api/v1/projects/{real.pid}/tokens", {"user_id": real.uid, "name": "laptop"}
+    )
+    real.tid, real.pat = token["data"]["id"], token["data"]["token"]
+    return real
+
+
+@pytest.fixture
+def real(edge_factory: Callable[..., EdgeProcess], admin: str, redis_db: RedisServer) -> RealEdge:
+    return start_real_edge(edge_factory, admin, redis_db)
+
+
+def test_real_edge_megabytes_both_ways_and_half_close(
+    real: RealEdge, forward_factory: Callable[..., Forward], target: Target
+) -> None:
+    down, up = os.urandom(3_000_000), os.urandom(4_000_001)
+    pump = Target(send=down)
+    try:
+        real.database("pump", pump.port)
+        real.database("asker", target.port)
+        forward = real.forward(forward_factory, "database/pump")
+        with forward.connect() as client:
+            sender = threading.Thread(target=_send_all, args=(client, up))
+            sender.start()
+            got = _read_all(client)
+            sender.join()
+        assert sha(got) == sha(down)
+        wait_for(lambda: pump.received)
+        assert sha(pump.received[0]) == sha(up)
+        asker = real.forward(forward_factory, "database/asker")
+        question = os.urandom(100_000)
+        with asker.connect() as client:
+            client.sendall(question)
+            client.shutdown(socket.SHUT_WR)  # the target sees EOF, then answers
+            assert _read_all(client) == b"got 100000 bytes, sha256 %s" % sha(question).encode()
+        assert forward.stop() == 0 and asker.stop() == 0
+        wait_for(lambda: real.health_tunnels()["open"] == 0)
+    finally:
+        pump.close()
+
+
+def test_real_edge_refusals_are_one_line_each(
+    edge_factory: Callable[..., EdgeProcess],
+    admin: str,
+    redis_db: RedisServer,
+    forward_factory: Callable[..., Forward],
+    target: Target,
+) -> None:
+    real = start_real_edge(edge_factory, admin, redis_db, PORT_FORWARD_MAX_SESSIONS=1)
+    real.database("db", target.port)
+    closed = free_port()  # nothing listens there
+    real.database("gone", closed)
+    forward = real.forward(forward_factory, "database/db")
+    held = forward.connect()  # the project's one session
+    held.sendall(b"x")
+    wait_for(lambda: real.health_tunnels()["open"] == 1)
+    with forward.connect() as client:
+        assert _read_all(client) == b""
+    line = forward.wait_line("connection 2 .* refused")
+    assert "refused: ticket refused: 429 " in line and "too many live sessions" in line, line
+    held.shutdown(socket.SHUT_WR)
+    assert _read_all(held).startswith(b"got 1 bytes")
+    held.close()
+    wait_for(lambda: real.health_tunnels()["open"] == 0)
+    gone = real.forward(forward_factory, "database/gone")
+    deadline = time.monotonic() + 10
+    while True:  # the session slot comes back when the edge has released it
+        with gone.connect() as client:
+            assert _read_all(client) == b""
+        line = gone.wait_line(" refused: ")
+        if "429" not in line or time.monotonic() > deadline:
+            break
+        gone.lines.clear()
+    assert "refused: 4004 target unreachable: the edge could not connect" in line, line
+    missing = real.forward(forward_factory, "database/nope")
+    with missing.connect() as client:
+        assert _read_all(client) == b""
+    assert "ticket refused: 404 " in missing.wait_line(" refused: ")
+    forged = forward_factory("0", "database/db", "--api-url", real.url, "--token", new_pat_token())
+    with forged.connect() as client:
+        assert _read_all(client) == b""
+    assert "ticket refused: 401 " in forged.wait_line(" refused: ")
+
+
+def test_real_edge_revoking_the_pat_cuts_the_tunnel_with_4010(
+    real: RealEdge, forward_factory: Callable[..., Forward], target: Target
+) -> None:
+    real.database("db", target.port)
+    forward = real.forward(forward_factory, "database/db")
+    with forward.connect() as client:
+        client.sendall(b"before")
+        wait_for(lambda: real.health_tunnels()["open"] == 1)
+        real.api("DELETE", f"/api/v1/projects/{real.pid}/tokens/{real.tid}?user_id={real.uid}")
+        started = time.monotonic()
+        client.settimeout(10)
+        assert _read_all(client) == b""
+        assert time.monotonic() - started < 3
+    line = forward.wait_line("closed by the edge")
+    assert "4010 ticket invalid" in line and "revoked" in line, line
+
+
+def test_real_edge_sigint_ends_live_tunnels_and_exits_0(
+    real: RealEdge, forward_factory: Callable[..., Forward], target: Target
+) -> None:
+    real.database("db", target.port)
+    forward = real.forward(forward_factory, "database/db")
+    clients = [forward.connect() for _ in range(3)]
+    for client in clients:
+        client.sendall(b"live")
+    wait_for(lambda: real.health_tunnels()["open"] == 3)
+    started = time.monotonic()
+    assert forward.stop(signal.SIGINT) == 0
+    assert time.monotonic() - started < 3
+    for client in clients:
+        with client:
+            client.settimeout(5)
+            assert _read_all(client) == b""
+    wait_for(lambda: real.health_tunnels()["open"] == 0)
+    wait_for(lambda: sorted(target.received) == [b"live"] * 3)
+    assert forward.wait_line("stopped: 0 live, 3 opened, 0 refused")
