@@ -221,6 +221,8 @@ def test_a_gibibyte_each_way_with_equal_sha256_and_bounded_edge_memory(
         assert edge_rss.growth_mib < RSS_LIMIT_MIB, edge_rss.growth_mib
         line = forward.wait_line(r" ended: ")
         assert "in 1.1 GB, out 1.1 GB" in line, line
+        tunnels = project.edge.health()["tunnels"]
+        assert (tunnels["open"], tunnels["bytes_in"], tunnels["bytes_out"]) == (0, GiB, GiB)
         no_abnormal_end(forward)
     finally:
         target.close()
@@ -338,6 +340,7 @@ def test_the_cap_of_five_holds_across_two_edges(
             ping(sock)  # the tunnel is open end to end
             live.append(sock)
         assert project.slots(redis_db) == 5
+        assert [e.health()["tunnels"]["open"] for e in (first, second)] == [3, 2]
 
         for name, number in (("first", 4), ("second", 3)):
             with via[name].connect() as sixth:
@@ -394,6 +397,7 @@ def test_revoking_the_pat_cuts_a_live_psql_session(
         assert revoked.status == 200, revoked.raw
         line = forward.wait_line(r" closed by the edge: ", timeout=5)
         took = time.monotonic() - began
+        print(f"\nrevoked -> edge forward's 4010 line: {took:.2f} s")
         assert took < 2.0, took
         assert REVOKED_LINE in line, line
 
@@ -437,6 +441,7 @@ def test_a_drain_closes_the_tunnel_with_1001_and_the_edge_exits_in_time(
     status = edge.proc.wait(drain_timeout + 5)
     took = time.monotonic() - began
     assert status == 0, edge.stderr()
+    print(f"\nSIGTERM -> tunnel ended {seen:.2f} s, edge exited {took:.2f} s")
     assert 0.8 < seen < drain_timeout / 2, seen  # after the grace for tunnels, not the end
     assert took < drain_timeout, took
     assert forward.proc.poll() is None  # edge forward keeps listening for the next one
