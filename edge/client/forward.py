@@ -26,7 +26,6 @@ import ipaddress
 import itertools
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -239,7 +238,8 @@ class Display:
 
 
 class Forwarder:
-    """The listener and its tunnels: one ticket and one WebSocket per local connection."""
+    """The listener's side of the tunnels: one ticket and one WebSocket per local
+    connection, each served by a task of its own."""
 
     def __init__(
         self,
@@ -258,8 +258,7 @@ class Forwarder:
         self.timeout = timeout
         self.debug = debug
         self._numbers = itertools.count(1)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._tunnels: dict[asyncio.Task[None], Tunnel] = {}
+        self._tasks: dict[asyncio.Task[None], Tunnel] = {}
         self.opened = 0
         self.refused = 0
         self._bytes_in = 0  # of the tunnels that ended
@@ -271,11 +270,11 @@ class Forwarder:
 
     @property
     def bytes_in(self) -> int:
-        return self._bytes_in + sum(t.bytes_in for t in self._tunnels.values())
+        return self._bytes_in + sum(t.bytes_in for t in self._tasks.values())
 
     @property
     def bytes_out(self) -> int:
-        return self._bytes_out + sum(t.bytes_out for t in self._tunnels.values())
+        return self._bytes_out + sum(t.bytes_out for t in self._tasks.values())
 
     def summary(self) -> str:
         return (
@@ -283,30 +282,34 @@ class Forwarder:
             f"in {human_bytes(self.bytes_in)}, out {human_bytes(self.bytes_out)}"
         )
 
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One local connection, from its ticket to its end (the server's callback)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        number = next(self._numbers)
-        peer = writer.get_extra_info("peername")
-        name = f"connection {number}" + (f" from {format_address(*peer[:2])}" if peer else "")
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await self._tunnel(name, reader, writer)
-        except asyncio.CancelledError:
-            pass  # shutting down before the tunnel opened
-        finally:
-            writer.close()
-            self._tasks.discard(task)
+    def protocol(self) -> asyncio.Protocol:
+        """The listener's protocol factory: a tunnel per accepted connection."""
+        from edge.client.wstunnel import Tunnel
 
-    async def _tunnel(
-        self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+        return Tunnel(timeout=self.timeout, on_local=self._accepted).local_protocol()
+
+    def _accepted(self, tunnel: Tunnel) -> None:
+        number = next(self._numbers)
+        name = f"connection {number}"
+        if tunnel.peer is not None:
+            name += f" from {format_address(*tunnel.peer)}"
+        task = asyncio.get_running_loop().create_task(self._serve(name, tunnel))
+        self._tasks[task] = tunnel
+
+    async def _serve(self, name: str, tunnel: Tunnel) -> None:
+        """One local connection, from its ticket to its end."""
+        try:
+            await self._tunnel(name, tunnel)
+        finally:
+            tunnel.abort()
+            self._bytes_in += tunnel.bytes_in
+            self._bytes_out += tunnel.bytes_out
+            task = asyncio.current_task()
+            assert task is not None
+            del self._tasks[task]
+
+    async def _tunnel(self, name: str, tunnel: Tunnel) -> None:
         from edge.client.ticket import Refused, buy_ticket, failure_reason
-        from edge.client.wstunnel import Tunnel, TunnelCore
 
         def retrying(attempt: int, pause: float, why: str) -> None:
             if self.debug:
@@ -314,34 +317,24 @@ class Forwarder:
                     f"edge: {name}: ticket try {attempt} failed ({why}), again in {pause:g}s"
                 )
 
+        endpoint = self.endpoint
         try:
             ticket = await buy_ticket(
-                self.endpoint,
-                self._token,
-                self.target.request(),
-                timeout=self.timeout,
+                endpoint, self._token, self.target.request(), timeout=self.timeout,
                 on_retry=retrying,
-            )
+            )  # fmt: skip
+            if tunnel.local_gone:  # the client left meanwhile: the ticket expires unused
+                return
             try:
-                edge = await self.endpoint.connect(self.timeout)
+                await tunnel.connect(endpoint, endpoint.prefix + ticket.websocket_path)
             except (OSError, TimeoutError) as exc:
                 reason = failure_reason(exc, self.timeout)
-                raise Refused(f"cannot reach the edge at {self.endpoint.url}: {reason}") from None
+                raise Refused(f"cannot reach the edge at {endpoint.url}: {reason}") from None
         except Refused as exc:
             self.refused += 1
             self.display.line(f"edge: {name} refused: {exc}")
             return
-        core = TunnelCore(self.endpoint.authority, self.endpoint.prefix + ticket.websocket_path)
-        tunnel = Tunnel((reader, writer), edge, core, timeout=self.timeout)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tunnels[task] = tunnel
-        try:
-            ending = await tunnel.run()
-        finally:
-            del self._tunnels[task]
-            self._bytes_in += tunnel.bytes_in
-            self._bytes_out += tunnel.bytes_out
+        ending = await tunnel.run()
         if ending.problem is not None and ending.refused:
             self.refused += 1
             self.display.line(f"edge: {name} refused: {ending.problem}")
@@ -359,9 +352,8 @@ class Forwarder:
         """Close every tunnel: a Close 1001 to the edge for the open ones, the others
         (still buying a ticket or upgrading) cancelled; at most :data:`SHUTDOWN_WAIT`
         seconds for the edge to answer."""
-        for task in list(self._tasks):
-            tunnel = self._tunnels.get(task)
-            if tunnel is not None and tunnel.accepted:
+        for task, tunnel in list(self._tasks.items()):
+            if tunnel.accepted:
                 tunnel.stop()
             else:
                 task.cancel()
@@ -381,7 +373,7 @@ async def serve(forwarder: Forwarder, host: str, port: int, out: TextIO = sys.st
         loop.add_signal_handler(signum, stop.set)
     try:
         try:
-            server = await asyncio.start_server(forwarder.accept, host, port, limit=2**16)
+            server = await loop.create_server(forwarder.protocol, host, port)
         except OSError as exc:  # asyncio's text repeats the address: the errno's says it all
             why = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
             raise ClientError(f"cannot listen on {format_address(host, port)}: {why}") from None

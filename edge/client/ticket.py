@@ -44,6 +44,7 @@ __all__ = [
     "Unreachable",
     "buy_ticket",
     "explain_status",
+    "tls_context",
 ]
 
 TICKET_PATH = "/port-forward/ticket"
@@ -97,7 +98,7 @@ class Ticket:
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """One verifying context for every connection, as the other client commands check
     ``https://`` URLs: the system's CAs, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``."""
     return ssl.create_default_context()
@@ -140,7 +141,7 @@ class Endpoint:
         limit: int = 2**16,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to the edge (TLS for ``https``), within ``timeout`` seconds."""
-        tls = _tls_context() if self.https else None
+        tls = tls_context() if self.https else None
         opening = asyncio.open_connection(
             self.host, self.port, ssl=tls, server_hostname=self.host if tls else None, limit=limit
         )

@@ -9,19 +9,23 @@ on the local socket, so a tool that shuts down its write side and then reads the
 (``pg_dump``, request/response scripts) works. Without it (an edge that does not echo
 the subprotocol), the local side's EOF ends the tunnel with a Close 1000.
 
-:class:`Tunnel` is the asyncio shell around one core: two pumps on streams, each waiting
-for the other side's ``drain()`` before reading more, so a slow reader on either side
-stops the reading on the other and memory stays bounded (64 KiB reads, the transports'
-write buffer limits). Messages sent are at most 64 KiB.
+:class:`Tunnel` is the asyncio shell around one core: one Protocol per socket, callbacks
+only (no task per direction, no stream buffers: measured, the streams version spent a
+third more CPU per byte). Flow control is coupled through the transports' own signals:
+while one socket's unsent bytes are above :data:`WRITE_HIGH`, the other socket is not
+read, so a slow reader on either side slows the other and memory stays bounded whatever
+the speeds. Messages sent are at most 64 KiB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -38,7 +42,7 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError
 
 from edge.client.errors import one_line
-from edge.client.ticket import USER_AGENT, explain_status
+from edge.client.ticket import USER_AGENT, Endpoint, explain_status, tls_context
 from edge.tunnels.bridge import (
     DATABASE_NOT_READY,
     GOING_AWAY,
@@ -72,6 +76,8 @@ __all__ = [
 SUBPROTOCOL = TUNNEL_SUBPROTOCOL  # offered on every tunnel: it adds the half-close
 MAX_FRAME = 64 * 1024  # the largest message sent, and the size of each read
 MAX_REJECTION = 64 * 1024  # of an HTTP refusal's body, kept to explain it
+WRITE_HIGH = 256 * 1024  # a socket's unsent bytes above this pause the other socket's reading
+WRITE_LOW = 64 * 1024  # ... until they fall below this
 CLOSE_WAIT = 3.0  # seconds for the edge's Close after ours, before the socket is shut
 
 ABNORMAL = 1006  # no Close came: the connection dropped (never sent, RFC 6455 7.4.1)
@@ -180,7 +186,7 @@ class TunnelCore:
 
     def __init__(self, host: str, target: str) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
-        self._out = bytearray()
+        self._out: list[bytes] = []  # whole frames (and the upgrade request), in order
         self.accepted = False
         self.half_close = False
         self.closed = False
@@ -194,13 +200,17 @@ class TunnelCore:
             subprotocols=[SUBPROTOCOL],
             extra_headers=[(b"user-agent", USER_AGENT.encode("ascii"))],
         )
-        self._out += self._ws.send(request)
+        self._out.append(self._ws.send(request))
+
+    def chunks_to_send(self) -> list[bytes]:
+        """The bytes owed to the edge so far, as they were made (and forget them): written
+        with ``writelines``, a 64 KiB message is never copied into a bigger buffer."""
+        out, self._out = self._out, []
+        return out
 
     def data_to_send(self) -> bytes:
-        """The bytes owed to the edge so far (and forget them)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        """The bytes owed to the edge so far, in one piece (and forget them)."""
+        return b"".join(self.chunks_to_send())
 
     @property
     def open(self) -> bool:
@@ -218,7 +228,9 @@ class TunnelCore:
             return
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
-            self._out += self._ws.send(BytesMessage(data=bytes(view[start : start + MAX_FRAME])))
+            # wsproto takes a memoryview (its type hints say bytes): no copy before its own
+            chunk = cast(bytes, view[start : start + MAX_FRAME])
+            self._out.append(self._ws.send(BytesMessage(data=chunk)))
 
     def send_eof(self) -> None:
         """The local side sent its last byte: an empty message with ``edge-tunnel.v1``,
@@ -226,7 +238,7 @@ class TunnelCore:
         if not self.open:
             return
         if self.half_close:
-            self._out += self._ws.send(BytesMessage(data=b""))
+            self._out.append(self._ws.send(BytesMessage(data=b"")))
         else:
             self.close(NORMAL, "client closed")
 
@@ -234,7 +246,7 @@ class TunnelCore:
         """Start the closing handshake (nothing if it already began)."""
         if self._ws.state is ConnectionState.OPEN and self.accepted:
             self._closing_ours = True
-            self._out += self._ws.send(CloseConnection(code=code, reason=reason))
+            self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     def receive(self, data: bytes) -> list[Event]:
         """What ``data`` from the edge means; ``b""`` is the end of the connection."""
@@ -268,14 +280,14 @@ class TunnelCore:
                 self._empty_message = True
         elif isinstance(event, Ping):
             if self._ws.state is ConnectionState.OPEN:
-                self._out += self._ws.send(event.response())
+                self._out.append(self._ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             self.closed = True
             ours = self._closing_ours
             if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                self._out += self._ws.send(event.response())  # the edge's Close echoed
+                self._out.append(self._ws.send(event.response()))  # the edge's Close echoed
             elif self._ws.state is ConnectionState.OPEN:  # wsproto found a malformed frame
-                self._out += self._ws.send(CloseConnection(code=event.code, reason=""))
+                self._out.append(self._ws.send(CloseConnection(code=event.code, reason="")))
                 events.append(Closed(int(event.code), "", ours=False))
                 return
             events.append(Closed(int(event.code), event.reason or "", ours=ours))
@@ -315,124 +327,268 @@ class Ending:
     refused: bool  # ended before any byte went either way
 
 
-class Tunnel:
-    """One accepted local connection and its WebSocket to the edge, bridged."""
+class Side(enum.Enum):
+    LOCAL = "local"
+    EDGE = "edge"
 
-    def __init__(
-        self,
-        local: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        edge: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        core: TunnelCore,
-        *,
-        timeout: float,
-    ) -> None:
-        self._local_reader, self._local_writer = local
-        self._edge_reader, self._edge_writer = edge
-        self._core = core
+
+class _Peer(asyncio.Protocol):
+    """One socket of a tunnel: every callback goes to the :class:`Tunnel` with its side."""
+
+    def __init__(self, tunnel: Tunnel, side: Side) -> None:
+        self.tunnel = tunnel
+        self.side = side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a TCP transport (uvloop's are not asyncio.Transport subclasses, but quack alike)
+        self.tunnel._made(self.side, cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self.tunnel._data(self.side, data)
+
+    def eof_received(self) -> bool:
+        return self.tunnel._eof(self.side)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tunnel._lost(self.side)
+
+    def pause_writing(self) -> None:
+        self.tunnel._write_paused(self.side, True)
+
+    def resume_writing(self) -> None:
+        self.tunnel._write_paused(self.side, False)
+
+
+class Tunnel:
+    """One accepted local connection and its WebSocket to the edge, bridged by callbacks.
+
+    Made by the listener's protocol factory (:meth:`local_protocol` is the local socket's
+    protocol): the local socket is not read until the edge accepted the upgrade.
+    :meth:`connect` opens the edge's socket and sends the upgrade; :meth:`run` waits for
+    the end. Flow control is coupled: while one socket's write buffer is above its
+    high-water mark, the other socket is not read.
+    """
+
+    def __init__(self, *, timeout: float, on_local: Callable[[Tunnel], None]) -> None:
         self._timeout = timeout
-        self._accepted = asyncio.Event()
-        self._closing_since: float | None = None
+        self._on_local = on_local
+        self._core: TunnelCore | None = None
+        self._local: asyncio.Transport | None = None
+        self._edge: asyncio.Transport | None = None
+        self._done: asyncio.Future[tuple[int | None, str | None]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing_armed = False
+        self._local_reading = False
+        self._edge_write_paused = False
+        self._local_ended = False  # the local side sent its EOF, or left
+        self._early: list[bytes] = []  # local bytes read before the tunnel opened
+        self.local_gone = False
+        self.peer: tuple[str, int] | None = None
         self.bytes_in = 0  # from the edge to the local socket
         self.bytes_out = 0  # from the local socket to the edge
 
     @property
     def accepted(self) -> bool:
-        return self._accepted.is_set()
+        return self._core is not None and self._core.accepted
+
+    def local_protocol(self) -> asyncio.Protocol:
+        return _Peer(self, Side.LOCAL)
+
+    # ------------------------------------------------------------------ driving
+
+    async def connect(self, endpoint: Endpoint, target: str) -> None:
+        """Open the connection to the edge and send the upgrade for ``target`` (the
+        ticket's path); OSError or TimeoutError when the edge cannot be reached."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self._core = TunnelCore(endpoint.authority, target)
+        tls = tls_context() if endpoint.https else None
+        opening = loop.create_connection(
+            lambda: _Peer(self, Side.EDGE),
+            endpoint.host,
+            endpoint.port,
+            ssl=tls,
+            server_hostname=endpoint.host if tls else None,
+        )
+        await asyncio.wait_for(opening, self._timeout)
+
+    async def run(self) -> Ending:
+        """Wait for the tunnel's end (the upgrade has a deadline, the open tunnel none: the
+        edge pings it); both sockets are closed when it returns, or when it is cancelled."""
+        assert self._done is not None, "connect() first"
+        self._arm(self._timeout, "no answer to the WebSocket upgrade within {:g}s")
+        try:
+            code, problem = await self._done
+        finally:
+            self._finish(None, None)
+        refused = self.bytes_in == 0 and self.bytes_out == 0 and problem is not None
+        return Ending(code, problem, refused)
 
     def stop(self, code: int = GOING_AWAY, reason: str = "client going away") -> None:
         """End the tunnel from this side (Ctrl-C): a Close to the edge; :meth:`run`
         returns once the edge answers it (or after :data:`CLOSE_WAIT`)."""
+        if self._core is None or not self._core.open:
+            self._finish(None, None)
+            return
         self._core.close(code, reason)
         self._flush()
 
+    def abort(self) -> None:
+        """Close the local socket (the tunnel was refused before it opened)."""
+        if self._local is not None:
+            self._local.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _arm(self, delay: float, problem: str | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        text = problem.format(delay) if problem else None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._finish, None, text)
+
     def _flush(self) -> None:
-        out = self._core.data_to_send()
-        if out and not self._edge_writer.is_closing():
-            self._edge_writer.write(out)
-        if self._closing_since is None and self._core.closing:
-            self._closing_since = asyncio.get_running_loop().time()
+        core, edge = self._core, self._edge
+        if core is None:
+            return
+        chunks = core.chunks_to_send()
+        if chunks and edge is not None and not edge.is_closing():
+            edge.writelines(chunks)
+        if core.closing and not self._closing_armed:
+            self._closing_armed = True
+            self._arm(CLOSE_WAIT, None)  # our Close may go unanswered: we leave anyway
 
-    async def run(self) -> Ending:
-        """Open the WebSocket (the upgrade request is in the core), bridge, and close
-        both sockets; how it ended."""
-        self._flush()
-        pump = asyncio.create_task(self._to_edge())
-        try:
-            code, problem = await self._from_edge()
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await pump
-            for writer in (self._edge_writer, self._local_writer):
-                writer.close()
-        refused = self.bytes_in == 0 and self.bytes_out == 0 and problem is not None
-        return Ending(code, problem, refused)
+    def _finish(self, code: int | None, problem: str | None) -> None:
+        """The end: both sockets closed (what was written still goes out first)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._done is not None and not self._done.done():
+            self._done.set_result((code, problem))
+        for transport in (self._edge, self._local):
+            if transport is not None:
+                transport.close()
 
-    async def _read_edge(self) -> bytes:
-        """The next bytes from the edge; the handshake and the wait for the edge's Close
-        after ours have deadlines, the open tunnel none (the edge pings it)."""
-        if not self._accepted.is_set():
-            limit: float | None = self._timeout
-        elif self._closing_since is not None:
-            limit = CLOSE_WAIT
-        else:
-            return await self._edge_reader.read(MAX_FRAME)
-        return await asyncio.wait_for(self._edge_reader.read(MAX_FRAME), limit)
+    def _sync_local_reading(self) -> None:
+        """Read the local socket only while the tunnel is open and the edge keeps up."""
+        want = (
+            self.accepted
+            and not self._edge_write_paused
+            and not self._local_ended
+            and self._core is not None
+            and self._core.open
+        )
+        if self._local is not None and want != self._local_reading:
+            self._local_reading = want
+            if want:
+                self._local.resume_reading()
+            else:
+                self._local.pause_reading()
 
-    async def _from_edge(self) -> tuple[int | None, str | None]:
-        """The edge -> local pump, and the handshake; returns (close code, problem)."""
-        while True:
-            try:
-                data = await self._read_edge()
-            except TimeoutError:
-                if not self._accepted.is_set():
-                    return None, f"no answer to the WebSocket upgrade within {self._timeout:g}s"
-                return None, None  # our Close went unanswered: we are leaving anyway
-            except OSError as exc:
-                data = b""
-                if not self._accepted.is_set():
-                    reason = exc.strerror or type(exc).__name__
-                    return None, f"the connection to the edge failed during the upgrade: {reason}"
-            local = self._local_writer
-            for event in self._core.receive(data):
-                if isinstance(event, ToLocal):
-                    self.bytes_in += len(event.data)
-                    if not local.is_closing():  # else the local client left: dropped
-                        local.write(event.data)
-                elif event is LocalEof.EOF:
-                    if not local.is_closing() and local.can_write_eof():
-                        local.write_eof()
-                elif isinstance(event, Accepted):
-                    self._accepted.set()
-                elif isinstance(event, Closed):
-                    self._flush()
-                    if event.ours or event.code == NORMAL:
-                        return event.code, None
-                    return event.code, explain_close(event.code, event.reason)
-                elif isinstance(event, Rejected):
-                    return event.status, explain_status(event.status, event.reason, event.body)
-            self._flush()
-            try:
-                await local.drain()  # a slow local reader pauses the edge
-            except OSError:  # the local client is gone: end the tunnel
-                local.close()
-                self.stop(NORMAL, "client gone")
+    def _made(self, side: Side, transport: asyncio.Transport) -> None:
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        if side is Side.EDGE:
+            self._edge = transport
+            _no_delay(transport)
+            self._flush()  # the upgrade request
+            return
+        self._local = transport
+        transport.pause_reading()
+        _no_delay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if peer else None
+        self._on_local(self)
 
-    async def _to_edge(self) -> None:
-        """The local -> edge pump, once the tunnel is open."""
-        await self._accepted.wait()
+    def _data(self, side: Side, data: bytes) -> None:
         core = self._core
-        while core.open:
-            try:
-                data = await self._local_reader.read(MAX_FRAME)
-            except OSError:
-                self.stop(NORMAL, "client gone")
-                return
-            if not data:
-                core.send_eof()
-                self._flush()
+        if side is Side.LOCAL:
+            if core is None or not core.open:
+                # a read that beat pause_reading(): kept for the open tunnel (reading is
+                # paused, so this holds one read at most)
+                self._early.append(data)
+                self._sync_local_reading()
                 return
             self.bytes_out += len(data)
             core.send(data)
             self._flush()
-            await self._edge_writer.drain()  # a slow edge pauses the local reading
+        elif core is not None:
+            self._events(core.receive(data))
+
+    def _events(self, events: list[Event]) -> None:
+        local = self._local
+        for event in events:
+            if isinstance(event, ToLocal):
+                self.bytes_in += len(event.data)
+                if local is not None and not local.is_closing():  # else: the client left
+                    local.write(event.data)
+            elif event is LocalEof.EOF:
+                if local is not None and not local.is_closing() and local.can_write_eof():
+                    local.write_eof()
+            elif isinstance(event, Accepted):
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                early, self._early = self._early, []
+                for data in early:
+                    self._data(Side.LOCAL, data)
+                if self._local_ended:
+                    self._send_eof()
+                if self.local_gone:
+                    self.stop(NORMAL, "client gone")
+                self._sync_local_reading()
+            elif isinstance(event, Closed):
+                self._flush()
+                if event.ours or event.code == NORMAL:
+                    self._finish(event.code, None)
+                else:
+                    self._finish(event.code, explain_close(event.code, event.reason))
+                return
+            elif isinstance(event, Rejected):
+                self._finish(event.status, explain_status(event.status, event.reason, event.body))
+                return
+        self._flush()
+
+    def _eof(self, side: Side) -> bool:
+        if side is Side.EDGE:
+            if self._core is not None:
+                self._events(self._core.receive(b""))
+            return False
+        if not self._local_ended:  # (uvloop may report one EOF twice)
+            self._local_ended = True
+            self._sync_local_reading()
+            self._send_eof()
+        return True  # keep the write side: the answer may still come
+
+    def _send_eof(self) -> None:
+        """The local EOF to the edge, once the tunnel is open (and its early bytes sent)."""
+        core = self._core
+        if core is not None and core.open and not self._early:
+            core.send_eof()  # an empty message, or (no subprotocol) the end
+            self._flush()
+
+    def _lost(self, side: Side) -> None:
+        if side is Side.EDGE:
+            if self._core is not None and not self._core.closed:
+                self._events(self._core.receive(b""))
+            self._finish(None, None)
+            return
+        self.local_gone = self._local_ended = True
+        if self._core is None or not self._core.accepted:
+            return  # still buying a ticket or upgrading: the opener sees local_gone
+        self.stop(NORMAL, "client gone")
+
+    def _write_paused(self, side: Side, paused: bool) -> None:
+        if side is Side.EDGE:
+            self._edge_write_paused = paused
+            self._sync_local_reading()
+        elif self._edge is not None and not self._edge.is_closing():
+            if paused:  # a slow local reader: stop reading the edge
+                self._edge.pause_reading()
+            else:
+                self._edge.resume_reading()
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
