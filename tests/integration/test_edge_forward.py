@@ -29,6 +29,7 @@ import pytest
 from edge.auth.pat import new_pat_token
 from tests.api_client import call
 from tests.helpers import ROOT, EdgeProcess, PtyCapture, RedisServer, free_port, wait_for
+from tests.integration.test_streaming import RssSampler, rss_kb
 from tests.tunnel_standin import TunnelStandIn
 
 CLIENT_ENV = ("API_URL", "TOKEN", "ADMIN_TOKEN", "EDGE_PROFILE", "EDGE_PAT", "XDG_CONFIG_HOME")
@@ -109,6 +110,7 @@ class Target:
         self.send = send
         self.received: list[bytes] = []
         self.connections = 0
+        self.sent = 0  # by the sending threads, so far
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -122,12 +124,23 @@ class Target:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
+            sender = threading.Thread(target=self._send, args=(conn, self.send), daemon=True)
             if self.send is not None:
-                threading.Thread(target=_send_all, args=(conn, self.send), daemon=True).start()
+                sender.start()
             data = _read_all(conn)
             self.received.append(data)
             if self.answer is not None:
                 conn.sendall(self.answer(data))
+            if self.send is not None:
+                sender.join()  # both ways done before the socket closes
+
+    def _send(self, conn: socket.socket, data: bytes | None) -> None:
+        assert data is not None
+        view = memoryview(data)
+        for start in range(0, len(view), 100_000):
+            conn.sendall(view[start : start + 100_000])
+            self.sent += len(view[start : start + 100_000])
+        conn.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # wakes the accepting thread: close() alone does not
@@ -564,6 +577,35 @@ def test_real_edge_megabytes_both_ways_and_half_close(
             assert _read_all(client) == b"got 100000 bytes, sha256 %s" % sha(question).encode()
         assert forward.stop() == 0 and asker.stop() == 0
         wait_for(lambda: real.health_tunnels()["open"] == 0)
+    finally:
+        pump.close()
+
+
+def test_real_edge_a_local_client_that_does_not_read_holds_the_target_back(
+    real: RealEdge, forward_factory: Callable[..., Forward]
+) -> None:
+    """Coupled backpressure in the client: while the local client reads nothing, edge
+    forward stops reading the edge (which stops reading the target); its memory stays
+    flat, and every byte arrives once the client reads."""
+    data = os.urandom(1_000_000) * 200  # 200 MB, far above every buffer on the way
+    pump = Target(send=data)
+    try:
+        real.database("pump", pump.port)
+        forward = real.forward(forward_factory, "database/pump")
+        idle = rss_kb(forward.proc.pid)
+        with forward.connect() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.shutdown(socket.SHUT_WR)
+            with RssSampler(forward.proc.pid) as rss:
+                time.sleep(3)  # not reading
+            assert rss.peak - idle < 20_000, (idle, rss.peak)  # kB
+            assert pump.sent < 50_000_000, pump.sent  # the target was held back
+            got = hashlib.sha256()
+            total = 0
+            while chunk := client.recv(1 << 20):
+                got.update(chunk)
+                total += len(chunk)
+        assert total == len(data) and got.hexdigest() == sha(data)
     finally:
         pump.close()
 
