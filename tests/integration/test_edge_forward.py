@@ -279,7 +279,7 @@ def test_without_the_subprotocol_the_local_eof_ends_the_tunnel(
         client.shutdown(socket.SHUT_WR)
         assert _read_all(client) == b""  # the tunnel ended with the local EOF
     assert standin.subprotocols == [None]
-    assert target.received == [b"hello"]
+    wait_for(lambda: target.received == [b"hello"])  # the target sees the end too
 
 
 # ---------------------------------------------------------------------------- refusals
