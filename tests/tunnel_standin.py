@@ -8,6 +8,8 @@ client's wsproto), bridged to a TCP target on loopback with the ``edge-tunnel.v1
 half-close. It is not the edge: the tests that use it check the client against the
 protocol; the same tests run against the real edge where it serves tunnels.
 
+``tls``: an SSLContext makes it an ``https://`` edge (``wss://`` tunnels).
+
 Knobs: ``refuse[target_id] = status`` answers the ticket request with that status;
 ``close_with = code`` answers the upgrade with 101 then that Close; ``forget_tickets``
 accepts no ticket (4010); ``half_close = False`` does not echo the subprotocol; ``ping``
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import ssl
 import threading
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -37,8 +40,11 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 
 class TunnelStandIn:
     """The stand-in server on ``127.0.0.1:port``, run by a thread with its own loop."""
 
-    def __init__(self, port: int, token: str, target_port: int) -> None:
+    def __init__(
+        self, port: int, token: str, target_port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.port = port
+        self.tls = tls
         self.token = token
         self.target_port = target_port
         self.refuse: dict[str, int] = {}
@@ -57,7 +63,7 @@ class TunnelStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> TunnelStandIn:
         ready = threading.Event()
@@ -86,7 +92,7 @@ class TunnelStandIn:
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
         ready.set()
         async with server:
             await self._stop.wait()

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from edge.auth.pat import new_pat_token
 from tests.api_client import call
@@ -202,10 +204,14 @@ def forward_factory(tmp_path: Path) -> Iterator[Callable[..., Forward]]:
 
 
 def via_standin(
-    forward_factory: Callable[..., Forward], standin: TunnelStandIn, pat: str, *extra: str
+    forward_factory: Callable[..., Forward],
+    standin: TunnelStandIn,
+    pat: str,
+    *extra: str,
+    **env: str,
 ) -> Forward:
     return forward_factory(
-        "127.0.0.1:0", "database/db_1", "--api-url", standin.url, *extra, EDGE_PAT=pat
+        "127.0.0.1:0", "database/db_1", "--api-url", standin.url, *extra, EDGE_PAT=pat, **env
     )
 
 
@@ -280,6 +286,42 @@ def test_without_the_subprotocol_the_local_eof_ends_the_tunnel(
         assert _read_all(client) == b""  # the tunnel ended with the local EOF
     assert standin.subprotocols == [None]
     wait_for(lambda: target.received == [b"hello"])  # the target sees the end too
+
+
+def test_https_edge_tunnels_over_wss_verified_against_ssl_cert_file(
+    forward_factory: Callable[..., Forward],
+    target: Target,
+    pat: str,
+    ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    """An https:// edge: the ticket and the WebSocket over TLS, the certificate checked
+    against the CAs of SSL_CERT_FILE (as every client command checks them); an unknown
+    CA is one refusal line."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    standin = TunnelStandIn(free_port(), pat, target.port, tls=tls).start()
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        forward = via_standin(forward_factory, standin, pat, SSL_CERT_FILE=str(ca_file))
+        question = os.urandom(300_000)
+        with forward.connect() as client:
+            client.sendall(question)
+            client.shutdown(socket.SHUT_WR)
+            answer = _read_all(client)
+        assert answer == b"got 300000 bytes, sha256 %s" % sha(question).encode()
+        assert standin.subprotocols == ["edge-tunnel.v1"]
+        untrusted = via_standin(forward_factory, standin, pat)
+        with untrusted.connect() as client:
+            assert _read_all(client) == b""
+        line = untrusted.wait_line(" refused: ")
+        assert (
+            f"cannot reach the edge at {standin.url}: TLS certificate verification failed" in line
+        )
+        assert standin.ticket_requests == 1  # a certificate failure is not tried again
+    finally:
+        standin.stop()
 
 
 # ---------------------------------------------------------------------------- refusals
