@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -70,6 +72,7 @@ __all__ = [
     "ToLocal",
     "Tunnel",
     "TunnelCore",
+    "binary_frame",
     "explain_close",
 ]
 
@@ -133,6 +136,41 @@ def explain_close(code: int, reason: str = "") -> str:
     return f"{code} {name}: {meaning}{said}"
 
 
+# ---------------------------------------------------------------------------- framing
+
+# Data frames are built here rather than by wsproto: a whole binary message is one frame
+# that changes no state of the connection (wsproto tracks only fragmented messages), and
+# wsproto copies a 64 KiB payload four times on the way (its masker, the header, its
+# return value), which measured a third of this client's CPU per byte sent. Everything
+# else (the handshake, control frames, the empty end-of-stream message, Close) is
+# wsproto's.
+_XOR = tuple(bytes(a ^ b for a in range(256)) for b in range(256))  # _XOR[k][a] = a ^ k
+_HEAD_7 = struct.Struct("!BB4s")
+_HEAD_16 = struct.Struct("!BBH4s")
+_HEAD_64 = struct.Struct("!BBQ4s")
+_BINARY_FIN = 0x82  # FIN + opcode 2 (RFC 6455 section 5.2)
+_MASKED = 0x80
+
+
+def binary_frame(payload: bytes | memoryview) -> tuple[bytes, bytearray]:
+    """One whole binary message from the client: its header and its masked payload
+    (RFC 6455 section 5.2; section 5.3: a fresh unpredictable 32-bit key per frame, the
+    payload XORed with it byte by byte in turn, done here four strided slices at a time
+    by ``bytes.translate``)."""
+    key = os.urandom(4)
+    size = len(payload)
+    if size <= 125:
+        head = _HEAD_7.pack(_BINARY_FIN, _MASKED | size, key)
+    elif size <= 0xFFFF:
+        head = _HEAD_16.pack(_BINARY_FIN, _MASKED | 126, size, key)
+    else:
+        head = _HEAD_64.pack(_BINARY_FIN, _MASKED | 127, size, key)
+    body = bytearray(payload)
+    for lane in range(4):
+        body[lane::4] = body[lane::4].translate(_XOR[key[lane]])
+    return head, body
+
+
 # ---------------------------------------------------------------------------- the core
 
 
@@ -186,7 +224,7 @@ class TunnelCore:
 
     def __init__(self, host: str, target: str) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
-        self._out: list[bytes] = []  # whole frames (and the upgrade request), in order
+        self._out: list[bytes | bytearray] = []  # whole frames (the upgrade first), in order
         self.accepted = False
         self.half_close = False
         self.closed = False
@@ -202,7 +240,7 @@ class TunnelCore:
         )
         self._out.append(self._ws.send(request))
 
-    def chunks_to_send(self) -> list[bytes]:
+    def chunks_to_send(self) -> list[bytes | bytearray]:
         """The bytes owed to the edge so far, as they were made (and forget them): written
         with ``writelines``, a 64 KiB message is never copied into a bigger buffer."""
         out, self._out = self._out, []
@@ -228,9 +266,7 @@ class TunnelCore:
             return
         view = memoryview(data)
         for start in range(0, len(view), MAX_FRAME):
-            # wsproto takes a memoryview (its type hints say bytes): no copy before its own
-            chunk = cast(bytes, view[start : start + MAX_FRAME])
-            self._out.append(self._ws.send(BytesMessage(data=chunk)))
+            self._out += binary_frame(view[start : start + MAX_FRAME])
 
     def send_eof(self) -> None:
         """The local side sent its last byte: an empty message with ``edge-tunnel.v1``,

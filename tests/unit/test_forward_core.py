@@ -4,6 +4,7 @@ library's own sans-IO server as the peer: an implementation independent of wspro
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -93,6 +94,23 @@ def test_bytes_go_out_in_binary_messages_of_at_most_64_kib(how: str) -> None:
     events = feed(core, server_bytes(server), how)
     assert all(isinstance(e, ToLocal) for e in events)
     assert b"".join(e.data for e in events if isinstance(e, ToLocal)) == data
+
+
+@pytest.mark.parametrize("size", [1, 125, 126, 127, 65535, 65536, 65537, 300_000])
+def test_every_length_form_of_a_data_frame_reads_back(size: int) -> None:
+    """7-bit, 16-bit and 64-bit lengths (RFC 6455 section 5.2), each masked with its own
+    key: the independent peer reads back exactly the bytes sent."""
+    core, server = opened()
+    data = os.urandom(size)
+    core.send(data)
+    chunks = core.chunks_to_send()
+    frames = frames_of(server, b"".join(chunks))
+    assert [len(f.data) for f in frames] == [
+        min(MAX_FRAME, size - start) for start in range(0, size, MAX_FRAME)
+    ]
+    assert b"".join(f.data for f in frames) == data
+    keys = {bytes(chunks[i][-4:]) for i in range(0, len(chunks), 2)}  # each header's key
+    assert len(keys) == len(frames)
 
 
 def test_half_close_both_ways_is_an_empty_message() -> None:
