@@ -573,6 +573,10 @@ class PortForwardSockets:
     async def _opening(self, ex: Exchange, handshake: Handshake, kind: str, target_id: str) -> None:
         query = _query(ex.target)
         s = self.settings
+        if self.registry.draining:
+            # going away already: the ticket is left unused for another node
+            self._refuse(ex, handshake, GOING_AWAY)
+            return
         try:
             ticket = await self._redeem(ex, _one(query, "ticket"))
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
@@ -622,7 +626,7 @@ class PortForwardSockets:
         """Where the ticket's tunnel goes, or the close code saying why it goes nowhere."""
         snapshot = self.snapshot()
         if ticket.target_type == "resource":
-            if port is None or not port.isdigit() or int(port) != ticket.port:
+            if port is None or not (port.isascii() and port.isdigit()) or int(port) != ticket.port:
                 return PORT_MISMATCH
             resource = snapshot.app_resources.get(ticket.target_id)
             if resource is None:

@@ -542,13 +542,22 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def tunnel_close(self) -> None:
-        """The tunnel peer is done: log the exchange and close the client socket."""
+        """The tunnel peer is done: log the exchange and close the client socket.
+
+        The close waits for the bytes still buffered to go out, but not for ever: a client
+        that stopped reading would hold the socket (and its buffer) for as long as it
+        likes after its tunnel ended, beyond any count of live tunnels. After
+        ``LINGER_TIMEOUT`` what is left is dropped and the socket reset.
+        """
         ex = self.current
         if ex is not None:
             self.current = None
             self._log(ex)
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self.hub.loop.call_later(self.hub.settings.linger_timeout, transport.abort)
 
     def tunnel_write_eof(self) -> None:
         """The tunnel peer sent its last byte: pass the end on to the client."""

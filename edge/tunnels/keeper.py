@@ -15,11 +15,14 @@ reservation must not run out before), then every ``HEARTBEAT_SECONDS``. It is th
 of the registry's ``on_closed``: :meth:`SessionKeeper.released` gives the slot back in the
 background.
 
-When Redis is unreachable the tunnels keep running (the bytes they carry do not go
-through Redis; cutting every tunnel because of a Redis outage would turn an outage of
-the control plane into one of the data plane) and the outage is logged once, its end
-too. Their slots may run out meanwhile; heartbeats never bring a slot back, so after a
-long outage the project's count may be below its live tunnels for as long as they last.
+When Redis is unreachable the tunnels keep running for a while (the bytes they carry do
+not go through Redis; cutting every tunnel at the first failed read would turn a blip of
+the control plane into an outage of the data plane) and the outage is logged once, its
+end too. But not for ever: once nothing could be checked for ``UNCHECKED_LIMIT`` (the life
+of a slot without heartbeat), the tunnels' slots have run out, so other nodes may sell
+them again, and a revocation written meanwhile cannot be seen: the keeper fails closed and
+closes every live tunnel with 1013 (try again later). A client reconnects once Redis is
+back, with a new ticket, through the checks of a purchase.
 """
 
 from __future__ import annotations
@@ -46,7 +49,15 @@ from edge.store import keys
 from edge.tunnels import sessions
 from edge.tunnels.tickets import PERMISSION_OF, Ticket
 
-__all__ = ["CHECK_INTERVAL", "REVOKED", "SessionKeeper", "Tunnel", "still_allowed"]
+__all__ = [
+    "CHECK_INTERVAL",
+    "REVOKED",
+    "UNCHECKED",
+    "UNCHECKED_LIMIT",
+    "SessionKeeper",
+    "Tunnel",
+    "still_allowed",
+]
 
 log = logging.getLogger("edge.tunnels")
 
@@ -54,6 +65,9 @@ CHECK_INTERVAL: Final = 1.0  # seconds between two checks of the live tunnels
 CHECK_TIMEOUT: Final = 2.0  # one pass's Redis round trips, all included
 RELEASE_TIMEOUT: Final = 5.0  # a slot given back; else it runs out on its own
 REVOKED: Final = 4010  # the close code of a tunnel whose ticket no longer holds
+UNCHECKED: Final = 1013  # ... of one whose access could not be checked for too long
+# no successful check for this long: the tunnels' slots have run out, close them
+UNCHECKED_LIMIT: Final = float(sessions.SLOT_SECONDS)
 
 
 class Tunnel(Protocol):
@@ -95,12 +109,15 @@ class SessionKeeper:
         interval: float = CHECK_INTERVAL,
         heartbeat_every: float = sessions.HEARTBEAT_SECONDS,
         timeout: float = CHECK_TIMEOUT,
+        unchecked_limit: float = UNCHECKED_LIMIT,
     ) -> None:
         self.client = client
         self.live = live
         self.interval = interval
         self.heartbeat_every = heartbeat_every
         self.timeout = timeout
+        self.unchecked_limit = unchecked_limit
+        self.unchecked = 0  # tunnels closed because their access could not be checked
         self.watched = 0  # live tunnels at the last pass
         self.revoked = 0  # tunnels closed since start because their access went
         self.heartbeats = 0  # heartbeat round trips sent
@@ -115,6 +132,8 @@ class SessionKeeper:
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         """Check, and heartbeat when due, every ``interval`` until cancelled."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()  # the last pass that could read Redis
         while True:
             await asyncio.sleep(self.interval)
             try:
@@ -123,14 +142,31 @@ class SessionKeeper:
             except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 if not self._failing:  # once per outage, not once per second
                     log.warning(
-                        "tunnel keeper: redis unavailable; live tunnels kept",
+                        "tunnel keeper: redis unavailable; live tunnels kept for now",
                         extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200]}},
                     )
                 self._failing = True
+                if loop.time() - checked >= self.unchecked_limit:
+                    self._close_unchecked()
             else:
+                checked = loop.time()
                 if self._failing:
                     log.info("tunnel keeper: redis reachable again")
                 self._failing = False
+
+    def _close_unchecked(self) -> None:
+        """Nothing could be checked for ``unchecked_limit``: fail closed (1013)."""
+        tunnels = [t for t in self.live() if t.ticket.session_id not in self._closing]
+        if not tunnels:
+            return
+        log.warning(
+            "tunnel keeper: access unchecked too long; live tunnels closed",
+            extra={"fields": {"tunnels": len(tunnels), "seconds": self.unchecked_limit}},
+        )
+        for tunnel in tunnels:
+            self._closing.add(tunnel.ticket.session_id)
+            self.unchecked += 1
+            tunnel.close(UNCHECKED, "access cannot be checked")
 
     async def sweep(self) -> None:
         """One pass: close the tunnels whose access went, heartbeat the others' slots
@@ -237,6 +273,7 @@ class SessionKeeper:
         return {
             "tunnels": self.watched,
             "revoked": self.revoked,
+            "closed_unchecked": self.unchecked,
             "heartbeats": self.heartbeats,
             "lost_slots": self.lost_slots,
             "releases_pending": len(self._tasks),

@@ -40,19 +40,24 @@ class TunnelRegistry:
     ``bytes_in``/``bytes_out`` attributes.
     """
 
-    __slots__ = ("_bytes_in", "_bytes_out", "_live", "_on_closed", "opened")
+    __slots__ = ("_bytes_in", "_bytes_out", "_live", "_on_closed", "draining", "opened")
 
     def __init__(self, on_closed: Callable[[Ticket], None]) -> None:
         self._on_closed = on_closed
         self._live: dict[LiveTunnel, None] = {}  # insertion-ordered set
         self.opened = 0
+        self.draining = False
         self._bytes_in = 0
         self._bytes_out = 0
 
     def add(self, tunnel: LiveTunnel) -> None:
+        """A tunnel redeemed its ticket; after ``going_away`` it is told to go at once
+        (its redemption was under way when the others were)."""
         if tunnel not in self._live:
             self._live[tunnel] = None
             self.opened += 1
+            if self.draining:
+                tunnel.close(GOING_AWAY, "edge going away")
 
     def remove(self, tunnel: LiveTunnel) -> None:
         """``tunnel`` ended: forget it and call ``on_closed`` (once, however often called)."""
@@ -80,7 +85,8 @@ class TunnelRegistry:
         return list(self._live)
 
     def going_away(self) -> None:
-        """The worker drains: every tunnel closes with 1001."""
+        """The worker drains: every tunnel closes with 1001, and so does any added later."""
+        self.draining = True
         for tunnel in self.live():
             tunnel.close(GOING_AWAY, "edge going away")
 

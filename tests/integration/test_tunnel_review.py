@@ -28,6 +28,7 @@ import pytest
 import redis
 import wsproto.events as wse
 
+from edge.handlers.tunnel import CLOSE_TIMEOUT
 from edge.tunnels.sessions import count, reserve
 from tests.helpers import EdgeProcess, RedisServer
 from tests.integration import test_tunnel_socket as _tunnels
@@ -937,7 +938,8 @@ async def test_a_tunnel_opened_late_in_a_drain_is_still_closed_with_1001(
         outcome,
         round(took, 1),
     )
-    assert took < 3, f"the client waited {took:.1f} s for the end"
+    # this raw client never answers the Close: the edge waits CLOSE_TIMEOUT for it, no more
+    assert took < CLOSE_TIMEOUT + 1, f"the client waited {took:.1f} s for the end"
 
 
 # ---------------------------------------------------------------------------- a node cut off

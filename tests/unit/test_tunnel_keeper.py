@@ -24,7 +24,7 @@ from edge.settings import RedisTarget
 from edge.store import keys
 from edge.store.client import RedisHandle
 from edge.tunnels import sessions
-from edge.tunnels.keeper import REVOKED, SessionKeeper
+from edge.tunnels.keeper import REVOKED, UNCHECKED, SessionKeeper
 from edge.tunnels.tickets import TargetType, Ticket, new_session_id
 from tests.helpers import RedisServer, free_port
 
@@ -307,9 +307,36 @@ async def test_stalled_redis_keeps_tunnels_and_its_return_is_logged(
         await asyncio.sleep(1.0)
         assert keeper.health()["redis"] == "ok"
         messages = [r.getMessage() for r in caplog.records]
-        assert messages.count("tunnel keeper: redis unavailable; live tunnels kept") == 1
+        assert messages.count("tunnel keeper: redis unavailable; live tunnels kept for now") == 1
         assert messages.count("tunnel keeper: redis reachable again") == 1
         assert tunnel.closes == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_access_unchecked_too_long_closes_tunnels_with_1013(
+    redis_db: RedisServer, handle: RedisHandle, people: People, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail closed: once Redis could not be read for the life of a slot, the slots have
+    run out and revocations cannot be seen; the tunnels close (1013), once each. A shorter
+    outage keeps them (the test above)."""
+    caplog.set_level(logging.INFO, logger="edge.tunnels")
+    tunnel = FakeLive(people.ticket())
+    keeper = SessionKeeper(
+        handle.client, lambda: [tunnel], interval=0.05, timeout=0.2, unchecked_limit=0.8
+    )
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.sleep(0.2)
+        redis_db.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        await asyncio.sleep(0.5)
+        assert tunnel.closes == []  # not yet: a short outage keeps tunnels
+        await asyncio.sleep(0.8)
+        assert [code for code, _ in tunnel.closes] == [UNCHECKED]
+        assert keeper.health()["closed_unchecked"] == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages.count("tunnel keeper: access unchecked too long; live tunnels closed") == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
