@@ -6,9 +6,10 @@ Three paths to one target server, all on loopback, measured in the same run, int
 * ``edge``: client -> ``edge forward 127.0.0.1:0 database/db_bench`` (each local connection
   buys a ticket with a PAT and opens its own WebSocket tunnel) -> the edge (``edge serve``,
   ``EDGE_WORKERS=1``; the tunnel endpoint on its API port) -> target;
-* ``socat``: client -> ``socat TCP-LISTEN:A,fork,reuseaddr TCP:127.0.0.1:B`` ->
-  ``socat TCP-LISTEN:B,fork,reuseaddr TCP:127.0.0.1:target`` -> target: the same hops (a
-  local forwarder, a middle hop), stock socat settings (its 8 KiB transfer block);
+* ``socat``: client -> ``socat TCP-LISTEN:A,fork,reuseaddr,backlog=128 TCP:127.0.0.1:B``
+  -> ``socat TCP-LISTEN:B,fork,reuseaddr,backlog=128 TCP:127.0.0.1:target`` -> target: the
+  same hops (a local forwarder, a middle hop); stock socat otherwise (its 8 KiB transfer
+  block), the backlog raised from socat's 5 so that 100 connections can open at once;
 * ``direct``: client -> target, for reference.
 
 CPU placement (2 cores): the client (this harness), the target server and Redis on CPU 0;
@@ -27,8 +28,8 @@ on CPU 1 with the edge worker's place.
   open and the target connected) and stops when the last byte has arrived (``up``: the
   target's acknowledgement of the full count). MB/s with MB = 10^6 bytes. CPU seconds per
   GB (10^9 bytes) of the edge worker and of ``edge forward`` separately, and of both socat
-  processes (their forked children included), from ``/proc/<pid>/stat`` (utime + stime,
-  plus cutime + cstime of reaped children; resolution one clock tick).
+  processes (their forked children included), from ``/proc/<pid>/task/*/schedstat`` (time
+  on a CPU, user + system, in nanoseconds).
 * **Latency**: ``--tunnels`` (100) connections opened at once through the path (for
   ``edge``: 100 tunnels, each its own ticket and WebSocket), then every connection
   repeats a round trip of 32 bytes to an echo target and its 32-byte answer, for
@@ -37,7 +38,10 @@ on CPU 1 with the edge worker's place.
   mostly queueing) and ``paced`` (each connection ``--paced`` round trips per second at
   random phases, unless the path cannot keep up). p50/p99 of each round trip, round trips
   per second, CPU µs per round trip of the path's processes; added latency = the path's
-  percentile - the direct path's, in the same round.
+  percentile - the direct path's, in the same round. Before the first latency run of each
+  path, the connections stay open and silent for ``--idle`` seconds (3): the CPU the path's
+  processes spend per second on idle tunnels (for the edge: pings, the keeper's revocation
+  checks and session heartbeats).
 
 Medians over ``--rounds`` (5), and the ratios edge / socat per round and of the medians.
 The product's goal: edge throughput at least 50% of socat's.
@@ -45,7 +49,9 @@ The product's goal: edge throughput at least 50% of socat's.
     python bench/tunnel.py                          # 5 rounds, 1 GiB per transfer (~10 min)
     python bench/tunnel.py --quick                  # smoke check: 1 round, 64 MiB, 2 s
     python bench/tunnel.py --rounds 3 --mib 512 --write-results
+    python bench/tunnel.py --edge-ref HEAD          # the committed edge, not the work tree
     python bench/tunnel.py --profile bench/out      # py-spy of the edge processes instead
+    python bench/tunnel.py --profile bench/out --native   # with uvloop's and libc's frames
 
 Needs redis-server, socat and taskset (py-spy for ``--profile``); run from the repository
 root with the project's Python (it starts ``python -m edge serve`` and ``python -m edge
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -95,7 +102,11 @@ MB = 1e6
 GB = 1e9
 OPEN_TIMEOUT = 120.0  # seconds for a path to open (100 tickets, each a PAT check)
 IO_TIMEOUT = 120.0  # seconds without progress before a transfer is declared stuck
+# socat listens with a backlog of 5 unless told: 100 connections opened at once overflow
+# it (resets); edge forward's listener has asyncio's 100
+SOCAT_BACKLOG = 128
 SETTLE = 0.5  # seconds after a measurement for the forwarders to finish their connections
+IDLE_SETTLE = 1.0  # seconds after the connections opened before their idle cost is measured
 
 # The target's protocol: the client's first byte names the mode, then
 #   E                 echo every byte back
@@ -206,6 +217,7 @@ class World:
     children: run.Children
     tmp: Path
     forwarder_cpu: str
+    src: Path = run.REPO_ROOT  # the edge's source tree (a worktree with --edge-ref)
     redis_port: int = 0
     target_port: int = 0
     target: run.Child | None = None
@@ -284,7 +296,7 @@ def start_edge(w: World, admin: str, sessions: int) -> None:
     w.api_port = run.free_port()
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=run.edge_pythonpath(run.REPO_ROOT, env),
+        PYTHONPATH=run.edge_pythonpath(w.src, env),
         REDIS_URL=f"redis://{run.LOOPBACK}:{w.redis_port}/0",
         SERVER_HOST=run.LOOPBACK,
         HTTP_PORT=str(run.free_port()),
@@ -366,7 +378,7 @@ def start_forward(w: World, pat: str) -> None:
         if k not in ("API_URL", "TOKEN", "ADMIN_TOKEN", "EDGE_PROFILE")
     }
     env.update(
-        PYTHONPATH=run.edge_pythonpath(run.REPO_ROOT, env),
+        PYTHONPATH=run.edge_pythonpath(w.src, env),
         EDGE_PAT=pat,
         HOME=str(d),
         XDG_CONFIG_HOME=str(d),
@@ -405,7 +417,7 @@ def start_socat(w: World) -> None:
     def argv(listen: int, to: int) -> list[str]:
         return [
             "socat",
-            f"TCP-LISTEN:{listen},bind={run.LOOPBACK},fork,reuseaddr",
+            f"TCP-LISTEN:{listen},bind={run.LOOPBACK},fork,reuseaddr,backlog={SOCAT_BACKLOG}",
             f"TCP:{run.LOOPBACK}:{to}",
         ]
 
@@ -446,26 +458,32 @@ def wait_path(w: World, path: str, timeout: float = 60) -> None:
 # -------------------------------------------------------------------------------- CPU
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid``, of its reaped children (cutime + cstime) and of its live
-    descendants: the CPU of a forking server (socat's children) and of a plain process."""
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU (user + system, ``/proc/<pid>/task/<tid>/schedstat``) of every
+    thread of ``pid`` and of its live descendants. Every measured window lies inside the
+    lifetime of its connections, so a forking server's children (socat's) are all alive at
+    both ends of it; clock ticks would not do: each of 200 socat children uses less than
+    one tick in a latency run."""
     total = 0
-    for n, p in enumerate(run.process_tree(pid)):
-        f = run._stat_fields(p)
-        if f is None:
+    for p in run.process_tree(pid):
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
             continue
-        total += int(f[11]) + int(f[12])
-        if n == 0:
-            total += int(f[13]) + int(f[14])
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
     return total
 
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, int]:
-    return {label: cpu_ticks(pid) for label, pid in pids.items()}
+    return {label: cpu_ns(pid) for label, pid in pids.items()}
 
 
 def cpu_seconds(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
-    return {k: (after[k] - before[k]) / run.CLK_TCK for k in before}
+    return {k: (after[k] - before[k]) / 1e9 for k in before}
 
 
 # -------------------------------------------------------------------------------- throughput
@@ -559,6 +577,7 @@ class RoundTrips(asyncio.Protocol):
         self.opened = opened
         self.transport: asyncio.Transport | None = None
         self.is_open = False
+        self.ending = False
         self.pending = 0  # answer bytes still expected
         self.sent_at = 0.0
         self.next_at = 0.0
@@ -629,8 +648,15 @@ class RoundTrips(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def finish(self) -> None:
+        """Close at the end of the run (not a failure)."""
+        self.ending = True
+        if self.transport is not None:
+            self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(f"connection lost: {exc or 'closed by the peer'}")
+        if not self.ending:
+            self._fail(f"connection lost: {exc or 'closed by the peer'}")
 
 
 @dataclass
@@ -644,6 +670,7 @@ class Latency:
     p99_us: float
     count: int
     cpu: dict[str, float] = field(default_factory=dict)
+    idle_cpu: dict[str, float] = field(default_factory=dict)  # label -> CPU s per s, idle
 
     @property
     def rate(self) -> float:
@@ -659,8 +686,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _round_trips(
-    port: int, tunnels: int, rate: float, warmup: float, duration: float, pids: dict[str, int]
-) -> tuple[list[float], dict[str, float]]:
+    port: int,
+    tunnels: int,
+    rate: float,
+    warmup: float,
+    duration: float,
+    idle: float,
+    pids: dict[str, int],
+) -> tuple[list[float], dict[str, float], dict[str, float]]:
+    """Open ``tunnels`` connections at once; with ``idle``, measure the CPU they cost open
+    and silent for that long; then the round trips. Returns the measured round trips'
+    seconds, the CPU seconds of the measured stretch and the idle CPU seconds per second."""
     loop = asyncio.get_running_loop()
     clock = Clock()
     samples: list[float] = []
@@ -675,10 +711,23 @@ async def _round_trips(
         )
         conns.append(proto)
 
+    async def settle(futures: Sequence[asyncio.Future[Any]], what: str) -> None:
+        """Every future's outcome (each exception retrieved); the first failure raised."""
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [x for x in outcomes if isinstance(x, BaseException)]
+        if failed:
+            raise run.BenchError(f"{len(failed)} of {len(futures)} connections {what}: {failed[0]}")
+
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
-            await asyncio.gather(*(connect() for _ in range(tunnels)))
-            await asyncio.gather(*opened)
+            await settle([asyncio.ensure_future(connect()) for _ in range(tunnels)], "not made")
+            await settle(opened, "not opened")
+        idle_cpu: dict[str, float] = {}
+        if idle > 0:
+            await asyncio.sleep(IDLE_SETTLE)  # the openings' own work done
+            quiet = cpu_snapshot(pids)
+            await asyncio.sleep(idle)
+            idle_cpu = {k: v / idle for k, v in cpu_seconds(quiet, cpu_snapshot(pids)).items()}
         start = time.perf_counter()
         clock.measure_from = start + warmup
         clock.stop_at = clock.measure_from + duration
@@ -689,13 +738,15 @@ async def _round_trips(
         await asyncio.sleep(duration)
         after = cpu_snapshot(pids)
         async with asyncio.timeout(IO_TIMEOUT):
-            await asyncio.gather(*(c.done for c in conns))
+            await settle([c.done for c in conns], "failed")
     finally:
         for c in conns:
-            if c.transport is not None:
-                c.transport.close()
+            c.finish()
+        for fut in (*opened, *(c.done for c in conns)):
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: a failure is reported once, above
         await asyncio.sleep(0)
-    return samples, cpu_seconds(before, after)
+    return samples, cpu_seconds(before, after), idle_cpu
 
 
 def latency(
@@ -707,17 +758,19 @@ def latency(
     rate: float,
     warmup: float,
     duration: float,
+    idle: float = 0.0,
 ) -> Latency:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        samples, cpu = runner.run(
+        samples, cpu, idle_cpu = runner.run(
             _round_trips(
                 w.port(path),
                 tunnels,
                 rate if load == "paced" else 0.0,
                 warmup,
                 duration,
+                idle,
                 w.pids(path),
             )
         )
@@ -734,15 +787,17 @@ def latency(
         percentile(samples, 0.99) * 1e6,
         len(samples),
         cpu,
+        idle_cpu,
     )
 
 
 # -------------------------------------------------------------------------------- profile
 
 
-def profile(w: World, out: Path, nbytes: int, py_spy: str) -> None:
-    """py-spy of the edge worker and of ``edge forward`` during one transfer each way:
-    raw stacks and a flame graph per process and direction, and the top functions."""
+def profile(w: World, out: Path, nbytes: int, py_spy: str, native: bool) -> None:
+    """py-spy of the edge worker and of ``edge forward`` during 30 s of transfers each way
+    (one after another): the raw stacks per process and direction (``--format raw``, for
+    flamegraph.pl or speedscope) and their top functions, printed and saved beside them."""
     out.mkdir(parents=True, exist_ok=True)
     assert w.forward is not None
     for direction in DIRECTIONS:
@@ -763,7 +818,8 @@ def profile(w: World, out: Path, nbytes: int, py_spy: str) -> None:
                 str(raw),
                 "--duration",
                 str(int(estimate)),
-                "--nonblocking",
+                # native unwinding needs the process stopped at each sample
+                *(["--native"] if native else ["--nonblocking"]),
             ]
             procs.append(
                 (
@@ -837,16 +893,17 @@ def render(
         f"- Date: {when}",
         f"- Machine: nproc={info['nproc']} (2 cores, shared and noisy), CPU: {info['cpu']}, "
         f"Linux {info['kernel']}; load average (1/5/15 min) before: {info['loadavg_before']}, "
-        f"after: {info['loadavg_after']}",
+        f"after: {info['loadavg_after']} (the latency runs' own 200 socat processes count in it)",
         f"- Software: Python {info['python']}, uvloop {info['uvloop']}, wsproto "
         f"{info['wsproto']}, {info['socat']}, {info['redis']}, edge at git {info['git']}",
         f"- Command: `{command}`",
         "- Paths to one target server on loopback: **edge** = client -> `edge forward` -> "
         "edge (`EDGE_WORKERS=1`, the tunnel endpoint on its API port; a WebSocket per "
         "connection, `edge-tunnel.v1`) -> target; **socat** = client -> `socat "
-        "TCP-LISTEN:A,fork,reuseaddr TCP:127.0.0.1:B` -> `socat TCP-LISTEN:B,fork,reuseaddr "
-        "TCP:127.0.0.1:target` -> target (stock settings: 8 KiB blocks); **direct** = client "
-        "-> target.",
+        "TCP-LISTEN:A,fork,reuseaddr,backlog=128 TCP:127.0.0.1:B` -> `socat "
+        "TCP-LISTEN:B,fork,reuseaddr,backlog=128 TCP:127.0.0.1:target` -> target (otherwise "
+        "stock: 8 KiB blocks; the backlog raised from 5 for 100 connections opened at once); "
+        "**direct** = client -> target.",
         f"- CPUs: client (this harness), target and Redis on CPU {run.LOAD_CPU}; the edge "
         f"worker and the inner socat on CPU {run.PROXY_CPU}; the local forwarder (`edge "
         f"forward`, the outer socat) on CPU {args.forwarder_cpu}, {fwd_where}.",
@@ -856,7 +913,7 @@ def render(
         "",
         "MB/s = 10^6 bytes per second, from the path being open (for the edge: ticket "
         "bought, WebSocket open, target connected) to the last byte received. CPU s/GB: "
-        "CPU seconds (user + system, `/proc`) per 10^9 bytes moved.",
+        "CPU seconds (user + system, `/proc/*/task/*/schedstat`) per 10^9 bytes moved.",
         "",
         "| direction | path | MB/s | MB/s range | CPU s/GB edge worker | CPU s/GB edge forward "
         "| CPU s/GB socat (both) |",
@@ -957,6 +1014,31 @@ def render(
                     f"{med([x.p50_us for x in ls]):,.0f} | {med([x.p99_us for x in ls]):,.0f} | "
                     f"{a50} | {a99} | {worker} | {forward} | {socat} |"
                 )
+    idle = [x for x in lats if x.idle_cpu]
+    if idle:
+        lines += [
+            "",
+            f"### {args.tunnels} connections open and idle",
+            "",
+            f"CPU milliseconds per second of the path's processes with {args.tunnels} "
+            f"connections open and silent ({args.idle:g} s measured, {IDLE_SETTLE:g} s after "
+            "they opened), median over rounds (1000 = one core).",
+            "",
+            "| path | CPU ms/s edge worker | CPU ms/s edge forward | CPU ms/s socat (both) |",
+            "|---|---:|---:|---:|",
+        ]
+        for path in ("socat", "edge"):
+            xs = [x for x in idle if x.path == path]
+            if not xs:
+                continue
+            worker = forward = socat = "-"
+            if path == "edge":
+                worker = f"{med([x.idle_cpu['edge worker'] for x in xs]) * 1e3:.1f}"
+                forward = f"{med([x.idle_cpu['edge forward'] for x in xs]) * 1e3:.1f}"
+            else:
+                both = [x.idle_cpu["socat outer"] + x.idle_cpu["socat inner"] for x in xs]
+                socat = f"{med(both) * 1e3:.1f}"
+            lines.append(f"| {path} | {worker} | {forward} | {socat} |")
     lines += ["", SECTION_END]
     return "\n".join(lines)
 
@@ -982,6 +1064,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=run.LOAD_CPU,
         help="CPU of the local forwarder (edge forward, the outer socat)",
     )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        help="seconds the open connections are measured idle before the first latency run "
+        "of each path (3; 0: skip)",
+    )
     p.add_argument("--only", help="comma-separated parts: throughput,latency")
     p.add_argument(
         "--quick", action="store_true", help="a smoke check: 1 round, 64 MiB, 2 s of latency"
@@ -1000,6 +1089,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead of measuring: py-spy of the edge worker and edge forward",
     )
     p.add_argument("--py-spy", default="py-spy", help="the py-spy executable (py-spy)")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: native frames too (uvloop, libc, the kernel's entry points)",
+    )
+    p.add_argument(
+        "--edge-ref",
+        metavar="REV",
+        help="run the edge (serve and forward) from a git worktree of REV instead of this "
+        "checkout's working tree (e.g. HEAD while others' edits are uncommitted)",
+    )
     p.add_argument("--serve-target", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -1009,6 +1109,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--only takes some of throughput,latency")
     if args.rounds < 1 or args.mib < 1 or args.duration <= 0 or args.tunnels < 1:
         p.error("--rounds, --mib, --duration and --tunnels must be positive")
+    if args.idle < 0 or args.paced < 0:
+        p.error("--idle and --paced must not be negative")
     if args.write_results and (args.quick or args.profile):
         p.error("--write-results records a full run: not with --quick or --profile")
     return args
@@ -1035,7 +1137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     w = World(run.Children(), tmp, args.forwarder_cpu)
     nbytes = args.mib * 1024 * 1024
     loads = [x for x in LOADS if x != "paced" or args.paced > 0]
+    stack = contextlib.ExitStack()
     try:
+        if args.edge_ref:
+            source = stack.enter_context(run.edge_worktree(args.edge_ref))
+            run.check_edge_source(source.path)
+            w.src = source.path
+            info["git"] = f"{source.short} (a worktree of `{args.edge_ref}`)"
         _, w.redis_port = run.start_redis(w.children, tmp)
         start_target(w)
         from edge.auth.secrets import new_admin_token
@@ -1052,7 +1160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"edge forward :{w.forward_port} (edge worker pid {w.worker_pid})"
         )
         if args.profile:
-            profile(w, args.profile, nbytes, shutil.which(args.py_spy) or args.py_spy)
+            py_spy = shutil.which(args.py_spy) or args.py_spy
+            profile(w, args.profile, nbytes, py_spy, args.native)
             return 0
         for rnd in range(1, args.rounds + 1):
             if "throughput" in args.parts:
@@ -1068,15 +1177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "latency" in args.parts:
                 for load in loads:
                     for path in PATHS:
+                        idle = args.idle if load == loads[0] else 0.0
                         x = latency(
-                            w, rnd, path, load, args.tunnels, args.paced, 1.0, args.duration
+                            w, rnd, path, load, args.tunnels, args.paced, 1.0, args.duration, idle
                         )
                         lats.append(x)
                         cpu = ", ".join(f"{k} {x.cpu_us_per_rt(k):.1f}" for k in x.cpu)
+                        still = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in x.idle_cpu.items())
                         run.progress(
                             f"round {rnd} {load:<6} {path:<6} {x.rate:8,.0f} rt/s  "
                             f"p50 {x.p50_us:8,.0f} µs  p99 {x.p99_us:8,.0f} µs"
                             f"{'  CPU µs/rt: ' + cpu if cpu else ''}"
+                            f"{'  idle CPU ms/s: ' + still if still else ''}"
                         )
     except run.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -1086,6 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         w.children.stop_all()
+        stack.close()
         if args.keep_tmp:
             print(f"temp dir kept: {tmp}", file=sys.stderr)
         else:
