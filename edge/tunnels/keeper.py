@@ -127,6 +127,7 @@ class SessionKeeper:
         self._closing: set[str] = set()  # session ids closed, not yet out of the registry
         self._next_beat = 0.0
         self._failing = False
+        self._stopped = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ the loop
@@ -134,7 +135,8 @@ class SessionKeeper:
         """Check, and heartbeat when due, every ``interval`` until cancelled."""
         loop = asyncio.get_running_loop()
         checked = loop.time()  # the last pass that could read Redis
-        while True:
+        self._stopped = False
+        while not self._stopped:
             await asyncio.sleep(self.interval)
             try:
                 async with asyncio.timeout(self.timeout):
@@ -257,9 +259,15 @@ class SessionKeeper:
         except (RedisError, OSError):
             self.releases_failed += 1  # the outage is the loop's to log
 
+    def stop(self) -> None:
+        """End :meth:`run` at its next pass, whatever becomes of a cancellation (one that
+        lands as a Redis command's own timeout expires can be taken for that timeout)."""
+        self._stopped = True
+
     async def close(self, grace: float = RELEASE_TIMEOUT) -> None:
-        """Wait (bounded) for the slots being given back, e.g. after the drain closed every
-        tunnel; cancel what is left."""
+        """Stop the loop; wait (bounded) for the slots being given back, e.g. after the
+        drain closed every tunnel; cancel what is left."""
+        self.stop()
         tasks = set(self._tasks)
         if not tasks:
             return

@@ -15,7 +15,13 @@ def test_health_lists_the_background_services(
     edge = edge_factory(ADMIN_TOKEN=new_admin_token(), HTTPS_PORT="0")
     doc = edge.health()
     background = doc["background"]
-    assert set(background) == {"config-watcher", "pat-last-used", "admin-token", "acme"}
+    assert set(background) == {
+        "config-watcher",
+        "pat-last-used",
+        "admin-token",
+        "acme",
+        "tunnel-keeper",
+    }
     for name, service in background.items():
         assert service["state"] == "running", name
         assert service["restarts"] == 0, name
@@ -34,5 +40,8 @@ def test_background_services_without_admin_token_or_tls(
 ) -> None:
     edge = edge_factory()
     wait_for(
-        lambda: set(edge.health()["background"]) == {"config-watcher", "pat-last-used", "acme"}
+        lambda: (
+            set(edge.health()["background"])
+            == {"config-watcher", "pat-last-used", "acme", "tunnel-keeper"}
+        )
     )

@@ -267,6 +267,7 @@ async def test_run_closes_within_two_seconds_of_a_revocation(
         assert tunnel.closes == [(REVOKED, "access revoked")]
         assert time.monotonic() - revoked_at < 2.0
     finally:
+        keeper.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -286,6 +287,7 @@ async def test_unreachable_redis_keeps_tunnels_and_is_logged_once(
         warnings = [r for r in caplog.records if "redis unavailable" in r.getMessage()]
         assert len(warnings) == 1
     finally:
+        keeper.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await nowhere.close()
@@ -311,6 +313,7 @@ async def test_stalled_redis_keeps_tunnels_and_its_return_is_logged(
         assert messages.count("tunnel keeper: redis reachable again") == 1
         assert tunnel.closes == []
     finally:
+        keeper.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -338,5 +341,6 @@ async def test_access_unchecked_too_long_closes_tunnels_with_1013(
         messages = [r.getMessage() for r in caplog.records]
         assert messages.count("tunnel keeper: access unchecked too long; live tunnels closed") == 1
     finally:
+        keeper.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
