@@ -473,8 +473,11 @@ def test_renew_gives_a_new_certificate_that_replaces_the_old_one(
     wait_status(rdb, "ren")
     assert_served(site.https_port, "ren.example.test", site.root)
     wait_for(lambda: served_chain(site.https_port, "ren.example.test")[0] == second, timeout=10)
-    # same CA, same account: the new order said which certificate it replaces
-    assert replaces_sent(site.front) == [None, ari_id(first)]
+    # same CA, same account: the new order said which certificate it replaces (and so
+    # did any attempt of it that was retried: Pebble fails some validations on purpose)
+    sent = replaces_sent(site.front)
+    assert sent[0] is None and len(sent) >= 2, sent
+    assert set(sent[1:]) == {ari_id(first)}, sent
     assert record(rdb, "ren")["owner_token_hash"] == sha256(admin)
 
 
