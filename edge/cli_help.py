@@ -191,6 +191,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "PORT_FORWARD_PING_INTERVAL",
             "PORT_FORWARD_CONNECT_TIMEOUT",
             "PORT_FORWARD_MAX_MESSAGE",
+            "PORT_FORWARD_SLOT_SECONDS",
         ),
     ),
 )

@@ -56,6 +56,13 @@ def _cache_seconds(raw: str) -> float:
     return value
 
 
+def _slot_seconds(raw: str) -> float:
+    value = float(raw.strip())
+    if not 3 <= value <= 3600 or value != value:
+        raise ValueError("must be a number of seconds >= 3 and <= 3600")
+    return value
+
+
 def _host(raw: str) -> str:
     value = raw.strip()
     try:
@@ -427,6 +434,10 @@ class Settings:
     port_forward_ping_interval: float = 20.0
     port_forward_connect_timeout: float = 5.0  # to the target; then 4004
     port_forward_max_message: int = 1024 * 1024  # bytes of one WebSocket message; then 1009
+    # a live tunnel's session slot outlives its last heartbeat (sent every third of it) by
+    # this much: a node that dies frees its tunnels' slots within it, and a node that
+    # cannot read Redis for that long closes its tunnels (their slots ran out)
+    port_forward_slot_seconds: float = 45.0
     # the OAuth 2.1 authorization server (on AUTH_HOSTNAME; off when there is none)
     base_domain: str | None = None
     auth_hostname_setting: str | None = None  # AUTH_HOSTNAME; see auth_hostname
@@ -559,6 +570,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PORT_FORWARD_PING_INTERVAL": ("port_forward_ping_interval", _seconds),
     "PORT_FORWARD_CONNECT_TIMEOUT": ("port_forward_connect_timeout", _seconds),
     "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", _int(1024, 64 * 1024 * 1024)),
+    "PORT_FORWARD_SLOT_SECONDS": ("port_forward_slot_seconds", _slot_seconds),
     "BASE_DOMAIN": ("base_domain", _hostname),
     "AUTH_HOSTNAME": ("auth_hostname_setting", _hostname),
     "OAUTH_ISSUER": ("oauth_issuer_setting", _issuer),

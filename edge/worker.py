@@ -142,7 +142,11 @@ class Worker:
             )
         # port-forward tunnels: this worker's live ones (the keeper gives each one's session
         # slot back when it ends) and their WebSocket endpoints on the API
-        self.keeper = SessionKeeper(self.tokens.redis.client, lambda: self.tunnels.live())
+        self.keeper = SessionKeeper(
+            self.tokens.redis.client,
+            lambda: self.tunnels.live(),
+            slot_seconds=settings.port_forward_slot_seconds,
+        )
         self.tunnels = TunnelRegistry(self.keeper.released)
         tunnel_sockets = PortForwardSockets(
             lambda: self.tokens.redis.client, lambda: self.watcher.snapshot, settings, self.tunnels

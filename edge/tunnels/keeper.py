@@ -66,7 +66,7 @@ CHECK_TIMEOUT: Final = 2.0  # one pass's Redis round trips, all included
 RELEASE_TIMEOUT: Final = 5.0  # a slot given back; else it runs out on its own
 REVOKED: Final = 4010  # the close code of a tunnel whose ticket no longer holds
 UNCHECKED: Final = 1013  # ... of one whose access could not be checked for too long
-# no successful check for this long: the tunnels' slots have run out, close them
+# no successful check for this long (by default): the tunnels' slots have run out
 UNCHECKED_LIMIT: Final = float(sessions.SLOT_SECONDS)
 
 
@@ -107,16 +107,21 @@ class SessionKeeper:
         live: Callable[[], Sequence[Tunnel]],
         *,
         interval: float = CHECK_INTERVAL,
-        heartbeat_every: float = sessions.HEARTBEAT_SECONDS,
+        heartbeat_every: float | None = None,
         timeout: float = CHECK_TIMEOUT,
-        unchecked_limit: float = UNCHECKED_LIMIT,
+        slot_seconds: float = sessions.SLOT_SECONDS,
+        unchecked_limit: float | None = None,
     ) -> None:
+        """``slot_seconds``: how long a slot outlives its last heartbeat; heartbeats go
+        every third of it and, with nothing checked for that long, tunnels close (unless
+        ``heartbeat_every`` / ``unchecked_limit`` say otherwise)."""
         self.client = client
         self.live = live
         self.interval = interval
-        self.heartbeat_every = heartbeat_every
+        self.slot_seconds = slot_seconds
+        self.heartbeat_every = slot_seconds / 3 if heartbeat_every is None else heartbeat_every
         self.timeout = timeout
-        self.unchecked_limit = unchecked_limit
+        self.unchecked_limit = slot_seconds if unchecked_limit is None else unchecked_limit
         self.unchecked = 0  # tunnels closed because their access could not be checked
         self.watched = 0  # live tunnels at the last pass
         self.revoked = 0  # tunnels closed since start because their access went
@@ -187,7 +192,7 @@ class SessionKeeper:
         if not beat:
             return
         missing = await sessions.heartbeat(
-            self.client, [(t.project_id, t.session_id) for t in beat]
+            self.client, [(t.project_id, t.session_id) for t in beat], self.slot_seconds
         )
         self.heartbeats += 1
         self.lost_slots += missing

@@ -103,6 +103,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "PORT_FORWARD_PING_INTERVAL": ("port_forward_ping_interval", 20.0),
     "PORT_FORWARD_CONNECT_TIMEOUT": ("port_forward_connect_timeout", 5.0),
     "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", 1048576),
+    "PORT_FORWARD_SLOT_SECONDS": ("port_forward_slot_seconds", 45.0),
     "BASE_DOMAIN": ("base_domain", None),
     "AUTH_HOSTNAME": ("auth_hostname_setting", None),
     "OAUTH_ISSUER": ("oauth_issuer_setting", None),
@@ -175,6 +176,7 @@ INVALID: list[tuple[str, str]] = [
     *[("PAT_VERIFY_CACHE_TTL", bad) for bad in ("-1", "3601", "nan", "soon")],
     *[("PORT_FORWARD_MAX_SESSIONS", bad) for bad in ("0", "-1", "2.5", "many")],
     *[("PORT_FORWARD_MAX_MESSAGE", bad) for bad in ("1023", "67108865", "big")],
+    *[("PORT_FORWARD_SLOT_SECONDS", bad) for bad in ("2", "3601", "nan", "long")],
     ("SELF_SIGNED_CN", "not a host"),
     *[
         (name, bad)
