@@ -342,3 +342,63 @@ def oauth_proxy_login(state_hash: str) -> str:
 def oauth_consent(user: str, client_id: str) -> str:
     """-> the scopes ``user`` approved for ``client_id`` (a JSON list)."""
     return f"oauth:consent:{user}:{client_id}"
+
+
+# ------------------------------------------------------------------ the request log
+# Written by every worker (edge.observe.reqlog), read by the logs API and CLI. Every key
+# expires (LOG_RETENTION_HOURS); the indexes are sorted sets of request keys scored by the
+# request's Unix time, trimmed by score. ``hour`` is ``YYYYMMDD:HH`` (UTC).
+
+REQ_LOG = "req:"
+REQ_INDEX = "idx:req:"
+# every request with a 4xx or 5xx status, and every one slower than LOG_SLOW_MS
+REQ_INDEX_ERRORS = "idx:req:errors"
+REQ_INDEX_SLOW = "idx:req:slow"
+# every request, capped (XADD MAXLEN ~): what ``edge logs follow`` tails
+REQ_STREAM = "stream:requests"
+
+
+def req_log(timestamp: str, ip: str) -> str:
+    """-> one request's hash (its fields: edge.observe.reqlog.ReqLogEntry)."""
+    return f"{REQ_LOG}{timestamp}:{ip}"
+
+
+def req_index_ip(ip: str) -> str:
+    return f"{REQ_INDEX}ip:{ip}"
+
+
+def req_index_host(hostname: str) -> str:
+    return f"{REQ_INDEX}host:{hostname}"
+
+
+def req_index_user(username: str) -> str:
+    return f"{REQ_INDEX}user:{username}"
+
+
+def req_index_client(client_id: str) -> str:
+    return f"{REQ_INDEX}client:{client_id}"
+
+
+def req_index_status(code: int) -> str:
+    return f"{REQ_INDEX}status:{code}"
+
+
+def req_index_path(method: str, path: str) -> str:
+    """``path`` normalised first (edge.observe.reqlog.normalise_path), so ids in it do not
+    make a key each."""
+    return f"{REQ_INDEX}path:{method}:{path}"
+
+
+def req_stats_requests(hour: str) -> str:
+    """-> how many requests were logged in that hour (a counter)."""
+    return f"stats:requests:{hour}"
+
+
+def req_stats_errors(hour: str) -> str:
+    """-> how many of them had a 4xx or 5xx status (a counter)."""
+    return f"stats:errors:{hour}"
+
+
+def req_stats_unique_ips(hostname: str, hour: str) -> str:
+    """-> the client IPs seen for ``hostname`` in that hour (a HyperLogLog)."""
+    return f"stats:unique_ips:{hostname}:{hour}"

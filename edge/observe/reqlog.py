@@ -1,0 +1,516 @@
+"""The request log in Redis: one hash per finished exchange, indexes, a stream, counters.
+
+``RequestLogWriter`` is an ``ExchangeObserver`` (edge/observe/observer.py) and a service
+(edge/lifecycle.py). On the request path ``exchange_done`` only appends the shared record
+to a bounded per-worker deque (``deque(maxlen=...)``: when it is full the oldest entry goes
+and is counted as dropped); nothing is built, encoded or awaited there. ``run`` wakes every
+``batch_ms`` (or as soon as ``batch_size`` entries wait) and writes one pipeline per batch
+(no MULTI: nothing reads these keys in between, and a half-written batch only loses log
+lines):
+
+* ``req:{timestamp}:{ip}`` -- a hash of the entry's non-empty fields (``ReqLogEntry``),
+  with ``EXPIRE`` of the retention;
+* ``ZADD`` of the request key, scored by the request's Unix time in seconds (millisecond
+  precision), into ``idx:req:ip:{ip}``, ``idx:req:host:{hostname}``,
+  ``idx:req:user:{username}``, ``idx:req:client:{client_id}``, ``idx:req:status:{code}``,
+  ``idx:req:errors`` (4xx and 5xx), ``idx:req:slow`` (over ``slow_ms``) and
+  ``idx:req:path:{method}:{path}`` (``normalise_path``, methods outside the standard ones
+  folded into ``OTHER``). The members of one batch are grouped, so an index gets one ZADD,
+  one ``ZREMRANGEBYSCORE`` of what is older than the retention and one ``EXPIRE`` per batch;
+* ``XADD stream:requests MAXLEN ~ stream_maxlen`` of the same fields plus ``key``;
+* ``INCRBY stats:requests:{YYYYMMDD:HH}`` / ``stats:errors:{YYYYMMDD:HH}`` and ``PFADD
+  stats:unique_ips:{hostname}:{YYYYMMDD:HH}``, each with ``EXPIREAT`` the end of its hour
+  plus the retention.
+
+Every key written gets its TTL in the same pipeline, so a key can never be left without
+one (not even one recreated after ``DELETE /api/v1/logs``).
+
+**The timestamp.** ``{timestamp}`` is ``{unix microseconds}-{writer tag}``, e.g.
+``req:1764778499123000-9f3a01bc:203.0.113.7``. The microseconds come from the record's
+time (millisecond precision) and are made strictly increasing within one writer (a second
+request of the same millisecond gets ``...001``), so one worker never reuses a key; the tag
+is 32 random bits drawn when the writer starts, so two workers or nodes logging one IP in
+the same microsecond still write two keys (unless their tags also collide: about one in
+four billion per pair of writers). The key keeps the ``req:{timestamp}:{ip}`` shape: split
+at the first two ``:`` (an IPv6 address has more).
+
+**When Redis is slow or down** a batch that fails or takes longer than ``write_timeout``
+is dropped and counted, never retried; after a failure the next attempt waits
+``RETRY_PAUSE`` while the deque keeps the newest entries. Nothing on the request path ever
+waits for Redis.
+
+**Secrets never enter it**: the path is stored without its query string or fragment (a
+tunnel ticket, an OAuth code or state all travel in the query), no request header is read
+at all (Authorization, cookies, tickets and tokens cannot get in), and the upstream is
+stored without userinfo or query.
+
+**Memory, measured** (redis-server 7.0, jemalloc, ``INFO memory`` ``used_memory`` before and
+after 10,000 entries, tests/integration/test_reqlog_writer.py ``test_memory_per_entry``):
+MEMORY_FIGURE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from edge.store import keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+    from redis.typing import EncodableT, FieldT
+
+    from edge.observe.accesslog import AccessRecord
+
+__all__ = [
+    "ReqLogEntry",
+    "RequestLogWriter",
+    "entry_from_record",
+    "hour_of",
+    "index_method",
+    "normalise_path",
+]
+
+log = logging.getLogger(__name__)
+
+BATCH_MS = 100  # LOG_BATCH_MS
+BATCH_SIZE = 500  # entries per pipeline at most
+QUEUE_SIZE = 10_000  # entries waiting per worker at most; beyond, the oldest go
+RETENTION_HOURS = 24  # LOG_RETENTION_HOURS
+SLOW_MS = 1000  # LOG_SLOW_MS
+STREAM_MAXLEN = 100_000  # stream:requests, approximately (MAXLEN ~)
+WRITE_TIMEOUT = 2.0  # seconds one batch's pipeline may take before it is dropped
+RETRY_PAUSE = 1.0  # seconds after a failed batch before the next attempt
+MAX_PATH = 1024  # characters of path kept in the hash (a request line may hold 8 KiB)
+
+
+class ReqLogEntry(msgspec.Struct, omit_defaults=True):
+    """One logged exchange: the fields of its ``req:{timestamp}:{ip}`` hash.
+
+    Empty values (``""``, ``None``, ``0`` ports) are left out of the hash.
+    """
+
+    time: str  # ISO 8601 UTC with milliseconds, when the exchange ended
+    node: str
+    worker: int
+    request_id: str
+    client_ip: str
+    method: str
+    host: str
+    path: str  # without query string or fragment
+    status: int  # 0 for an event with no HTTP answer (a TLS or PROXY failure)
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    client_port: int = 0
+    proxy_unique_id: str = ""
+    sni: str = ""
+    upstream: str = ""
+    upstream_ms: float | None = None
+    user: str = ""
+    client_id: str = ""  # the OAuth client the request's token was issued to
+    error: str = ""  # the edge's error code, when it answered with one
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        """The hash's fields (also the stream entry's, less ``key``)."""
+        out: dict[FieldT, EncodableT] = {
+            "time": self.time,
+            "node": self.node,
+            "worker": self.worker,
+            "request_id": self.request_id,
+            "client_ip": self.client_ip,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "status": self.status,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": self.duration_ms,
+        }
+        if self.client_port:
+            out["client_port"] = self.client_port
+        for name in ("proxy_unique_id", "sni", "upstream", "user", "client_id", "error"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        if self.upstream_ms is not None:
+            out["upstream_ms"] = self.upstream_ms
+        return out
+
+
+# ------------------------------------------------------------------ scrubbing
+
+
+def strip_query(path: str) -> str:
+    """``path`` without its query string and fragment, at most ``MAX_PATH`` characters."""
+    cut = len(path)
+    for mark in ("?", "#"):
+        at = path.find(mark)
+        if 0 <= at < cut:
+            cut = at
+    return path[: min(cut, MAX_PATH)]
+
+
+def clean_upstream(upstream: str) -> str:
+    """The upstream without userinfo (``user:pass@``) or query string."""
+    upstream = strip_query(upstream)
+    scheme, sep, rest = upstream.rpartition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
+def entry_from_record(
+    record: AccessRecord,
+    node: str,
+    worker: int,
+    *,
+    client_port: int = 0,
+    upstream_ms: float | None = None,
+    user: str = "",
+    client_id: str = "",
+    error: str = "",
+) -> ReqLogEntry:
+    """The log entry of an access record plus what the record does not carry (yet)."""
+    return ReqLogEntry(
+        time=record.time,
+        node=node,
+        worker=worker,
+        request_id=record.request_id,
+        client_ip=record.client,
+        method=record.method[:16],
+        host=record.host.lower(),
+        path=strip_query(record.path),
+        status=record.status,
+        bytes_in=record.bytes_in,
+        bytes_out=record.bytes_out,
+        duration_ms=record.duration_ms,
+        client_port=client_port,
+        proxy_unique_id=record.proxy_unique_id or "",
+        sni=record.sni or "",
+        upstream=clean_upstream(record.upstream) if record.upstream else "",
+        upstream_ms=upstream_ms,
+        user=user,
+        client_id=client_id,
+        error=error,
+    )
+
+
+# ------------------------------------------------------------------ path normalisation
+
+MAX_SEGMENTS = 8  # segments kept in an index key; the rest become one "{more}"
+MAX_SEGMENT = 64  # a longer segment is an id (or garbage) whatever it looks like
+ID = "{id}"
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+)
+_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
+_HEX = re.compile(r"[0-9a-fA-F]{12,}")
+# t_..., u_..., pat_..., tok_...: a short lowercase prefix, an underscore, an id
+_PREFIXED = re.compile(r"[a-z]{1,5}_([A-Za-z0-9_-]{6,})")
+# base58, base62, base64url ids: long runs of letters and digits
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")
+_EXTENSION = re.compile(r"[A-Za-z0-9]{1,5}")
+_DIGIT = re.compile(r"[0-9]")
+_LETTER = re.compile(r"[A-Za-z]")
+
+
+def _is_id(segment: str) -> bool:
+    if segment.isdigit():
+        return True
+    if _UUID.fullmatch(segment):
+        return True
+    has_digit = _DIGIT.search(segment) is not None
+    if has_digit and _HEX.fullmatch(segment):
+        return True
+    prefixed = _PREFIXED.fullmatch(segment)
+    if prefixed is not None:
+        tail = prefixed.group(1)
+        if _DIGIT.search(tail) or len(tail) >= 16:
+            return True
+    return has_digit and _LETTER.search(segment) is not None and bool(_TOKEN.fullmatch(segment))
+
+
+def _segment(segment: str) -> str:
+    if len(segment) > MAX_SEGMENT:
+        return ID
+    if _is_id(segment):
+        return ID
+    stem, dot, extension = segment.rpartition(".")
+    if dot and stem and _EXTENSION.fullmatch(extension) and _is_id(stem):
+        return f"{ID}.{extension}"  # 12345.json, <uuid>.png
+    return segment
+
+
+def normalise_path(path: str) -> str:
+    """The path as an index key holds it: no query, ids folded into ``{id}``, at most
+    ``MAX_SEGMENTS`` segments of at most ``MAX_SEGMENT`` characters.
+
+    Ids are numbers, UUIDs, hex runs of 12 or more with a digit, ``t_...``-style prefixed
+    ids whose tail has a digit or 16+ characters, and runs of 16+ letters, digits, ``-``
+    and ``_`` with both a letter and a digit (base58/62/64url). Words (``users``,
+    ``user_profile``, ``v2``, ``2024-01-31``) stay, so paths still read as routes. A
+    target that is not a path (``*``, an absolute URI) becomes ``*`` or ``{other}``.
+    """
+    path = strip_query(path)
+    if not path.startswith("/"):
+        return "*" if path == "*" else "{other}"
+    segments = path[1:].split("/")
+    more = len(segments) > MAX_SEGMENTS
+    out = [_segment(s) for s in segments[:MAX_SEGMENTS]]
+    if more:
+        out.append("{more}")
+    return "/" + "/".join(out)
+
+
+def index_method(method: str) -> str:
+    """The method as an index key holds it: the standard ones, else ``OTHER``."""
+    return method if method in _METHODS else "OTHER"
+
+
+def hour_of(unix_seconds: float) -> str:
+    """``YYYYMMDD:HH`` (UTC), the hour of the hourly counters."""
+    return time.strftime("%Y%m%d:%H", time.gmtime(unix_seconds))
+
+
+# ------------------------------------------------------------------ the writer
+
+
+class RequestLogWriter:
+    """One worker's request-log writer: an ``ExchangeObserver`` and a service.
+
+    ``exchange_done(record)`` queues an access record as it is (the common case);
+    ``log(entry)`` queues an entry built with :func:`entry_from_record` when there is more
+    to say (user, OAuth client, error code, client port, upstream time). ``run(stop)``
+    writes batches until ``stop`` is set, then what is still queued, once.
+    """
+
+    name = "request-log"
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        node: str,
+        worker: int,
+        batch_ms: int = BATCH_MS,
+        batch_size: int = BATCH_SIZE,
+        queue_size: int = QUEUE_SIZE,
+        retention_hours: int = RETENTION_HOURS,
+        slow_ms: int = SLOW_MS,
+        stream_maxlen: int = STREAM_MAXLEN,
+        write_timeout: float = WRITE_TIMEOUT,
+        retry_pause: float = RETRY_PAUSE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self.node = node
+        self.worker = worker
+        self.batch_seconds = batch_ms / 1000
+        self.batch_size = batch_size
+        self.retention = retention_hours * 3600
+        self.slow_ms = slow_ms
+        self.stream_maxlen = stream_maxlen
+        self.write_timeout = write_timeout
+        self.retry_pause = retry_pause
+        self._clock = clock
+        self._queue: deque[AccessRecord | ReqLogEntry] = deque(maxlen=queue_size)
+        self._full = asyncio.Event()
+        self.tag = secrets.token_hex(4)
+        self._last_us = 0
+        self._second_text = ""
+        self._second = 0
+        self.written = 0
+        self.dropped = 0  # oldest entries pushed out of a full queue
+        self.failed = 0  # entries of batches that could not be written
+        self.batches = 0
+        self.command_errors = 0
+        self.last_error: str | None = None
+        self._failing = False
+
+    # ------------------------------------------------------------ the request path
+    def exchange_done(self, record: AccessRecord) -> None:
+        """Queue ``record`` (O(1), never raises, never waits)."""
+        queue = self._queue
+        if len(queue) == queue.maxlen:
+            self.dropped += 1
+        queue.append(record)
+        if len(queue) == self.batch_size:
+            self._full.set()
+
+    def log(self, entry: ReqLogEntry) -> None:
+        """Queue an entry built by the caller (O(1), never raises, never waits)."""
+        queue = self._queue
+        if len(queue) == queue.maxlen:
+            self.dropped += 1
+        queue.append(entry)
+        if len(queue) == self.batch_size:
+            self._full.set()
+
+    # ------------------------------------------------------------ the service
+    async def run(self, stop: asyncio.Event) -> None:
+        relay = asyncio.ensure_future(self._relay(stop))
+        try:
+            while not stop.is_set():
+                pause = self.retry_pause if self._failing else self.batch_seconds
+                if not self._full.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), pause)
+                self._full.clear()
+                while self._queue and not stop.is_set():
+                    if not await self.write_batch():
+                        break
+                    if len(self._queue) < self.batch_size:
+                        break
+        finally:
+            relay.cancel()
+        while self._queue:  # what the drain left: once, each batch bounded
+            if not await self.write_batch():
+                break
+
+    async def _relay(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._full.set()
+
+    async def flush(self) -> None:
+        """Write everything queued now (batch by batch; a failed batch is dropped)."""
+        while self._queue:
+            await self.write_batch()
+
+    def health(self) -> dict[str, object]:
+        return {
+            "queued": len(self._queue),
+            "written": self.written,
+            "dropped": self.dropped,
+            "failed": self.failed,
+            "batches": self.batches,
+            "command_errors": self.command_errors,
+            "last_error": self.last_error,
+            "redis": "unavailable" if self._failing else "ok",
+        }
+
+    # ------------------------------------------------------------ one batch
+    async def write_batch(self) -> bool:
+        """Take up to ``batch_size`` entries and write them in one pipeline; ``False``
+        when the pipeline failed (its entries are dropped and counted in ``failed``)."""
+        queue = self._queue
+        taken = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+        if not taken:
+            return True
+        try:
+            pipe = self._build(taken)
+            results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.write_timeout)
+        except Exception as exc:  # any failure drops the batch, never more
+            self.failed += len(taken)
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            if not self._failing:
+                log.warning("request log: a batch could not be written: %s", self.last_error)
+            self._failing = True
+            return False
+        for result in results:
+            if isinstance(result, Exception):
+                self.command_errors += 1
+                self.last_error = f"{type(result).__name__}: {result}"[:200]
+        self._failing = False
+        self.batches += 1
+        self.written += len(taken)
+        return True
+
+    def _unix_ms(self, text: str) -> int:
+        """``2026-12-03T16:14:59.123Z`` -> Unix milliseconds (the second cached)."""
+        prefix = text[:19]
+        if prefix != self._second_text:
+            try:
+                second = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:
+                return int(self._clock() * 1000)
+            self._second_text, self._second = prefix, second
+        milli = text[20:23]
+        return self._second * 1000 + (int(milli) if milli.isdigit() else 0)
+
+    def _build(self, taken: list[AccessRecord | ReqLogEntry]) -> Pipeline:
+        pipe: Pipeline = self._client.pipeline(transaction=False)
+        ttl = self.retention
+        indexes: dict[str, dict[str, float]] = {}
+        counters: dict[str, int] = {}
+        uniques: dict[str, list[str]] = {}
+        hours: dict[str, int] = {}  # counter key -> when it expires
+        for item in taken:
+            entry = (
+                item
+                if isinstance(item, ReqLogEntry)
+                else entry_from_record(item, self.node, self.worker)
+            )
+            us = self._unix_ms(entry.time) * 1000
+            if us <= self._last_us:
+                us = self._last_us + 1
+            self._last_us = us
+            score = us / 1_000_000
+            key = keys.req_log(f"{us}-{self.tag}", entry.client_ip)
+            fields = entry.fields()
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ttl)
+            fields["key"] = key
+            pipe.xadd(keys.REQ_STREAM, fields, maxlen=self.stream_maxlen, approximate=True)
+
+            named = [
+                keys.req_index_ip(entry.client_ip),
+                keys.req_index_path(index_method(entry.method), normalise_path(entry.path)),
+            ]
+            if entry.host:
+                named.append(keys.req_index_host(entry.host))
+            if entry.user:
+                named.append(keys.req_index_user(entry.user))
+            if entry.client_id:
+                named.append(keys.req_index_client(entry.client_id))
+            if entry.status:
+                named.append(keys.req_index_status(entry.status))
+            error = 400 <= entry.status < 600
+            if error:
+                named.append(keys.REQ_INDEX_ERRORS)
+            if entry.duration_ms > self.slow_ms:
+                named.append(keys.REQ_INDEX_SLOW)
+            for index in named:
+                indexes.setdefault(index, {})[key] = score
+
+            hour_start = us // 3_600_000_000 * 3600
+            hour = hour_of(hour_start)
+            until = hour_start + 3600 + ttl
+            requests_key = keys.req_stats_requests(hour)
+            counters[requests_key] = counters.get(requests_key, 0) + 1
+            hours[requests_key] = until
+            if error:
+                errors_key = keys.req_stats_errors(hour)
+                counters[errors_key] = counters.get(errors_key, 0) + 1
+                hours[errors_key] = until
+            if entry.host:
+                unique_key = keys.req_stats_unique_ips(entry.host, hour)
+                uniques.setdefault(unique_key, []).append(entry.client_ip)
+                hours[unique_key] = until
+
+        oldest = f"({self._clock() - ttl}"
+        for index, members in indexes.items():
+            pipe.zadd(index, members)
+            pipe.zremrangebyscore(index, "-inf", oldest)
+            pipe.expire(index, ttl)
+        for counter, amount in counters.items():
+            pipe.incrby(counter, amount)
+        for unique_key, ips in uniques.items():
+            pipe.pfadd(unique_key, *ips)
+        for hourly, until in hours.items():
+            pipe.expireat(hourly, int(until))
+        return pipe
