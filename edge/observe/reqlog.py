@@ -83,7 +83,6 @@ from edge.store import keys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.typing import EncodableT, FieldT
 
     from edge.observe.accesslog import AccessRecord
 
@@ -164,31 +163,10 @@ class ReqLogEntry(msgspec.Struct, omit_defaults=True):
             out += ("error", self.error)
         return out
 
-    def fields(self) -> dict[FieldT, EncodableT]:
-        """The hash's fields (also the stream entry's, less ``key``)."""
-        out: dict[FieldT, EncodableT] = {
-            "time": self.time,
-            "node": self.node,
-            "worker": self.worker,
-            "request_id": self.request_id,
-            "client_ip": self.client_ip,
-            "method": self.method,
-            "host": self.host,
-            "path": self.path,
-            "status": self.status,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration_ms": self.duration_ms,
-        }
-        if self.client_port:
-            out["client_port"] = self.client_port
-        for name in ("proxy_unique_id", "sni", "upstream", "user", "client_id", "error"):
-            value = getattr(self, name)
-            if value:
-                out[name] = value
-        if self.upstream_ms is not None:
-            out["upstream_ms"] = self.upstream_ms
-        return out
+    def fields(self) -> dict[str, str]:
+        """The hash's fields, as Redis gives them back (the stream entry adds ``key``)."""
+        flat = self.flat()
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # ------------------------------------------------------------------ scrubbing
@@ -594,3 +572,11 @@ class RequestLogWriter:
             )
         )
         return args
+
+
+if TYPE_CHECKING:  # the writer is both; mypy checks it here, before the worker installs it
+    from edge.lifecycle import Service
+    from edge.observe.observer import ExchangeObserver
+
+    def _conforms(writer: RequestLogWriter) -> tuple[Service, ExchangeObserver]:
+        return writer, writer
