@@ -441,6 +441,7 @@ class RequestLogWriter:
                         break
         finally:
             relay.cancel()
+            await asyncio.wait([relay])
         while self._queue:  # what the drain left: once, each batch bounded
             if not await self.write_batch():
                 break
@@ -488,6 +489,8 @@ class RequestLogWriter:
         if errors:
             self.command_errors += errors
             self.last_error = bytes(message).decode("utf-8", "replace")[:200]
+        if self._failing:
+            log.info("request log: writing again (%d entries lost so far)", self.failed)
         self._failing = False
         self.batches += 1
         self.written += len(taken)
