@@ -104,7 +104,7 @@ QUEUE_SIZE = 10_000  # entries waiting per worker at most; beyond, the oldest go
 RETENTION_HOURS = 24  # LOG_RETENTION_HOURS
 SLOW_MS = 1000  # LOG_SLOW_MS
 STREAM_MAXLEN = 100_000  # stream:requests, approximately (MAXLEN ~)
-WRITE_TIMEOUT = 2.0  # seconds one batch's pipeline may take before it is dropped
+WRITE_TIMEOUT = 2.0  # seconds one batch's call may take before it is counted as failed
 RETRY_PAUSE = 1.0  # seconds after a failed batch before the next attempt
 MAX_PATH = 1024  # characters of path kept in the hash (a request line may hold 8 KiB)
 
