@@ -202,7 +202,13 @@ def test_a_gibibyte_each_way_with_equal_sha256_and_bounded_edge_memory(
                 target=lambda: up_sha.append(send_all(client, pattern(3, GiB))), daemon=True
             )
             sender.start()
-            size, down_sha = read_all(client)
+            try:
+                size, down_sha = read_all(client)
+            except OSError as exc:  # say what each end saw
+                raise AssertionError(
+                    f"{exc!r}; edge forward: {forward.lines[-8:]}; "
+                    f"edge: {project.edge.stderr()[-3000:]}"
+                ) from exc
             down_done = time.monotonic() - started
             sender.join(120)
             assert target.served and target.served[0].done.wait(60)
