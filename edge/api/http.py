@@ -23,6 +23,7 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -209,6 +210,36 @@ def error_response(ex: Exchange, error: EdgeError, *, envelope: bool = False) ->
 
 
 # ---------------------------------------------------------------------------- request bodies
+
+
+def invalid_query(field: str | None, message: str) -> InvalidBody:
+    """400 ``invalid_query``, naming the parameter at fault."""
+    return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
+
+
+def query_pairs(ex: Exchange) -> list[tuple[str, str]]:
+    """The request's query parameters, in order (blank values kept); 400 ``invalid_query``
+    when the query string does not decode."""
+    _, _, query = ex.target.partition(b"?")
+    try:
+        return parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidBody(
+            "undecodable query",
+            code="invalid_query",
+            public_message="the query string is not valid",
+        ) from None
+
+
+def only_query_param(ex: Exchange, name: str) -> list[str]:
+    """Every value given for ``name``, the one query parameter an endpoint takes (the
+    caller checks how many and what): any other parameter is 400 ``invalid_query``."""
+    values: list[str] = []
+    for key, value in query_pairs(ex):
+        if key != name:
+            raise invalid_query(key, f"unknown query parameter (only {name} is accepted)")
+        values.append(value)
+    return values
 
 
 def declared_length(ex: Exchange) -> int | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, get_args
-from urllib.parse import parse_qsl
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -55,7 +54,15 @@ from edge.api.config.store import (
     visible_raw,
     visible_values,
 )
-from edge.api.http import Conflict, Forbidden, InvalidBody, NotFound, Response
+from edge.api.http import (
+    Conflict,
+    Forbidden,
+    InvalidBody,
+    NotFound,
+    Response,
+    invalid_query,
+    only_query_param,
+)
 from edge.api.request import ApiRequest, Authenticator, Endpoint
 from edge.api.router import Router
 from edge.auth.secrets import BASE58_ALPHABET
@@ -113,31 +120,14 @@ def _body_route_id(body: dict[str, Any]) -> str:
     return route_id
 
 
-def _invalid_query(field: str, message: str) -> InvalidBody:
-    return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
-
-
 def _scope_filter(req: ApiRequest[ConfigScope]) -> str | None:
     """``?scope=global|proxy`` (once), or None: the only query parameter of the lists."""
-    _, _, query = req.ex.target.partition(b"?")
-    try:
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidBody(
-            "undecodable query",
-            code="invalid_query",
-            public_message="the query string is not valid",
-        ) from None
-    scopes: list[str] = []
-    for name, value in pairs:
-        if name != "scope":
-            raise _invalid_query(name, "unknown query parameter (only scope is accepted)")
-        scopes.append(value)
+    scopes = only_query_param(req.ex, "scope")
     if not scopes:
         return None
     if len(scopes) > 1 or scopes[0] not in _SCOPES:
         allowed = " or ".join(f"'{s}'" for s in _SCOPES)
-        raise _invalid_query("scope", f"scope must be {allowed}, given once")
+        raise invalid_query("scope", f"scope must be {allowed}, given once")
     return scopes[0]
 
 

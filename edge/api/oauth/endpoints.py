@@ -25,11 +25,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import redis.asyncio as aioredis
 
-from edge.api.http import Conflict, InvalidBody, NotFound, Response
+from edge.api.http import Conflict, NotFound, Response, invalid_query, query_pairs
 from edge.api.identity import Identity
 from edge.api.oauth import inventory
 from edge.api.oauth.inventory import Damaged, Listing
@@ -191,27 +190,16 @@ def _listed(name: str, listing: Listing[Any], view: Callable[[str, Any], Any]) -
 # ---------------------------------------------------------------------------- requests
 
 
-def _invalid_query(field: str, message: str) -> InvalidBody:
-    return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
-
-
 def _query(req: Req, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query parameters, each among ``allowed``, given once, not empty."""
-    _, _, query = req.ex.target.partition(b"?")
-    try:
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        message = "the query string is not valid"
-        raise InvalidBody(
-            "undecodable query", code="invalid_query", public_message=message
-        ) from None
+    pairs = query_pairs(req.ex)
     found: dict[str, str] = {}
     for name, value in pairs:
         if name not in allowed:
             names = ", ".join(allowed) or "none"
-            raise _invalid_query(name, f"unknown query parameter (accepted: {names})")
+            raise invalid_query(name, f"unknown query parameter (accepted: {names})")
         if name in found or not value:
-            raise _invalid_query(name, f"{name} must be given once, not empty")
+            raise invalid_query(name, f"{name} must be given once, not empty")
         found[name] = value
     return found
 

@@ -18,10 +18,9 @@ record and ``Location``, read and replace ``200``, delete ``204``. What they wri
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
 
 from edge.api.config.store import ConfigScope, body_object, location
-from edge.api.http import InvalidBody, Response
+from edge.api.http import Response, invalid_query, only_query_param
 from edge.api.request import ApiRequest, Authenticator, Endpoint, Handler
 from edge.api.router import Router
 from edge.api.targets.records import (
@@ -47,26 +46,13 @@ APP_RESOURCES = "/api/v1/app-resources"
 DATABASES = "/api/v1/databases"
 
 
-def _invalid_query(field: str | None, message: str) -> InvalidBody:
-    return InvalidBody("bad query", code="invalid_query", public_message=message, field=field)
-
-
 def _project_filter(req: ApiRequest[ConfigScope]) -> str | None:
     """``?project_id=...`` (once), or None: the only query parameter of the lists."""
-    _, _, query = req.ex.target.partition(b"?")
-    try:
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise _invalid_query(None, "the query string is not valid") from None
-    found: list[str] = []
-    for name, value in pairs:
-        if name != "project_id":
-            raise _invalid_query(name, "unknown query parameter (only project_id is accepted)")
-        found.append(value)
+    found = only_query_param(req.ex, "project_id")
     if not found:
         return None
     if len(found) > 1 or not valid_target_id(found[0]):
-        raise _invalid_query("project_id", f"project_id must match {ID_PATTERN}, given once")
+        raise invalid_query("project_id", f"project_id must match {ID_PATTERN}, given once")
     return found[0]
 
 
