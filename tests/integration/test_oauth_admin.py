@@ -196,7 +196,7 @@ class Family:
         self.jtis: list[str] = []
         family_key = keys.oauth_family(self.id)
         for _ in range(tokens):
-            jti = new_secret(16)
+            jti = "at_" + new_secret(16)  # as the server draws them: never a leading "-"
             record = AccessTokenRecord(
                 jti=jti,
                 family_id=self.id,
