@@ -182,6 +182,17 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("shutdown", ("DRAIN_TIMEOUT", "DRAIN_IDLE_GRACE", "DRAIN_WEBSOCKET_GRACE")),
     ("processes and logs", ("EDGE_WORKERS", "EDGE_LOOP", "LOG_LEVEL", "LOG_FORMAT")),
+    (
+        "request log in redis",
+        (
+            "REQUEST_LOG",
+            "LOG_BATCH_MS",
+            "LOG_RETENTION_HOURS",
+            "LOG_SLOW_MS",
+            "LOG_STREAM_MAX",
+            "LOG_QUEUE_SIZE",
+        ),
+    ),
     ("access tokens", ("PAT_VERIFY_CACHE_TTL", "PAT_LAST_USED_FLUSH_INTERVAL")),
     (
         "port-forward tunnels",

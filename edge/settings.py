@@ -438,6 +438,13 @@ class Settings:
     # this much: a node that dies frees its tunnels' slots within it, and a node that
     # cannot read Redis for that long closes its tunnels (their slots ran out)
     port_forward_slot_seconds: float = 45.0
+    # the request log in Redis (edge.observe.reqlog): every finished exchange, batched
+    request_log: bool = True
+    log_batch_ms: int = 100  # a batch is written this often (or when 200 entries wait)
+    log_retention_hours: int = 24  # every key of the request log expires after this
+    log_slow_ms: int = 1000  # requests slower than this are indexed in idx:req:slow
+    log_stream_max: int = 100_000  # stream:requests is capped near this many entries
+    log_queue_size: int = 10_000  # entries waiting per worker; beyond, the oldest dropped
     # the OAuth 2.1 authorization server (on AUTH_HOSTNAME; off when there is none)
     base_domain: str | None = None
     auth_hostname_setting: str | None = None  # AUTH_HOSTNAME; see auth_hostname
@@ -571,6 +578,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PORT_FORWARD_CONNECT_TIMEOUT": ("port_forward_connect_timeout", _seconds),
     "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", _int(1024, 64 * 1024 * 1024)),
     "PORT_FORWARD_SLOT_SECONDS": ("port_forward_slot_seconds", _slot_seconds),
+    "REQUEST_LOG": ("request_log", _bool),
+    "LOG_BATCH_MS": ("log_batch_ms", _int(1, 10_000)),
+    "LOG_RETENTION_HOURS": ("log_retention_hours", _int(1, 24 * 366)),
+    "LOG_SLOW_MS": ("log_slow_ms", _int(1, 3_600_000)),
+    "LOG_STREAM_MAX": ("log_stream_max", _int(1000, 100_000_000)),
+    "LOG_QUEUE_SIZE": ("log_queue_size", _int(100, 10_000_000)),
     "BASE_DOMAIN": ("base_domain", _hostname),
     "AUTH_HOSTNAME": ("auth_hostname_setting", _hostname),
     "OAUTH_ISSUER": ("oauth_issuer_setting", _issuer),

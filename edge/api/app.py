@@ -175,6 +175,7 @@ class ApiApp:
             "detail": str(err),  # fixed texts only: never request data or token values
         }
         log.log(err.log_level, "api request failed", extra={"fields": fields})
+        ex.error = err.code
         error_response(ex, err, envelope=envelope)
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
+from time import monotonic
 from typing import Any
 
 import h11
@@ -182,6 +183,7 @@ class ProxyCall:
         "_body_done",
         "_cap",
         "_response_custom",
+        "_started",
         "conn",
         "ex",
         "forwarder",
@@ -206,6 +208,7 @@ class ProxyCall:
         self._response_custom = res.response_headers
         self.conn: UpstreamConnection | None = None
         self.retried = False
+        self._started = 0.0  # when the request went to the pool (upstream_ms counts from it)
         self._body_done = False
         self._cap: asyncio.TimerHandle | None = None
         if forwarder.total_timeout:
@@ -214,6 +217,7 @@ class ProxyCall:
         ex.route = res.route.route_id if res.route is not None else ""
 
     def start(self) -> None:
+        self._started = monotonic()
         conn = self.forwarder.pool.checkout(self.target.origin)
         if conn is not None:
             self._attach(conn)
@@ -294,6 +298,7 @@ class ProxyCall:
         self._disarm()
         self._cancel_cap()  # a tunnel lives as long as both ends want it
         ex = self.ex
+        ex.upstream_ms = round((monotonic() - self._started) * 1000, 3)
         full = downstream_response_headers(
             response.headers, self._response_custom, True, self.ex.request_id.encode("ascii")
         )
@@ -308,6 +313,7 @@ class ProxyCall:
 
     def on_response(self, response: h11.Response) -> None:
         self._touch()
+        self.ex.upstream_ms = round((monotonic() - self._started) * 1000, 3)
         full = downstream_response_headers(
             response.headers, self._response_custom, False, self.ex.request_id.encode("ascii")
         )

@@ -215,6 +215,9 @@ class ProxyGuard:
         if not any(a in named for a in audiences):
             self._unauthenticated(ex, res, proceed, original, sent=True)
             return
+        # the logs' user and OAuth client (a 403 below is logged with them)
+        ex.user = str(claims.get("login") or claims.get("sub") or "")[:128]
+        ex.client_id = str(claims.get("client_id") or "")[:128]
         scope = str(claims.get("scope", ""))
         if self.required:
             scopes = scope.split()

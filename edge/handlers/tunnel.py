@@ -589,6 +589,7 @@ class PortForwardSockets:
                 self.registry.discard(ticket)  # used up for nothing: its slot is free again
             self._refuse(ex, handshake, TICKET_INVALID)
             return
+        ex.user = ticket.user_id  # the logs' user (the ticket carries the id, not the name)
         tunnel = Tunnel(ex, ticket, self.registry, s)
         self.registry.add(tunnel)
         try:

@@ -510,6 +510,7 @@ class HttpConnection(asyncio.Protocol):
                 }
             },
         )
+        ex.error = error.code
         if ex.response_started or self.h11.our_state not in _STATE_CAN_RESPOND:
             self.abort()
             return
@@ -737,6 +738,7 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         else:
             self.current = None
+            ex.error = error.code
             self._log(ex)
             self.abort()
 
@@ -833,6 +835,13 @@ class HttpConnection(asyncio.Protocol):
             ex.upstream,
             ex.route,
             aborted,
+            None,
+            None,
+            ex.client_port,
+            ex.upstream_ms,
+            ex.user,
+            ex.client_id,
+            ex.error,
         )
         if self.tls is not None:
             record.sni = requested_server_name(self.tls)

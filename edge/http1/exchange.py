@@ -51,8 +51,10 @@ class Exchange:
         "access",
         "bytes_in",
         "bytes_out",
+        "client_id",
         "client_ip",
         "client_port",
+        "error",
         "has_body",
         "headers",
         "host",
@@ -71,6 +73,8 @@ class Exchange:
         "status",
         "target",
         "upstream",
+        "upstream_ms",
+        "user",
     )
 
     def __init__(
@@ -109,6 +113,13 @@ class Exchange:
         self.has_body = False
         self.route = ""
         self.upstream = ""
+        # for the logs: ms from the request sent upstream to its answer's head; who the
+        # request acted as (a username, ``token:{name}``), the OAuth client of its token,
+        # and the edge's error code when it answered with one
+        self.upstream_ms: float | None = None
+        self.user = ""
+        self.client_id = ""
+        self.error = ""
         self.sink: BodySink | None = None
         self.producer: Producer | None = None
         # (claims, proxy) of the token that let this exchange in, re-checked while it

@@ -49,6 +49,11 @@ class AccessRecord(msgspec.Struct, omit_defaults=True):
     aborted: bool = False  # present only when true
     sni: str | None = None  # TLS server name, on TLS connections that sent one
     proxy_unique_id: str | None = None  # the PROXY v2 unique-id TLV, when HAProxy sends it
+    client_port: int = 0
+    upstream_ms: float | None = None  # request sent upstream -> its answer's head
+    user: str = ""  # a username, or token:{name} for an API token
+    client_id: str = ""  # the OAuth client the request's token was issued to
+    error: str = ""  # the edge's error code, when it answered with one
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

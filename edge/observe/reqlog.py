@@ -13,10 +13,12 @@ what a pipeline would have sent:
 * ``ZADD`` of the request key, scored by the request's Unix time in seconds (millisecond
   precision), into ``idx:req:ip:{ip}``, ``idx:req:host:{hostname}``,
   ``idx:req:user:{username}``, ``idx:req:client:{client_id}``, ``idx:req:status:{code}``,
-  ``idx:req:errors`` (4xx and 5xx), ``idx:req:slow`` (over ``slow_ms``) and
-  ``idx:req:path:{method}:{path}`` (``normalise_path``, methods outside the standard ones
-  folded into ``OTHER``); each index touched by a batch then gets one ``ZREMRANGEBYSCORE``
-  of what is older than the retention and one ``EXPIRE``;
+  ``idx:req:errors`` (4xx and 5xx), ``idx:req:slow`` (over ``slow_ms``),
+  ``idx:req:events`` (connection events: TLS handshake or PROXY header failures, which
+  are neither requests nor counted as such) and ``idx:req:path:{method}:{path}``
+  (``normalise_path``, methods outside the standard ones folded into ``OTHER``); each
+  index touched by a batch then gets one ``ZREMRANGEBYSCORE`` of what is older than the
+  retention and one ``EXPIRE``;
 * ``XADD stream:requests MAXLEN ~ stream_maxlen`` of the same fields plus ``key``;
 * ``INCRBY stats:requests:{YYYYMMDD:HH}`` / ``stats:errors:{YYYYMMDD:HH}`` and ``PFADD
   stats:unique_ips:{hostname}:{YYYYMMDD:HH}``, each with ``EXPIREAT`` the end of its hour
@@ -135,6 +137,9 @@ class ReqLogEntry(msgspec.Struct, omit_defaults=True):
     user: str = ""
     client_id: str = ""  # the OAuth client the request's token was issued to
     error: str = ""  # the edge's error code, when it answered with one
+    # a connection-level event with no HTTP exchange (tls_handshake_failed,
+    # proxy_header_refused): status 0, indexed in idx:req:events, not counted as a request
+    event: str = ""
 
     def flat(self) -> list[str]:
         """:meth:`fields` as ``[field, value, ...]``, every value a string."""
@@ -161,6 +166,8 @@ class ReqLogEntry(msgspec.Struct, omit_defaults=True):
             out += ("client_id", self.client_id)
         if self.error:
             out += ("error", self.error)
+        if self.event:
+            out += ("event", self.event)
         return out
 
     def fields(self) -> dict[str, str]:
@@ -192,18 +199,8 @@ def clean_upstream(upstream: str) -> str:
     return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
-def entry_from_record(
-    record: AccessRecord,
-    node: str,
-    worker: int,
-    *,
-    client_port: int = 0,
-    upstream_ms: float | None = None,
-    user: str = "",
-    client_id: str = "",
-    error: str = "",
-) -> ReqLogEntry:
-    """The log entry of an access record plus what the record does not carry (yet)."""
+def entry_from_record(record: AccessRecord, node: str, worker: int) -> ReqLogEntry:
+    """The log entry of an access record."""
     return ReqLogEntry(
         time=record.time,
         node=node,
@@ -217,14 +214,14 @@ def entry_from_record(
         bytes_in=record.bytes_in,
         bytes_out=record.bytes_out,
         duration_ms=record.duration_ms,
-        client_port=client_port,
+        client_port=record.client_port,
         proxy_unique_id=record.proxy_unique_id or "",
         sni=record.sni or "",
         upstream=clean_upstream(record.upstream) if record.upstream else "",
-        upstream_ms=upstream_ms,
-        user=user,
-        client_id=client_id,
-        error=error,
+        upstream_ms=record.upstream_ms,
+        user=record.user,
+        client_id=record.client_id,
+        error=record.error,
     )
 
 
@@ -356,8 +353,8 @@ class RequestLogWriter:
     """One worker's request-log writer: an ``ExchangeObserver`` and a service.
 
     ``exchange_done(record)`` queues an access record as it is (the common case);
-    ``log(entry)`` queues an entry built with :func:`entry_from_record` when there is more
-    to say (user, OAuth client, error code, client port, upstream time). ``run(stop)``
+    ``log(entry)`` queues an entry built otherwise: a connection-level event (a failed
+    TLS handshake, a refused PROXY header) with ``event`` set and no HTTP exchange. ``run(stop)``
     writes batches until ``stop`` is set, then what is still queued, once.
     """
 
@@ -531,6 +528,10 @@ class RequestLogWriter:
                 us = self._last_us + 1
             self._last_us = us
             key = keys.req_log(f"{us}-{self.tag}", entry.client_ip)
+            if entry.event:  # no request: its IP and the events, nothing counted
+                named = [keys.req_index_ip(entry.client_ip), keys.REQ_INDEX_EVENTS]
+                args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
+                continue
             named = [
                 keys.req_index_ip(entry.client_ip),
                 keys.req_index_path(index_method(entry.method), normalise_path(entry.path)),

@@ -354,6 +354,8 @@ REQ_INDEX = "idx:req:"
 # every request with a 4xx or 5xx status, and every one slower than LOG_SLOW_MS
 REQ_INDEX_ERRORS = "idx:req:errors"
 REQ_INDEX_SLOW = "idx:req:slow"
+# connection events with no HTTP exchange: TLS handshake failures, refused PROXY headers
+REQ_INDEX_EVENTS = "idx:req:events"
 # every request, capped (XADD MAXLEN ~): what ``edge logs follow`` tails
 REQ_STREAM = "stream:requests"
 

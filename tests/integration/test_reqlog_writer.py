@@ -83,14 +83,14 @@ async def test_every_key_and_index_with_its_ttl(aclient: aioredis.Redis, rdb: re
     writer = writer_for(aclient, retention_hours=2, slow_ms=1000)
     now = time.time()
     writer.exchange_done(record(at=now))
-    writer.log(
-        entry_from_record(
-            record(ip="198.51.100.9", path="/api/v1/tokens/t_8fK2mQ9xLp", status=503,
-                   duration=1500.0, method="POST", at=now),
-            "node-a", 1, client_port=51000, upstream_ms=1499.0, user="alice",
-            client_id="c_client1", error="upstream_timeout",
-        )
-    )  # fmt: skip
+    detailed = record(ip="198.51.100.9", path="/api/v1/tokens/t_8fK2mQ9xLp", status=503,
+                      duration=1500.0, method="POST", at=now)  # fmt: skip
+    detailed.client_port = 51000
+    detailed.upstream_ms = 1499.0
+    detailed.user = "alice"
+    detailed.client_id = "c_client1"
+    detailed.error = "upstream_timeout"
+    writer.log(entry_from_record(detailed, "node-a", 1))
     await writer.flush()
     assert writer.health()["written"] == 2
     assert writer.health()["batches"] == 1

@@ -134,14 +134,17 @@ def _record(**changes: object) -> AccessRecord:
 
 def test_entry_from_record() -> None:
     entry = entry_from_record(
-        _record(sni="app.example.com", proxy_unique_id="uid-9"),
+        _record(
+            sni="app.example.com",
+            proxy_unique_id="uid-9",
+            client_port=51000,
+            upstream_ms=0.8,
+            user="alice",
+            client_id="c_1",
+            error="upstream_timeout",
+        ),
         "node-a",
         3,
-        client_port=51000,
-        upstream_ms=0.8,
-        user="alice",
-        client_id="c_1",
-        error="upstream_timeout",
     )
     assert entry == ReqLogEntry(
         time="2026-12-03T16:14:59.123Z", node="node-a", worker=3, request_id="rid-1",

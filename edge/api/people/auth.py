@@ -116,6 +116,7 @@ class PatAuthenticator:
         if project is None or user is None or member is None or not member.active:
             raise _unauthorized(AuthFailure.FORBIDDEN_SCOPE, prefix)
         await self.store.touch_pat(matched.id, now_iso())
+        ex.user = user.name  # the logs' user
         return PatIdentity(user, project, member.role, matched)
 
 

@@ -47,6 +47,7 @@ async def authenticate(ex: Exchange, store: TokenStore) -> Identity:
         record = await store.authenticate(token)
     if record is None:
         raise Unauthorized(f"authentication failed: {reason.value}")
+    ex.user = f"token:{record.name}"  # the logs' user: an API token goes by its name
     return Identity(record.name, record.name == ADMIN_NAME, record.hash)
 
 
