@@ -20,9 +20,11 @@ what a pipeline would have sent:
   index touched by a batch then gets one ``ZREMRANGEBYSCORE`` of what is older than the
   retention and one ``EXPIRE``;
 * ``XADD stream:requests MAXLEN ~ stream_maxlen`` of the same fields plus ``key``;
-* ``INCRBY stats:requests:{YYYYMMDD:HH}`` / ``stats:errors:{YYYYMMDD:HH}`` and ``PFADD
-  stats:unique_ips:{hostname}:{YYYYMMDD:HH}``, each with ``EXPIREAT`` the end of its hour
-  plus the retention.
+* ``INCRBY stats:requests:{YYYYMMDD:HH}`` / ``stats:errors:{YYYYMMDD:HH}``, ``PFADD
+  stats:unique_ips:{hostname}:{YYYYMMDD:HH}`` (and ``stats:unique_ips:*:{YYYYMMDD:HH}``
+  for every host together), ``HINCRBY stats:duration:{YYYYMMDD:HH}`` of the duration's
+  bucket (``duration_bucket``: 4 a doubling from 10 us, so percentiles read from it are
+  at most 19% high), each with ``EXPIREAT`` the end of its hour plus the retention.
 
 Why a script and not a pipeline: the cost is the client. A pipeline of the same commands
 (about 6 per entry, grouped per batch) cost redis-py (pure Python, no hiredis) 128 us of
@@ -72,6 +74,7 @@ import asyncio
 import calendar
 import contextlib
 import logging
+import math
 import re
 import secrets
 import time
@@ -91,6 +94,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ReqLogEntry",
     "RequestLogWriter",
+    "bucket_upper_ms",
+    "duration_bucket",
     "entry_from_record",
     "hour_of",
     "index_method",
@@ -299,6 +304,24 @@ def index_method(method: str) -> str:
     return method if method in _METHODS else "OTHER"
 
 
+BUCKET_BASE_MS = 0.01  # bucket 0 holds durations up to 10 us
+BUCKETS_PER_DOUBLING = 4  # each bucket's bound is 2 ** (1/4) (19%) above the previous one
+
+
+def duration_bucket(ms: float) -> int:
+    """The ``stats:duration:{hour}`` bucket of a duration: the least ``i`` with
+    ``ms <= bucket_upper_ms(i)`` (a percentile read from the buckets is at most 19% high)."""
+    if ms <= BUCKET_BASE_MS:
+        return 0
+    i = math.ceil(math.log2(ms / BUCKET_BASE_MS) * BUCKETS_PER_DOUBLING - 1e-9)
+    return max(i, 0)
+
+
+def bucket_upper_ms(i: int) -> float:
+    """The largest duration (ms) bucket ``i`` holds."""
+    return float(BUCKET_BASE_MS * 2 ** (i / BUCKETS_PER_DOUBLING))
+
+
 def hour_of(unix_seconds: float) -> str:
     """``YYYYMMDD:HH`` (UTC), the hour of the hourly counters."""
     return time.strftime("%Y%m%d:%H", time.gmtime(unix_seconds))
@@ -344,6 +367,9 @@ end
 local sums = cjson.decode(ARGV[#ARGV])
 for _, c in ipairs(sums[1]) do call('INCRBY', c[1], c[2]) end
 for _, u in ipairs(sums[2]) do call('PFADD', u[1], unpack(u[2])) end
+for _, d in ipairs(sums[4]) do
+  for _, b in ipairs(d[2]) do call('HINCRBY', d[1], b[1], b[2]) end
+end
 for _, h in ipairs(sums[3]) do call('EXPIREAT', h[1], h[2]) end
 return {errors, first}
 """
@@ -511,6 +537,7 @@ class RequestLogWriter:
         counters: dict[str, int] = {}
         uniques: dict[str, list[str]] = {}
         hours: dict[str, int] = {}  # hourly key -> when it expires
+        durations: dict[str, dict[int, int]] = {}  # hourly key -> bucket -> count
         args: list[bytes | str | int] = [
             ttl,
             f"({self._clock() - ttl}",
@@ -562,16 +589,26 @@ class RequestLogWriter:
                 errors_key = keys.req_stats_errors(hour)
                 counters[errors_key] = counters.get(errors_key, 0) + 1
                 hours[errors_key] = until
-            if entry.host:
-                unique_key = keys.req_stats_unique_ips(entry.host, hour)
+            hosts = (entry.host, "*") if entry.host else ("*",)
+            for host in hosts:
+                unique_key = keys.req_stats_unique_ips(host, hour)
                 uniques.setdefault(unique_key, []).append(entry.client_ip)
                 hours[unique_key] = until
+            durations_key = keys.req_stats_duration(hour)
+            bucket = duration_bucket(entry.duration_ms)
+            per_bucket = durations.setdefault(durations_key, {})
+            per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
+            hours[durations_key] = until
         args.append(
             _encode(
                 (
                     list(counters.items()),
                     list(uniques.items()),
                     [(key, str(until)) for key, until in hours.items()],
+                    [
+                        [key, [(str(i), n) for i, n in per.items()]]
+                        for key, per in durations.items()
+                    ],
                 )
             )
         )

@@ -402,5 +402,12 @@ def req_stats_errors(hour: str) -> str:
 
 
 def req_stats_unique_ips(hostname: str, hour: str) -> str:
-    """-> the client IPs seen for ``hostname`` in that hour (a HyperLogLog)."""
+    """-> the client IPs seen for ``hostname`` in that hour (a HyperLogLog); ``*`` (never a
+    hostname) for every host together."""
     return f"stats:unique_ips:{hostname}:{hour}"
+
+
+def req_stats_duration(hour: str) -> str:
+    """-> the hour's request durations (a hash: bucket index -> count; buckets:
+    edge.observe.reqlog.duration_bucket)."""
+    return f"stats:duration:{hour}"

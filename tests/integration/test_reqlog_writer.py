@@ -12,7 +12,14 @@ import redis
 import redis.asyncio as aioredis
 
 from edge.observe.accesslog import AccessRecord
-from edge.observe.reqlog import RequestLogWriter, entry_from_record, hour_of
+from edge.observe.reqlog import (
+    ReqLogEntry,
+    RequestLogWriter,
+    bucket_upper_ms,
+    duration_bucket,
+    entry_from_record,
+    hour_of,
+)
 from edge.settings import RedisTarget
 from edge.store import keys
 from edge.store.client import redis_client
@@ -146,8 +153,49 @@ async def test_every_key_and_index_with_its_ttl(aclient: aioredis.Redis, rdb: re
     assert rdb.get(keys.req_stats_errors(hour)) == b"1"
     unique = keys.req_stats_unique_ips("app.example.com", hour)
     assert rdb.pfcount(unique) == 2
-    for counter in (keys.req_stats_requests(hour), keys.req_stats_errors(hour), unique):
+    every_host = keys.req_stats_unique_ips("*", hour)
+    assert rdb.pfcount(every_host) == 2
+    durations = keys.req_stats_duration(hour)
+    assert rdb.hgetall(durations) == {
+        str(duration_bucket(2.5)).encode(): b"1",
+        str(duration_bucket(1500.0)).encode(): b"1",
+    }
+    hourly = (keys.req_stats_requests(hour), keys.req_stats_errors(hour), unique, every_host)
+    for counter in (*hourly, durations):
         assert rdb.expiretime(counter) == until, counter
+
+
+def test_duration_buckets() -> None:
+    assert duration_bucket(0) == 0 and duration_bucket(0.01) == 0
+    for ms in (0.011, 0.5, 1.0, 2.5, 999.9, 1000.0, 1500.0, 3_600_000.0):
+        i = duration_bucket(ms)
+        assert bucket_upper_ms(i - 1) < ms <= bucket_upper_ms(i), ms
+        assert bucket_upper_ms(i) <= ms * 2**0.25 + 1e-9, ms
+
+
+async def test_events_indexed_apart_and_not_counted(
+    aclient: aioredis.Redis, rdb: redis.Redis
+) -> None:
+    writer = writer_for(aclient)
+    now = time.time()
+    writer.log(
+        ReqLogEntry(
+            time=stamp(now), node="node-a", worker=1, request_id="", client_ip="192.0.2.1",
+            method="", host="", path="", status=0, bytes_in=517, bytes_out=7,
+            duration_ms=3.0, client_port=40000, sni="app.example.com",
+            error="tlsv1 alert unknown ca", event="tls_handshake_failed",
+        )
+    )  # fmt: skip
+    await writer.flush()
+    [key] = [k.decode() for k in rdb.scan_iter("req:*")]
+    assert rdb.hget(key, "event") == b"tls_handshake_failed"
+    assert {k.decode() for k in rdb.scan_iter("idx:req:*")} == {
+        keys.REQ_INDEX_EVENTS,
+        keys.req_index_ip("192.0.2.1"),
+    }
+    assert set(members(rdb, keys.REQ_INDEX_EVENTS)) == {key}
+    assert rdb.get(keys.req_stats_requests(hour_of(now))) is None
+    assert rdb.xlen(keys.REQ_STREAM) == 1
 
 
 async def test_indexes_trimmed_by_score_and_stream_capped(
