@@ -411,3 +411,16 @@ def req_stats_duration(hour: str) -> str:
     """-> the hour's request durations (a hash: bucket index -> count; buckets:
     edge.observe.reqlog.duration_bucket)."""
     return f"stats:duration:{hour}"
+
+
+# every key of the request log starts with one of these (``DELETE /api/v1/logs`` scans
+# for them): the hashes, the indexes, the stream and the hourly counters
+REQ_LOG_PREFIXES = (
+    REQ_LOG,
+    REQ_INDEX,
+    REQ_STREAM,
+    "stats:requests:",
+    "stats:errors:",
+    "stats:unique_ips:",
+    "stats:duration:",
+)
