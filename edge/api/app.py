@@ -38,6 +38,7 @@ from edge.api.http import (
     error_response,
     json_response,
 )
+from edge.api.logs.endpoints import LogsApi
 from edge.api.oauth.endpoints import OAuthAdminApi, OAuthAdminDeps
 from edge.api.people.auth import PeopleContext
 from edge.api.people.directory import PeopleApi
@@ -66,6 +67,8 @@ def default_groups(
     oauth: OAuthAdminDeps | None = None,
     targets: Callable[[], Snapshot] | None = None,
     max_sessions: int = 5,
+    log_retention_hours: int = 24,
+    log_slow_ms: int = 1000,
 ) -> list[EndpointGroup]:
     """Every area of the API, wired to the worker's token store (and its Redis handle);
     ``acme``: the certificate orders' defaults (without it, no issuance endpoints);
@@ -73,7 +76,8 @@ def default_groups(
     ``targets``: the configuration snapshot of the moment, for port-forward tickets (with
     the same PAT verifier as ``/public-api``; without it, no ticket endpoint), at most
     ``max_sessions`` live tunnel sessions per project, and the targets' public listings
-    (without it, only the admin's target endpoints)."""
+    (without it, only the admin's target endpoints); ``log_retention_hours`` and
+    ``log_slow_ms``: LOG_RETENTION_HOURS and LOG_SLOW_MS, for the request log's queries."""
     people = PeopleContext(store.redis, store.timeout, cache_ttl=pat_cache_ttl)
     groups: list[EndpointGroup] = [
         TokenApi(store, prepare_cascade),
@@ -81,6 +85,7 @@ def default_groups(
         PeopleApi(store, people),
         OAuthAdminApi(store, oauth),
         TargetsApi(store, people, targets),
+        LogsApi(store, retention_hours=log_retention_hours, slow_ms=log_slow_ms),
     ]
     if targets is not None:
         groups.append(PortForwardApi(people, targets, max_sessions))

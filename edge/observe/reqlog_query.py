@@ -1,0 +1,530 @@
+"""Reading the request log that :mod:`edge.observe.reqlog` writes: search, stats, follow, clear.
+
+No HTTP here (:mod:`edge.api.logs` serves it); every function takes the worker's asyncio
+Redis client and answers plain data.
+
+**Search.** A query names filters (:class:`Filters`) and a time window (``hours``).
+The filters that have an index of their own (ip, user, client, host, an exact status,
+errors, slow, events) each name a sorted set of request keys scored by Unix time; when
+several are given, the one with the fewest members in the window (``ZCOUNT``, one round
+trip) is walked newest first, ``PAGE`` members at a time, each page's hashes read in one
+pipeline (``HGETALL``) and checked against the other filters. With no indexed filter the
+walk is over ``stream:requests`` (``XREVRANGE``, bounded below by the window's start),
+whose entries carry the hash's fields. The walk stops at ``limit`` matches or after
+``SCAN_BOUND`` keys examined (then the answer is ``partial``); either way the answer has a
+cursor to go on from where it stopped. Keys whose hash has expired are skipped.
+
+**Cursors** are opaque to clients: base64url of ``z|{score}|{key}`` (a sorted-set walk:
+continue with the members scored at most ``score``, skipping those of that score that
+sort at or after ``key``: Redis orders equal scores by member) or ``x|{stream id}``.
+
+**Follow.** ``XREAD BLOCK`` on ``stream:requests`` from a stream id (``$``: the newest
+now), until an entry matches or ``wait`` seconds passed; the answer's ``next`` is the
+last id read, what the next call continues from, so nothing is missed between calls.
+
+**Stats** read ``stats:requests``, ``stats:errors``, ``stats:unique_ips:*`` (or one
+host's) and ``stats:duration`` per hour; the percentiles are the upper bounds of the
+duration buckets (at most 19% above the true value).
+
+**Clear** ``SCAN``s for every request-log key and ``UNLINK``s them in batches, at most
+``CLEAR_MAX_KEYS`` per call (the caller calls again until ``complete``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edge.observe.reqlog import SLOW_MS, bucket_upper_ms, hour_of
+from edge.store import keys
+from edge.store.scan import as_text
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "CLEAR_MAX_KEYS",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_WAIT",
+    "SCAN_BOUND",
+    "Cursor",
+    "Filters",
+    "FollowPage",
+    "InvalidCursor",
+    "Page",
+    "clear",
+    "follow",
+    "percentile_ms",
+    "search",
+    "stats",
+]
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000  # entries per answer at most
+SCAN_BOUND = 10_000  # index members or stream entries examined per call at most
+PAGE = 250  # members (and hashes) read per round trip
+MAX_WAIT = 25.0  # seconds a follow call may wait for a new entry
+CLEAR_MAX_KEYS = 50_000  # keys unlinked per clear call at most
+CLEAR_BATCH = 1000  # keys per UNLINK
+STREAM_ID = re.compile(r"\A[0-9]{1,20}(?:-[0-9]{1,20})?\Z")
+
+# fields stored as text that answers give as numbers
+_INTS = frozenset({"worker", "status", "bytes_in", "bytes_out", "client_port"})
+_FLOATS = frozenset({"duration_ms", "upstream_ms"})
+
+
+class InvalidCursor(ValueError):
+    """A cursor that this module did not make."""
+
+
+# ------------------------------------------------------------------ filters
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What an entry must be to be listed (None or False: anything).
+
+    ``status`` is an exact code, ``status_class`` its first digit (4 for ``4xx``);
+    ``path`` a prefix of the stored path (which has no query string); ``method`` is
+    compared upper-case; ``min_ms`` is a least duration; ``errors``: a 4xx or 5xx;
+    ``slow``: in ``idx:req:slow`` (slower than the writer's ``LOG_SLOW_MS``);
+    ``events``: a connection event (no HTTP exchange).
+    """
+
+    host: str | None = None
+    ip: str | None = None
+    status: int | None = None
+    status_class: int | None = None
+    method: str | None = None
+    path: str | None = None
+    user: str | None = None
+    client: str | None = None
+    min_ms: float | None = None
+    errors: bool = False
+    slow: bool = False
+    events: bool = False
+
+    def indexes(self) -> list[str]:
+        """The sorted sets an entry matching these filters is in (some may be walked)."""
+        named: list[str] = []
+        if self.ip is not None:
+            named.append(keys.req_index_ip(self.ip))
+        if self.user is not None:
+            named.append(keys.req_index_user(self.user))
+        if self.client is not None:
+            named.append(keys.req_index_client(self.client))
+        if self.host is not None:
+            named.append(keys.req_index_host(self.host.lower()))
+        if self.status is not None:
+            named.append(keys.req_index_status(self.status))
+        if self.errors or self.status_class in (4, 5):
+            named.append(keys.REQ_INDEX_ERRORS)
+        if self.slow:
+            named.append(keys.REQ_INDEX_SLOW)
+        if self.events:
+            named.append(keys.REQ_INDEX_EVENTS)
+        return named
+
+    def matches(self, fields: Mapping[str, str]) -> bool:
+        """Whether an entry's fields (as stored) pass every filter but ``slow`` (an index
+        membership, checked apart)."""
+        if self.ip is not None and fields.get("client_ip") != self.ip:
+            return False
+        if self.user is not None and fields.get("user") != self.user:
+            return False
+        if self.client is not None and fields.get("client_id") != self.client:
+            return False
+        if self.host is not None and fields.get("host") != self.host.lower():
+            return False
+        if self.method is not None and fields.get("method") != self.method.upper():
+            return False
+        if self.path is not None and not fields.get("path", "").startswith(self.path):
+            return False
+        if self.events and not fields.get("event"):
+            return False
+        status = _number(fields.get("status"))
+        if self.status is not None and status != self.status:
+            return False
+        if self.status_class is not None and (status is None or status // 100 != self.status_class):
+            return False
+        if self.errors and (status is None or not 400 <= status < 600):
+            return False
+        if self.min_ms is not None:
+            duration = _number(fields.get("duration_ms"))
+            if duration is None or duration < self.min_ms:
+                return False
+        return True
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def entry_document(fields: Mapping[str, str], key: str) -> dict[str, Any]:
+    """An entry as answers show it: its fields, numbers as numbers, and its ``key``."""
+    doc: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _INTS and value.lstrip("-").isdigit():
+            doc[name] = int(value)
+        elif name in _FLOATS and _number(value) is not None:
+            doc[name] = float(value)
+        else:
+            doc[name] = value
+    doc["key"] = key
+    return doc
+
+
+def _text_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
+# ------------------------------------------------------------------ cursors
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a walk stopped: a sorted-set position (``score``, ``key``) or a stream id."""
+
+    score: float | None = None
+    key: str | None = None
+    stream_id: str | None = None
+
+    def encode(self) -> str:
+        if self.stream_id is not None:
+            text = f"x|{self.stream_id}"
+        else:
+            text = f"z|{self.score!r}|{self.key}"
+        return base64.urlsafe_b64encode(text.encode()).decode("ascii").rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """The cursor ``encode`` made; :class:`InvalidCursor` for anything else."""
+        if not text or len(text) > 2048:
+            raise InvalidCursor(text)
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        except (binascii.Error, ValueError):
+            raise InvalidCursor(text) from None
+        kind, _, rest = raw.partition("|")
+        if kind == "x" and STREAM_ID.fullmatch(rest):
+            return cls(stream_id=rest)
+        if kind == "z":
+            score, sep, key = rest.partition("|")
+            value = _number(score)
+            if sep and value is not None and key.startswith(keys.REQ_LOG):
+                return cls(score=value, key=key)
+        raise InvalidCursor(text)
+
+
+# ------------------------------------------------------------------ search
+
+
+@dataclass(slots=True)
+class Page:
+    """One answer of :func:`search`."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: str | None = None
+    partial: bool = False  # stopped at SCAN_BOUND, not at the end of the window
+    examined: int = 0
+    source: str = ""  # the index (or stream) walked
+
+
+async def search(
+    client: Redis,
+    filters: Filters,
+    *,
+    hours: float,
+    limit: int = DEFAULT_LIMIT,
+    cursor: Cursor | None = None,
+    scan_bound: int = SCAN_BOUND,
+    clock: Callable[[], float] = time.time,
+) -> Page:
+    """The newest entries of the last ``hours`` matching ``filters`` (at most ``limit``),
+    continuing below ``cursor`` when given."""
+    since = clock() - hours * 3600
+    candidates = filters.indexes()
+    if not candidates:
+        if cursor is not None and cursor.stream_id is None:
+            raise InvalidCursor("not a cursor of this query")
+        return await _walk_stream(client, filters, since, limit, cursor, scan_bound)
+    if cursor is not None and cursor.stream_id is not None:
+        raise InvalidCursor("not a cursor of this query")
+    index = await _most_selective(client, candidates, since)
+    check_slow = filters.slow and index != keys.REQ_INDEX_SLOW
+    return await _walk_index(client, index, filters, since, limit, cursor, scan_bound, check_slow)
+
+
+async def _most_selective(client: Redis, candidates: Sequence[str], since: float) -> str:
+    if len(candidates) == 1:
+        return candidates[0]
+    pipe = client.pipeline(transaction=False)
+    for key in candidates:
+        pipe.zcount(key, since, "+inf")
+    counts = await pipe.execute()
+    return min(zip(counts, range(len(candidates)), candidates, strict=True))[2]
+
+
+async def _walk_index(
+    client: Redis,
+    index: str,
+    filters: Filters,
+    since: float,
+    limit: int,
+    cursor: Cursor | None,
+    scan_bound: int,
+    check_slow: bool,
+) -> Page:
+    page = Page(source=index)
+    top: float | str = "+inf" if cursor is None or cursor.score is None else cursor.score
+    after = None if cursor is None else cursor.key
+    offset = 0  # members read below the fixed top: new ones land above it
+    last: tuple[float, str] | None = None
+    while page.examined < scan_bound:
+        count = min(PAGE, scan_bound - page.examined)
+        members: Any = await client.zrevrangebyscore(
+            index, top, since, start=offset, num=count, withscores=True
+        )
+        if not members:
+            return page  # the end of the window: no cursor
+        offset += len(members)
+        batch: list[tuple[float, str]] = []
+        for member, score in members:
+            key = as_text(member)
+            page.examined += 1
+            if after is not None and score == top and key >= after:
+                continue  # already answered (equal scores sort by member, descending here)
+            batch.append((float(score), key))
+        pipe = client.pipeline(transaction=False)
+        for _, key in batch:
+            pipe.hgetall(key)
+        if check_slow and batch:
+            pipe.zmscore(keys.REQ_INDEX_SLOW, [key for _, key in batch])
+        replies = await pipe.execute() if batch else []
+        slow: list[float | None] = replies[-1] if check_slow and batch else []
+        for i, (score, key) in enumerate(batch):
+            last = (score, key)
+            fields = _text_fields(replies[i])
+            if not fields:
+                continue  # the hash expired before its index member was trimmed
+            if check_slow and slow[i] is None:
+                continue
+            if not filters.matches(fields):
+                continue
+            page.entries.append(entry_document(fields, key))
+            if len(page.entries) >= limit:
+                page.next_cursor = Cursor(score=score, key=key).encode()
+                return page
+        if len(members) < count:
+            return page
+    page.partial = True
+    if last is not None:
+        page.next_cursor = Cursor(score=last[0], key=last[1]).encode()
+    elif cursor is not None:
+        page.next_cursor = cursor.encode()
+    return page
+
+
+async def _walk_stream(
+    client: Redis,
+    filters: Filters,
+    since: float,
+    limit: int,
+    cursor: Cursor | None,
+    scan_bound: int,
+) -> Page:
+    page = Page(source=keys.REQ_STREAM)
+    top = "+" if cursor is None else f"({cursor.stream_id}"
+    bottom = f"{max(int(since * 1000), 0)}-0"
+    while page.examined < scan_bound:
+        count = min(PAGE, scan_bound - page.examined)
+        read: Any = await client.xrevrange(keys.REQ_STREAM, top, bottom, count=count)
+        if not read:
+            return page
+        for raw_id, raw in read:
+            stream_id = as_text(raw_id)
+            page.examined += 1
+            top = f"({stream_id}"
+            fields = _text_fields(raw)
+            key = fields.pop("key", "")
+            if not filters.matches(fields):
+                continue
+            page.entries.append(entry_document(fields, key))
+            if len(page.entries) >= limit:
+                page.next_cursor = Cursor(stream_id=stream_id).encode()
+                return page
+        if len(read) < count:
+            return page
+    page.partial = True
+    page.next_cursor = Cursor(stream_id=top[1:]).encode()
+    return page
+
+
+# ------------------------------------------------------------------ follow
+
+
+@dataclass(slots=True)
+class FollowPage:
+    """One answer of :func:`follow`: the matching entries and the id to continue from."""
+
+    entries: list[dict[str, Any]]
+    next: str
+
+
+async def newest_id(client: Redis) -> str:
+    """The id of the stream's newest entry (``0-0`` when it is empty)."""
+    newest: Any = await client.xrevrange(keys.REQ_STREAM, "+", "-", count=1)
+    return as_text(newest[0][0]) if newest else "0-0"
+
+
+async def follow(
+    client: Redis,
+    filters: Filters,
+    *,
+    after: str,
+    wait: float,
+    limit: int = DEFAULT_LIMIT,
+    slow_ms: float = SLOW_MS,
+    scan_bound: int = SCAN_BOUND,
+) -> FollowPage:
+    """Entries added to ``stream:requests`` after ``after`` (a stream id, or ``$``: from
+    now) that match ``filters``, waiting up to ``wait`` seconds for the first; returns as
+    soon as a read brought matches (at most ``limit``), or after ``scan_bound`` entries
+    read (a follower far behind catches up call by call). A stream entry does not say
+    whether it was indexed as slow: ``filters.slow`` is a duration over ``slow_ms`` (the
+    edge's ``LOG_SLOW_MS``) here."""
+    last = await newest_id(client) if after == "$" else after
+    entries: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    examined = 0
+    while examined < scan_bound:
+        remaining_ms = int((deadline - loop.time()) * 1000)
+        count = min(PAGE, scan_bound - examined)
+        # BLOCK 0 would wait forever: past the deadline, one read that does not block
+        block = remaining_ms if remaining_ms > 0 else None
+        reply: Any = await client.xread({keys.REQ_STREAM: last}, count=count, block=block)
+        read: Any = reply[0][1] if reply else []
+        for raw_id, raw in read:
+            examined += 1
+            last = as_text(raw_id)
+            fields = _text_fields(raw)
+            key = fields.pop("key", "")
+            if filters.matches(fields) and (not filters.slow or _slow(fields, slow_ms)):
+                entries.append(entry_document(fields, key))
+                if len(entries) >= limit:
+                    return FollowPage(entries, last)
+        if entries or block is None:
+            break
+    return FollowPage(entries, last)
+
+
+def _slow(fields: Mapping[str, str], slow_ms: float) -> bool:
+    duration = _number(fields.get("duration_ms"))
+    return duration is not None and duration > slow_ms
+
+
+# ------------------------------------------------------------------ stats
+
+
+def percentile_ms(buckets: Mapping[int, int], fraction: float) -> float | None:
+    """The duration (ms) at or under which ``fraction`` of the counted requests fell: the
+    upper bound of the bucket that holds it (None without any request)."""
+    total = sum(n for n in buckets.values() if n > 0)
+    if total <= 0:
+        return None
+    rank = max(math.ceil(fraction * total), 1)
+    seen = 0
+    for i in sorted(buckets):
+        if buckets[i] <= 0:
+            continue
+        seen += buckets[i]
+        if seen >= rank:
+            return round(bucket_upper_ms(i), 3)
+    return None  # pragma: no cover (seen reaches total)
+
+
+async def stats(
+    client: Redis,
+    *,
+    hours: int,
+    host: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[dict[str, Any]]:
+    """Per hour, newest first (this hour included): requests, errors, unique client IPs
+    (of ``host``, or of every host), and the p50/p95/p99 duration in ms."""
+    now = int(clock())
+    starts = [now // 3600 * 3600 - i * 3600 for i in range(hours)]
+    pipe = client.pipeline(transaction=False)
+    for start in starts:
+        hour = hour_of(start)
+        pipe.get(keys.req_stats_requests(hour))
+        pipe.get(keys.req_stats_errors(hour))
+        pipe.pfcount(keys.req_stats_unique_ips("*" if host is None else host.lower(), hour))
+        pipe.hgetall(keys.req_stats_duration(hour))
+    replies = await pipe.execute()
+    out: list[dict[str, Any]] = []
+    for n, start in enumerate(starts):
+        requests, errors, unique, durations = replies[4 * n : 4 * n + 4]
+        buckets: dict[int, int] = {}
+        for raw_bucket, raw_count in durations.items():
+            bucket, count = as_text(raw_bucket), as_text(raw_count)
+            if bucket.isdigit() and count.isdigit():
+                buckets[int(bucket)] = int(count)
+        row: dict[str, Any] = {
+            "hour": hour_of(start),
+            "start": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(start)),
+            "requests": int(requests or 0),
+            "errors": int(errors or 0),
+            "unique_ips": int(unique or 0),
+            "p50_ms": percentile_ms(buckets, 0.50),
+            "p95_ms": percentile_ms(buckets, 0.95),
+            "p99_ms": percentile_ms(buckets, 0.99),
+        }
+        if host is not None:
+            row["host"] = host.lower()
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------ clear
+
+
+def is_log_key(key: str) -> bool:
+    """Whether ``key`` is one of the request log's."""
+    return key == keys.REQ_STREAM or key.startswith(keys.REQ_LOG_PREFIXES)
+
+
+async def clear(client: Redis, *, max_keys: int = CLEAR_MAX_KEYS) -> tuple[int, bool]:
+    """Unlink request-log keys, at most ``max_keys`` (rounded up to a whole batch): how
+    many, and whether none is left (a key written meanwhile may be)."""
+    deleted = 0
+    batch: list[str] = []
+    # one pass over the key space; the pattern lets Redis skip most other keys
+    async for raw in client.scan_iter(match="[irs]*", count=CLEAR_BATCH):
+        key = as_text(raw)
+        if not is_log_key(key):
+            continue
+        batch.append(key)
+        if len(batch) >= CLEAR_BATCH:
+            deleted += await client.unlink(*batch)
+            batch.clear()
+            if deleted >= max_keys:
+                return deleted, False
+    if batch:
+        deleted += await client.unlink(*batch)
+    return deleted, True
