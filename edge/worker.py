@@ -18,6 +18,7 @@ import socket
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from edge.admin_token import FILE_ENV, read_token
@@ -47,6 +48,7 @@ from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_r
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.oauth.server import AuthorizationServer
+from edge.observe.reqlog import RequestLogWriter
 from edge.routing.dispatch import Dispatcher
 from edge.routing.middleware import Phase
 from edge.routing.mount import Mount
@@ -73,9 +75,29 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(settings, self.loop, worker_id)
+        # the request log in Redis (REQUEST_LOG): its own client, written in batches by
+        # its service; the request path only appends to its bounded queue
+        self.reqlog: RequestLogWriter | None = None
+        self.reqlog_client: Redis | None = None
+        if settings.request_log:
+            self.reqlog_client = redis_client(settings.redis_target())
+            access_log = self.hub.access_log
+            self.reqlog = RequestLogWriter(
+                self.reqlog_client,
+                node=socket.gethostname(),
+                worker=worker_id,
+                batch_ms=settings.log_batch_ms,
+                queue_size=settings.log_queue_size,
+                retention_hours=settings.log_retention_hours,
+                slow_ms=settings.log_slow_ms,
+                stream_maxlen=settings.log_stream_max,
+                skip=access_log.skipped if settings.access_log_skip_paths else None,
+            )
         # end-of-exchange observers, in the order they hear each record: the JSON access
-        # log first (a request log or metrics go after it, never awaiting on the request)
-        self.hub.install_observers((self.hub.access_log,))
+        # log first, then the request log (never awaiting on the request)
+        self.hub.install_observers(
+            (self.hub.access_log,) if self.reqlog is None else (self.hub.access_log, self.reqlog)
+        )
         self.watcher = ConfigWatcher(settings.redis_target(), settings.config_resync_interval)
         self.pool = UpstreamPool(
             self.loop,
@@ -251,6 +273,8 @@ class Worker:
         s = self.settings
         self._install_signals()
         self.services.start(TaskService("config-watcher", self.watcher.run))
+        if self.reqlog is not None:
+            self.services.start(self.reqlog)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.watcher.synced.wait(), FIRST_SYNC_WAIT)
         if not self.watcher.synced.is_set():
@@ -312,7 +336,10 @@ class Worker:
                 lambda: HttpConnection(hub, dispatch), sock=socks["HTTP_PORT"], backlog=backlog
             )
         )
-        if "HTTPS_PORT" in socks and self.tls is not None and self.on_demand is not None:
+        if "HTTPS_PORT" in socks and self.tls is not None:
+            # accepted here, not by create_server: each handshake's outcome is seen (the
+            # request log's and the metrics' TLS events); with on-demand TLS, the
+            # ClientHello's name is read first
             hello = HelloListener(
                 loop,
                 socks["HTTPS_PORT"],
@@ -320,20 +347,11 @@ class Worker:
                 self.tls.listener,
                 self.on_demand,
                 s.tls_handshake_timeout,
-                s.on_demand_tls_wait,
+                s.on_demand_tls_wait if self.on_demand is not None else 0.0,
+                hub.event,
             )
             hello.start()
             self.hello_listeners.append(hello)
-        elif "HTTPS_PORT" in socks and self.tls is not None:
-            self.servers.append(
-                await loop.create_server(
-                    lambda: HttpConnection(hub, dispatch, "https"),
-                    sock=socks["HTTPS_PORT"],
-                    backlog=backlog,
-                    ssl=self.tls.listener,
-                    ssl_handshake_timeout=s.tls_handshake_timeout,
-                )
-            )
         trusted = TrustedPeers(s.proxy_trusted_cidrs)
         if "PROXY_PROTOCOL_PORT" in socks:
             # plain: the header is read, then the transport and the bytes after it go to HTTP
@@ -344,6 +362,7 @@ class Worker:
                 return HttpConnection(hub, dispatch, "http", header, client, port)
 
             plain = ProxyStage(trusted, s.proxy_protocol_timeout)
+            plain.on_event = hub.event
             self.proxy_stages.append(plain)
             self.servers.append(
                 await loop.create_server(
@@ -359,6 +378,7 @@ class Worker:
                 return HttpConnection(hub, dispatch, "https", header, client, port)
 
             stage = ProxyStage(trusted, s.proxy_protocol_timeout)
+            stage.on_event = hub.event
             self.proxy_stages.append(stage)
             listener = ProxyListener(
                 loop,
@@ -391,6 +411,8 @@ class Worker:
         if self.oauth_endpoints is not None:
             await self.oauth_endpoints.close()
         await self.oauth_client.aclose()
+        if self.reqlog_client is not None:
+            await self.reqlog_client.aclose()
         await self.tokens.redis.close()
         self.hub.access_log.flush()
         return 0

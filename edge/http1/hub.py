@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from edge.health import Report, Verdict
 from edge.observe import ExchangeObserver, fan_out
 from edge.observe.accesslog import AccessLog, AccessRecord, access_log_for
+from edge.observe.observer import ConnectionEvents, events_fan_out
 from edge.settings import Settings
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ class Hub:
         "_ids",
         "_prefix",
         "access_log",
+        "connection_event",
         "connections",
         "draining",
         "exchange_done",
@@ -41,6 +43,7 @@ class Hub:
         self.access_log: AccessLog = access_log_for(settings, loop)
         self.observers: tuple[ExchangeObserver, ...] = ()
         self.exchange_done: Callable[[AccessRecord], None]
+        self.connection_event: ConnectionEvents
         self.install_observers((self.access_log,))
         self.connections: set[HttpConnection] = set()
         self._idle: asyncio.Event | None = None  # made when a drain first asks
@@ -57,6 +60,12 @@ class Hub:
         otherwise, the access log alone. ``exchange_done`` tells them all in one call."""
         self.observers = tuple(observers)
         self.exchange_done = fan_out(self.observers)
+        self.connection_event = events_fan_out(self.observers)
+
+    def event(self, kind: str, ip: str, port: int, sni: str, detail: str) -> None:
+        """A connection-level event (edge.observe.observer.ConnectionEvents), told to the
+        observers installed now (listeners hold this method, not the fan-out itself)."""
+        self.connection_event(kind, ip, port, sni, detail)
 
     def next_request_id(self) -> str:
         return f"{self._prefix}{next(self._ids):08x}"

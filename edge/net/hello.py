@@ -25,6 +25,7 @@ from typing import Protocol
 
 from edge.net.listener import accept_ready
 from edge.net.preface import Handshake, PendingSet
+from edge.observe.observer import ConnectionEvents
 from edge.tls.clienthello import MAX_CLIENT_HELLO, Found, NeedMore, read_server_name
 
 __all__ = ["HelloGate", "HelloListener", "PeekHello"]
@@ -125,8 +126,9 @@ class PeekHello:
 
 
 class HelloListener:
-    """A TLS listener with on-demand TLS: accept, read the ClientHello's name (waiting on
-    the gate if it says so), then hand the socket to the loop's TLS layer."""
+    """A TLS listener: accept, read the ClientHello's name (waiting on the gate if it says
+    so; without a gate, no peek), then hand the socket to the loop's TLS layer, telling
+    ``report`` how each handshake ended."""
 
     def __init__(
         self,
@@ -134,15 +136,17 @@ class HelloListener:
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
         tls: ssl.SSLContext,
-        gate: HelloGate,
+        gate: HelloGate | None,
         handshake_timeout: float,
         wait: float,
+        report: ConnectionEvents | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = factory
         self.tls = tls
         self.gate = gate
+        self.report = report
         self.handshake_timeout = handshake_timeout
         # the ClientHello's deadline: the handshake's, plus what the gate may wait
         self.hello_timeout = handshake_timeout + wait
@@ -160,18 +164,23 @@ class HelloListener:
             self.sock.close()
 
     def _accept(self) -> None:
-        for conn, _peer in accept_ready(self.sock):
+        gate = self.gate
+        for conn, peer in accept_ready(self.sock):
+            client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+            if gate is None:
+                self._start_tls(conn, client)
+                continue
             PeekHello(
                 self.loop,
                 conn,
-                self.gate,
+                gate,
                 self.pending,
                 self.hello_timeout,
-                functools.partial(self._start_tls, conn),
+                functools.partial(self._start_tls, conn, client),
             )
 
-    def _start_tls(self, conn: socket.socket) -> None:
+    def _start_tls(self, conn: socket.socket, client: tuple[str, int]) -> None:
         coro = self.loop.connect_accepted_socket(
             self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
         )
-        Handshake(self.pending, self.loop.create_task(coro))
+        Handshake(self.pending, self.loop.create_task(coro), self.report, client)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
 from edge.health import Report
 from edge.net.proxy_protocol import ProxyHeader, ProxyProtocolError, parse_proxy_header
+from edge.observe.observer import PROXY_REFUSED, TLS_FAILED, TLS_OK, ConnectionEvents
 
 log = logging.getLogger("edge.net")
 
@@ -114,7 +116,7 @@ class ProxyStage(PendingSet):
     """What every connection of one PROXY listener shares: trust, deadline, counters,
     and the connections not handed to HTTP yet."""
 
-    __slots__ = ("invalid", "refused", "timeout", "trusted")
+    __slots__ = ("invalid", "on_event", "refused", "timeout", "trusted")
 
     def __init__(self, trusted: TrustedPeers, timeout: float) -> None:
         super().__init__()
@@ -122,26 +124,44 @@ class ProxyStage(PendingSet):
         self.timeout = timeout
         self.refused = 0  # untrusted peers
         self.invalid = 0  # bad headers, timeouts, early close
+        # told of each refusal (the request log's events): the worker sets it
+        self.on_event: ConnectionEvents | None = None
 
-    def refuse_peer(self, peer: str) -> None:
+    def refuse_peer(self, peer: str, port: int = 0) -> None:
         """Count and log a connection from a peer not trusted to send PROXY headers."""
         self.refused += 1
         log.warning("untrusted peer on a PROXY listener", extra={"fields": {"peer": peer}})
+        if self.on_event is not None:
+            self.on_event(PROXY_REFUSED, peer, port, "", "untrusted peer")
 
-    def refuse_header(self, peer: str, reason: str) -> None:
+    def refuse_header(self, peer: str, reason: str, port: int = 0) -> None:
         """Count and log a connection whose PROXY header was bad, late or cut short."""
         self.invalid += 1
         log.info("PROXY header refused", extra={"fields": {"peer": peer, "reason": reason}})
+        if self.on_event is not None:
+            self.on_event(PROXY_REFUSED, peer, port, "", reason)
 
 
 class Handshake:
-    """A connection handed to the loop's TLS layer, until its HTTP connection is made."""
+    """A connection handed to the loop's TLS layer, until its HTTP connection is made.
 
-    __slots__ = ("stage", "task")
+    With ``report`` (a TLS handshake: its client address), its outcome is told as a
+    connection event: ``tls_handshake_ok``, or ``tls_handshake_failed`` with the reason.
+    """
 
-    def __init__(self, stage: PendingSet, task: asyncio.Task[object]) -> None:
+    __slots__ = ("client", "report", "stage", "task")
+
+    def __init__(
+        self,
+        stage: PendingSet,
+        task: asyncio.Task[object],
+        report: ConnectionEvents | None = None,
+        client: tuple[str, int] = ("", 0),
+    ) -> None:
         self.stage = stage
         self.task = task
+        self.report = report
+        self.client = client
         stage.hold(self)
         task.add_done_callback(self._done)
 
@@ -150,9 +170,30 @@ class Handshake:
 
     def _done(self, task: asyncio.Task[object]) -> None:
         self.stage.release(self)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
             # a failed TLS handshake or a peer gone: the transport is already closed
-            log.debug("connection setup failed", extra={"fields": {"error": str(task.exception())}})
+            log.debug("connection setup failed", extra={"fields": {"error": str(exc)}})
+        report = self.report
+        if report is not None:
+            ip, port = self.client
+            if exc is None:
+                report(TLS_OK, ip, port, "", "")
+            else:
+                report(TLS_FAILED, ip, port, "", handshake_failure(exc))
+
+
+def handshake_failure(exc: BaseException) -> str:
+    """A failed handshake's reason, short and free of request data."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.__class__.__name__)[:120]
+    if isinstance(exc, TimeoutError):
+        return "handshake timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "connection reset"
+    return exc.__class__.__name__
 
 
 def stages_report(stages: Sequence[ProxyStage]) -> Report:
@@ -244,7 +285,7 @@ class PrefaceProtocol(asyncio.Protocol):
             self._peer = (peer[0], peer[1])
         stage = self._stage
         if self._peer[0] not in stage.trusted:
-            stage.refuse_peer(self._peer[0])
+            stage.refuse_peer(*self._peer)
             transport.abort()  # nothing sent
             return
         self._transport = transport
@@ -300,7 +341,7 @@ class PrefaceProtocol(asyncio.Protocol):
     def _refuse(self, reason: str) -> None:
         if self._transport is None:
             return
-        self._stage.refuse_header(self._peer[0], reason)
+        self._stage.refuse_header(self._peer[0], reason, self._peer[1])
         self.drop()
 
     def _done(self) -> None:

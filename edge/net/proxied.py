@@ -103,7 +103,7 @@ class ProxyListener:
         trusted = self.stage.trusted
         for conn, peer in accept_ready(self.sock):
             if peer[0] not in trusted:
-                self.stage.refuse_peer(peer[0])
+                self.stage.refuse_peer(peer[0], peer[1])
                 conn.close()
                 continue
             _PendingHeader(self, conn, peer).start()
@@ -117,14 +117,16 @@ class ProxyListener:
 
     def _connect(self, conn: socket.socket, header: ProxyHeader, peer: tuple[str, int]) -> None:
         port = server_port(header, int(conn.getsockname()[1]))
-        protocol = self.factory(header, client_address(header, peer), port)
+        client = client_address(header, peer)
+        protocol = self.factory(header, client, port)
         coro = self.loop.connect_accepted_socket(
             lambda: protocol,
             conn,
             ssl=self.tls,
             ssl_handshake_timeout=self.handshake_timeout if self.tls is not None else None,
         )
-        Handshake(self.stage, self.loop.create_task(coro))
+        report = self.stage.on_event if self.tls is not None else None
+        Handshake(self.stage, self.loop.create_task(coro), report, client)
 
 
 class _PendingHeader:
@@ -191,7 +193,7 @@ class _PendingHeader:
         self._fail("no complete PROXY header within PROXY_PROTOCOL_TIMEOUT")
 
     def _fail(self, reason: str) -> None:
-        self.listener.stage.refuse_header(self.peer[0], reason)
+        self.listener.stage.refuse_header(self.peer[0], reason, self.peer[1])
         self.drop()
 
     def drop(self) -> None:

@@ -90,6 +90,10 @@ class AccessLog:
         self._size = 0
         self._handle: asyncio.TimerHandle | None = None
 
+    def skipped(self, record: AccessRecord | dict[str, Any]) -> bool:
+        """Whether ``record`` is left out (the request log leaves out the same ones)."""
+        return bool(self._skip) and self._skipped(record)
+
     def _skipped(self, record: AccessRecord | dict[str, Any]) -> bool:
         if isinstance(record, dict):
             path, client = str(record.get("path", "")), str(record.get("client", ""))

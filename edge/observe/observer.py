@@ -41,3 +41,33 @@ def fan_out(observers: Sequence[ExchangeObserver]) -> Callable[[AccessRecord], N
             call(record)
 
     return each
+
+
+# a connection-level event: (kind, client IP, client port, server name, detail), told by
+# the listeners (edge.net) through Hub.connection_event
+ConnectionEvents = Callable[[str, str, int, str, str], None]
+TLS_OK = "tls_handshake_ok"
+TLS_FAILED = "tls_handshake_failed"
+PROXY_REFUSED = "proxy_header_refused"
+
+
+def _ignore(kind: str, ip: str, port: int, sni: str, detail: str) -> None:
+    return None
+
+
+def events_fan_out(observers: Sequence[object]) -> ConnectionEvents:
+    """One callable telling every observer with a ``connection_event`` method (same
+    signature as :data:`ConnectionEvents`; sync, O(1), never raises) of each event."""
+    calls: tuple[ConnectionEvents, ...] = tuple(
+        call for observer in observers if (call := getattr(observer, "connection_event", None))
+    )
+    if not calls:
+        return _ignore
+    if len(calls) == 1:
+        return calls[0]
+
+    def each(kind: str, ip: str, port: int, sni: str, detail: str) -> None:
+        for call in calls:
+            call(kind, ip, port, sni, detail)
+
+    return each

@@ -19,7 +19,9 @@ what a pipeline would have sent:
   (``normalise_path``, methods outside the standard ones folded into ``OTHER``); each
   index touched by a batch then gets one ``ZREMRANGEBYSCORE`` of what is older than the
   retention and one ``EXPIRE``;
-* ``XADD stream:requests MAXLEN ~ stream_maxlen`` of the same fields plus ``key``;
+* ``XADD stream:requests MAXLEN ~ stream_maxlen`` of the same fields plus ``key``; the
+  stream is also trimmed of entries older than the retention (``XTRIM MINID ~``) and
+  expires with it;
 * ``INCRBY stats:requests:{YYYYMMDD:HH}`` / ``stats:errors:{YYYYMMDD:HH}``, ``PFADD
   stats:unique_ips:{hostname}:{YYYYMMDD:HH}`` (and ``stats:unique_ips:*:{YYYYMMDD:HH}``
   for every host together), ``HINCRBY stats:duration:{YYYYMMDD:HH}`` of the duration's
@@ -84,6 +86,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from edge.observe.observer import TLS_OK
 from edge.store import keys
 
 if TYPE_CHECKING:
@@ -360,6 +363,12 @@ for i = 5, #ARGV - 1 do
     touched[index] = true
   end
 end
+if #ARGV > 5 then
+  -- the stream: capped by MAXLEN ~, trimmed by age, and expiring like every other key
+  local minid = string.format('%d', math.floor(tonumber(string.sub(oldest, 2)) * 1000))
+  call('XTRIM', stream, 'MINID', '~', minid)
+  call('EXPIRE', stream, ttl)
+end
 for index in pairs(touched) do
   call('ZREMRANGEBYSCORE', index, '-inf', oldest)
   call('EXPIRE', index, ttl)
@@ -401,8 +410,11 @@ class RequestLogWriter:
         write_timeout: float = WRITE_TIMEOUT,
         retry_pause: float = RETRY_PAUSE,
         clock: Callable[[], float] = time.time,
+        skip: Callable[[AccessRecord], bool] | None = None,
     ) -> None:
         self._client = client
+        # records left out (the health checks the access log leaves out too)
+        self.skip = skip
         self.node = node
         self.worker = worker
         self.batch_seconds = batch_ms / 1000
@@ -431,12 +443,44 @@ class RequestLogWriter:
     # ------------------------------------------------------------ the request path
     def exchange_done(self, record: AccessRecord) -> None:
         """Queue ``record`` (O(1), never raises, never waits)."""
+        skip = self.skip
+        if skip is not None and skip(record):
+            return
         queue = self._queue
         if len(queue) == queue.maxlen:
             self.dropped += 1
         queue.append(record)
         if len(queue) == self.batch_size:
             self._full.set()
+
+    def connection_event(self, kind: str, ip: str, port: int, sni: str, detail: str) -> None:
+        """A connection-level event (edge.observe.observer.ConnectionEvents) as an entry;
+        a handshake that succeeded is not one (its requests are logged)."""
+        if kind == TLS_OK:
+            return
+        now = self._clock()
+        second, milli = divmod(int(now * 1000), 1000)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{milli:03d}Z"
+        self.log(
+            ReqLogEntry(
+                time=stamp,
+                node=self.node,
+                worker=self.worker,
+                request_id="",
+                client_ip=ip,
+                method="",
+                host="",
+                path="",
+                status=0,
+                bytes_in=0,
+                bytes_out=0,
+                duration_ms=0.0,
+                client_port=port,
+                sni=sni,
+                error=detail[:200],
+                event=kind,
+            )
+        )
 
     def log(self, entry: ReqLogEntry) -> None:
         """Queue an entry built by the caller (O(1), never raises, never waits)."""
@@ -465,9 +509,15 @@ class RequestLogWriter:
         finally:
             relay.cancel()
             await asyncio.wait([relay])
-        while self._queue:  # what the drain left: once, each batch bounded
+        # what the drain left: once, each batch bounded, all of it within one write_timeout
+        # more (a Redis that hangs must not hold the worker's exit)
+        ends = time.monotonic() + self.write_timeout
+        while self._queue and time.monotonic() < ends:
             if not await self.write_batch():
                 break
+        if self._queue:
+            self.failed += len(self._queue)
+            self._queue.clear()
 
     async def _relay(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -21,6 +21,7 @@ def test_health_lists_the_background_services(
         "admin-token",
         "acme",
         "tunnel-keeper",
+        "request-log",
     }
     for name, service in background.items():
         assert service["state"] == "running", name
@@ -42,6 +43,6 @@ def test_background_services_without_admin_token_or_tls(
     wait_for(
         lambda: (
             set(edge.health()["background"])
-            == {"config-watcher", "pat-last-used", "acme", "tunnel-keeper"}
+            == {"config-watcher", "pat-last-used", "acme", "tunnel-keeper", "request-log"}
         )
     )
