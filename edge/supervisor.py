@@ -7,11 +7,14 @@ first SIGINT, forwards SIGTERM so every worker drains; a second SIGINT kills at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -19,6 +22,7 @@ from types import FrameType
 from edge.admin_token import FILE_ENV, AdminTokenError, ensure_token, show_once
 from edge.embedded_redis import EmbeddedRedis, die_with, seed
 from edge.net.listener import EXIT_LISTEN_FAILED, PortGuard, PortsInUse
+from edge.observe import metrics_files
 from edge.sdnotify import SystemdLink
 from edge.settings import Settings
 
@@ -41,6 +45,8 @@ class Supervisor:
         # systemd's READY=1/WATCHDOG=1, fed by the workers' reports (edge/sdnotify.py)
         self.systemd = SystemdLink.from_env(env)
         self.ports = PortGuard()
+        # the node's metrics: every worker's files, fresh for each start of the node
+        self.metrics_dir: str | None = None
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
@@ -103,6 +109,8 @@ class Supervisor:
             if self.embedded is not None and self.settings.admin_token is None:
                 if not self._admin_token_file():
                     return 1
+            self.metrics_dir = tempfile.mkdtemp(prefix="edge-metrics-")
+            self.env[metrics_files.ENV] = self.metrics_dir
             for i in range(self.settings.workers):
                 self.spawn(i)
             log.info(
@@ -119,6 +127,8 @@ class Supervisor:
                 self.embedded.stop()
             self.systemd.close()
             self.ports.release()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _admin_token_file(self) -> bool:
         """Embedded, without ADMIN_TOKEN: the state directory's admin token (created, and
@@ -166,6 +176,7 @@ class Supervisor:
                 code = proc.poll()
                 if code is None or self.stopping:
                     continue
+                self._forget(proc.pid)
                 if code == EXIT_LISTEN_FAILED:
                     log.critical(
                         "worker cannot listen; stopping (see the worker's error above)",
@@ -188,6 +199,13 @@ class Supervisor:
                     self.systemd.pause(0.05, self.workers)
                 if not self.stopping:
                     self.spawn(wid)
+
+    def _forget(self, pid: int) -> None:
+        """A worker exited: its gauges (open connections, queue lengths) leave the node's
+        metrics; its counters stay, so the node's never go back."""
+        if self.metrics_dir is not None:
+            with contextlib.suppress(OSError):
+                metrics_files.forget_process(self.metrics_dir, pid)
 
     def _shutdown(self) -> int:
         log.info("stopping: draining workers")
