@@ -186,6 +186,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "request log in redis",
         (
             "REQUEST_LOG",
+            "EDGE_NODE_NAME",
             "LOG_BATCH_MS",
             "LOG_RETENTION_HOURS",
             "LOG_SLOW_MS",
@@ -211,6 +212,7 @@ _SPECIAL_DEFAULTS = {
     "EDGE_WORKERS": "the CPUs this process may use",
     "REDIS_URL": "unset: the embedded Redis in EDGE_STATE_DIR",
     "LOG_FORMAT": "console on a terminal, else json",
+    "EDGE_NODE_NAME": "the host's name",
     "ADMIN_TOKEN": "unset",
 }
 

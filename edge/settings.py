@@ -440,6 +440,7 @@ class Settings:
     port_forward_slot_seconds: float = 45.0
     # the request log in Redis (edge.observe.reqlog): every finished exchange, batched
     request_log: bool = True
+    node_name: str | None = None  # the request log's node field; None: the host's name
     log_batch_ms: int = 100  # a batch is written this often (or when 200 entries wait)
     log_retention_hours: int = 24  # every key of the request log expires after this
     log_slow_ms: int = 1000  # requests slower than this are indexed in idx:req:slow
@@ -579,6 +580,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", _int(1024, 64 * 1024 * 1024)),
     "PORT_FORWARD_SLOT_SECONDS": ("port_forward_slot_seconds", _slot_seconds),
     "REQUEST_LOG": ("request_log", _bool),
+    "EDGE_NODE_NAME": ("node_name", _optional_text),
     "LOG_BATCH_MS": ("log_batch_ms", _int(1, 10_000)),
     "LOG_RETENTION_HOURS": ("log_retention_hours", _int(1, 24 * 366)),
     "LOG_SLOW_MS": ("log_slow_ms", _int(1, 3_600_000)),

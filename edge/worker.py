@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from edge.admin_token import FILE_ENV, read_token
 from edge.api.config.acme import AcmeDefaults
+from edge.api.metrics import MetricsApi
 from edge.api.oauth.endpoints import OAuthAdminDeps
 from edge.api.people.auth import LastUsedFlusher
 from edge.api.redis_store import RedisHandle
@@ -48,6 +49,7 @@ from edge.net.preface import PrefaceProtocol, ProxyStage, TrustedPeers, stages_r
 from edge.net.proxied import ProxyListener
 from edge.net.proxy_protocol import ProxyHeader
 from edge.oauth.server import AuthorizationServer
+from edge.observe.metrics_worker import WorkerMetrics
 from edge.observe.reqlog import RequestLogWriter
 from edge.routing.dispatch import Dispatcher
 from edge.routing.middleware import Phase
@@ -84,7 +86,7 @@ class Worker:
             access_log = self.hub.access_log
             self.reqlog = RequestLogWriter(
                 self.reqlog_client,
-                node=socket.gethostname(),
+                node=settings.node_name or socket.gethostname(),
                 worker=worker_id,
                 batch_ms=settings.log_batch_ms,
                 queue_size=settings.log_queue_size,
@@ -93,10 +95,15 @@ class Worker:
                 stream_maxlen=settings.log_stream_max,
                 skip=access_log.skipped if settings.access_log_skip_paths else None,
             )
+        # Prometheus metrics: plain counters on the request path, published once a second
+        # into the node's metrics directory (GET /metrics on the API port sums them)
+        self.metrics = WorkerMetrics(worker_id)
         # end-of-exchange observers, in the order they hear each record: the JSON access
-        # log first, then the request log (never awaiting on the request)
+        # log first, then the request log and the metrics (never awaiting on the request)
         self.hub.install_observers(
-            (self.hub.access_log,) if self.reqlog is None else (self.hub.access_log, self.reqlog)
+            (self.hub.access_log,)
+            + ((self.reqlog,) if self.reqlog is not None else ())
+            + (self.metrics.observer,)
         )
         self.watcher = ConfigWatcher(settings.redis_target(), settings.config_resync_interval)
         self.pool = UpstreamPool(
@@ -191,6 +198,9 @@ class Worker:
                     max_sessions=settings.port_forward_max_sessions,
                 ),
                 tunnel_sockets,
+                MetricsApi(
+                    self.metrics.directory, self.metrics.publisher.publish, settings.api_port
+                ),
             ],
         )
         self.dispatcher = Dispatcher(
@@ -228,6 +238,7 @@ class Worker:
         )
         # each snapshot's routing table is compiled as it is installed
         self.watcher.on_install.append(self.dispatcher.install)
+        self.watcher.on_install.append(self.metrics.observer.config_installed)
         self.servers: list[asyncio.Server] = []
         self.proxy_listeners: list[ProxyListener] = []
         self.proxy_stages: list[ProxyStage] = []
@@ -239,6 +250,7 @@ class Worker:
         self.started = time.time()
         self._interrupts = 0
         self.health = self._health_view()
+        self.metrics.read_from(self)
 
     def _health_view(self) -> HealthView:
         """``/health``: what each part says of itself, in this order."""
@@ -275,6 +287,7 @@ class Worker:
         self.services.start(TaskService("config-watcher", self.watcher.run))
         if self.reqlog is not None:
             self.services.start(self.reqlog)
+        self.services.start(self.metrics.publisher)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.watcher.synced.wait(), FIRST_SYNC_WAIT)
         if not self.watcher.synced.is_set():
@@ -414,6 +427,7 @@ class Worker:
         if self.reqlog_client is not None:
             await self.reqlog_client.aclose()
         await self.tokens.redis.close()
+        self.metrics.close()  # after the services' stop: the publisher's last write is done
         self.hub.access_log.flush()
         return 0
 

@@ -105,6 +105,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "PORT_FORWARD_MAX_MESSAGE": ("port_forward_max_message", 1048576),
     "PORT_FORWARD_SLOT_SECONDS": ("port_forward_slot_seconds", 45.0),
     "REQUEST_LOG": ("request_log", True),
+    "EDGE_NODE_NAME": ("node_name", None),
     "LOG_BATCH_MS": ("log_batch_ms", 100),
     "LOG_RETENTION_HOURS": ("log_retention_hours", 24),
     "LOG_SLOW_MS": ("log_slow_ms", 1000),
