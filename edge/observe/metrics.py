@@ -39,6 +39,7 @@ from edge.observe.metrics_labels import (
     status_class,
     upstream_labels,
 )
+from edge.observe.observer import TLS_FAILED, TLS_OK
 
 if TYPE_CHECKING:
     from edge.config.snapshot import Snapshot
@@ -200,13 +201,13 @@ class RequestMetrics:
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def connection_event(
-        self, kind: str, client_ip: str, client_port: int, sni: str | None, detail: str
+        self, kind: str, client_ip: str, client_port: int, sni: str, detail: str
     ) -> None:
         """The hub's connection events: TLS handshakes (PROXY refusals are read from the
         PROXY stages' own counters, with their reason)."""
-        if kind == "tls_handshake_ok":
+        if kind == TLS_OK:
             self.tls["ok"] += 1
-        elif kind == "tls_handshake_failed":
+        elif kind == TLS_FAILED:
             self.tls["failed"] += 1
 
     # ------------------------------------------------------------ configuration

@@ -22,6 +22,7 @@ def test_health_lists_the_background_services(
         "acme",
         "tunnel-keeper",
         "request-log",
+        "metrics",
     }
     for name, service in background.items():
         assert service["state"] == "running", name
@@ -43,6 +44,13 @@ def test_background_services_without_admin_token_or_tls(
     wait_for(
         lambda: (
             set(edge.health()["background"])
-            == {"config-watcher", "pat-last-used", "acme", "tunnel-keeper", "request-log"}
+            == {
+                "config-watcher",
+                "pat-last-used",
+                "acme",
+                "tunnel-keeper",
+                "request-log",
+                "metrics",
+            }
         )
     )

@@ -114,7 +114,7 @@ def test_samples_fold_status_and_histogram() -> None:
         m.exchange_done(record(status=status, ms=0.5))
     m.exchange_done(record(status=502, ms=2000.0, error="bad_gateway"))
     m.exchange_done(record(status=504, ms=70_000.0, error="gateway_timeout", upstream="10.9.9.9:1"))
-    m.connection_event("tls_handshake_failed", "127.0.0.1", 1, None, "")
+    m.connection_event("tls_handshake_failed", "127.0.0.1", 1, "", "")
     by = {(s.name, s.labels): s.value for s in m.samples()}
     req = "edge_requests_total"
     assert by[(req, (("host", "a.test"), ("method", "GET"), ("status", "2xx")))] == 2

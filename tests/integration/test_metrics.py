@@ -1,0 +1,241 @@
+"""GET /metrics end to end: a real edge of two workers, a real Redis, real clients.
+
+The scrape is parsed with prometheus-client's own parser and its numbers are checked
+against the traffic sent; a worker killed with SIGKILL and restarted by the supervisor
+leaves every counter where it was (never lower); 10,000 random Host headers add no series.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import signal
+import socket
+import string
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import EdgeProcess, Upstream, child_pids, free_port, proxy_doc, wait_for
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(edge: EdgeProcess, port: int | None = None) -> Series:
+    url = f"http://127.0.0.1:{port or edge.api_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = resp.read().decode()
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
+def requests_of(series: Series, host: str) -> float:
+    return sum(
+        v
+        for (name, labels), v in series.items()
+        if name == "edge_requests_total" and ("host", host) in labels
+    )
+
+
+def call(port: int, method: str, host: str, path: str = "/") -> int:
+    """One request on a connection of its own (so the kernel spreads them over workers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers={"Host": host})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def configured(edge: EdgeProcess, proxies: int) -> None:
+    """Every worker serves ``proxies`` proxies (ten health answers in a row say so)."""
+    wait_for(lambda: all(edge.health()["proxies"] == proxies for _ in range(10)), timeout=10)
+
+
+def workers_of(edge: EdgeProcess) -> set[int]:
+    assert edge.proc is not None
+    return child_pids(edge.proc.pid, lambda argv: b"worker" in argv)
+
+
+def test_a_scrape_counts_every_workers_traffic(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
+) -> None:
+    dead = free_port()  # nothing listens there: connection refused, a 502
+    rdb.set("proxy:app.test", proxy_doc("app.test", upstream.url))
+    rdb.set("proxy:*.wild.test", proxy_doc("*.wild.test", upstream.url))
+    rdb.set("proxy:down.test", proxy_doc("down.test", f"http://127.0.0.1:{dead}"))
+    edge = edge_factory(EDGE_WORKERS=2, REQUEST_LOG="off")
+    wait_for(lambda: value(scrape(edge), "edge_workers") == 2)
+    configured(edge, 3)
+
+    for _ in range(60):
+        assert call(edge.http_port, "GET", "app.test") == 200
+    for _ in range(5):
+        assert call(edge.http_port, "POST", "App.Test", "/form") == 200
+    for i in range(7):
+        assert call(edge.http_port, "GET", f"n{i}.wild.test") == 200
+    for _ in range(4):
+        assert call(edge.http_port, "GET", "unknown.test") == 404
+    for _ in range(3):
+        assert call(edge.http_port, "GET", "down.test") == 502
+    assert call(edge.http_port, "BREW", "app.test") == 501  # an odd method: OTHER
+
+    # the other worker publishes within a second: wait for its share to be there
+    def complete() -> Series | None:
+        series = scrape(edge)
+        return series if requests_of(series, "app.test") == 66 else None
+
+    series = wait_for(complete, timeout=10)
+    req = "edge_requests_total"
+    assert value(series, req, host="app.test", method="GET", status="2xx") == 60
+    assert value(series, req, host="app.test", method="POST", status="2xx") == 5
+    assert value(series, req, host="app.test", method="OTHER", status="5xx") == 1
+    assert value(series, req, host="*.wild.test", method="GET", status="2xx") == 7
+    assert value(series, req, host="down.test", method="GET", status="5xx") == 3
+    assert value(series, req, host="other", method="GET", status="4xx") == 4
+    assert not any(("host", "unknown.test") in labels for _, labels in series)
+    # every exchange is in the histogram, each bucket cumulative
+    hist = "edge_request_duration_seconds"
+    assert value(series, hist + "_count", host="app.test") == 66
+    assert value(series, hist + "_bucket", host="app.test", le="+Inf") == 66
+    assert value(series, hist + "_bucket", host="app.test", le="0.001") <= value(
+        series, hist + "_bucket", host="app.test", le="1.0"
+    )
+    assert 0 < value(series, hist + "_sum", host="app.test") < 66
+    err = "edge_upstream_errors_total"
+    assert value(series, err, upstream=f"127.0.0.1:{dead}", kind="error") == 3
+    # both workers served some of the 80 connections, and their counts add up
+    per_worker = [value(series, "edge_worker_requests_total", worker=w) for w in ("0", "1")]
+    assert all(n > 0 for n in per_worker), per_worker
+    assert value(series, "edge_workers") == 2
+    assert value(series, "edge_redis_up") == 1
+    assert value(series, "edge_config_rejected_keys") == 0
+    assert value(series, "edge_config_applies_total") >= 1
+    assert value(series, "edge_request_log_dropped_total") == 0
+    assert value(series, "edge_tunnels_open") == 0
+    assert ("edge_connections_open", frozenset({("listener", "plain")})) in series
+    # the metrics are the API port's alone: not on a public listener
+    conn = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=5)
+    conn.request("GET", "/metrics", headers={"Host": "unknown.test"})
+    assert conn.getresponse().status == 404
+    conn.close()
+
+
+def test_open_connections_by_listener(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
+) -> None:
+    edge = edge_factory(EDGE_WORKERS=2, REQUEST_LOG="off")
+    wait_for(lambda: value(scrape(edge), "edge_workers") == 2)
+    base = value(scrape(edge), "edge_connections_open", listener="plain")
+    held = [socket.create_connection(("127.0.0.1", edge.http_port)) for _ in range(6)]
+    try:
+        # every held connection is seen, whichever worker took it (+1: the scrape's own)
+        wait_for(
+            lambda: value(scrape(edge), "edge_connections_open", listener="plain") >= base + 6,
+            timeout=10,
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(
+        lambda: value(scrape(edge), "edge_connections_open", listener="plain") <= base + 1,
+        timeout=10,
+    )
+
+
+@pytest.mark.edge_errors("worker exited; restarting")
+def test_counters_survive_a_worker_killed_and_restarted(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
+) -> None:
+    rdb.set("proxy:app.test", proxy_doc("app.test", upstream.url))
+    edge = edge_factory(EDGE_WORKERS=2, REQUEST_LOG="off")
+    wait_for(lambda: value(scrape(edge), "edge_workers") == 2)
+    configured(edge, 1)
+    for _ in range(40):
+        assert call(edge.http_port, "GET", "app.test") == 200
+    wait_for(lambda: requests_of(scrape(edge), "app.test") == 40, timeout=10)
+    before = scrape(edge)
+    counters = {k: v for k, v in before.items() if k[0].endswith(("_total", "_bucket", "_count"))}
+
+    victim = next(iter(workers_of(edge)))
+    os.kill(victim, signal.SIGKILL)
+    seen: list[float] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            series = scrape(edge)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # a connection queued on the killed worker's socket is reset with it
+            continue
+        seen.append(requests_of(series, "app.test"))
+        # no counter ever goes back, whichever worker answers the scrape
+        lower = {k: (v, series.get(k, 0.0)) for k, v in counters.items() if series.get(k, 0.0) < v}
+        assert not lower, lower
+        pids = workers_of(edge)
+        if len(pids) == 2 and victim not in pids and value(series, "edge_workers") == 2:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the killed worker was not restarted")
+    assert set(seen) == {40.0}
+    # the restarted worker counts on top of its predecessor
+    for _ in range(20):
+        assert call(edge.http_port, "GET", "app.test") == 200
+    wait_for(lambda: requests_of(scrape(edge), "app.test") == 60, timeout=10)
+
+
+def test_random_hosts_do_not_grow_the_series(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
+) -> None:
+    rdb.set("proxy:app.test", proxy_doc("app.test", upstream.url))
+    edge = edge_factory(EDGE_WORKERS=2, REQUEST_LOG="off")
+    wait_for(lambda: value(scrape(edge), "edge_workers") == 2)
+    configured(edge, 1)
+    rng = random.Random(17)
+
+    def host() -> str:
+        return "".join(rng.choices(string.ascii_lowercase + string.digits, k=16)) + ".test"
+
+    # a first few unknown hosts make the "other" series exist on both workers
+    for _ in range(20):
+        assert call(edge.http_port, "GET", host()) == 404
+    wait_for(lambda: requests_of(scrape(edge), "other") >= 20, timeout=10)
+    before = scrape(edge)
+
+    # 10,000 random Host headers over a few keep-alive connections
+    sent = 0
+    for _ in range(10):
+        conn = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=10)
+        for _ in range(1000):
+            conn.request("GET", "/", headers={"Host": host()})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 404
+            sent += 1
+        conn.close()
+    assert sent == 10_000
+    after = wait_for(
+        lambda: s if requests_of(s := scrape(edge), "other") >= 20 + sent else None, timeout=10
+    )
+    assert set(after) == set(before), set(after) ^ set(before)
+    assert not any(("host", h) in labels for _, labels in after for h in ("", "unknown")), (
+        "a client's Host became a label"
+    )
+    hosts = {dict(labels).get("host") for _, labels in after} - {None}
+    assert hosts <= {"app.test", "other"}, hosts
