@@ -34,7 +34,7 @@ from edge.routing.resolution import Middleware, Resolution, Scheme, Step
 from edge.routing.target import Target, parse_target
 from edge.upstream.subrequest import Answer, Outcome, Subrequests
 
-__all__ = ["ANSWER_MAX_BYTES", "ExternalAuth", "ExternalAuthUnavailable"]
+__all__ = ["ANSWER_MAX_BYTES", "ExternalAuth", "ExternalAuthUnavailable", "auth_outcome"]
 
 ANSWER_MAX_BYTES = 64 * 1024  # an auth service's answer is a status and a short page
 # never sent to the auth service as the client sent them: the edge sets these itself
@@ -133,6 +133,7 @@ class ExternalCheck:
             if ex.finished:
                 return  # the client went away meanwhile
             if isinstance(outcome, EdgeError):
+                ex.auth = "error"
                 ex.fail(ExternalAuthUnavailable(f"{self.target.url}: {outcome}"))
                 return
             self._decide(ex, res, proceed, outcome)
@@ -170,6 +171,7 @@ class ExternalCheck:
         return out
 
     def _decide(self, ex: Exchange, res: Resolution, proceed: Step, answer: Answer) -> None:
+        ex.auth = auth_outcome(answer.status)
         if 200 <= answer.status < 300:
             if self.copied:
                 wanted = {name.lower(): name for name in self.copied}
@@ -183,3 +185,13 @@ class ExternalCheck:
         relayed = [(n, v) for n, v in answer.headers if n not in _NOT_RELAYED]
         ctype = answer.header(b"content-type") or b"text/plain; charset=utf-8"
         ex.respond(answer.status, answer.body, ctype, relayed)
+
+
+def auth_outcome(status: int) -> str:
+    """The metrics' outcome of the auth service's answer: ``allowed`` (2xx), ``401`` (a
+    401, or a redirect to sign in), ``403``, else ``error``."""
+    if 200 <= status < 300:
+        return "allowed"
+    if status == 401 or 300 <= status < 400:
+        return "401"
+    return "403" if status == 403 else "error"

@@ -222,9 +222,11 @@ class ProxyGuard:
         if self.required:
             scopes = scope.split()
             if any(s not in scopes for s in self.required):
+                ex.auth = "403"
                 self._challenge(ex, 403, "insufficient_scope")
                 return
         if not admits(self.server, self.proxy, claims):
+            ex.auth = "403"
             ex.respond(
                 403,
                 b'{"error":"access_denied","error_description":"not allowed on this host"}\n',
@@ -244,6 +246,7 @@ class ProxyGuard:
                 out.append((raw, lower, header_value(value)))
         # what a revocation or an allowlist change must cut while the exchange lives
         ex.access = (claims, self.proxy)
+        ex.auth = "allowed"
         proceed(ex, res)
 
     def _token(self, ex: Exchange, full: FullItems) -> tuple[str | None, bool, str]:
@@ -325,8 +328,10 @@ class ProxyGuard:
     ) -> None:
         mode = self.proxy.auth_mode
         if mode == "passthrough":
+            ex.auth = "allowed"
             proceed(ex, res)
             return
+        ex.auth = "401"
         if mode == "redirect" and self.login is not None and wants_page(ex):
             ex.headers = original  # the sign-in reads its own cookie; nothing goes upstream
             self.login.start(ex, self.proxy, self.required)  # a browser: sign in first

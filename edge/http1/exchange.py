@@ -49,6 +49,7 @@ class Exchange:
     __slots__ = (
         "_conn",
         "access",
+        "auth",
         "bytes_in",
         "bytes_out",
         "client_id",
@@ -120,6 +121,10 @@ class Exchange:
         self.user = ""
         self.client_id = ""
         self.error = ""
+        # the access check's outcome, for the metrics: "allowed", "401" (not authenticated:
+        # challenged, or sent to sign in), "403", "error" (the check could not be made);
+        # empty when no check ran
+        self.auth = ""
         self.sink: BodySink | None = None
         self.producer: Producer | None = None
         # (claims, proxy) of the token that let this exchange in, re-checked while it
