@@ -7,16 +7,17 @@ Redis client and answers plain data.
 The filters that have an index of their own (ip, user, client, host, an exact status,
 errors, slow, events) each name a sorted set of request keys scored by Unix time; when
 several are given, the one with the fewest members in the window (``ZCOUNT``, one round
-trip) is walked newest first, ``PAGE`` members at a time, each page's hashes read in one
-pipeline (``HGETALL``) and checked against the other filters. With no indexed filter the
-walk is over ``stream:requests`` (``XREVRANGE``, bounded below by the window's start),
-whose entries carry the hash's fields. The walk stops at ``limit`` matches or after
-``SCAN_BOUND`` keys examined (then the answer is ``partial``); either way the answer has a
-cursor to go on from where it stopped. Keys whose hash has expired are skipped.
+trip) is walked newest first. With no indexed filter the walk is over
+``stream:requests`` (``XREVRANGE``), whose entries carry the hash's fields. The walk runs
+in a Lua script, ``CHUNK`` members a call, which reads each hash, checks the other
+filters and answers only the matches: the client never parses what it does not show. It
+stops at ``limit`` matches or after ``SCAN_BOUND`` members examined (then the answer is
+``partial``); either way the answer has a cursor to go on from where it stopped. Keys
+whose hash has expired are skipped.
 
-**Cursors** are opaque to clients: base64url of ``z|{score}|{key}`` (a sorted-set walk:
-continue with the members scored at most ``score``, skipping those of that score that
-sort at or after ``key``: Redis orders equal scores by member) or ``x|{stream id}``.
+**Cursors** are opaque to clients: base64url of ``z|{score}|{ties}`` (a sorted-set walk:
+continue with the members scored at most ``score``, after the first ``ties`` of that
+score: Redis always orders equal scores the same way, by member) or ``x|{stream id}``.
 
 **Follow.** ``XREAD BLOCK`` on ``stream:requests`` from a stream id (``$``: the newest
 now), until an entry matches or ``wait`` seconds passed; the answer's ``next`` is the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import math
 import re
 import time
@@ -70,7 +72,8 @@ __all__ = [
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000  # entries per answer at most
 SCAN_BOUND = 10_000  # index members or stream entries examined per call at most
-PAGE = 250  # members (and hashes) read per round trip
+PAGE = 250  # stream entries read per round trip by a follow
+CHUNK = 250  # index members or stream entries one script call examines at most (~7 ms of Redis)
 MAX_WAIT = 25.0  # seconds a follow call may wait for a new entry
 CLEAR_MAX_KEYS = 50_000  # keys unlinked per clear call at most
 CLEAR_BATCH = 1000  # keys per UNLINK
@@ -174,6 +177,13 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _iso(unix: float) -> str:
+    """``unix`` as the entries' ``time`` reads (ISO 8601 UTC, ms): such texts sort as
+    the times do."""
+    second, milli = divmod(int(max(unix, 0) * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{milli:03d}Z"
+
+
 def entry_document(fields: Mapping[str, str], key: str) -> dict[str, Any]:
     """An entry as answers show it: its fields, numbers as numbers, and its ``key``."""
     doc: dict[str, Any] = {}
@@ -197,17 +207,18 @@ def _text_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a walk stopped: a sorted-set position (``score``, ``key``) or a stream id."""
+    """Where a walk stopped: in a sorted set, below ``score`` after the first ``ties``
+    members of that score; or in the stream, below ``stream_id``."""
 
     score: float | None = None
-    key: str | None = None
+    ties: int = 0
     stream_id: str | None = None
 
     def encode(self) -> str:
         if self.stream_id is not None:
             text = f"x|{self.stream_id}"
         else:
-            text = f"z|{self.score!r}|{self.key}"
+            text = f"z|{self.score!r}|{self.ties}"
         return base64.urlsafe_b64encode(text.encode()).decode("ascii").rstrip("=")
 
     @classmethod
@@ -223,14 +234,130 @@ class Cursor:
         if kind == "x" and STREAM_ID.fullmatch(rest):
             return cls(stream_id=rest)
         if kind == "z":
-            score, sep, key = rest.partition("|")
+            score, sep, ties = rest.partition("|")
             value = _number(score)
-            if sep and value is not None and key.startswith(keys.REQ_LOG):
-                return cls(score=value, key=key)
+            if sep and value is not None and ties.isdigit() and len(ties) <= 9:
+                return cls(score=value, ties=int(ties))
         raise InvalidCursor(text)
 
 
 # ------------------------------------------------------------------ search
+
+# The walk runs in Redis, a chunk of members per call: a client reading every hash of a
+# 10,000-member walk spent 4.8 s parsing replies (redis-py without hiredis); the script
+# answers only the matches (at most ``want``): 0.27 s for the same walk, measured, about
+# 7 ms of Redis per call of CHUNK members (the calls of other clients wait that long).
+# Filters come as JSON (see _filter_json); each match as {key, score, {field, value...}}.
+# ``ties``: how many members scored ``cur`` were passed, so a cursor (score, ties) goes on
+# with ``ZREVRANGEBYSCORE ... LIMIT ties`` (equal scores always come in the same order).
+_LUA_MATCH = """
+local function digits(t)
+  local d = string.gsub(t or '', '[^0-9]', '')
+  return tonumber(string.sub(d, 1, 8)) or 0, tonumber(string.sub(d, 9)) or 0
+end
+local function match(f, key, flat)
+  local e = {}
+  for i = 1, #flat, 2 do e[flat[i]] = flat[i + 1] end
+  if next(e) == nil then return false end
+  if f.ip and e.client_ip ~= f.ip then return false end
+  if f.user and e.user ~= f.user then return false end
+  if f.client and e.client_id ~= f.client then return false end
+  if f.host and e.host ~= f.host then return false end
+  if f.method and e.method ~= f.method then return false end
+  if f.path and string.sub(e.path or '', 1, #f.path) ~= f.path then return false end
+  if f.events and (e.event or '') == '' then return false end
+  local status = tonumber(e.status or '')
+  if f.status and status ~= f.status then return false end
+  if f.class and (not status or math.floor(status / 100) ~= f.class) then return false end
+  if f.errors and (not status or status < 400 or status >= 600) then return false end
+  if f.min_ms then
+    local ms = tonumber(e.duration_ms or '')
+    if not ms or ms < f.min_ms then return false end
+  end
+  if f.oldest then
+    local day, rest = digits(e.time)
+    if day < f.oldest[1] or (day == f.oldest[1] and rest < f.oldest[2]) then return false end
+  end
+  if f.slow and not redis.call('ZSCORE', f.slow, key) then return false end
+  return true
+end
+"""
+
+_WALK_INDEX = (
+    _LUA_MATCH
+    + """
+local index, top, since = ARGV[1], ARGV[2], ARGV[3]
+local offset, count, want = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local f = cjson.decode(ARGV[7])
+local cur, ties = ARGV[8], tonumber(ARGV[9])
+local members = redis.call('ZREVRANGEBYSCORE', index, top, since, 'WITHSCORES', 'LIMIT',
+  offset, count)
+local found, examined = {}, 0
+for i = 1, #members, 2 do
+  local key, score = members[i], members[i + 1]
+  examined = examined + 1
+  if cur ~= '' and tonumber(score) == tonumber(cur) then ties = ties + 1
+  else cur, ties = score, 1 end
+  local flat = redis.call('HGETALL', key)
+  if match(f, key, flat) then
+    found[#found + 1] = {key, score, flat}
+    if #found >= want then break end
+  end
+end
+return {examined, #members / 2, cur, ties, found}
+"""
+)
+
+_WALK_STREAM = (
+    _LUA_MATCH
+    + """
+local top, bottom, count, want = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local f = cjson.decode(ARGV[5])
+local read = redis.call('XREVRANGE', ARGV[6], top, bottom, 'COUNT', count)
+local found, examined, last = {}, 0, ''
+for _, item in ipairs(read) do
+  examined = examined + 1
+  last = item[1]
+  local flat, key = {}, ''
+  for i = 1, #item[2], 2 do
+    if item[2][i] == 'key' then key = item[2][i + 1]
+    else flat[#flat + 1] = item[2][i]; flat[#flat + 1] = item[2][i + 1] end
+  end
+  if match(f, key, flat) then
+    found[#found + 1] = {key, last, flat}
+    if #found >= want then break end
+  end
+end
+return {examined, #read, last, found}
+"""
+)
+
+
+def _filter_json(filters: Filters, *, slow_index: str | None, oldest: float | None) -> str:
+    """The filters as the scripts read them (absent: anything)."""
+    f: dict[str, Any] = {}
+    for name, value in (
+        ("ip", filters.ip),
+        ("user", filters.user),
+        ("client", filters.client),
+        ("host", None if filters.host is None else filters.host.lower()),
+        ("method", None if filters.method is None else filters.method.upper()),
+        ("path", filters.path),
+        ("status", filters.status),
+        ("class", filters.status_class),
+        ("min_ms", filters.min_ms),
+        ("slow", slow_index),
+    ):
+        if value is not None:
+            f[name] = value
+    if filters.errors:
+        f["errors"] = True
+    if filters.events:
+        f["events"] = True
+    if oldest is not None:
+        stamp = re.sub(r"[^0-9]", "", _iso(oldest))
+        f["oldest"] = [int(stamp[:8]), int(stamp[8:])]
+    return json.dumps(f)
 
 
 @dataclass(slots=True)
@@ -265,8 +392,9 @@ async def search(
     if cursor is not None and cursor.stream_id is not None:
         raise InvalidCursor("not a cursor of this query")
     index = await _most_selective(client, candidates, since)
-    check_slow = filters.slow and index != keys.REQ_INDEX_SLOW
-    return await _walk_index(client, index, filters, since, limit, cursor, scan_bound, check_slow)
+    slow = keys.REQ_INDEX_SLOW if filters.slow and index != keys.REQ_INDEX_SLOW else None
+    f = _filter_json(filters, slow_index=slow, oldest=None)
+    return await _walk_index(client, index, f, since, limit, cursor, scan_bound)
 
 
 async def _most_selective(client: Redis, candidates: Sequence[str], since: float) -> str:
@@ -279,63 +407,48 @@ async def _most_selective(client: Redis, candidates: Sequence[str], since: float
     return min(zip(counts, range(len(candidates)), candidates, strict=True))[2]
 
 
+def _flat_fields(flat: Sequence[Any]) -> dict[str, str]:
+    return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
 async def _walk_index(
     client: Redis,
     index: str,
-    filters: Filters,
+    f: str,
     since: float,
     limit: int,
     cursor: Cursor | None,
     scan_bound: int,
-    check_slow: bool,
 ) -> Page:
     page = Page(source=index)
-    top: float | str = "+inf" if cursor is None or cursor.score is None else cursor.score
-    after = None if cursor is None else cursor.key
-    offset = 0  # members read below the fixed top: new ones land above it
-    last: tuple[float, str] | None = None
+    top = "+inf" if cursor is None or cursor.score is None else repr(cursor.score)
+    offset = 0 if cursor is None else cursor.ties  # members read below the fixed top
+    cur, ties = ("", 0) if cursor is None else (top, cursor.ties)
+    script = client.register_script(_WALK_INDEX)
     while page.examined < scan_bound:
-        count = min(PAGE, scan_bound - page.examined)
-        members: Any = await client.zrevrangebyscore(
-            index, top, since, start=offset, num=count, withscores=True
+        count = min(CHUNK, scan_bound - page.examined)
+        want = limit - len(page.entries)
+        reply: Any = await script(args=[index, top, repr(since), offset, count, want, f, cur, ties])
+        examined, read, cur, ties, found = (
+            int(reply[0]),
+            int(reply[1]),
+            reply[2],
+            reply[3],
+            reply[4],
         )
-        if not members:
-            return page  # the end of the window: no cursor
-        offset += len(members)
-        batch: list[tuple[float, str]] = []
-        for member, score in members:
-            key = as_text(member)
-            page.examined += 1
-            if after is not None and score == top and key >= after:
-                continue  # already answered (equal scores sort by member, descending here)
-            batch.append((float(score), key))
-        pipe = client.pipeline(transaction=False)
-        for _, key in batch:
-            pipe.hgetall(key)
-        if check_slow and batch:
-            pipe.zmscore(keys.REQ_INDEX_SLOW, [key for _, key in batch])
-        replies = await pipe.execute() if batch else []
-        slow: list[float | None] = replies[-1] if check_slow and batch else []
-        for i, (score, key) in enumerate(batch):
-            last = (score, key)
-            fields = _text_fields(replies[i])
-            if not fields:
-                continue  # the hash expired before its index member was trimmed
-            if check_slow and slow[i] is None:
-                continue
-            if not filters.matches(fields):
-                continue
-            page.entries.append(entry_document(fields, key))
-            if len(page.entries) >= limit:
-                page.next_cursor = Cursor(score=score, key=key).encode()
-                return page
-        if len(members) < count:
+        cur, ties = as_text(cur), int(ties)
+        page.examined += examined
+        offset += examined
+        for key, _score, flat in found:
+            page.entries.append(entry_document(_flat_fields(flat), as_text(key)))
+        if len(page.entries) >= limit:
+            page.next_cursor = Cursor(score=float(cur), ties=ties).encode()
             return page
+        if read < count:
+            return page  # the end of the window: no cursor
     page.partial = True
-    if last is not None:
-        page.next_cursor = Cursor(score=last[0], key=last[1]).encode()
-    elif cursor is not None:
-        page.next_cursor = cursor.encode()
+    if cur:
+        page.next_cursor = Cursor(score=float(cur), ties=ties).encode()
     return page
 
 
@@ -349,28 +462,28 @@ async def _walk_stream(
 ) -> Page:
     page = Page(source=keys.REQ_STREAM)
     top = "+" if cursor is None else f"({cursor.stream_id}"
+    # a stream id is when the entry was added (its own time, a batch later at most); the
+    # entry's time says when the request was: both bound the walk
     bottom = f"{max(int(since * 1000), 0)}-0"
+    f = _filter_json(filters, slow_index=None, oldest=since)
+    script = client.register_script(_WALK_STREAM)
     while page.examined < scan_bound:
-        count = min(PAGE, scan_bound - page.examined)
-        read: Any = await client.xrevrange(keys.REQ_STREAM, top, bottom, count=count)
-        if not read:
+        count = min(CHUNK, scan_bound - page.examined)
+        want = limit - len(page.entries)
+        reply: Any = await script(args=[top, bottom, count, want, f, keys.REQ_STREAM])
+        examined, read, last, found = int(reply[0]), int(reply[1]), as_text(reply[2]), reply[3]
+        page.examined += examined
+        if last:
+            top = f"({last}"
+        for key, _id, flat in found:
+            page.entries.append(entry_document(_flat_fields(flat), as_text(key)))
+        if len(page.entries) >= limit:
+            page.next_cursor = Cursor(stream_id=last).encode()
             return page
-        for raw_id, raw in read:
-            stream_id = as_text(raw_id)
-            page.examined += 1
-            top = f"({stream_id}"
-            fields = _text_fields(raw)
-            key = fields.pop("key", "")
-            if not filters.matches(fields):
-                continue
-            page.entries.append(entry_document(fields, key))
-            if len(page.entries) >= limit:
-                page.next_cursor = Cursor(stream_id=stream_id).encode()
-                return page
-        if len(read) < count:
+        if read < count:
             return page
     page.partial = True
-    page.next_cursor = Cursor(stream_id=top[1:]).encode()
+    page.next_cursor = Cursor(stream_id=top[1:]).encode() if top != "+" else None
     return page
 
 
