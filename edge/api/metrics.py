@@ -1,7 +1,8 @@
 """``GET /metrics``: the node's Prometheus metrics, on the API port, without a token.
 
 The answering worker first writes its own latest totals, then reads every worker's files
-(edge/observe/metrics_files.py) in a thread, so the loop never waits on file reads, and
+(edge/observe/metrics_files.py, rendered by edge/observe/metrics_render.py) in a thread, so
+the loop never waits on file reads, and
 answers the text exposition format (``text/plain; version=0.0.4``). Only the API port
 answers it (loopback by default): through ``API_HOSTNAME`` on a public listener it is a
 404, so the metrics are never public by accident.
@@ -18,7 +19,8 @@ from edge.api.http import ApiError, NotFound, error_response
 from edge.api.request import Endpoint
 from edge.api.router import Router
 from edge.http1.exchange import Exchange
-from edge.observe.metrics_files import CONTENT_TYPE, render
+from edge.observe.metrics_files import CONTENT_TYPE
+from edge.observe.metrics_render import Renderer
 
 __all__ = ["MetricsApi"]
 
@@ -32,6 +34,7 @@ class MetricsApi:
 
     def __init__(self, directory: str, publish: Callable[[], None], api_port: int) -> None:
         self.directory = directory
+        self.renderer = Renderer(directory)
         self.publish = publish
         self.api_port = api_port
         self.tasks: set[asyncio.Task[None]] = set()
@@ -52,7 +55,7 @@ class MetricsApi:
     async def _answer(self, ex: Exchange) -> None:
         try:
             self.publish()
-            body = await asyncio.to_thread(render, self.directory)
+            body = await asyncio.to_thread(self.renderer.render)
         except Exception:
             log.exception("metrics: scrape failed", extra={"fields": {"request_id": ex.request_id}})
             error_response(ex, ApiError("metrics unavailable"))

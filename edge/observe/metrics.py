@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,7 +98,9 @@ CONFIG_REJECTED = Family("edge_config_rejected_keys", LIVEMAX, "Configuration ke
 CONFIG_GENERATION = Family("edge_config_generation", LIVEMAX, "Generation of the configuration.")
 REDIS_UP = Family("edge_redis_up", LIVEMIN, "1 when every worker's config watcher has Redis.")
 REDIS_OUTAGE = Family(
-    "edge_redis_outage_seconds", LIVEMAX, "Length of the current Redis outage (0: connected)."
+    "edge_redis_current_outage_seconds",
+    LIVEMAX,
+    "Length of the current Redis outage (0: connected).",
 )
 REDIS_OUTAGE_TOTAL = Family(
     "edge_redis_outage_seconds_total", C, "Seconds without Redis since the node started."
@@ -139,7 +141,12 @@ class RequestMetrics:
 
     __slots__ = (
         "_hosts",
+        "_hosts_published",
         "_memo",
+        "_seen",
+        "_seen_buckets",
+        "_seen_sums",
+        "_totals",
         "_upstreams",
         "applies",
         "auth",
@@ -147,6 +154,7 @@ class RequestMetrics:
         "counts",
         "sums",
         "tls",
+        "total",
         "upstream_errors",
     )
 
@@ -162,6 +170,13 @@ class RequestMetrics:
         self.auth: dict[tuple[str, str], int] = {}
         self.tls = {"ok": 0, "failed": 0}
         self.applies = 0
+        self.total = 0  # exchanges counted, as of the last samples()
+        # what samples() last saw, to send only what changed
+        self._seen: dict[tuple[str, str, int], int] = {}
+        self._totals: dict[Labels, int] = {}
+        self._seen_buckets: dict[tuple[str, int], int] = {}
+        self._seen_sums: dict[str, float] = {}
+        self._hosts_published: set[str] = set()
         self._hosts = HostLabels()
         self._memo: dict[str, str] = {}
         self._upstreams: frozenset[str] = frozenset()
@@ -229,26 +244,46 @@ class RequestMetrics:
         self._upstreams = upstream_labels(upstream_urls)
 
     # ------------------------------------------------------------ publishing
-    def samples(self) -> Iterator[Sample]:
-        folded: dict[Labels, int] = {}
-        for (host, method, status), n in list(self.counts.items()):
-            key: Labels = (("host", host), ("method", method), ("status", status_class(status)))
-            folded[key] = folded.get(key, 0) + n
-        for key, n in folded.items():
-            yield REQUESTS.sample(n, key)
-        bucket, total = DURATION.name + "_bucket", DURATION.name + "_sum"
+    def samples(self) -> list[Sample]:
+        """The samples whose value changed since the last call (all of them the first
+        time): what changed is found by comparing each entry with its value at the last
+        call, so a publish costs a dict walk and no work per unchanged series."""
+        out: list[Sample] = []
+        seen, totals = self._seen, self._totals
+        for key, n in list(self.counts.items()):
+            old = seen.get(key, 0)
+            if n == old:
+                continue
+            seen[key] = n
+            self.total += n - old
+            host, method, status = key
+            labels: Labels = (("host", host), ("method", method), ("status", status_class(status)))
+            totals[labels] = total = totals.get(labels, 0) + n - old
+            out.append(REQUESTS.sample(total, labels))
+        bucket_name, sum_name = DURATION.name + "_bucket", DURATION.name + "_sum"
+        seen_buckets = self._seen_buckets
+        for (host, i), n in list(self.buckets.items()):
+            if seen_buckets.get((host, i)) == n:
+                continue
+            if host not in self._hosts_published:
+                # every bucket of a new host, zeros included: a scrape has them all
+                self._hosts_published.add(host)
+                for j, le in enumerate(_LE):
+                    if (host, j) not in self.buckets:
+                        out.append(DURATION.part(bucket_name, 0, (("host", host), ("le", le))))
+            seen_buckets[(host, i)] = n
+            out.append(DURATION.part(bucket_name, n, (("host", host), ("le", _LE[i]))))
         for host, ms in list(self.sums.items()):
-            # every bucket of a host seen, zeros included: a scrape has them all
-            for i, le in enumerate(_LE):
-                count = self.buckets.get((host, i), 0)
-                yield DURATION.part(bucket, count, (("host", host), ("le", le)))
-            yield DURATION.part(total, ms / 1000, (("host", host),))
+            if self._seen_sums.get(host) != ms:
+                self._seen_sums[host] = ms
+                out.append(DURATION.part(sum_name, ms / 1000, (("host", host),)))
         for (upstream, kind), n in list(self.upstream_errors.items()):
-            yield UPSTREAM_ERRORS.sample(n, (("upstream", upstream), ("kind", kind)))
+            out.append(UPSTREAM_ERRORS.sample(n, (("upstream", upstream), ("kind", kind))))
         for (proxy, outcome), n in list(self.auth.items()):
-            yield AUTH.sample(n, (("proxy", proxy), ("outcome", outcome)))
+            out.append(AUTH.sample(n, (("proxy", proxy), ("outcome", outcome))))
         for result, n in self.tls.items():
-            yield TLS_HANDSHAKES.sample(n, (("result", result),))
+            out.append(TLS_HANDSHAKES.sample(n, (("result", result),)))
+        return out
 
 
 Source = Callable[[], Iterable[Sample]]

@@ -108,7 +108,7 @@ def _sources(worker: Worker, observer: RequestMetrics) -> list[Source]:
             *tunnel_samples(worker.tunnels.health()),
             *acme_samples(issuer.issued, issuer.failed),
             *reqlog_samples(reqlog.health() if reqlog is not None else None),
-            *worker_samples(worker.worker_id, sum(observer.counts.values())),
+            *worker_samples(worker.worker_id, observer.total),
         ]
 
     return [config, connections, services]

@@ -22,6 +22,7 @@ from edge.observe.metrics import (
 )
 from edge.observe.metrics_files import ProcessFiles, forget_process, render
 from edge.observe.metrics_labels import MEMO_MAX, HostLabels, status_class, upstream_labels
+from edge.observe.metrics_render import Renderer
 
 
 def record(
@@ -196,12 +197,12 @@ def test_redis_outage() -> None:
     outage = RedisOutage(counts_total=True)
     vals = lambda samples: {s.name: s.value for s in samples}  # noqa: E731
     assert vals(outage.samples(True, now=0.0))["edge_redis_up"] == 1
-    assert vals(outage.samples(False, now=10.0))["edge_redis_outage_seconds"] == 0
+    assert vals(outage.samples(False, now=10.0))["edge_redis_current_outage_seconds"] == 0
     got = vals(outage.samples(False, now=15.0))
-    assert (got["edge_redis_up"], got["edge_redis_outage_seconds"]) == (0, 5.0)
+    assert (got["edge_redis_up"], got["edge_redis_current_outage_seconds"]) == (0, 5.0)
     assert got["edge_redis_outage_seconds_total"] == 5.0
     got = vals(outage.samples(True, now=17.0))
-    assert got["edge_redis_outage_seconds"] == 0
+    assert got["edge_redis_current_outage_seconds"] == 0
     assert got["edge_redis_outage_seconds_total"] == 7.0
     assert "edge_redis_outage_seconds_total" not in vals(RedisOutage(False).samples(False))
 
@@ -211,3 +212,44 @@ def test_certificate_days_left() -> None:
     now = (expires - timedelta(days=12, hours=12)).timestamp()
     got = certificate_samples({"a": "2027-01-15T08:00:00Z", "b": None, "c": "not a date"}, now)
     assert [(s.labels, s.value) for s in got] == [((("cert", "a"),), 12.5)]
+
+
+def test_the_renderer_writes_what_prometheus_client_writes(tmp_path: Path) -> None:
+    """Every sample, type and help text the same, over live and dead workers' files."""
+    d = str(tmp_path)
+    m = RequestMetrics()
+    hosts = [f"h{i}.test" for i in range(5)]
+    m.set_labels(hosts, [".w.test"], ["http://127.0.0.1:1"])
+    for i, host in enumerate([*hosts, "x.w.test", "nowhere.test"]):
+        for status in (200, 404, 502, 0):
+            m.exchange_done(record(host=host, status=status, ms=i * 7.5, error="e"))
+    outages = [RedisOutage(True), RedisOutage(False)]
+    for pid, listeners, up in ((1, ["tls"], False), (2, ["plain", "proxy"], True), (3, [], True)):
+        outage = outages[pid % 2]
+        sources = [
+            lambda ls=listeners: connection_samples(ls),
+            lambda o=outage, u=up: o.samples(u),
+            lambda: certificate_samples({"c": "2030-01-01T00:00:00Z"}, 0.0),
+        ]
+        Publisher(ProcessFiles(d, pid), m, sources).publish()
+    forget_process(d, 3)
+    renderer = Renderer(d)
+
+    def parsed(text: bytes) -> set[tuple[object, ...]]:
+        return {
+            (f.name, f.type, f.documentation, s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in text_string_to_metric_families(text.decode())
+            for s in f.samples
+        }
+
+    expected = parsed(render(d))
+    assert len(expected) > 100
+    assert parsed(renderer.render()) == expected
+    assert parsed(renderer.render()) == expected  # again, from the keys it remembers
+
+
+def test_no_two_families_share_a_name() -> None:
+    """A counter ``x_total`` is the family ``x``: no gauge or histogram may be called ``x``
+    (the collector would merge them)."""
+    bases = [f.name.removesuffix("_total") for f in FAMILIES]
+    assert len(set(bases)) == len(bases)
