@@ -227,6 +227,9 @@ class HttpConnection(asyncio.Protocol):
     def _off_stage_data(self, data: bytes) -> None:
         if self.stage is Stage.TUNNEL:
             assert self._tunnel is not None
+            ex = self.current
+            if ex is not None:
+                ex.bytes_in += len(data)  # the tunnel's bytes, for its log record
             self._tunnel.tunnel_data(data)
         elif self.stage is Stage.LINGER:
             self._discarded += len(data)
@@ -532,6 +535,7 @@ class HttpConnection(asyncio.Protocol):
         self._disarm()
         self._tunnel = tunnel
         self.stage = Stage.TUNNEL
+        self.hub.tunnel_opened(self._record(ex))  # its exchange is logged when it ends
         leftover, _closed = self.h11.trailing_data
         self._resume(_PAUSE_PIPELINE | _PAUSE_BODY)
         if self._write_paused:
@@ -540,6 +544,9 @@ class HttpConnection(asyncio.Protocol):
 
     def tunnel_write(self, data: bytes) -> None:
         if self.transport is not None:
+            ex = self.current
+            if ex is not None:
+                ex.bytes_out += len(data)
             self.transport.write(data)
 
     def tunnel_close(self) -> None:
@@ -821,6 +828,9 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _log(self, ex: Exchange, aborted: bool = False) -> None:
+        self.hub.exchange_done(self._record(ex, aborted))  # every observer, the access log first
+
+    def _record(self, ex: Exchange, aborted: bool = False) -> AccessRecord:
         record = AccessRecord(
             wallclock(),
             ex.request_id,
@@ -848,7 +858,7 @@ class HttpConnection(asyncio.Protocol):
         header = self.proxy_header
         if header is not None and header.unique_id is not None:
             record.proxy_unique_id = header.unique_id.decode("ascii", "backslashreplace")
-        self.hub.exchange_done(record)  # every observer, the access log first
+        return record
 
 
 # X-Request-Id values taken from the client; anything else gets the edge's own id

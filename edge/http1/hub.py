@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from edge.health import Report, Verdict
 from edge.observe import ExchangeObserver, fan_out
 from edge.observe.accesslog import AccessLog, AccessRecord, access_log_for
-from edge.observe.observer import ConnectionEvents, events_fan_out
+from edge.observe.observer import ConnectionEvents, events_fan_out, opened_fan_out
 from edge.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class Hub:
         "observers",
         "requests",
         "settings",
+        "tunnel_opened",
         "worker_id",
     )
 
@@ -44,6 +45,7 @@ class Hub:
         self.observers: tuple[ExchangeObserver, ...] = ()
         self.exchange_done: Callable[[AccessRecord], None]
         self.connection_event: ConnectionEvents
+        self.tunnel_opened: Callable[[AccessRecord], None]
         self.install_observers((self.access_log,))
         self.connections: set[HttpConnection] = set()
         self._idle: asyncio.Event | None = None  # made when a drain first asks
@@ -61,6 +63,7 @@ class Hub:
         self.observers = tuple(observers)
         self.exchange_done = fan_out(self.observers)
         self.connection_event = events_fan_out(self.observers)
+        self.tunnel_opened = opened_fan_out(self.observers)
 
     def event(self, kind: str, ip: str, port: int, sni: str, detail: str) -> None:
         """A connection-level event (edge.observe.observer.ConnectionEvents), told to the

@@ -49,6 +49,8 @@ ConnectionEvents = Callable[[str, str, int, str, str], None]
 TLS_OK = "tls_handshake_ok"
 TLS_FAILED = "tls_handshake_failed"
 PROXY_REFUSED = "proxy_header_refused"
+# not a connection event: an exchange that switched protocols (Hub.tunnel_opened)
+TUNNEL_OPENED = "tunnel_opened"
 
 
 def _ignore(kind: str, ip: str, port: int, sni: str, detail: str) -> None:
@@ -69,5 +71,26 @@ def events_fan_out(observers: Sequence[object]) -> ConnectionEvents:
     def each(kind: str, ip: str, port: int, sni: str, detail: str) -> None:
         for call in calls:
             call(kind, ip, port, sni, detail)
+
+    return each
+
+
+def _not_told(record: AccessRecord) -> None:
+    return None
+
+
+def opened_fan_out(observers: Sequence[object]) -> Callable[[AccessRecord], None]:
+    """One callable telling every observer with a ``tunnel_opened(record)`` method that an
+    exchange switched protocols (101: a WebSocket or a tunnel), whose own record comes
+    when it ends, maybe hours later."""
+    calls: tuple[Callable[[AccessRecord], None], ...] = tuple(
+        call for observer in observers if (call := getattr(observer, "tunnel_opened", None))
+    )
+    if not calls:
+        return _not_told
+
+    def each(record: AccessRecord) -> None:
+        for call in calls:
+            call(record)
 
     return each

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from edge.observe.observer import TLS_OK
+from edge.observe.observer import TLS_OK, TUNNEL_OPENED
 from edge.store import keys
 
 if TYPE_CHECKING:
@@ -482,6 +482,15 @@ class RequestLogWriter:
             )
         )
 
+    def tunnel_opened(self, record: AccessRecord) -> None:
+        """An exchange switched protocols: an event entry now (its request is logged when
+        it ends, with the tunnel's whole duration and bytes)."""
+        if self.skip is not None and self.skip(record):
+            return
+        entry = entry_from_record(record, self.node, self.worker)
+        entry.event = TUNNEL_OPENED
+        self.log(entry)
+
     def log(self, entry: ReqLogEntry) -> None:
         """Queue an entry built by the caller (O(1), never raises, never waits)."""
         queue = self._queue
@@ -605,8 +614,12 @@ class RequestLogWriter:
                 us = self._last_us + 1
             self._last_us = us
             key = keys.req_log(f"{us}-{self.tag}", entry.client_ip)
-            if entry.event:  # no request: its IP and the events, nothing counted
+            if entry.event:  # no request: its IP, host, user and the events; not counted
                 named = [keys.req_index_ip(entry.client_ip), keys.REQ_INDEX_EVENTS]
+                if entry.host:
+                    named.append(keys.req_index_host(entry.host))
+                if entry.user:
+                    named.append(keys.req_index_user(entry.user))
                 args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
                 continue
             named = [

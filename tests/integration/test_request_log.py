@@ -8,6 +8,7 @@ failed), and REQUEST_LOG=off.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import ssl
@@ -17,9 +18,11 @@ from typing import Any
 
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
 from edge.store import keys
 from tests.helpers import EdgeProcess, RedisServer, Upstream, free_port, proxy_doc, wait_for
+from tests.integration.test_websocket_sse import WsUpstream
 
 SECRET = "s3cr3t-VALUE-never-logged"
 
@@ -252,3 +255,39 @@ def test_request_log_off_writes_nothing(
     assert list(rdb.scan_iter("req:*")) == []
     assert rdb.exists(keys.REQ_STREAM) == 0
     assert "request-log" not in edge.health()["background"]
+
+
+async def test_websocket_open_is_an_event_and_its_close_a_request(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis
+) -> None:
+    async with WsUpstream().serving() as up:
+        rdb.set("proxy:app.test", proxy_doc("app.test", f"http://127.0.0.1:{up.port}"))
+        edge = edge_factory(LOG_BATCH_MS=20)
+        edge.wait_generation(lambda h: h["proxies"] == 1)
+        async with connect(
+            "ws://app.test/chat/7?token=" + SECRET,
+            host="127.0.0.1",
+            port=edge.http_port,
+            proxy=None,
+            open_timeout=10,
+        ) as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "welcome"
+            # while it is open: an event says so
+            opened = await asyncio.to_thread(
+                wait_for, lambda: [e for e in entries(rdb) if "event" in e], 10
+            )
+            assert [e["event"] for e in opened] == ["tunnel_opened"]
+            assert opened[0]["status"] == "101" and opened[0]["path"] == "/chat/7"
+            assert opened[0]["key"] in {
+                m.decode() for m in rdb.zrange(keys.req_index_host("app.test"), 0, -1)
+            }
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), 5) == "hello"
+        done = await asyncio.to_thread(
+            wait_for, lambda: [e for e in entries(rdb) if "event" not in e], 10
+        )
+        assert len(done) == 1 and done[0]["status"] == "101"
+        assert int(done[0]["bytes_out"]) > 0 and float(done[0]["duration_ms"]) > 0
+        hour = time.strftime("%Y%m%d:%H", time.gmtime())
+        assert rdb.get(keys.req_stats_requests(hour)) == b"1"
+        assert SECRET.encode() not in everything(rdb)
