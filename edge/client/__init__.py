@@ -1,6 +1,6 @@
 """The client side of the ``edge`` command line: commands that call an edge's admin API.
 
-``edge login|logout|config|token|proxy|route|service|certs|resource|user|project|pat``
+``edge login|logout|config|token|proxy|route|service|certs|resource|user|project|pat|logs``
 (see ``docs/cli.md``). Settings come in layers (:mod:`edge.client.config`), calls go through
 :mod:`edge.client.http` (a timeout on each) and answers are printed by
 :mod:`edge.client.output`. A failure is one line on stderr, ``edge: ...``, and exit status
@@ -29,6 +29,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     options, also accepted before the command when the ``edge`` parser has them too)."""
     from edge.client.configs import add_config_parsers
     from edge.client.forward import add_forward_parser
+    from edge.client.logs import add_logs_parsers
     from edge.client.oauth import add_oauth_parsers
     from edge.client.options import common_options
     from edge.client.people import add_people_parsers
@@ -44,6 +45,7 @@ def add_client_parsers(sub: Sub, common: argparse.ArgumentParser | None = None) 
     add_oauth_parsers(sub, common)
     add_target_parsers(sub, common)
     add_forward_parser(sub, common)
+    add_logs_parsers(sub, common)
 
 
 def run_client(args: argparse.Namespace) -> int:
