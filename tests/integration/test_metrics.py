@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import string
 import time
 import urllib.request
@@ -239,3 +240,55 @@ def test_random_hosts_do_not_grow_the_series(
     )
     hosts = {dict(labels).get("host") for _, labels in after} - {None}
     assert hosts <= {"app.test", "other"}, hosts
+
+
+def test_tls_handshakes_and_proxy_refusals(edge_factory: Callable[..., EdgeProcess]) -> None:
+    https_port, proxy_port = free_port(), free_port()
+    edge = edge_factory(
+        EDGE_WORKERS=2,
+        REQUEST_LOG="off",
+        HTTPS_PORT=https_port,
+        PROXY_PROTOCOL_PORT=proxy_port,
+        PROXY_TRUSTED_CIDRS="127.0.0.0/8",
+    )
+    wait_for(lambda: value(scrape(edge), "edge_workers") == 2)
+    for _ in range(3):  # plain HTTP to the TLS port: the handshake fails
+        with socket.create_connection(("127.0.0.1", https_port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.settimeout(5)
+            while sock.recv(4096):
+                pass
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    held = []
+    for _ in range(2):
+        raw = socket.create_connection(("127.0.0.1", https_port), timeout=5)
+        tls = context.wrap_socket(raw, server_hostname="ok.test")
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: ok.test\r\n\r\n")
+        assert tls.recv(4096).startswith(b"HTTP/1.1 ")
+        held.append(tls)
+    for _ in range(2):  # garbage where a PROXY header should be
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as sock:
+            sock.sendall(b"HELLO THERE\r\n")
+            sock.settimeout(5)
+            while sock.recv(4096):
+                pass
+    try:
+
+        def counted() -> bool:
+            s = scrape(edge)
+            return (
+                value(s, "edge_tls_handshakes_total", result="failed") == 3
+                and value(s, "edge_tls_handshakes_total", result="ok") == 2
+                and value(s, "edge_proxy_header_refusals_total", reason="invalid_header") == 2
+                and value(s, "edge_connections_open", listener="tls") == 2
+            )
+
+        wait_for(counted, timeout=10)
+        s = scrape(edge)
+        assert value(s, "edge_proxy_header_refusals_total", reason="untrusted_peer") == 0
+    finally:
+        for tls in held:
+            tls.close()
+    wait_for(lambda: value(scrape(edge), "edge_connections_open", listener="tls") == 0)
