@@ -100,6 +100,12 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         "edge database create main --project shop --engine postgres --host pg.internal",
         "edge database list",
     ),
+    "logs": (
+        "edge logs --errors --hours 2",
+        "edge logs --host app.example.com --status 5xx -o json",
+        "edge logs stats",
+        "edge logs follow --ip 203.0.113.7",
+    ),
     "pat": (
         "edge pat list --project web --user alice",
         "edge pat create laptop --project web --user alice --expires-in 30d",
