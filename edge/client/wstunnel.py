@@ -452,7 +452,10 @@ class Tunnel:
         """Wait for the tunnel's end (the upgrade has a deadline, the open tunnel none: the
         edge pings it); both sockets are closed when it returns, or when it is cancelled."""
         assert self._done is not None, "connect() first"
-        self._arm(self._timeout, "no answer to the WebSocket upgrade within {:g}s")
+        if not self.accepted and not self._done.done():
+            # (the 101 may have come already, between connect() and now: a deadline armed
+            # then would end the open tunnel mid-transfer)
+            self._arm(self._timeout, "no answer to the WebSocket upgrade within {:g}s")
         try:
             code, problem = await self._done
         finally:
