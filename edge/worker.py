@@ -196,6 +196,8 @@ class Worker:
                     oauth=oauth_admin,
                     targets=lambda: self.watcher.snapshot,
                     max_sessions=settings.port_forward_max_sessions,
+                    log_retention_hours=settings.log_retention_hours,
+                    log_slow_ms=settings.log_slow_ms,
                 ),
                 tunnel_sockets,
                 MetricsApi(
