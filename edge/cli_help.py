@@ -198,6 +198,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "LOG_SLOW_MS",
             "LOG_STREAM_MAX",
             "LOG_QUEUE_SIZE",
+            "LOG_MAX_ENTRIES",
         ),
     ),
     ("access tokens", ("PAT_VERIFY_CACHE_TTL", "PAT_LAST_USED_FLUSH_INTERVAL")),

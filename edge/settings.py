@@ -446,6 +446,7 @@ class Settings:
     log_slow_ms: int = 1000  # requests slower than this are indexed in idx:req:slow
     log_stream_max: int = 100_000  # stream:requests is capped near this many entries
     log_queue_size: int = 10_000  # entries waiting per worker; beyond, the oldest dropped
+    log_max_entries: int = 500_000  # entries kept over every node; beyond, the oldest go
     # the OAuth 2.1 authorization server (on AUTH_HOSTNAME; off when there is none)
     base_domain: str | None = None
     auth_hostname_setting: str | None = None  # AUTH_HOSTNAME; see auth_hostname
@@ -586,6 +587,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_SLOW_MS": ("log_slow_ms", _int(1, 3_600_000)),
     "LOG_STREAM_MAX": ("log_stream_max", _int(1000, 100_000_000)),
     "LOG_QUEUE_SIZE": ("log_queue_size", _int(100, 10_000_000)),
+    "LOG_MAX_ENTRIES": ("log_max_entries", _int(1000, 1_000_000_000)),
     "BASE_DOMAIN": ("base_domain", _hostname),
     "AUTH_HOSTNAME": ("auth_hostname_setting", _hostname),
     "OAUTH_ISSUER": ("oauth_issuer_setting", _issuer),

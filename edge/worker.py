@@ -94,6 +94,8 @@ class Worker:
                 slow_ms=settings.log_slow_ms,
                 stream_maxlen=settings.log_stream_max,
                 skip=access_log.skipped if settings.access_log_skip_paths else None,
+                max_entries=settings.log_max_entries,
+                known_host=self._served_host,
             )
         # Prometheus metrics: plain counters on the request path, published once a second
         # into the node's metrics directory (GET /metrics on the API port sums them)
@@ -269,6 +271,13 @@ class Worker:
         view.add(lambda: Report({"oauth": oauth.health() if oauth is not None else None}))
         view.add(lambda: Report({"tunnels": self.tunnels.health()}))
         return view
+
+    def _served_host(self, host: str) -> bool:
+        """Whether the edge serves ``host`` (a proxy's, or the API's or OAuth's own)."""
+        settings = self.settings
+        if host in (settings.api_hostname, settings.auth_hostname):
+            return True
+        return self.dispatcher.table.find_proxy(host) is not None
 
     async def _token_email(self, name: str) -> str | None:
         record = await self.tokens.get(name)

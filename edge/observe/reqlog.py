@@ -117,6 +117,9 @@ STREAM_MAXLEN = 100_000  # stream:requests, approximately (MAXLEN ~)
 WRITE_TIMEOUT = 2.0  # seconds one batch's call may take before it is counted as failed
 RETRY_PAUSE = 1.0  # seconds after a failed batch before the next attempt
 MAX_PATH = 1024  # characters of path kept in the hash (a request line may hold 8 KiB)
+MAX_ENTRIES = 500_000  # LOG_MAX_ENTRIES: entries kept at most over every node (~0.7 GB)
+EVICT_PER_BATCH = 1000  # oldest entries removed by one batch at most (bounds its time)
+OTHER_HOST = "{other}"  # the unique-IP counters of hosts the edge does not serve
 
 
 class ReqLogEntry(msgspec.Struct, omit_defaults=True):
@@ -343,27 +346,32 @@ local ttl = tonumber(ARGV[1])
 local oldest = ARGV[2]
 local maxlen = ARGV[3]
 local stream = ARGV[4]
+local conf = cjson.decode(ARGV[5])
 local errors, first = 0, ''
 local function call(...)
   local ok = redis.pcall(...)
   if type(ok) == 'table' and ok.err then
     errors = errors + 1
     if first == '' then first = ok.err end
+    return nil
   end
+  return ok
 end
-local touched = {}
-for i = 5, #ARGV - 1 do
+local all = conf.all
+local touched = {[all] = true}
+for i = 6, #ARGV - 1 do
   local e = cjson.decode(ARGV[i])
   local key, score, fields = e[1], e[2], e[3]
   call('HSET', key, unpack(fields))
   call('EXPIRE', key, ttl)
   call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'key', key, unpack(fields))
+  call('ZADD', all, score, key)
   for _, index in ipairs(e[4]) do
     call('ZADD', index, score, key)
     touched[index] = true
   end
 end
-if #ARGV > 5 then
+if #ARGV > 6 then
   -- the stream: capped by MAXLEN ~, trimmed by age, and expiring like every other key
   local minid = string.format('%d', math.floor(tonumber(string.sub(oldest, 2)) * 1000))
   call('XTRIM', stream, 'MINID', '~', minid)
@@ -372,6 +380,32 @@ end
 for index in pairs(touched) do
   call('ZREMRANGEBYSCORE', index, '-inf', oldest)
   call('EXPIRE', index, ttl)
+end
+-- at most max entries kept, whatever the traffic: the oldest go, hash and index members
+local over = (call('ZCARD', all) or 0) - conf.max
+if over > 0 then
+  if over > conf.evict then over = conf.evict end
+  local victims = call('ZPOPMIN', all, over) or {}
+  for v = 1, #victims, 2 do
+    local key = victims[v]
+    local f = call('HMGET', key, 'client_ip', 'host', 'user', 'client_id', 'status',
+                   'method', 'path_shape')
+    call('DEL', key)
+    if f then
+      local named = {conf.errors, conf.slow, conf.events}
+      if f[1] then named[#named + 1] = conf.ip .. f[1] end
+      if f[2] then named[#named + 1] = conf.host .. f[2] end
+      if f[3] then named[#named + 1] = conf.user .. f[3] end
+      if f[4] then named[#named + 1] = conf.client .. f[4] end
+      if f[5] then named[#named + 1] = conf.status .. f[5] end
+      if f[6] and f[7] then
+        local method = f[6]
+        if not conf.methods[method] then method = 'OTHER' end
+        named[#named + 1] = conf.path .. method .. ':' .. f[7]
+      end
+      for _, index in ipairs(named) do call('ZREM', index, key) end
+    end
+  end
 end
 local sums = cjson.decode(ARGV[#ARGV])
 for _, c in ipairs(sums[1]) do call('INCRBY', c[1], c[2]) end
@@ -411,8 +445,30 @@ class RequestLogWriter:
         retry_pause: float = RETRY_PAUSE,
         clock: Callable[[], float] = time.time,
         skip: Callable[[AccessRecord], bool] | None = None,
+        max_entries: int = MAX_ENTRIES,
+        known_host: Callable[[str], bool] | None = None,
     ) -> None:
         self._client = client
+        self.max_entries = max_entries
+        # hosts with unique-IP counters of their own (the configured ones): None, all
+        self.known_host = known_host
+        self._conf = _encode(
+            {
+                "max": max_entries,
+                "evict": EVICT_PER_BATCH,
+                "all": keys.REQ_INDEX_ALL,
+                "ip": keys.req_index_ip(""),
+                "host": keys.req_index_host(""),
+                "user": keys.req_index_user(""),
+                "client": keys.req_index_client(""),
+                "status": keys.req_index_status_prefix(),
+                "errors": keys.REQ_INDEX_ERRORS,
+                "slow": keys.REQ_INDEX_SLOW,
+                "events": keys.REQ_INDEX_EVENTS,
+                "path": keys.req_index_path("", "")[:-1],
+                "methods": {method: True for method in _METHODS},
+            }
+        )
         # records left out (the health checks the access log leaves out too)
         self.skip = skip
         self.node = node
@@ -602,7 +658,9 @@ class RequestLogWriter:
             f"({self._clock() - ttl}",
             self.stream_maxlen,
             keys.REQ_STREAM,
+            self._conf,
         ]
+        known = self.known_host
         for item in taken:
             entry = (
                 item
@@ -622,9 +680,10 @@ class RequestLogWriter:
                     named.append(keys.req_index_user(entry.user))
                 args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
                 continue
+            shape = normalise_path(entry.path)
             named = [
                 keys.req_index_ip(entry.client_ip),
-                keys.req_index_path(index_method(entry.method), normalise_path(entry.path)),
+                keys.req_index_path(index_method(entry.method), shape),
             ]
             if entry.host:
                 named.append(keys.req_index_host(entry.host))
@@ -639,8 +698,10 @@ class RequestLogWriter:
                 named.append(keys.REQ_INDEX_ERRORS)
             if entry.duration_ms > self.slow_ms:
                 named.append(keys.REQ_INDEX_SLOW)
+            flat = entry.flat()
+            flat += ("path_shape", shape)  # what the path's index is named by
             # the score as a string: Lua would print a number with 17 digits
-            args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
+            args.append(_encode((key, f"{us / 1_000_000:.3f}", flat, named)))
 
             hour_start = us // 3_600_000_000 * 3600
             hour = hour_of(hour_start)
@@ -652,7 +713,10 @@ class RequestLogWriter:
                 errors_key = keys.req_stats_errors(hour)
                 counters[errors_key] = counters.get(errors_key, 0) + 1
                 hours[errors_key] = until
-            hosts = (entry.host, "*") if entry.host else ("*",)
+            # per-host unique IPs for the hosts the edge serves; any other Host header
+            # (a scan of random names) counts under one key, never a key per name
+            host = entry.host if known is None or known(entry.host) else OTHER_HOST
+            hosts = (host, "*") if entry.host else ("*",)
             for host in hosts:
                 unique_key = keys.req_stats_unique_ips(host, hour)
                 uniques.setdefault(unique_key, []).append(entry.client_ip)

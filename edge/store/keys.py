@@ -356,6 +356,9 @@ REQ_INDEX_ERRORS = "idx:req:errors"
 REQ_INDEX_SLOW = "idx:req:slow"
 # connection events with no HTTP exchange: TLS handshake failures, refused PROXY headers
 REQ_INDEX_EVENTS = "idx:req:events"
+# every entry, oldest first: past LOG_MAX_ENTRIES the oldest are removed with their
+# index members
+REQ_INDEX_ALL = "idx:req:all"
 # every request, capped (XADD MAXLEN ~): what ``edge logs follow`` tails
 REQ_STREAM = "stream:requests"
 
@@ -382,7 +385,11 @@ def req_index_client(client_id: str) -> str:
 
 
 def req_index_status(code: int) -> str:
-    return f"{REQ_INDEX}status:{code}"
+    return f"{req_index_status_prefix()}{code}"
+
+
+def req_index_status_prefix() -> str:
+    return f"{REQ_INDEX}status:"
 
 
 def req_index_path(method: str, path: str) -> str:

@@ -118,6 +118,7 @@ async def test_every_key_and_index_with_its_ttl(aclient: aioredis.Redis, rdb: re
         "bytes_in": "100", "bytes_out": "2000", "duration_ms": "1500.0",
         "upstream": "http://127.0.0.1:3000", "upstream_ms": "1499.0", "user": "alice",
         "client_id": "c_client1", "error": "upstream_timeout",
+        "path_shape": "/api/v1/tokens/{id}",
     }  # fmt: skip
 
     score = int(now * 1000) / 1000
@@ -133,6 +134,7 @@ async def test_every_key_and_index_with_its_ttl(aclient: aioredis.Redis, rdb: re
         keys.REQ_INDEX_SLOW: {bad_key},
         keys.req_index_path("GET", "/users/{id}"): {ok_key},
         keys.req_index_path("POST", "/api/v1/tokens/{id}"): {bad_key},
+        keys.REQ_INDEX_ALL: {ok_key, bad_key},
     }
     written = {k.decode() for k in rdb.scan_iter("idx:req:*")}
     assert written == set(expected)
@@ -192,6 +194,7 @@ async def test_events_indexed_apart_and_not_counted(
     assert {k.decode() for k in rdb.scan_iter("idx:req:*")} == {
         keys.REQ_INDEX_EVENTS,
         keys.req_index_ip("192.0.2.1"),
+        keys.REQ_INDEX_ALL,
     }
     assert set(members(rdb, keys.REQ_INDEX_EVENTS)) == {key}
     assert rdb.get(keys.req_stats_requests(hour_of(now))) is None
@@ -432,3 +435,41 @@ async def test_a_bad_key_costs_its_own_write_only(
     assert "WRONGTYPE" in str(health["last_error"])
     assert len(list(rdb.scan_iter("req:*"))) == 2
     assert rdb.zcard(keys.req_index_status(500)) == 1
+
+
+async def test_at_most_max_entries_whatever_the_traffic(
+    aclient: aioredis.Redis, rdb: redis.Redis
+) -> None:
+    """A flood of distinct IPs, hosts and paths: past ``max_entries`` the oldest entries
+    go with their index members, so keys stay bounded; unknown hosts share one counter."""
+    writer = writer_for(
+        aclient, max_entries=50, batch_size=40, known_host=lambda host: host == "app.test"
+    )
+    now = time.time() // HOUR * HOUR + 10  # every entry in one hour
+    for n in range(400):
+        writer.exchange_done(
+            record(ip=f"10.0.{n // 250}.{n % 250}", host=f"h{n}.scan.test", path=f"/w{n}/x",
+                   status=404 if n % 2 else 200, at=now + n / 1000, request_id=f"r{n}")
+        )  # fmt: skip
+    writer.exchange_done(record(host="app.test", at=now + 1))
+    await writer.flush()
+    assert writer.command_errors == 0, writer.last_error
+    hashes = {k.decode() for k in rdb.scan_iter("req:*", count=1000)}
+    assert len(hashes) == 50
+    assert set(members(rdb, keys.REQ_INDEX_ALL)) == hashes
+    # the newest were kept
+    kept = {rdb.hget(k, "request_id") for k in hashes}
+    assert b"rid" in kept and b"r399" in kept and b"r300" not in kept
+    # no index holds an evicted entry; an index emptied by eviction is gone
+    indexes = [k.decode() for k in rdb.scan_iter("idx:req:*", count=1000)]
+    for index in indexes:
+        assert set(members(rdb, index)) <= hashes, index
+    assert len(indexes) <= 50 * 3 + 5  # ip, host, path per entry; status, errors, all
+    hour = hour_of(now)
+    unique = {k.decode() for k in rdb.scan_iter("stats:unique_ips:*", count=1000)}
+    assert unique == {
+        keys.req_stats_unique_ips("app.test", hour),
+        keys.req_stats_unique_ips("{other}", hour),
+        keys.req_stats_unique_ips("*", hour),
+    }
+    assert rdb.pfcount(keys.req_stats_unique_ips("{other}", hour)) == pytest.approx(400, rel=0.05)

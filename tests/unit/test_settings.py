@@ -111,6 +111,7 @@ EXPECTED_DEFAULTS: dict[str, tuple[str, object]] = {
     "LOG_SLOW_MS": ("log_slow_ms", 1000),
     "LOG_STREAM_MAX": ("log_stream_max", 100_000),
     "LOG_QUEUE_SIZE": ("log_queue_size", 10_000),
+    "LOG_MAX_ENTRIES": ("log_max_entries", 500_000),
     "BASE_DOMAIN": ("base_domain", None),
     "AUTH_HOSTNAME": ("auth_hostname_setting", None),
     "OAUTH_ISSUER": ("oauth_issuer_setting", None),
@@ -190,6 +191,7 @@ INVALID: list[tuple[str, str]] = [
     *[("LOG_SLOW_MS", bad) for bad in ("0", "-5", "3600001")],
     *[("LOG_STREAM_MAX", bad) for bad in ("999", "100000001")],
     *[("LOG_QUEUE_SIZE", bad) for bad in ("99", "lots")],
+    *[("LOG_MAX_ENTRIES", bad) for bad in ("999", "1000000001", "1e6")],
     ("SELF_SIGNED_CN", "not a host"),
     *[
         (name, bad)
