@@ -61,13 +61,14 @@ stored without userinfo or query.
 
 **Memory, measured** (redis-server 7.0, jemalloc, ``INFO memory`` ``used_memory`` before and
 after 10,000 entries, tests/integration/test_reqlog_writer.py ``test_memory_per_entry``):
-about 1,300 bytes of Redis memory per logged request (1,180 by ``MEMORY USAGE`` of every
+about 1,500 bytes of Redis memory per logged request (1,374 by ``MEMORY USAGE`` of every
 key), for 10,000 requests from 2,000 IPs to 5 hosts over 50 path shapes, 5% errors, 23%
-slow. By ``MEMORY USAGE``: the hash 408, the index members (4-5 per request, each the
-request key in a sorted set) 536, the stream entry 240, counters and HyperLogLogs about 1.
-The stream is capped (100,000 entries by default, about 24 MB), so past the cap a request
-costs about 1,060 bytes: 24 hours at 100 requests a second (8.6 million) take about 9 GB.
-Size the retention (and ``stream_maxlen``) to the traffic.
+slow: the hash about 430, the index members (5-6 per request, ``idx:req:all`` included)
+about 640, the stream entry 240, counters and HyperLogLogs about 1. The stream is capped
+(100,000 entries by default, about 24 MB) and so is the whole log: past ``max_entries``
+(LOG_MAX_ENTRIES, 500,000) each batch removes the oldest entries, hash and index members
+(at most ``EVICT_PER_BATCH`` a batch, which bounds its time), so the defaults hold about
+0.65 GB at most whatever the traffic.
 """
 
 from __future__ import annotations
