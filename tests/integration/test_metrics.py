@@ -22,7 +22,15 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import EdgeProcess, Upstream, child_pids, free_port, proxy_doc, wait_for
+from tests.helpers import (
+    EdgeProcess,
+    RedisServer,
+    Upstream,
+    child_pids,
+    free_port,
+    proxy_doc,
+    wait_for,
+)
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -292,3 +300,45 @@ def test_tls_handshakes_and_proxy_refusals(edge_factory: Callable[..., EdgeProce
         for tls in held:
             tls.close()
     wait_for(lambda: value(scrape(edge), "edge_connections_open", listener="tls") == 0)
+
+
+@pytest.mark.edge_errors()
+def test_redis_outage_and_request_log_drops(
+    edge_factory: Callable[..., EdgeProcess],
+    redis_db: RedisServer,
+    rdb: redis.Redis,
+    upstream: Upstream,
+) -> None:
+    """While Redis is away: edge_redis_up 0, the outage's length grows, the request log
+    drops (counted); after: up again, the outage in the total, the counters kept."""
+    rdb.set("proxy:app.test", proxy_doc("app.test", upstream.url))
+    edge = edge_factory(EDGE_WORKERS=2, LOG_BATCH_MS=20, LOG_QUEUE_SIZE=100)
+    configured(edge, 1)
+    wait_for(lambda: value(scrape(edge), "edge_redis_up") == 1)
+
+    redis_db.stop()
+    for _ in range(400):
+        assert call(edge.http_port, "GET", "app.test") == 200
+
+    def away() -> Series | None:
+        s = scrape(edge)
+        down = value(s, "edge_redis_up") == 0
+        return s if down and value(s, "edge_redis_current_outage_seconds") >= 1 else None
+
+    during = wait_for(away, timeout=15)
+
+    def lost(s: Series) -> float:
+        names = ("edge_request_log_dropped_total", "edge_request_log_failed_total")
+        return sum(value(s, name) for name in names) + value(s, "edge_request_log_queue")
+
+    # every entry of the outage dropped, lost with a failed batch or still queued
+    wait_for(lambda: lost(scrape(edge)) >= 400, timeout=10)
+    assert value(scrape(edge), "edge_request_log_dropped_total") > 0
+    redis_db.start()
+    after = wait_for(
+        lambda: s if value(s := scrape(edge), "edge_redis_up") == 1 else None, timeout=20
+    )
+    assert value(after, "edge_redis_current_outage_seconds") == 0
+    assert value(after, "edge_redis_outage_seconds_total") >= 1
+    assert requests_of(after, "app.test") == requests_of(during, "app.test") == 400
+    assert value(after, "edge_request_log_dropped_total") > 0
