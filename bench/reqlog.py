@@ -179,6 +179,7 @@ class Sample:
     written: int = 0
     dropped: int = 0
     failed: int = 0
+    last_error: str = ""  # the writer's, when a batch failed
 
     @property
     def edge_us(self) -> float:
@@ -219,6 +220,8 @@ def measure(
             sample.logged = accounted(after) - accounted(before)
             for name in ("written", "dropped", "failed"):
                 setattr(sample, name, int(after.get(name, 0)) - int(before.get(name, 0)))
+            if sample.failed:
+                sample.last_error = str(after.get("last_error") or "")
             slack = sample.logged - sample.requests
             if not 0 <= slack <= run.WRK_CONNECTIONS:
                 run.progress(
@@ -654,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     s = measure(children, st, redis.pid, proxy, rnd, variant, args.duration)
                     samples.append(s)
                     logged = (
-                        f"  logged {s.logged} (dropped {s.dropped}, failed {s.failed})"
+                        f"  logged {s.logged} (dropped {s.dropped}, failed {s.failed}"
+                        f"{f': {s.last_error}' if s.last_error else ''})"
                         if variant == "on"
                         else ""
                     )
