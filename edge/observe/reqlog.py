@@ -120,7 +120,10 @@ RETRY_PAUSE = 1.0  # seconds after a failed batch before the next attempt
 MAX_PATH = 1024  # characters of path kept in the hash (a request line may hold 8 KiB)
 MAX_ENTRIES = 500_000  # LOG_MAX_ENTRIES: entries kept at most over every node (~0.7 GB)
 EVICT_PER_BATCH = 1000  # oldest entries removed by one batch at most (bounds its time)
-OTHER_HOST = "{other}"  # the unique-IP counters of hosts the edge does not serve
+OTHER_HOST = "{other}"  # the indexes and counters of hosts the edge does not serve
+OTHER_PATH = "{other}"  # a request target that is no path (absolute URI, CONNECT)
+MAX_HOST = 253  # characters of a host (a DNS name is never longer)
+MAX_FIELD = 128  # characters of user, client id, error code, PROXY unique id
 
 
 class ReqLogEntry(msgspec.Struct, omit_defaults=True):
@@ -191,6 +194,19 @@ class ReqLogEntry(msgspec.Struct, omit_defaults=True):
 # ------------------------------------------------------------------ scrubbing
 
 
+def clean_path(target: str) -> str:
+    """The path as the log keeps it: no query string, fragment or ``;`` parameters (a
+    ``;jsessionid=`` is a session), at most ``MAX_PATH`` characters; a target that is no
+    path (an absolute URI the edge refused, a CONNECT authority, which may carry
+    userinfo) is ``{other}``, and ``OPTIONS *`` is ``*``."""
+    path = strip_query(target)
+    if not path.startswith("/"):
+        return "*" if path == "*" else OTHER_PATH
+    if ";" in path:
+        path = "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    return path
+
+
 def strip_query(path: str) -> str:
     """``path`` without its query string and fragment, at most ``MAX_PATH`` characters."""
     cut = len(path)
@@ -220,20 +236,20 @@ def entry_from_record(record: AccessRecord, node: str, worker: int) -> ReqLogEnt
         request_id=record.request_id,
         client_ip=record.client,
         method=record.method[:16],
-        host=record.host.lower(),
-        path=strip_query(record.path),
+        host=record.host[:MAX_HOST].lower(),
+        path=clean_path(record.path),
         status=record.status,
         bytes_in=record.bytes_in,
         bytes_out=record.bytes_out,
         duration_ms=record.duration_ms,
         client_port=record.client_port,
-        proxy_unique_id=record.proxy_unique_id or "",
-        sni=record.sni or "",
-        upstream=clean_upstream(record.upstream) if record.upstream else "",
+        proxy_unique_id=(record.proxy_unique_id or "")[:MAX_FIELD],
+        sni=(record.sni or "")[:MAX_HOST],
+        upstream=clean_upstream(record.upstream)[:MAX_HOST] if record.upstream else "",
         upstream_ms=record.upstream_ms,
-        user=record.user,
-        client_id=record.client_id,
-        error=record.error,
+        user=record.user[:MAX_FIELD],
+        client_id=record.client_id[:MAX_FIELD],
+        error=record.error[:MAX_FIELD],
     )
 
 
@@ -395,7 +411,10 @@ if over > 0 then
     if f then
       local named = {conf.errors, conf.slow, conf.events}
       if f[1] then named[#named + 1] = conf.ip .. f[1] end
-      if f[2] then named[#named + 1] = conf.host .. f[2] end
+      if f[2] then
+        named[#named + 1] = conf.host .. f[2]
+        named[#named + 1] = conf.host .. conf.other  -- where an unserved host is indexed
+      end
       if f[3] then named[#named + 1] = conf.user .. f[3] end
       if f[4] then named[#named + 1] = conf.client .. f[4] end
       if f[5] then named[#named + 1] = conf.status .. f[5] end
@@ -468,6 +487,7 @@ class RequestLogWriter:
                 "events": keys.REQ_INDEX_EVENTS,
                 "path": keys.req_index_path("", "")[:-1],
                 "methods": {method: True for method in _METHODS},
+                "other": OTHER_HOST,
             }
         )
         # records left out (the health checks the access log leaves out too)
@@ -503,6 +523,12 @@ class RequestLogWriter:
         skip = self.skip
         if skip is not None and skip(record):
             return
+        if len(record.path) > MAX_PATH or len(record.host) > MAX_HOST:
+            # (a queue of 16 KiB Host headers would hold far more memory than its length
+            # says while Redis is away)
+            record = msgspec.structs.replace(
+                record, path=record.path[: MAX_PATH + 1], host=record.host[:MAX_HOST]
+            )
         queue = self._queue
         if len(queue) == queue.maxlen:
             self.dropped += 1
@@ -681,13 +707,17 @@ class RequestLogWriter:
                     named.append(keys.req_index_user(entry.user))
                 args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
                 continue
-            shape = normalise_path(entry.path)
+            # a host the edge does not serve (a scan of random Host headers) has one
+            # index, one counter and no path index of its own: no key per name or path
+            served = not entry.host or known is None or known(entry.host)
+            host = entry.host if served else OTHER_HOST
+            shape = normalise_path(entry.path) if served else OTHER_PATH
             named = [
                 keys.req_index_ip(entry.client_ip),
                 keys.req_index_path(index_method(entry.method), shape),
             ]
             if entry.host:
-                named.append(keys.req_index_host(entry.host))
+                named.append(keys.req_index_host(host))
             if entry.user:
                 named.append(keys.req_index_user(entry.user))
             if entry.client_id:
@@ -714,9 +744,6 @@ class RequestLogWriter:
                 errors_key = keys.req_stats_errors(hour)
                 counters[errors_key] = counters.get(errors_key, 0) + 1
                 hours[errors_key] = until
-            # per-host unique IPs for the hosts the edge serves; any other Host header
-            # (a scan of random names) counts under one key, never a key per name
-            host = entry.host if known is None or known(entry.host) else OTHER_HOST
             hosts = (host, "*") if entry.host else ("*",)
             for host in hosts:
                 unique_key = keys.req_stats_unique_ips(host, hour)

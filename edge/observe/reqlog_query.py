@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge.observe.reqlog import SLOW_MS, bucket_upper_ms, hour_of
+from edge.observe.reqlog import OTHER_HOST, SLOW_MS, bucket_upper_ms, hour_of
 from edge.store import keys
 from edge.store.scan import as_text
 
@@ -177,6 +177,16 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _count(reply: object) -> int:
+    """A counter's reply as a count: 0 when absent, not a number, or an error."""
+    if isinstance(reply, int):
+        return reply
+    if isinstance(reply, bytes | str):
+        text = as_text(reply)
+        return int(text) if text.isdigit() else 0
+    return 0
+
+
 def _iso(unix: float) -> str:
     """``unix`` as the entries' ``time`` reads (ISO 8601 UTC, ms): such texts sort as
     the times do."""
@@ -251,10 +261,6 @@ class Cursor:
 # ``ties``: how many members scored ``cur`` were passed, so a cursor (score, ties) goes on
 # with ``ZREVRANGEBYSCORE ... LIMIT ties`` (equal scores always come in the same order).
 _LUA_MATCH = """
-local function digits(t)
-  local d = string.gsub(t or '', '[^0-9]', '')
-  return tonumber(string.sub(d, 1, 8)) or 0, tonumber(string.sub(d, 9)) or 0
-end
 local function match(f, key, flat)
   local e = {}
   for i = 1, #flat, 2 do e[flat[i]] = flat[i + 1] end
@@ -274,11 +280,10 @@ local function match(f, key, flat)
     local ms = tonumber(e.duration_ms or '')
     if not ms or ms < f.min_ms then return false end
   end
-  if f.oldest then
-    local day, rest = digits(e.time)
-    if day < f.oldest[1] or (day == f.oldest[1] and rest < f.oldest[2]) then return false end
+  if f.slow then
+    local score = redis.pcall('ZSCORE', f.slow, key)
+    if type(score) ~= 'string' then return false end
   end
-  if f.slow and not redis.call('ZSCORE', f.slow, key) then return false end
   return true
 end
 """
@@ -298,7 +303,9 @@ for i = 1, #members, 2 do
   examined = examined + 1
   if cur ~= '' and tonumber(score) == tonumber(cur) then ties = ties + 1
   else cur, ties = score, 1 end
-  local flat = redis.call('HGETALL', key)
+  -- a member that is no hash (a key written by hand) is skipped, not an error
+  local flat = redis.pcall('HGETALL', key)
+  if type(flat) ~= 'table' or flat.err then flat = {} end
   if match(f, key, flat) then
     found[#found + 1] = {key, score, flat}
     if #found >= want then break end
@@ -308,32 +315,8 @@ return {examined, #members / 2, cur, ties, found}
 """
 )
 
-_WALK_STREAM = (
-    _LUA_MATCH
-    + """
-local top, bottom, count, want = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local f = cjson.decode(ARGV[5])
-local read = redis.call('XREVRANGE', ARGV[6], top, bottom, 'COUNT', count)
-local found, examined, last = {}, 0, ''
-for _, item in ipairs(read) do
-  examined = examined + 1
-  last = item[1]
-  local flat, key = {}, ''
-  for i = 1, #item[2], 2 do
-    if item[2][i] == 'key' then key = item[2][i + 1]
-    else flat[#flat + 1] = item[2][i]; flat[#flat + 1] = item[2][i + 1] end
-  end
-  if match(f, key, flat) then
-    found[#found + 1] = {key, last, flat}
-    if #found >= want then break end
-  end
-end
-return {examined, #read, last, found}
-"""
-)
 
-
-def _filter_json(filters: Filters, *, slow_index: str | None, oldest: float | None) -> str:
+def _filter_json(filters: Filters, *, slow_index: str | None) -> str:
     """The filters as the scripts read them (absent: anything)."""
     f: dict[str, Any] = {}
     for name, value in (
@@ -354,9 +337,6 @@ def _filter_json(filters: Filters, *, slow_index: str | None, oldest: float | No
         f["errors"] = True
     if filters.events:
         f["events"] = True
-    if oldest is not None:
-        stamp = re.sub(r"[^0-9]", "", _iso(oldest))
-        f["oldest"] = [int(stamp[:8]), int(stamp[8:])]
     return json.dumps(f)
 
 
@@ -384,16 +364,21 @@ async def search(
     """The newest entries of the last ``hours`` matching ``filters`` (at most ``limit``),
     continuing below ``cursor`` when given."""
     since = clock() - hours * 3600
-    candidates = filters.indexes()
-    if not candidates:
-        if cursor is not None and cursor.stream_id is None:
-            raise InvalidCursor("not a cursor of this query")
-        return await _walk_stream(client, filters, since, limit, cursor, scan_bound)
+    # no indexed filter: every entry kept, oldest to newest (idx:req:all; the stream is
+    # capped far lower and would miss most of a long window)
+    candidates = filters.indexes() or [keys.REQ_INDEX_ALL]
     if cursor is not None and cursor.stream_id is not None:
         raise InvalidCursor("not a cursor of this query")
+    if filters.host is not None:
+        # a host the edge does not serve is indexed under {other} (a scan of random Host
+        # headers makes no key per name): its entries are found there, by their host field
+        named = keys.req_index_host(filters.host.lower())
+        if not await client.exists(named):
+            other = keys.req_index_host(OTHER_HOST)
+            candidates = [other if key == named else key for key in candidates]
     index = await _most_selective(client, candidates, since)
     slow = keys.REQ_INDEX_SLOW if filters.slow and index != keys.REQ_INDEX_SLOW else None
-    f = _filter_json(filters, slow_index=slow, oldest=None)
+    f = _filter_json(filters, slow_index=slow)
     return await _walk_index(client, index, f, since, limit, cursor, scan_bound)
 
 
@@ -438,7 +423,10 @@ async def _walk_index(
         )
         cur, ties = as_text(cur), int(ties)
         page.examined += examined
-        offset += examined
+        if cur:
+            # the next chunk goes on below the last member examined, as a cursor does:
+            # entries logged meanwhile (scored above it) cannot shift what comes next
+            top, offset = cur, ties
         for key, _score, flat in found:
             page.entries.append(entry_document(_flat_fields(flat), as_text(key)))
         if len(page.entries) >= limit:
@@ -449,41 +437,6 @@ async def _walk_index(
     page.partial = True
     if cur:
         page.next_cursor = Cursor(score=float(cur), ties=ties).encode()
-    return page
-
-
-async def _walk_stream(
-    client: Redis,
-    filters: Filters,
-    since: float,
-    limit: int,
-    cursor: Cursor | None,
-    scan_bound: int,
-) -> Page:
-    page = Page(source=keys.REQ_STREAM)
-    top = "+" if cursor is None else f"({cursor.stream_id}"
-    # a stream id is when the entry was added (its own time, a batch later at most); the
-    # entry's time says when the request was: both bound the walk
-    bottom = f"{max(int(since * 1000), 0)}-0"
-    f = _filter_json(filters, slow_index=None, oldest=since)
-    script = client.register_script(_WALK_STREAM)
-    while page.examined < scan_bound:
-        count = min(CHUNK, scan_bound - page.examined)
-        want = limit - len(page.entries)
-        reply: Any = await script(args=[top, bottom, count, want, f, keys.REQ_STREAM])
-        examined, read, last, found = int(reply[0]), int(reply[1]), as_text(reply[2]), reply[3]
-        page.examined += examined
-        if last:
-            top = f"({last}"
-        for key, _id, flat in found:
-            page.entries.append(entry_document(_flat_fields(flat), as_text(key)))
-        if len(page.entries) >= limit:
-            page.next_cursor = Cursor(stream_id=last).encode()
-            return page
-        if read < count:
-            return page
-    page.partial = True
-    page.next_cursor = Cursor(stream_id=top[1:]).encode() if top != "+" else None
     return page
 
 
@@ -589,21 +542,23 @@ async def stats(
         pipe.get(keys.req_stats_errors(hour))
         pipe.pfcount(keys.req_stats_unique_ips("*" if host is None else host.lower(), hour))
         pipe.hgetall(keys.req_stats_duration(hour))
-    replies = await pipe.execute()
+    # a key of the wrong type or value (written by hand) counts as nothing, never fails
+    # the answer
+    replies = await pipe.execute(raise_on_error=False)
     out: list[dict[str, Any]] = []
     for n, start in enumerate(starts):
         requests, errors, unique, durations = replies[4 * n : 4 * n + 4]
         buckets: dict[int, int] = {}
-        for raw_bucket, raw_count in durations.items():
+        for raw_bucket, raw_count in (durations if isinstance(durations, dict) else {}).items():
             bucket, count = as_text(raw_bucket), as_text(raw_count)
             if bucket.isdigit() and count.isdigit():
                 buckets[int(bucket)] = int(count)
         row: dict[str, Any] = {
             "hour": hour_of(start),
             "start": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(start)),
-            "requests": int(requests or 0),
-            "errors": int(errors or 0),
-            "unique_ips": int(unique or 0),
+            "requests": _count(requests),
+            "errors": _count(errors),
+            "unique_ips": _count(unique),
             "p50_ms": percentile_ms(buckets, 0.50),
             "p95_ms": percentile_ms(buckets, 0.95),
             "p99_ms": percentile_ms(buckets, 0.99),

@@ -1,10 +1,7 @@
-"""A review of the request log: demonstrations of what it does today under unusual input.
-
-Each test's docstring says which finding of the review it demonstrates (the findings,
-with fixes, are described apart). A test marked DEMONSTRATES asserts today's behaviour,
-which is the problem: when the finding is fixed, its assertion is to be inverted (it then
-fails first, which is the point: it cannot pass both before and after the fix).
-"""
+"""The request log under hostile or unusual input: secrets in odd request targets, a scan
+of random long Host headers, a search while the log grows, keys of the wrong type written
+by hand, a search over more entries than the stream holds. Each of these failed before its
+fix (the docstrings say what went wrong)."""
 
 from __future__ import annotations
 
@@ -47,13 +44,12 @@ def raw_exchange(port: int, head: bytes) -> bytes:
 def test_userinfo_and_path_parameters_reach_redis(
     edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
 ) -> None:
-    """DEMONSTRATES: credentials in a request target reach the request log.
+    """Credentials in a request target never reach the request log.
 
-    An absolute-form target with userinfo (``http://user:pass@host/``) is refused (400),
-    but ``_absolute_form`` then gives back the whole target, which becomes the logged
-    path; a CONNECT target's userinfo likewise; ``strip_query`` only cuts ``?`` and
-    ``#``. A ``;jsessionid=`` path parameter (a session id in the path) is kept too.
-    When fixed, each ``in`` below becomes ``not in``.
+    An absolute-form target with userinfo (``http://user:pass@host/``) is refused (400)
+    and was logged whole as the path; a CONNECT target's userinfo likewise; a
+    ``;jsessionid=`` path parameter (a session id in the path) was kept. Now a target that
+    is no path is logged as ``{other}`` and ``;`` parameters are cut.
     """
     rdb.set("proxy:app.test", proxy_doc("app.test", upstream.url))
     edge = edge_factory(LOG_BATCH_MS=20)
@@ -72,11 +68,10 @@ def test_userinfo_and_path_parameters_reach_redis(
     )
     assert line.startswith(b"HTTP/1.1 200"), line
 
-    wait_for(lambda: len(entries(rdb)) >= 3 or None, timeout=10)
+    found = wait_for(lambda: e if len(e := entries(rdb)) >= 3 else None, timeout=10)
     stored = everything(rdb)
-    assert f"{SECRET}-1".encode() in stored  # the userinfo's password, in req:* and the stream
-    assert f"{SECRET}-2".encode() in stored
-    assert f"{SECRET}-3".encode() in stored
+    assert SECRET.encode() not in stored  # nowhere: hashes, indexes, the stream
+    assert sorted(e["path"] for e in found) == ["/login", "{other}", "{other}"]
 
 
 def _word(n: int) -> str:
@@ -86,16 +81,15 @@ def _word(n: int) -> str:
 def test_random_hosts_and_paths_cost_keys_and_memory_per_request(
     edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis
 ) -> None:
-    """DEMONSTRATES: a scan of random, long Host headers and random word paths costs Redis
-    keys and memory per request far above the documented 1,300 bytes.
+    """A scan of random, long Host headers and random word paths makes no key per host or
+    path, and costs about what a plain request costs.
 
-    Every unknown Host gets its own ``idx:req:host:{host}`` sorted set (the host is
-    neither folded like the metrics' labels nor cut: up to MAX_HEADER_BYTES, 16 KiB, in
-    the key's name, the hash and the stream entry), and every random word path its own
-    ``idx:req:path:GET:{path}``: new keys per request, each alive for the retention (24 h).
-    Measured here with 10 KB hosts: tens of KB of Redis per request, so a cap counted in
-    entries does not bound bytes. When fixed (hosts cut to 253 characters and unknown
-    ones folded into one index, path keys bounded), the bounds below are inverted.
+    Before: every unknown Host got its own ``idx:req:host:{host}`` (the host not cut: up
+    to 16 KiB in the key's name, the hash and the stream entry) and every random word
+    path its own ``idx:req:path:GET:{path}``: 36,912 B of Redis per request measured with
+    10 KB hosts, so a cap counted in entries did not bound bytes. Now hosts are cut to
+    253 characters and the ones the edge does not serve share one host index, one
+    unique-IP counter and no path index.
     """
     edge = edge_factory(LOG_BATCH_MS=20)
     n = 200
@@ -131,21 +125,29 @@ def test_random_hosts_and_paths_cost_keys_and_memory_per_request(
         (int(e["duration"]) for e in rdb.slowlog_get(128) if b"EVALSHA" in e["command"][:8]),
         default=0,
     )
+    usage: dict[str, int] = {}
+    for key in rdb.scan_iter(count=1000):
+        kind = key.decode().split(":")[0] if not key.startswith(b"idx:") else "idx"
+        usage[kind] = usage.get(kind, 0) + int(rdb.memory_usage(key) or 0)
+    by_keys = sum(usage.values()) / n
+    print({kind: size // n for kind, size in usage.items()}, f"{by_keys:.0f} B by MEMORY USAGE")
     print(
         f"\n{per_request:.0f} B of Redis per request; {host_keys} host indexes, "
         f"{unique_keys} unique-IP HLLs, {path_keys} path indexes; slowest EVALSHA {slowest} us"
     )
-    assert host_keys >= n and path_keys >= n
-    assert per_request > 20 * 1300  # the documented cost is 1,300 B
+    assert host_keys == 1 and unique_keys == 2 and path_keys == 1  # {other}, and * for IPs
+    # a plain request costs about 1,400 B by MEMORY USAGE; the 253-character host is in the
+    # hash and the stream entry. (used_memory, printed, moves by whole allocator pages and
+    # other clients' buffers over so few requests: MEMORY USAGE of every key is asserted)
+    assert by_keys < 3000
 
 
 def test_a_first_page_walked_while_the_index_grows_repeats_entries(redis_db: RedisServer) -> None:
-    """DEMONSTRATES: a search whose first page takes several script calls (CHUNK members
-    each) reads them with ``ZREVRANGEBYSCORE +inf ... LIMIT offset``: entries logged
-    between two calls push the members down, and the next call reads again members the
-    previous one examined: the page lists some entries twice. (Later pages are anchored
-    at the cursor's score and are not affected.) When fixed (the first call's top score
-    kept as the bound of the next calls), ``duplicated`` is 0.
+    """A search whose first page takes several script calls (CHUNK members each) lists
+    each entry once while entries are being logged. It read them with
+    ``ZREVRANGEBYSCORE +inf ... LIMIT offset``: entries logged between two calls pushed the
+    members down and the next call read again members already examined (18 of 318 listed
+    twice, measured). Now each call goes on below the last member examined.
     """
     ip = "198.51.100.9"
     now = time.time()
@@ -192,18 +194,16 @@ def test_a_first_page_walked_while_the_index_grows_repeats_entries(redis_db: Red
 
     listed, duplicated = asyncio.run(run())
     print(f"\n{listed} listed, {duplicated} listed twice")
-    assert duplicated > 0
+    assert listed == 300 and duplicated == 0
 
 
 def test_hand_written_wrong_types_fail_whole_answers(
     edge_factory: Callable[..., EdgeProcess], admin: str, rdb: redis.Redis
 ) -> None:
-    """DEMONSTRATES: one key of the wrong type (written by hand, or by another program
-    sharing the Redis) makes whole answers fail: a request key in an index that is not a
-    hash fails every list walking that index (the walk's ``redis.call('HGETALL')`` raises
-    inside the script), and a counter that is not a number fails ``/stats`` for every
-    hour. (The writer is not affected: its script uses ``pcall``.) When fixed (the walk
-    skipping what is not a hash, stats reading a bad counter as 0), these answer 200.
+    """One key of the wrong type (written by hand, or by another program sharing the
+    Redis) costs only itself: a request key in an index that is not a hash is skipped (it
+    made every list walking that index fail with a 503 naming the token store), and a
+    counter that is not a number counts 0 (it made ``/stats`` fail for every hour).
     """
     edge = edge_factory(ADMIN_TOKEN=admin, REQUEST_LOG="off")
     ip = "198.51.100.7"
@@ -214,22 +214,17 @@ def test_hand_written_wrong_types_fail_whole_answers(
     by_ip = api_call(edge.api_port, "GET", f"/api/v1/logs/ip/{ip}", admin)
     stats = api_call(edge.api_port, "GET", "/api/v1/logs/stats", admin)
     print(f"\n/ip: {by_ip.status} {by_ip.raw[:200]!r}\n/stats: {stats.status} {stats.raw[:200]!r}")
-    assert by_ip.status >= 500
-    assert stats.status >= 500
-    edge.expect_errors(r".*")
+    assert by_ip.status == 200 and by_ip.doc["entries"] == []
+    assert stats.status == 200 and stats.doc["hours"][0]["requests"] == 0
 
 
 def test_a_search_without_an_indexed_filter_misses_what_the_stream_no_longer_holds(
     redis_db: RedisServer,
 ) -> None:
-    """DEMONSTRATES: a search with only unindexed filters (``method``, ``path``,
-    ``min_ms``, a ``2xx``/``3xx`` class) walks ``stream:requests``, capped at
-    LOG_STREAM_MAX entries (MAXLEN ~): older entries of the window, still in their hashes
-    and indexes, are silently missing, and the answer says neither ``partial`` nor gives
-    a cursor. Here 3,000 POSTs of the last hour, a stream capped near 1,000: ``hours=1``
-    lists about a third of them as if complete. When fixed (walk an index of every entry,
-    or say ``partial`` when the stream's oldest entry is newer than the window),
-    ``listed`` is 3,000 or the page is marked partial.
+    """A search with only unindexed filters (``method``, ``path``, ``min_ms``, a
+    ``2xx``/``3xx`` class) finds every entry of its window. It walked ``stream:requests``,
+    capped at LOG_STREAM_MAX entries: 3,000 POSTs of the last hour with a stream capped
+    near 1,000 listed about a third of them, as if complete. Now it walks ``idx:req:all``.
     """
     now = time.time()
 
@@ -277,4 +272,4 @@ def test_a_search_without_an_indexed_filter_misses_what_the_stream_no_longer_hol
     listed, partial, cursor, hashes = asyncio.run(run())
     print(f"\n{listed} of {hashes} listed, partial={partial}, cursor={cursor}")
     assert hashes == 3000
-    assert listed < 2000 and not partial and cursor is None
+    assert listed == 3000 and not partial and cursor is None

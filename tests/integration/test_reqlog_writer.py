@@ -333,7 +333,10 @@ async def test_nothing_listening_drops_oldest_and_counts() -> None:
         slowest, mean = timed_calls(writer.exchange_done, 10_000)
         assert writer.dropped == 10_000 - 100
         assert len(writer._queue) == 100
-        assert slowest < 0.005 and mean < 20e-6, (slowest, mean)
+        # nothing waits for the absent Redis: a connection attempt per call would take
+        # hundreds of microseconds (the slowest call is not asserted: a busy machine can
+        # preempt any one of them)
+        assert mean < 50e-6, (slowest, mean)
         await asyncio.sleep(0.5)
         health = writer.health()
         assert health["written"] == 0
