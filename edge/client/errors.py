@@ -17,7 +17,10 @@ class ClientError(Exception):
     request); 2 is a usage or settings problem (a bad flag value, a bad config file).
     """
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, *, transient: bool = False) -> None:
         super().__init__(message)
         self.message = one_line(message)
         self.status = status
+        # the edge could not be reached or answered 502/503/504: trying again later may
+        # work (what a long-running command such as `edge logs follow` does)
+        self.transient = transient

@@ -293,7 +293,8 @@ class Api:
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise ClientError(
-                f"cannot reach the edge API at {self.base_url}: {_reason(exc, self.timeout)}"
+                f"cannot reach the edge API at {self.base_url}: {_reason(exc, self.timeout)}",
+                transient=True,
             ) from None
         if self.debug:
             took = (time.monotonic() - started) * 1000
@@ -318,7 +319,9 @@ class Api:
             if isinstance(doc, dict) and set(doc) == {"data", "errors"}:
                 return doc["data"]
             return doc
-        raise self.failure(status, reason, answer_headers, doc, flags or {})
+        error = self.failure(status, reason, answer_headers, doc, flags or {})
+        error.transient = status in (502, 503, 504)
+        raise error
 
     def failure(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = ["add_logs_parsers"]
 
 PATH = "/api/v1/logs"
 FOLLOW_WAIT = 25  # seconds each follow call waits at most (the API's own bound)
+RESUME_PAUSE = 2.0  # seconds between follow calls while the edge cannot answer
 _RED, _YELLOW, _GREEN, _CYAN, _RESET = "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[36m", "\x1b[0m"
 _BY_CLASS = {"2": _GREEN, "3": _CYAN, "4": _YELLOW, "5": _RED}
 # option (argparse dest) -> query parameter of the API
@@ -231,14 +233,34 @@ def logs_follow(ctx: Context) -> int:
     if ctx.option("limit") is not None:
         query["limit"] = str(ctx.option("limit"))
     after = "$"
+    wait = str(FOLLOW_WAIT)
+    failing = False
     try:
         while True:
-            doc = api.call(
-                "GET",
-                f"{PATH}/follow",
-                query={**query, "after": after, "wait": str(FOLLOW_WAIT)},
-                flags=FLAGS,
-            )
+            try:
+                doc = api.call(
+                    "GET",
+                    f"{PATH}/follow",
+                    # the first call answers at once with the stream's newest id: from
+                    # then on the follow goes on from an id, so an entry logged while a
+                    # later call failed (the edge restarting) is not missed
+                    query={**query, "after": after, "wait": "0" if after == "$" else wait},
+                    flags=FLAGS,
+                )
+            except ClientError as exc:
+                if not exc.transient:
+                    raise
+                # the edge restarting, its Redis away: go on from the same place (what
+                # was logged meanwhile comes next, as far as the stream still holds it)
+                if not failing:
+                    print(f"edge: {exc.message}; following again every {RESUME_PAUSE:g}s",
+                          file=sys.stderr)  # fmt: skip
+                failing = True
+                time.sleep(RESUME_PAUSE)
+                continue
+            if failing:
+                print("edge: following again", file=sys.stderr)
+                failing = False
             if not isinstance(doc, dict) or not isinstance(doc.get("next"), str):
                 raise ClientError("unexpected answer from the API: expected entries and next")
             out.write(doc.get("entries") or [])

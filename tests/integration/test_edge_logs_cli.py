@@ -65,7 +65,9 @@ def test_requests_through_the_edge_found_by_every_filter(
     first = mine[1]
     assert first["status"] == 200 and first["method"] == "GET" and first["host"] == "app.test"
     assert first["client_ip"] == "127.0.0.1" and isinstance(first["duration_ms"], float)
-    assert first["key"].startswith("req:") and first["upstream"] == upstream.url.split("://")[1].rstrip("/")
+    assert first["key"].startswith("req:") and first["upstream"] == upstream.url.split("://")[
+        1
+    ].rstrip("/")
     # no query string anywhere in the log
     assert b"s3cr3t" not in b"".join(rdb.scan_iter()) + json.dumps(mine).encode()
 
@@ -206,3 +208,49 @@ def test_status_codes_coloured_only_on_a_terminal(
     assert "\x1b[33m4" in errors or "\x1b[31m5" in errors, errors
     assert "\x1b[" not in on_a_terminal("logs --host app.test", NO_COLOR="1")
     assert "\x1b[" not in ok(cli("logs --host app.test", env=env))  # piped
+
+
+def test_follow_goes_on_across_a_restart_of_the_edge(
+    logged: EdgeProcess, env: dict[str, str], upstream: Upstream
+) -> None:
+    """A follow outlives a restart of the edge it talks to: it says so once on stderr,
+    tries again every few seconds, and prints what is logged once the edge is back. The
+    edge's drain does not wait for a follow call to end (it answers it at once)."""
+    ok(cli(f"proxy create app.test --target {upstream.url}", env=env))
+    wait_for(lambda: through(logged, "app.test", "/before") == 200)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "logs", "follow", "--host", "app.test", "-o", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=env["HOME"],
+    )
+    try:
+        time.sleep(1.5)  # a follow call waits in the edge
+        began = time.monotonic()
+        assert logged.stop() == 0
+        stopped_in = time.monotonic() - began
+        assert stopped_in < 5, stopped_in  # not held by the follow call's 25 s wait
+        time.sleep(3)  # the follow cannot reach the edge
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        logged.start()
+        assert through(logged, "app.test", "/after-restart") == 200
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        if not ready:
+            proc.kill()
+            assert ready, proc.stderr.read() if proc.stderr else b""
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read() if proc.stderr else b""
+        line = json.loads(first)
+        assert line["path"] == "/after-restart", line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        assert "following again every" in stderr and "edge: following again" in stderr, stderr
+        assert "Traceback" not in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
