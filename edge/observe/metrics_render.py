@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import struct
 from dataclasses import dataclass
 
 from prometheus_client.mmap_dict import MmapedDict
@@ -101,6 +102,9 @@ class Renderer:
                         lines[k.line] = old + value
             except FileNotFoundError:
                 continue  # a dead worker's live gauges, removed since the listing
+            except struct.error:
+                # a file its worker is creating (still empty, not yet sized): no values
+                continue
         out: list[str] = []
         for family in sorted(families):
             kind, help_text = families[family]

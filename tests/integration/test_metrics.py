@@ -105,10 +105,14 @@ def test_a_scrape_counts_every_workers_traffic(
         assert call(edge.http_port, "GET", "down.test") == 502
     assert call(edge.http_port, "BREW", "app.test") == 501  # an odd method: OTHER
 
-    # the other worker publishes within a second: wait for its share to be there
+    # the other worker publishes within a second: wait for every share to be there
     def complete() -> Series | None:
         series = scrape(edge)
-        return series if requests_of(series, "app.test") == 66 else None
+        sent = {"app.test": 66, "*.wild.test": 7, "down.test": 3}
+        unknown = value(series, "edge_requests_total", host="other", method="GET", status="4xx")
+        if unknown == 4 and all(requests_of(series, host) == n for host, n in sent.items()):
+            return series
+        return None
 
     series = wait_for(complete, timeout=10)
     req = "edge_requests_total"

@@ -253,3 +253,14 @@ def test_no_two_families_share_a_name() -> None:
     (the collector would merge them)."""
     bases = [f.name.removesuffix("_total") for f in FAMILIES]
     assert len(set(bases)) == len(bases)
+
+
+def test_a_file_being_created_is_skipped(tmp_path: Path) -> None:
+    """A worker's file exists empty for a moment before it is sized: a scrape then skips
+    it rather than failing."""
+    m = RequestMetrics()
+    m.exchange_done(record())
+    Publisher(ProcessFiles(str(tmp_path), 1), m).publish()
+    (tmp_path / "counter_2.db").touch()
+    text = Renderer(str(tmp_path)).render().decode()
+    assert 'edge_requests_total{host="other",method="GET",status="2xx"} 1.0' in text
