@@ -31,7 +31,6 @@ from prometheus_client.utils import floatToGoString
 
 from edge.observe.metrics_files import Labels, ProcessFiles, Sample
 from edge.observe.metrics_labels import (
-    MEMO_MAX,
     METHOD_OTHER,
     METHODS,
     OTHER,
@@ -178,7 +177,7 @@ class RequestMetrics:
         self._seen_sums: dict[str, float] = {}
         self._hosts_published: set[str] = set()
         self._hosts = HostLabels()
-        self._memo: dict[str, str] = {}
+        self._memo: dict[str, str] = self._hosts.memo
         self._upstreams: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ the request path
@@ -199,10 +198,7 @@ class RequestMetrics:
             self._upstream_failed(r)
 
     def _host_label(self, host: str) -> str:
-        label = self._hosts(host)
-        if len(self._memo) < MEMO_MAX:
-            self._memo[host] = label
-        return label
+        return self._hosts(host)  # remembered in self._memo (bounded) for the next time
 
     def _upstream_failed(self, r: AccessRecord) -> None:
         if r.status == 502:
@@ -239,8 +235,7 @@ class RequestMetrics:
     ) -> None:
         hosts = HostLabels(tuple(exact), tuple(wildcards))
         self._hosts = hosts
-        # the memo starts with every configured name: a known host costs one lookup
-        self._memo = {name: name for name in hosts.allowed if not name.startswith("*")}
+        self._memo = hosts.memo
         self._upstreams = upstream_labels(upstream_urls)
 
     # ------------------------------------------------------------ publishing

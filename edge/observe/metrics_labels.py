@@ -70,12 +70,19 @@ class HostLabels:
         self._wildcards = frozenset(wildcards)
         names = sorted([*self._exact, *("*" + w for w in self._wildcards)])
         self._allowed = frozenset(names[:cap])
-        self._memo: dict[str, str] = {}
+        # every exact name to start with: a configured host costs one lookup
+        self._memo: dict[str, str] = {n: n for n in self._allowed if not n.startswith("*")}
 
     @property
     def allowed(self) -> frozenset[str]:
         """Every label value but ``other``."""
         return self._allowed
+
+    @property
+    def memo(self) -> dict[str, str]:
+        """Host -> label of the hosts seen (and the exact names): the request path reads
+        it directly and calls this object only for a host it lacks."""
+        return self._memo
 
     def __call__(self, host: str) -> str:
         label = self._memo.get(host)
