@@ -31,7 +31,7 @@ FLUSH_INTERVAL = 0.05
 FLUSH_BYTES = 65536
 
 
-class AccessRecord(msgspec.Struct, omit_defaults=True):
+class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """One access-log line (a Struct encodes about twice as fast as a dict)."""
 
     time: str

@@ -81,6 +81,7 @@ import math
 import re
 import secrets
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -120,13 +121,14 @@ RETRY_PAUSE = 1.0  # seconds after a failed batch before the next attempt
 MAX_PATH = 1024  # characters of path kept in the hash (a request line may hold 8 KiB)
 MAX_ENTRIES = 500_000  # LOG_MAX_ENTRIES: entries kept at most over every node (~0.7 GB)
 EVICT_PER_BATCH = 1000  # oldest entries removed by one batch at most (bounds its time)
+CACHE_SIZE = 4096  # paths' shapes and hosts' standing remembered by a writer
 OTHER_HOST = "{other}"  # the indexes and counters of hosts the edge does not serve
 OTHER_PATH = "{other}"  # a request target that is no path (absolute URI, CONNECT)
 MAX_HOST = 253  # characters of a host (a DNS name is never longer)
 MAX_FIELD = 128  # characters of user, client id, error code, PROXY unique id
 
 
-class ReqLogEntry(msgspec.Struct, omit_defaults=True):
+class ReqLogEntry(msgspec.Struct, omit_defaults=True, gc=False):
     """One logged exchange: the fields of its ``req:{timestamp}:{ip}`` hash.
 
     Empty values (``""``, ``None``, ``0`` ports) are left out of the hash.
@@ -253,6 +255,48 @@ def entry_from_record(record: AccessRecord, node: str, worker: int) -> ReqLogEnt
     )
 
 
+def record_flat(record: AccessRecord, node: str, worker: str) -> tuple[list[str], str, str]:
+    """``entry_from_record(record, node, int(worker)).flat()``, the host and the path, built
+    directly: the common record (a clean origin-form path, a short host, an upstream
+    without userinfo) is taken as it is, anything else goes through the same cleaning."""
+    path = record.path
+    if len(path) > MAX_PATH or path[:1] != "/" or "?" in path or "#" in path or ";" in path:
+        path = clean_path(path)
+    host = record.host
+    host = (host if len(host) <= MAX_HOST else host[:MAX_HOST]).lower()
+    method = record.method
+    if len(method) > 16:
+        method = method[:16]
+    flat = [
+        "time", record.time, "node", node, "worker", worker,
+        "request_id", record.request_id, "client_ip", record.client,
+        "method", method, "host", host, "path", path,
+        "status", str(record.status), "bytes_in", str(record.bytes_in),
+        "bytes_out", str(record.bytes_out), "duration_ms", str(record.duration_ms),
+    ]  # fmt: skip
+    if record.client_port:
+        flat += ("client_port", str(record.client_port))
+    if record.proxy_unique_id:
+        flat += ("proxy_unique_id", record.proxy_unique_id[:MAX_FIELD])
+    if record.sni:
+        flat += ("sni", record.sni[:MAX_HOST])
+    upstream = record.upstream
+    if upstream:
+        if len(upstream) > MAX_HOST or "@" in upstream or "?" in upstream or "#" in upstream:
+            upstream = clean_upstream(upstream)[:MAX_HOST]
+        if upstream:
+            flat += ("upstream", upstream)
+    if record.upstream_ms is not None:
+        flat += ("upstream_ms", str(record.upstream_ms))
+    if record.user:
+        flat += ("user", record.user[:MAX_FIELD])
+    if record.client_id:
+        flat += ("client_id", record.client_id[:MAX_FIELD])
+    if record.error:
+        flat += ("error", record.error[:MAX_FIELD])
+    return flat, host, path
+
+
 # ------------------------------------------------------------------ path normalisation
 
 MAX_SEGMENTS = 8  # segments kept in an index key; the rest become one "{more}"
@@ -343,6 +387,10 @@ def duration_bucket(ms: float) -> int:
 def bucket_upper_ms(i: int) -> float:
     """The largest duration (ms) bucket ``i`` holds."""
     return float(BUCKET_BASE_MS * 2 ** (i / BUCKETS_PER_DOUBLING))
+
+
+# bucket i's largest duration, for bisect (a duration above the last counts in the last)
+_BUCKET_BOUNDS = [bucket_upper_ms(i) for i in range(160)]
 
 
 def hour_of(unix_seconds: float) -> str:
@@ -438,6 +486,21 @@ return {errors, first}
 """
 
 
+class _Prefixes:
+    """The request log's key prefixes (edge.store.keys), joined to names in a batch."""
+
+    __slots__ = ("client", "host", "ip", "log", "path", "status", "user")
+
+    def __init__(self) -> None:
+        self.log = keys.REQ_LOG
+        self.ip = keys.req_index_ip("")
+        self.host = keys.req_index_host("")
+        self.user = keys.req_index_user("")
+        self.client = keys.req_index_client("")
+        self.status = keys.req_index_status_prefix()
+        self.path = keys.req_index_path("", "")[:-1]  # ...path:{method}:{shape}
+
+
 class RequestLogWriter:
     """One worker's request-log writer: an ``ExchangeObserver`` and a service.
 
@@ -472,6 +535,9 @@ class RequestLogWriter:
         self.max_entries = max_entries
         # hosts with unique-IP counters of their own (the configured ones): None, all
         self.known_host = known_host
+        self._served_cache: dict[str, bool] = {}
+        self._shapes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._prefixes = _Prefixes()
         self._conf = _encode(
             {
                 "max": max_entries,
@@ -674,7 +740,14 @@ class RequestLogWriter:
         return self._second * 1000 + (int(milli) if milli.isdigit() else 0)
 
     def _args(self, taken: list[AccessRecord | ReqLogEntry]) -> list[bytes | str | int]:
-        """The script's arguments: settings, one JSON array per entry, the batch's sums."""
+        """The script's arguments: settings, one JSON array per entry, the batch's sums.
+
+        Built for speed (it runs for every request, off the request path but on the
+        worker's loop): an access record becomes its fields' list directly
+        (:func:`record_flat`, equal to ``entry_from_record(...).flat()``), index names are
+        prefixes joined here, and what repeats (the hour's keys, a path's shape, a host's
+        standing) is looked up, not computed again.
+        """
         ttl = self.retention
         counters: dict[str, int] = {}
         uniques: dict[str, list[str]] = {}
@@ -687,73 +760,97 @@ class RequestLogWriter:
             keys.REQ_STREAM,
             self._conf,
         ]
-        known = self.known_host
+        p = self._prefixes
+        node, worker, tag, slow_ms = self.node, str(self.worker), self.tag, self.slow_ms
+        served_host, shape_of = self._served, self._shape
+        hourly: tuple[int, str, int, str, str, str, str] | None = None
+        last_us = self._last_us
         for item in taken:
-            entry = (
-                item
-                if isinstance(item, ReqLogEntry)
-                else entry_from_record(item, self.node, self.worker)
-            )
-            us = self._unix_ms(entry.time) * 1000
-            if us <= self._last_us:
-                us = self._last_us + 1
-            self._last_us = us
-            key = keys.req_log(f"{us}-{self.tag}", entry.client_ip)
-            if entry.event:  # no request: its IP, host, user and the events; not counted
-                named = [keys.req_index_ip(entry.client_ip), keys.REQ_INDEX_EVENTS]
-                if entry.host:
-                    named.append(keys.req_index_host(entry.host))
-                if entry.user:
-                    named.append(keys.req_index_user(entry.user))
-                args.append(_encode((key, f"{us / 1_000_000:.3f}", entry.flat(), named)))
+            if isinstance(item, ReqLogEntry):
+                entry = item
+                flat = entry.flat()
+                stamp, ip, host = entry.time, entry.client_ip, entry.host
+                path, method, status = entry.path, entry.method, entry.status
+                duration, user, client_id = entry.duration_ms, entry.user, entry.client_id
+                event = entry.event
+            else:
+                flat, host, path = record_flat(item, node, worker)
+                stamp, ip, method, status = item.time, item.client, flat[11], item.status
+                duration, user, client_id = item.duration_ms, item.user, item.client_id
+                event = ""
+            us = self._unix_ms(stamp) * 1000
+            if us <= last_us:
+                us = last_us + 1
+            last_us = us
+            key = f"{p.log}{us}-{tag}:{ip}"
+            score = f"{us / 1_000_000:.3f}"  # a string: Lua would print 17 digits
+            if event:  # no request: its IP, host, user and the events; not counted
+                named = [p.ip + ip, keys.REQ_INDEX_EVENTS]
+                if host:
+                    named.append(p.host + host)
+                if user:
+                    named.append(p.user + user)
+                args.append(_encode((key, score, flat, named)))
                 continue
             # a host the edge does not serve (a scan of random Host headers) has one
             # index, one counter and no path index of its own: no key per name or path
-            served = not entry.host or known is None or known(entry.host)
-            host = entry.host if served else OTHER_HOST
-            shape = normalise_path(entry.path) if served else OTHER_PATH
-            named = [
-                keys.req_index_ip(entry.client_ip),
-                keys.req_index_path(index_method(entry.method), shape),
-            ]
-            if entry.host:
-                named.append(keys.req_index_host(host))
-            if entry.user:
-                named.append(keys.req_index_user(entry.user))
-            if entry.client_id:
-                named.append(keys.req_index_client(entry.client_id))
-            if entry.status:
-                named.append(keys.req_index_status(entry.status))
-            error = 400 <= entry.status < 600
+            served = not host or served_host(host)
+            indexed_host = host if served else OTHER_HOST
+            shape = shape_of(method, path) if served else (OTHER_PATH, method)
+            named = [p.ip + ip, f"{p.path}{shape[1]}:{shape[0]}"]
+            if host:
+                named.append(p.host + indexed_host)
+            if user:
+                named.append(p.user + user)
+            if client_id:
+                named.append(p.client + client_id)
+            if status:
+                named.append(f"{p.status}{status}")
+            error = 400 <= status < 600
             if error:
                 named.append(keys.REQ_INDEX_ERRORS)
-            if entry.duration_ms > self.slow_ms:
+            if duration > slow_ms:
                 named.append(keys.REQ_INDEX_SLOW)
-            flat = entry.flat()
-            flat += ("path_shape", shape)  # what the path's index is named by
-            # the score as a string: Lua would print a number with 17 digits
-            args.append(_encode((key, f"{us / 1_000_000:.3f}", flat, named)))
+            flat += ("path_shape", shape[0])  # what the path's index is named by
+            args.append(_encode((key, score, flat, named)))
 
             hour_start = us // 3_600_000_000 * 3600
-            hour = hour_of(hour_start)
-            until = hour_start + 3600 + ttl
-            requests_key = keys.req_stats_requests(hour)
+            if hourly is None or hourly[0] != hour_start:
+                hour = hour_of(hour_start)
+                hourly = (
+                    hour_start,
+                    hour,
+                    hour_start + 3600 + ttl,
+                    keys.req_stats_requests(hour),
+                    keys.req_stats_errors(hour),
+                    keys.req_stats_duration(hour),
+                    keys.req_stats_unique_ips("*", hour),
+                )
+            _, hour, until, requests_key, errors_key, durations_key, every_host = hourly
             counters[requests_key] = counters.get(requests_key, 0) + 1
             hours[requests_key] = until
             if error:
-                errors_key = keys.req_stats_errors(hour)
                 counters[errors_key] = counters.get(errors_key, 0) + 1
                 hours[errors_key] = until
-            hosts = (host, "*") if entry.host else ("*",)
-            for host in hosts:
-                unique_key = keys.req_stats_unique_ips(host, hour)
-                uniques.setdefault(unique_key, []).append(entry.client_ip)
-                hours[unique_key] = until
-            durations_key = keys.req_stats_duration(hour)
-            bucket = duration_bucket(entry.duration_ms)
-            per_bucket = durations.setdefault(durations_key, {})
+            unique = uniques.get(every_host)
+            if unique is None:
+                unique = uniques[every_host] = []
+                hours[every_host] = until
+            unique.append(ip)
+            if host:
+                unique_key = keys.req_stats_unique_ips(indexed_host, hour)
+                unique = uniques.get(unique_key)
+                if unique is None:
+                    unique = uniques[unique_key] = []
+                    hours[unique_key] = until
+                unique.append(ip)
+            bucket = bisect_left(_BUCKET_BOUNDS, duration)
+            per_bucket = durations.get(durations_key)
+            if per_bucket is None:
+                per_bucket = durations[durations_key] = {}
+                hours[durations_key] = until
             per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
-            hours[durations_key] = until
+        self._last_us = last_us
         args.append(
             _encode(
                 (
@@ -768,6 +865,29 @@ class RequestLogWriter:
             )
         )
         return args
+
+    def _served(self, host: str) -> bool:
+        """Whether ``host`` has indexes and counters of its own (remembered a while)."""
+        known = self.known_host
+        if known is None:
+            return True
+        cache = self._served_cache
+        served = cache.get(host)
+        if served is None:
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()  # (a configuration change or a scan of names: start over)
+            served = cache[host] = known(host)
+        return served
+
+    def _shape(self, method: str, path: str) -> tuple[str, str]:
+        """(the path's shape, the method as indexed), remembered for recent paths."""
+        cache = self._shapes
+        shape = cache.get((method, path))
+        if shape is None:
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            shape = cache[(method, path)] = (normalise_path(path), index_method(method))
+        return shape
 
 
 if TYPE_CHECKING:  # the writer is both; mypy checks it here, before the worker installs it

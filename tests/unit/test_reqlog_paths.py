@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge.observe.accesslog import AccessRecord
 from edge.observe.reqlog import (
@@ -15,6 +17,7 @@ from edge.observe.reqlog import (
     hour_of,
     index_method,
     normalise_path,
+    record_flat,
     strip_query,
 )
 from edge.store import keys
@@ -161,3 +164,40 @@ def test_fields_leave_out_empty_values() -> None:
         "time", "node", "worker", "request_id", "client_ip", "method", "host", "path",
         "status", "bytes_in", "bytes_out", "duration_ms",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"path": "/a?b=c", "upstream": ""},
+        {"path": "/login;jsessionid=S3CR3T/x#frag"},
+        {"path": "http://u:p@h/x", "method": "GET"},
+        {"path": "*", "method": "OPTIONS"},
+        {"path": "/" + "x" * 5000},
+        {"host": "H" * 300 + ".Example.COM"},
+        {"method": "VERYLONGMETHODNAMEHERE"},
+        {"upstream": "http://admin:pw@10.0.0.1:8080/base?k=v"},
+        {"upstream": "127.0.0.1:3000"},
+        {"client_port": 51000, "upstream_ms": 0.25, "user": "u" * 200, "client_id": "c_1"},
+        {"error": "e" * 300, "sni": "s" * 400, "proxy_unique_id": "p" * 300},
+    ],
+)
+def test_record_flat_is_the_entrys_flat(changes: dict[str, object]) -> None:
+    """The writer's fast path builds exactly the fields ``entry_from_record`` would."""
+    record = _record(**changes)
+    flat, host, path = record_flat(record, "node-a", "3")
+    entry = entry_from_record(record, "node-a", 3)
+    assert flat == entry.flat()
+    assert (host, path) == (entry.host, entry.path)
+
+
+@given(
+    path=st.text(max_size=60),
+    host=st.text(max_size=300),
+    upstream=st.text(max_size=80),
+    user=st.text(max_size=150),
+)
+def test_record_flat_matches_for_any_text(path: str, host: str, upstream: str, user: str) -> None:
+    record = _record(path=path, host=host, upstream=upstream, user=user)
+    assert record_flat(record, "n", "0")[0] == entry_from_record(record, "n", 0).flat()
