@@ -852,6 +852,7 @@ class HttpConnection(asyncio.Protocol):
             ex.user,
             ex.client_id,
             ex.error,
+            ex.auth,
         )
         if self.tls is not None:
             record.sni = requested_server_name(self.tls)

@@ -54,6 +54,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     user: str = ""  # a username, or token:{name} for an API token
     client_id: str = ""  # the OAuth client the request's token was issued to
     error: str = ""  # the edge's error code, when it answered with one
+    auth: str = ""  # a protected proxy's access check: allowed, 401, 403, error
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

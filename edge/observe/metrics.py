@@ -196,6 +196,9 @@ class RequestMetrics:
         sums[host] = sums.get(host, 0.0) + ms
         if r.error and r.upstream:
             self._upstream_failed(r)
+        if r.auth:  # the access check's outcome, under the proxy's host label
+            outcome = (host, r.auth)
+            self.auth[outcome] = self.auth.get(outcome, 0) + 1
 
     def _host_label(self, host: str) -> str:
         return self._hosts(host)  # remembered in self._memo (bounded) for the next time

@@ -36,7 +36,7 @@ ACCESS_FIELDS = {
 }
 # present when there is something to say: the upstream's answer time, the edge's error
 # code, who the request acted as and its OAuth client
-OPTIONAL_FIELDS = {"upstream_ms", "error", "user", "client_id"}
+OPTIONAL_FIELDS = {"upstream_ms", "error", "user", "client_id", "auth"}
 SECRET = "secret123"
 
 

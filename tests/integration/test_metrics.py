@@ -17,6 +17,7 @@ import string
 import time
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import redis
@@ -346,3 +347,52 @@ def test_redis_outage_and_request_log_drops(
     assert value(after, "edge_redis_outage_seconds_total") >= 1
     assert requests_of(after, "app.test") == requests_of(during, "app.test") == 400
     assert value(after, "edge_request_log_dropped_total") > 0
+
+
+def test_auth_outcomes_by_proxy(
+    edge_factory: Callable[..., EdgeProcess], rdb: redis.Redis, upstream: Upstream
+) -> None:
+    """An external auth service lets ``Bearer good`` in, refuses ``Bearer bad`` (403) and
+    challenges anything else (401); every check is counted under its proxy."""
+
+    def decide(req: BaseHTTPRequestHandler) -> tuple[int, list[tuple[str, str]], bytes]:
+        auth = req.headers.get("Authorization", "")
+        if auth == "Bearer good":
+            return 200, [], b""
+        if auth == "Bearer bad":
+            return 403, [], b"no"
+        return 401, [("WWW-Authenticate", 'Bearer realm="t"')], b""
+
+    checker = Upstream(decide)
+    try:
+        doc = {"auth_enabled": True, "auth_proxy": checker.url + "/check"}
+        rdb.set("proxy:locked.test", proxy_doc("locked.test", upstream.url, **doc))
+        rdb.set("proxy:open.test", proxy_doc("open.test", upstream.url))
+        edge = edge_factory(EDGE_WORKERS=2, REQUEST_LOG="off")
+        configured(edge, 2)
+
+        def get(host: str, token: str | None) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", edge.http_port, timeout=10)
+            headers = {"Host": host, **({"Authorization": f"Bearer {token}"} if token else {})}
+            conn.request("GET", "/", headers=headers)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        for token, status, n in (("good", 200, 5), ("bad", 403, 3), (None, 401, 4)):
+            for _ in range(n):
+                assert get("locked.test", token) == status
+        assert get("open.test", None) == 200  # no check: no outcome
+
+        def counted() -> Series | None:
+            s = scrape(edge)
+            total = sum(v for (name, _), v in s.items() if name == "edge_auth_requests_total")
+            return s if total == 12 else None
+
+        series = wait_for(counted, timeout=10)
+        auth = "edge_auth_requests_total"
+        assert value(series, auth, proxy="locked.test", outcome="allowed") == 5
+        assert value(series, auth, proxy="locked.test", outcome="403") == 3
+        assert value(series, auth, proxy="locked.test", outcome="401") == 4
+    finally:
+        checker.close()
