@@ -313,6 +313,7 @@ class PatVerifier:
         self.argon2_calls = 0
         self.coalesced = 0
         self.rejected = 0
+        self.failures = 0  # verifications that found the token wrong
 
     def __repr__(self) -> str:
         return (
@@ -336,6 +337,7 @@ class PatVerifier:
             "argon2_calls": self.argon2_calls,
             "coalesced": self.coalesced,
             "rejected": self.rejected,
+            "failures": self.failures,
             "cached": len(self._cache),
         }
 
@@ -372,7 +374,10 @@ class PatVerifier:
         assert task is not None
         flight.waiters += 1
         try:
-            return await asyncio.shield(task)
+            matched = await asyncio.shield(task)
+            if not matched:
+                self.failures += 1
+            return matched
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.started and not task.done():

@@ -398,6 +398,7 @@ def pat_samples(stats: Mapping[str, int]) -> list[Sample]:
         PAT.sample(stats.get("hits", 0), (("result", "cache_hit"),)),
         PAT.sample(stats.get("misses", 0), (("result", "cache_miss"),)),
         PAT.sample(stats.get("rejected", 0), (("result", "overloaded"),)),
+        PAT.sample(stats.get("failures", 0), (("result", "failed"),)),
     ]
 
 

@@ -435,6 +435,9 @@ def test_cache_hit_skips_argon2(minted: list[NewPat], run: Any) -> None:
 
     elapsed = run(scenario())
     assert verifier.argon2_calls == 1 and verifier.misses == 1 and verifier.hits == 100
+    assert verifier.failures == 0
+    assert not run(verifier.verify(pat.secret_hash, pat.token + "x"))  # a wrong token
+    assert verifier.failures == 1 and verifier.stats()["failures"] == 1
     assert elapsed < 0.05  # 100 hits cost less than one Argon2 verify
     assert verifier.stats()["cached"] == 1
 
