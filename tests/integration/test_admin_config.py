@@ -22,6 +22,7 @@ import trustme
 
 from edge.auth.secrets import new_admin_token
 from edge.config.schema import ProxyConfig
+from edge.store import keys as store_keys
 from tests.api_client import Answer, assert_error, call, new_token, ok, served_by, sha256
 from tests.helpers import (
     EdgeProcess,
@@ -100,7 +101,12 @@ def store_cert(
 
 
 def keys(r: redis.Redis, pattern: str = "*") -> set[str]:
-    return {k.decode() for k in r.scan_iter(match=pattern)}
+    """The keys (but the request log's, which every request through the edge writes)."""
+    return {
+        k.decode()
+        for k in r.scan_iter(match=pattern)
+        if not k.decode().startswith(store_keys.REQ_LOG_PREFIXES)
+    }
 
 
 def config_keys(r: redis.Redis) -> set[str]:

@@ -344,7 +344,9 @@ def test_redis_outage_and_request_log_drops(
         lambda: s if value(s := scrape(edge), "edge_redis_up") == 1 else None, timeout=20
     )
     assert value(after, "edge_redis_current_outage_seconds") == 0
-    assert value(after, "edge_redis_outage_seconds_total") >= 1
+    # (counted by worker 0 from its own once-a-second view: up to a second off the
+    # current outage the answering worker showed)
+    assert value(after, "edge_redis_outage_seconds_total") > 0
     assert requests_of(after, "app.test") == requests_of(during, "app.test") == 400
     assert value(after, "edge_request_log_dropped_total") > 0
 

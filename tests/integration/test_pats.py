@@ -657,9 +657,13 @@ def test_revocation_and_membership_changes_reach_another_node_at_once(
 def test_mistyped_pats_never_reach_redis(
     edge_factory: EdgeFactory, admin: str, redis_db: RedisServer
 ) -> None:
-    # nothing else of the edge's talks to Redis meanwhile: no resync, no last-used flush
+    # nothing else of the edge's talks to Redis meanwhile: no resync, no last-used flush,
+    # no request log (its batches are EVALSHA calls too)
     edge = edge_factory(
-        ADMIN_TOKEN=admin, CONFIG_RESYNC_INTERVAL=3600, PAT_LAST_USED_FLUSH_INTERVAL=3600
+        ADMIN_TOKEN=admin,
+        CONFIG_RESYNC_INTERVAL=3600,
+        PAT_LAST_USED_FLUSH_INTERVAL=3600,
+        REQUEST_LOG="off",
     )
     api = Api(edge, admin)
     pid, uid = api.team()
