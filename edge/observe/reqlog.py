@@ -31,10 +31,11 @@ what a pipeline would have sent:
 Why a script and not a pipeline: the cost is the client. A pipeline of the same commands
 (about 6 per entry, grouped per batch) cost redis-py (pure Python, no hiredis) 128 us of
 worker CPU per entry, mostly packing commands and parsing replies; the script call costs
-12 us per entry (building the entry, the index keys, the JSON), and ``exchange_done`` about
-0.1 us. Redis runs about 28 us per entry either way (about 5.5 ms for a batch of 200,
-during which it serves no one else: hence the batch cap). No MULTI semantics are needed;
-a script is merely atomic anyway.
+about 6 us per entry to build (``_args``: the entry's fields, the index names, the JSON),
+and ``exchange_done`` about 0.1 us. Redis runs about 50 us per entry (each index's new
+members go in one ZADD a batch; a batch of 200 holds Redis about 10 ms, during which it
+serves no one else: hence the batch cap). No MULTI semantics are needed; a script is
+merely atomic anyway.
 
 Every key written gets its TTL in the same call, so a key can never be left without
 one (not even one recreated after ``DELETE /api/v1/logs``).
