@@ -228,6 +228,7 @@ class ProxyCall:
         try:
             conn = await self.forwarder.pool.connect(self.target)
         except EdgeError as exc:
+            self.ex.upstream_phase = "connect"
             self._fail(exc)
             return
         if self.ex.finished:
@@ -389,8 +390,11 @@ class ProxyCall:
     def _fail(self, error: EdgeError) -> None:
         self._disarm()
         self._cancel_cap()
-        if not self.ex.finished:
-            self.ex.fail(error)
+        ex = self.ex
+        if not ex.finished:
+            if not ex.upstream_phase:
+                ex.upstream_phase = "response"
+            ex.fail(error)
 
 
 class Forwarder:

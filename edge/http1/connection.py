@@ -853,6 +853,7 @@ class HttpConnection(asyncio.Protocol):
             ex.client_id,
             ex.error,
             ex.auth,
+            ex.upstream_phase,
         )
         if self.tls is not None:
             record.sni = requested_server_name(self.tls)

@@ -75,6 +75,7 @@ class Exchange:
         "target",
         "upstream",
         "upstream_ms",
+        "upstream_phase",
         "user",
     )
 
@@ -118,6 +119,9 @@ class Exchange:
         # request acted as (a username, ``token:{name}``), the OAuth client of its token,
         # and the edge's error code when it answered with one
         self.upstream_ms: float | None = None
+        # when the upstream failed us: "connect" (no connection to send the request on)
+        # or "response" (after it was sent)
+        self.upstream_phase = ""
         self.user = ""
         self.client_id = ""
         self.error = ""

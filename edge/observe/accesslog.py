@@ -55,6 +55,7 @@ class AccessRecord(msgspec.Struct, omit_defaults=True, gc=False):
     client_id: str = ""  # the OAuth client the request's token was issued to
     error: str = ""  # the edge's error code, when it answered with one
     auth: str = ""  # a protected proxy's access check: allowed, 401, 403, error
+    upstream_phase: str = ""  # the upstream failed us: at "connect" or at "response"
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -165,7 +165,7 @@ class RequestMetrics:
         # for +Inf (per bucket counts: the collector makes them cumulative at a scrape)
         self.buckets: dict[tuple[str, int], int] = {}
         self.sums: dict[str, float] = {}  # host label -> the durations' sum, in ms
-        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.upstream_errors: dict[tuple[str, str, str], int] = {}
         self.auth: dict[tuple[str, str], int] = {}
         self.tls = {"ok": 0, "failed": 0}
         self.applies = 0
@@ -211,7 +211,7 @@ class RequestMetrics:
         else:
             return
         upstream = r.upstream if r.upstream in self._upstreams else OTHER
-        key = (upstream, kind)
+        key = (upstream, r.upstream_phase or "response", kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def connection_event(
@@ -275,8 +275,9 @@ class RequestMetrics:
             if self._seen_sums.get(host) != ms:
                 self._seen_sums[host] = ms
                 out.append(DURATION.part(sum_name, ms / 1000, (("host", host),)))
-        for (upstream, kind), n in list(self.upstream_errors.items()):
-            out.append(UPSTREAM_ERRORS.sample(n, (("upstream", upstream), ("kind", kind))))
+        for (upstream, phase, kind), n in list(self.upstream_errors.items()):
+            labels = (("upstream", upstream), ("phase", phase), ("kind", kind))
+            out.append(UPSTREAM_ERRORS.sample(n, labels))
         for (proxy, outcome), n in list(self.auth.items()):
             out.append(AUTH.sample(n, (("proxy", proxy), ("outcome", outcome))))
         for result, n in self.tls.items():

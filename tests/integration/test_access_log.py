@@ -36,7 +36,7 @@ ACCESS_FIELDS = {
 }
 # present when there is something to say: the upstream's answer time, the edge's error
 # code, who the request acted as and its OAuth client
-OPTIONAL_FIELDS = {"upstream_ms", "error", "user", "client_id", "auth"}
+OPTIONAL_FIELDS = {"upstream_ms", "error", "user", "client_id", "auth", "upstream_phase"}
 SECRET = "secret123"
 
 
@@ -116,6 +116,7 @@ def test_access_log_line_per_request(
     assert len({r["request_id"] for r in (plain, api, missing, down)}) == 4
     assert plain["upstream_ms"] >= 0 and "error" not in plain
     assert missing["error"] and down["error"] and "upstream_ms" not in down
+    assert down["upstream_phase"] == "connect" and "upstream_phase" not in plain
 
     assert plain["method"] == "GET" and plain["host"] == "app.test"
     assert (plain["status"], plain["bytes_in"], plain["bytes_out"]) == (200, 0, len(body_ok))

@@ -133,7 +133,7 @@ def test_a_scrape_counts_every_workers_traffic(
     )
     assert 0 < value(series, hist + "_sum", host="app.test") < 66
     err = "edge_upstream_errors_total"
-    assert value(series, err, upstream=f"127.0.0.1:{dead}", kind="error") == 3
+    assert value(series, err, upstream=f"127.0.0.1:{dead}", phase="connect", kind="error") == 3
     # both workers served some of the 80 connections, and their counts add up
     per_worker = [value(series, "edge_worker_requests_total", worker=w) for w in ("0", "1")]
     assert all(n > 0 for n in per_worker), per_worker

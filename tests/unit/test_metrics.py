@@ -32,6 +32,7 @@ def record(
     ms: float = 3.0,
     upstream: str = "127.0.0.1:8080",
     error: str = "",
+    phase: str = "",
 ) -> AccessRecord:
     return AccessRecord(
         "2026-01-01T00:00:00.000Z",
@@ -47,6 +48,7 @@ def record(
         upstream,
         "",
         error=error,
+        upstream_phase=phase,
     )
 
 
@@ -113,8 +115,11 @@ def test_samples_fold_status_and_histogram() -> None:
     m.set_labels(["a.test"], [], ["http://127.0.0.1:8080"])
     for status in (200, 201, 404):
         m.exchange_done(record(status=status, ms=0.5))
-    m.exchange_done(record(status=502, ms=2000.0, error="bad_gateway"))
-    m.exchange_done(record(status=504, ms=70_000.0, error="gateway_timeout", upstream="10.9.9.9:1"))
+    m.exchange_done(record(status=502, ms=2000.0, error="bad_gateway", phase="connect"))
+    m.exchange_done(
+        record(status=504, ms=70_000.0, error="gateway_timeout", upstream="10.9.9.9:1",
+               phase="response")
+    )  # fmt: skip
     m.connection_event("tls_handshake_failed", "127.0.0.1", 1, "", "")
     by = {(s.name, s.labels): s.value for s in m.samples()}
     req = "edge_requests_total"
@@ -129,8 +134,9 @@ def test_samples_fold_status_and_histogram() -> None:
         72.0015
     )
     err = "edge_upstream_errors_total"
-    assert by[(err, (("upstream", "127.0.0.1:8080"), ("kind", "error")))] == 1
-    assert by[(err, (("upstream", "other"), ("kind", "timeout")))] == 1
+    connect, response = ("phase", "connect"), ("phase", "response")
+    assert by[(err, (("upstream", "127.0.0.1:8080"), connect, ("kind", "error")))] == 1
+    assert by[(err, (("upstream", "other"), response, ("kind", "timeout")))] == 1
     assert by[("edge_tls_handshakes_total", (("result", "failed"),))] == 1
 
 
