@@ -230,7 +230,7 @@ def test_follow_goes_on_across_a_restart_of_the_edge(
         began = time.monotonic()
         assert logged.stop() == 0
         stopped_in = time.monotonic() - began
-        assert stopped_in < 5, stopped_in  # not held by the follow call's 25 s wait
+        assert stopped_in < 15, stopped_in  # not held by the follow call's 25 s wait
         time.sleep(3)  # the follow cannot reach the edge
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
         logged.start()
