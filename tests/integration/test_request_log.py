@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 
 from edge.store import keys
 from tests.helpers import EdgeProcess, RedisServer, Upstream, free_port, proxy_doc, wait_for
+from tests.integration.test_reqlog_writer import everything
 from tests.integration.test_websocket_sse import WsUpstream
 
 SECRET = "s3cr3t-VALUE-never-logged"
@@ -52,25 +53,6 @@ def entries(rdb: redis.Redis) -> list[dict[str, str]]:
 def logged(rdb: redis.Redis, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
     """The request log's entries once at least ``count`` are there."""
     return wait_for(lambda: found if len(found := entries(rdb)) >= count else None, timeout)  # type: ignore[no-any-return]
-
-
-def everything(rdb: redis.Redis) -> bytes:
-    parts: list[bytes] = []
-    for key in rdb.scan_iter(count=1000):
-        parts.append(key)
-        kind = rdb.type(key)
-        if kind == b"hash":
-            for field, value in rdb.hgetall(key).items():
-                parts += [field, value]
-        elif kind == b"zset":
-            parts += rdb.zrange(key, 0, -1)
-        elif kind == b"stream":
-            for _id, fields in rdb.xrange(key):
-                for field, value in fields.items():
-                    parts += [field, value]
-        elif kind == b"string":
-            parts.append(rdb.get(key) or b"")
-    return b"\n".join(parts)
 
 
 def request_log_health(edge: EdgeProcess) -> dict[str, Any]:
